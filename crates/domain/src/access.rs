@@ -1,0 +1,125 @@
+//! Who is calling, and proof of what they may do.
+//!
+//! A handler's first line turns the [`Principal`] into an [`Authorized`] handle for one
+//! capability (`principal.require::<ManageTenants>()?`). Operations in [`crate::Core`] that
+//! change things take that handle, so code that did not check cannot call them.
+
+use crate::email::EmailAddress;
+use crate::error::{Error, Result};
+use crate::ids::UserId;
+use crate::role::{Capability, capabilities_of};
+use std::marker::PhantomData;
+
+/// The signed-in platform user behind a request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub email: EmailAddress,
+    pub roles: Vec<String>,
+    capabilities: Vec<Capability>,
+}
+
+impl Principal {
+    pub fn new(user_id: UserId, email: EmailAddress, roles: Vec<String>) -> Self {
+        let capabilities = capabilities_of(&roles);
+        Self {
+            user_id,
+            email,
+            roles,
+            capabilities,
+        }
+    }
+
+    pub fn can(&self, cap: &Capability) -> bool {
+        self.capabilities.contains(cap)
+    }
+
+    /// A handle proving the caller holds `P`'s capability, or `Forbidden`.
+    pub fn require<P: Permission>(&self) -> Result<Authorized<P>> {
+        if self.can(&P::capability()) {
+            Ok(Authorized {
+                actor: Actor::user(self.user_id, self.email.clone()),
+                _p: PhantomData,
+            })
+        } else {
+            Err(Error::Forbidden)
+        }
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor::user(self.user_id, self.email.clone())
+    }
+}
+
+/// Who an audit event is attributed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: Option<UserId>,
+    pub email: Option<String>,
+}
+
+impl Actor {
+    pub fn user(id: UserId, email: EmailAddress) -> Self {
+        Self {
+            user_id: Some(id),
+            email: Some(email.to_string()),
+        }
+    }
+    /// The system itself (start-up bootstrap, the first-run setup link).
+    pub fn system() -> Self {
+        Self {
+            user_id: None,
+            email: None,
+        }
+    }
+}
+
+/// A permission a handle can prove.
+pub trait Permission {
+    fn capability() -> Capability;
+}
+
+macro_rules! permission {
+    ($(#[$doc:meta])* $name:ident => $cap:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Permission for $name {
+            fn capability() -> Capability {
+                $cap
+            }
+        }
+    };
+}
+
+permission!(
+    /// Read tenants.
+    ReadTenants => Capability::TenantsRead
+);
+permission!(
+    /// Create, edit, change status of and delete tenants.
+    ManageTenants => Capability::TenantsManage
+);
+permission!(
+    /// List platform users.
+    ReadUsers => Capability::UsersRead
+);
+permission!(
+    /// Read the audit trail.
+    ReadAudit => Capability::AuditRead
+);
+permission!(
+    /// Read the effective settings.
+    ReadSettings => Capability::SettingsRead
+);
+
+/// Proof that `actor` holds permission `P`. Only [`Principal::require`] makes one.
+pub struct Authorized<P> {
+    actor: Actor,
+    _p: PhantomData<P>,
+}
+
+impl<P> Authorized<P> {
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}

@@ -1,0 +1,149 @@
+//! One error type for every domain operation, with stable codes.
+//!
+//! The web crate renders it twice: as JSON (`{"error": {"code", "message", "fields"}}`) and as
+//! HTML (a page, or field messages beside a form). Codes are part of the public interface.
+
+use serde::Serialize;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A message about one input field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 422: one or more fields are invalid.
+    #[error("the input is invalid")]
+    Validation(Vec<FieldError>),
+    /// 404: no such object, or not one the caller may know of.
+    #[error("not found")]
+    NotFound,
+    /// 401: not signed in, or the session has ended.
+    #[error("sign-in required")]
+    Unauthenticated,
+    /// 401: the email or password is wrong (deliberately does not say which).
+    #[error("the email or password is incorrect")]
+    InvalidCredentials,
+    /// 403: signed in, but the caller's roles do not allow this.
+    #[error("you do not have permission to do this")]
+    Forbidden,
+    /// 403: the request failed the cross-site request forgery check.
+    #[error("the form has expired or did not come from this site; reload the page and try again")]
+    CsrfRejected,
+    /// 403: the tenant is read-only.
+    #[error("the tenant is read-only: changes are not allowed")]
+    TenantReadOnly,
+    /// 403: the tenant is suspended.
+    #[error("the tenant is suspended: changes are not allowed")]
+    TenantSuspended,
+    /// 409: the change conflicts with the current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 410: a one-time link is spent, expired or unknown.
+    #[error("{0}")]
+    LinkInvalid(&'static str),
+    /// 429: too many attempts; try again after the given number of seconds.
+    #[error("too many attempts; try again in {retry_after_secs} seconds")]
+    Throttled { retry_after_secs: u64 },
+    /// 503: the server is busy (e.g. the password-hashing queue is full).
+    #[error("the server is busy; try again shortly")]
+    Busy,
+    /// 500: something failed inside; the detail is logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable code clients can match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation(_) => "validation_failed",
+            Error::NotFound => "not_found",
+            Error::Unauthenticated => "unauthenticated",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::Forbidden => "forbidden",
+            Error::CsrfRejected => "csrf_rejected",
+            Error::TenantReadOnly => "tenant_read_only",
+            Error::TenantSuspended => "tenant_suspended",
+            Error::Conflict { code, .. } => code,
+            Error::LinkInvalid(_) => "link_invalid",
+            Error::Throttled { .. } => "too_many_attempts",
+            Error::Busy => "busy",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Error::Internal(e.to_string())
+    }
+
+    pub fn field(field: &str, code: &'static str, message: impl Into<String>) -> Self {
+        Error::Validation(vec![FieldError::new(field, code, message)])
+    }
+
+    /// The field errors, if this is a validation error.
+    pub fn fields(&self) -> &[FieldError] {
+        match self {
+            Error::Validation(f) => f,
+            _ => &[],
+        }
+    }
+}
+
+/// Collects field errors while parsing a form, so every bad field is reported at once.
+#[derive(Default, Debug)]
+pub struct Problems(Vec<FieldError>);
+
+impl Problems {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keep the value if `r` is Ok; otherwise remember the field errors.
+    pub fn check<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(Error::Validation(mut f)) => {
+                self.0.append(&mut f);
+                None
+            }
+            Err(other) => {
+                self.0
+                    .push(FieldError::new("_", "invalid", other.to_string()));
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, e: FieldError) {
+        self.0.push(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Ok(()) when nothing was wrong, else the collected validation error.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Validation(self.0))
+        }
+    }
+}

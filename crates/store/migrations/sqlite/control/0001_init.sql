@@ -1,0 +1,81 @@
+-- The control database (SQLite). Times are unix microseconds (INTEGER) so they compare safely.
+
+CREATE TABLE tenant (
+    id          BLOB PRIMARY KEY,
+    slug        TEXT NOT NULL UNIQUE,
+    name        TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    tier        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('active', 'read_only', 'suspended')),
+    metadata    TEXT NOT NULL DEFAULT '{}',
+    db_name     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    deleted_at  INTEGER
+);
+
+CREATE TABLE platform_user (
+    id             BLOB PRIMARY KEY,
+    email          TEXT NOT NULL UNIQUE,
+    name           TEXT,
+    password_hash  TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+
+CREATE TABLE platform_user_role (
+    user_id  BLOB NOT NULL REFERENCES platform_user (id) ON DELETE CASCADE,
+    role     TEXT NOT NULL,
+    PRIMARY KEY (user_id, role)
+);
+
+CREATE TABLE setup_token (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    token_hash  TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+
+CREATE TABLE session (
+    id_hash       TEXT PRIMARY KEY,
+    user_id       BLOB NOT NULL,
+    tenant_id     BLOB,
+    csrf_token    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_seen_at  INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    user_agent    TEXT,
+    ip            TEXT
+);
+CREATE INDEX session_user_idx ON session (user_id);
+
+-- The audit trail: append-only (triggers refuse UPDATE and DELETE), hash-chained.
+CREATE TABLE tenant_audit (
+    seq          INTEGER PRIMARY KEY,
+    id           BLOB NOT NULL UNIQUE,
+    ts           INTEGER NOT NULL,
+    event_type   TEXT NOT NULL,
+    actor_id     BLOB,
+    actor_email  TEXT,
+    tenant_id    BLOB,
+    details      TEXT NOT NULL,
+    prev_hash    TEXT NOT NULL,
+    hash         TEXT NOT NULL
+);
+CREATE INDEX tenant_audit_tenant_idx ON tenant_audit (tenant_id, seq);
+CREATE INDEX tenant_audit_type_idx ON tenant_audit (event_type, seq);
+CREATE INDEX tenant_audit_ts_idx ON tenant_audit (ts);
+
+CREATE TRIGGER tenant_audit_no_update BEFORE UPDATE ON tenant_audit
+BEGIN SELECT RAISE(ABORT, 'tenant_audit is append-only'); END;
+CREATE TRIGGER tenant_audit_no_delete BEFORE DELETE ON tenant_audit
+BEGIN SELECT RAISE(ABORT, 'tenant_audit is append-only'); END;
+
+-- The head of the chain. Every audited write updates it first, which serialises writers.
+CREATE TABLE audit_head (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    seq   INTEGER NOT NULL,
+    hash  TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash)
+VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');

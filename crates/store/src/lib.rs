@@ -1,0 +1,66 @@
+//! Storage: the domain's store traits on SQLite (embedded, the default) and PostgreSQL.
+//!
+//! Both backends run the same SQL text (`$n` placeholders, `RETURNING`, `ON CONFLICT`), written
+//! once in [`sql`] as a macro that each backend instantiates with its own pool type and time
+//! encoding; only what truly differs (opening databases, creating and dropping a tenant's
+//! database) is written per backend. On PostgreSQL the connections' `search_path` is the
+//! schema (`identity` for the control database, `security` for a tenant's), so the SQL names
+//! tables without a schema on both.
+
+mod pools;
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use pools::PoolLimits;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use quarterdeck_domain::error::{Error, Result};
+use quarterdeck_domain::store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the data lives.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `postgres://…` selects PostgreSQL; `None` selects SQLite files in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub tenant_pools: PoolLimits,
+}
+
+/// Open (and migrate) the control database for the configured backend.
+pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
+    match &opts.database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PgStore::open(url, opts.tenant_pools).await?))
+        }
+        Some(other) => Err(Error::Internal(format!(
+            "QUARTERDECK_DATABASE_URL must start with postgres:// (got a URL with scheme {:?})",
+            other.split(':').next().unwrap_or_default()
+        ))),
+        None => Ok(Arc::new(SqliteStore::open(&opts.data_dir, opts.tenant_pools).await?)),
+    }
+}
+
+/// Map a database error: unique violations on a known column become field errors, the rest
+/// are internal (logged by the web layer, never shown).
+pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    if let Some(db) = e.as_database_error() {
+        if db.is_unique_violation() {
+            let text = format!("{} {}", db.message(), db.constraint().unwrap_or_default());
+            if text.contains("slug") {
+                return Error::field("slug", "slug_taken", "This slug is already in use; choose another.");
+            }
+            if text.contains("email") {
+                return Error::field("email", "email_taken", "A user with this email already exists.");
+            }
+        }
+    }
+    Error::Internal(format!("database: {e}"))
+}
+
+pub(crate) fn mig_err(e: sqlx::migrate::MigrateError) -> Error {
+    Error::Internal(format!("migration: {e}"))
+}

@@ -1,0 +1,630 @@
+//! The SQL both backends share, written once.
+//!
+//! `impl_store!(StoreType, DbType)` implements every store trait for a backend struct that has
+//! a `pool: sqlx::Pool<DbType>` field and, in scope where the macro is invoked:
+//! `type Ts` with `enc_ts(OffsetDateTime) -> Ts` / `dec_ts(Ts) -> OffsetDateTime` (how the
+//! backend stores time), and the inherent methods `provision_tenant_db`, `drop_tenant_db` and
+//! `migrate_tenant_db`. Tables are named without a schema (see the crate docs).
+
+macro_rules! impl_store {
+    ($Store:ty, $Db:ty) => {
+        use quarterdeck_domain::audit::{AuditEvent, AuditFilter, NewEvent};
+        use quarterdeck_domain::email::EmailAddress;
+        use quarterdeck_domain::error::{Error, Result};
+        use quarterdeck_domain::ids::{EventId, TenantId, UserId};
+        use quarterdeck_domain::session::Session;
+        use quarterdeck_domain::store::{AuditStore, SessionStore, TenantStore, UserStore};
+        use quarterdeck_domain::tenant::{
+            Metadata, PriorityTier, Region, StatusCounts, Tenant, TenantFilter, TenantName, TenantSlug,
+            TenantStatus,
+        };
+        use quarterdeck_domain::token::TokenHash;
+        use quarterdeck_domain::user::{PlatformUser, UserStatus};
+        use sqlx::types::Json;
+        use sqlx::{Row, Transaction};
+        use time::OffsetDateTime;
+        use uuid::Uuid;
+
+        type DbRow = <$Db as sqlx::Database>::Row;
+
+        const TENANT_COLUMNS: &str =
+            "id, slug, name, region, tier, status, metadata, created_at, updated_at";
+
+        fn tenant_from_row(r: &DbRow) -> Result<Tenant> {
+            let get_s = |c: &str| r.try_get::<String, _>(c).map_err(db_err);
+            let Json(metadata): Json<Metadata> = r.try_get("metadata").map_err(db_err)?;
+            Ok(Tenant {
+                id: TenantId(r.try_get::<Uuid, _>("id").map_err(db_err)?),
+                slug: TenantSlug::parse(&get_s("slug")?)?,
+                name: TenantName::parse(&get_s("name")?)?,
+                region: Region::from_stored(get_s("region")?),
+                tier: PriorityTier::parse(&get_s("tier")?)?,
+                status: TenantStatus::parse(&get_s("status")?)?,
+                metadata,
+                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                updated_at: dec_ts(r.try_get("updated_at").map_err(db_err)?),
+            })
+        }
+
+        fn event_from_row(r: &DbRow) -> Result<AuditEvent> {
+            let Json(details): Json<serde_json::Value> = r.try_get("details").map_err(db_err)?;
+            Ok(AuditEvent {
+                seq: r.try_get("seq").map_err(db_err)?,
+                id: EventId(r.try_get("id").map_err(db_err)?),
+                ts: dec_ts(r.try_get("ts").map_err(db_err)?),
+                event_type: r.try_get("event_type").map_err(db_err)?,
+                actor_id: r.try_get::<Option<Uuid>, _>("actor_id").map_err(db_err)?.map(UserId),
+                actor_email: r.try_get("actor_email").map_err(db_err)?,
+                tenant_id: r.try_get::<Option<Uuid>, _>("tenant_id").map_err(db_err)?.map(TenantId),
+                details,
+                prev_hash: r.try_get("prev_hash").map_err(db_err)?,
+                hash: r.try_get("hash").map_err(db_err)?,
+            })
+        }
+
+        fn session_from_row(r: &DbRow) -> Result<Session> {
+            Ok(Session {
+                id_hash: TokenHash(r.try_get("id_hash").map_err(db_err)?),
+                user_id: UserId(r.try_get("user_id").map_err(db_err)?),
+                tenant_id: r.try_get::<Option<Uuid>, _>("tenant_id").map_err(db_err)?.map(TenantId),
+                csrf_token: r.try_get("csrf_token").map_err(db_err)?,
+                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                last_seen_at: dec_ts(r.try_get("last_seen_at").map_err(db_err)?),
+                expires_at: dec_ts(r.try_get("expires_at").map_err(db_err)?),
+                user_agent: r.try_get("user_agent").map_err(db_err)?,
+                ip: r.try_get("ip").map_err(db_err)?,
+            })
+        }
+
+        /// Escape LIKE wildcards in user input and wrap it for a substring match.
+        fn like_pattern(s: &str) -> String {
+            let escaped = s
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        }
+
+        impl $Store {
+            /// Begin a write transaction whose first statement appends `event` to the chain.
+            /// Updating the chain head first takes the write lock at once (SQLite) or the head
+            /// row's lock (PostgreSQL): audited writers are serialised and the chain cannot fork.
+            async fn begin_audited(&self, event: &NewEvent) -> Result<Transaction<'static, $Db>> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let seq: i64 = head.try_get("seq").map_err(db_err)?;
+                let prev_hash: String = head.try_get("hash").map_err(db_err)?;
+                let actor_id = event.actor.user_id;
+                let hash = quarterdeck_domain::audit::chain_hash(
+                    &prev_hash,
+                    seq,
+                    event.id,
+                    event.ts,
+                    event.event_type.as_str(),
+                    actor_id,
+                    event.actor.email.as_deref(),
+                    event.tenant_id,
+                    &event.details,
+                );
+                sqlx::query(
+                    "INSERT INTO tenant_audit (seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(seq)
+                .bind(event.id.0)
+                .bind(enc_ts(event.ts))
+                .bind(event.event_type.as_str())
+                .bind(actor_id.map(|u| u.0))
+                .bind(event.actor.email.as_deref())
+                .bind(event.tenant_id.map(|t| t.0))
+                .bind(Json(&event.details))
+                .bind(&prev_hash)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(tx)
+            }
+
+            async fn user_roles(&self, id: UserId) -> Result<Vec<String>> {
+                let rows = sqlx::query("SELECT role FROM platform_user_role WHERE user_id = $1 ORDER BY role")
+                    .bind(id.0)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(|r| r.try_get("role").map_err(db_err)).collect()
+            }
+
+            async fn user_from_row(&self, r: &DbRow) -> Result<PlatformUser> {
+                let id = UserId(r.try_get("id").map_err(db_err)?);
+                let email: String = r.try_get("email").map_err(db_err)?;
+                let status: String = r.try_get("status").map_err(db_err)?;
+                Ok(PlatformUser {
+                    id,
+                    email: EmailAddress::parse(&email)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    status: UserStatus::parse(&status)?,
+                    roles: self.user_roles(id).await?,
+                    created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            async fn insert_user(
+                tx: &mut Transaction<'static, $Db>,
+                user: &PlatformUser,
+                password_hash: &str,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO platform_user (id, email, name, password_hash, status, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .bind(user.id.0)
+                .bind(user.email.as_str())
+                .bind(user.name.as_deref())
+                .bind(password_hash)
+                .bind(user.status.as_str())
+                .bind(enc_ts(user.created_at))
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                for role in &user.roles {
+                    sqlx::query("INSERT INTO platform_user_role (user_id, role) VALUES ($1, $2)")
+                        .bind(user.id.0)
+                        .bind(role)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl TenantStore for $Store {
+            async fn create_tenant(&self, tenant: &Tenant, event: NewEvent) -> Result<()> {
+                let db_name = self.provision_tenant_db(tenant.id).await?;
+                let result = async {
+                    let mut tx = self.begin_audited(&event).await?;
+                    sqlx::query(
+                        "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(tenant.id.0)
+                    .bind(tenant.slug.as_str())
+                    .bind(tenant.name.as_str())
+                    .bind(tenant.region.as_str())
+                    .bind(tenant.tier.as_str())
+                    .bind(tenant.status.as_str())
+                    .bind(Json(&tenant.metadata))
+                    .bind(&db_name)
+                    .bind(enc_ts(tenant.created_at))
+                    .bind(enc_ts(tenant.updated_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
+                }
+                .await;
+                if result.is_err() {
+                    // The tenant row did not commit: remove the database made for it.
+                    if let Err(e) = self.drop_tenant_db(tenant.id, &db_name).await {
+                        tracing::warn!(tenant_id = %tenant.id, error = %e, "could not remove the database of a tenant that failed to be created");
+                    }
+                }
+                result
+            }
+
+            async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
+                let sql = format!("SELECT {TENANT_COLUMNS} FROM tenant WHERE id = $1 AND deleted_at IS NULL");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(&self.pool).await.map_err(db_err)?;
+                row.as_ref().map(tenant_from_row).transpose()
+            }
+
+            async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>> {
+                let sql = format!("SELECT {TENANT_COLUMNS} FROM tenant WHERE slug = $1 AND deleted_at IS NULL");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(slug.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
+                row.as_ref().map(tenant_from_row).transpose()
+            }
+
+            async fn slug_taken(&self, slug: &TenantSlug) -> Result<bool> {
+                let row = sqlx::query("SELECT 1 AS one FROM tenant WHERE slug = $1")
+                    .bind(slug.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(row.is_some())
+            }
+
+            async fn list_tenants(&self, f: &TenantFilter) -> Result<(Vec<Tenant>, u64)> {
+                let search = f.search.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(like_pattern);
+                let status = f.status.map(|s| s.as_str());
+                let filter = "deleted_at IS NULL \
+                    AND ($1 IS NULL OR lower(slug) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
+                    AND ($2 IS NULL OR status = $2)";
+                let sql = format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenant WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(search.as_deref())
+                    .bind(status)
+                    .bind(i64::from(f.limit))
+                    .bind(i64::from(f.offset))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let count_sql = format!("SELECT COUNT(*) AS n FROM tenant WHERE {filter}");
+                let total: i64 = sqlx::query(sqlx::AssertSqlSafe(count_sql))
+                    .bind(search.as_deref())
+                    .bind(status)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .try_get("n")
+                    .map_err(db_err)?;
+                let tenants = rows.iter().map(tenant_from_row).collect::<Result<Vec<_>>>()?;
+                Ok((tenants, u64::try_from(total).unwrap_or(0)))
+            }
+
+            async fn tenant_counts(&self) -> Result<StatusCounts> {
+                let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tenant WHERE deleted_at IS NULL GROUP BY status")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let mut c = StatusCounts::default();
+                for r in rows {
+                    let status: String = r.try_get("status").map_err(db_err)?;
+                    let n = u64::try_from(r.try_get::<i64, _>("n").map_err(db_err)?).unwrap_or(0);
+                    match TenantStatus::parse(&status)? {
+                        TenantStatus::Active => c.active = n,
+                        TenantStatus::ReadOnly => c.read_only = n,
+                        TenantStatus::Suspended => c.suspended = n,
+                    }
+                }
+                Ok(c)
+            }
+
+            async fn update_tenant(&self, t: &Tenant, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                let done = sqlx::query(
+                    "UPDATE tenant SET name = $2, region = $3, tier = $4, metadata = $5, status = $6, updated_at = $7 \
+                     WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(t.id.0)
+                .bind(t.name.as_str())
+                .bind(t.region.as_str())
+                .bind(t.tier.as_str())
+                .bind(Json(&t.metadata))
+                .bind(t.status.as_str())
+                .bind(enc_ts(t.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::NotFound);
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn delete_tenant(&self, id: TenantId, at: OffsetDateTime, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                let done = sqlx::query("UPDATE tenant SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(id.0)
+                    .bind(enc_ts(at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::NotFound);
+                }
+                // Sessions on the tenant's host end with it.
+                sqlx::query("DELETE FROM session WHERE tenant_id = $1")
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn purge_tenants(&self, deleted_before: OffsetDateTime) -> Result<Vec<TenantId>> {
+                let rows = sqlx::query("SELECT id, db_name FROM tenant WHERE deleted_at IS NOT NULL AND deleted_at < $1")
+                    .bind(enc_ts(deleted_before))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let mut purged = Vec::new();
+                for r in rows {
+                    let id = TenantId(r.try_get("id").map_err(db_err)?);
+                    let db_name: String = r.try_get("db_name").map_err(db_err)?;
+                    self.drop_tenant_db(id, &db_name).await?;
+                    sqlx::query("DELETE FROM tenant WHERE id = $1")
+                        .bind(id.0)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    purged.push(id);
+                }
+                Ok(purged)
+            }
+
+            async fn tenant_ids(&self) -> Result<Vec<TenantId>> {
+                let rows = sqlx::query("SELECT id FROM tenant WHERE deleted_at IS NULL ORDER BY created_at")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(|r| Ok(TenantId(r.try_get("id").map_err(db_err)?))).collect()
+            }
+
+            async fn migrate_tenant(&self, id: TenantId) -> Result<usize> {
+                let row = sqlx::query("SELECT db_name FROM tenant WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .ok_or(Error::NotFound)?;
+                let db_name: String = row.try_get("db_name").map_err(db_err)?;
+                self.migrate_tenant_db(id, &db_name).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl UserStore for $Store {
+            async fn owner_exists(&self) -> Result<bool> {
+                let row = sqlx::query(
+                    "SELECT 1 AS one FROM platform_user u JOIN platform_user_role r ON r.user_id = u.id \
+                     WHERE r.role = 'owner' LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(row.is_some())
+            }
+
+            async fn create_platform_user(&self, user: &PlatformUser, password_hash: &str, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                Self::insert_user(&mut tx, user, password_hash).await?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn platform_user_by_email(&self, email: &EmailAddress) -> Result<Option<(PlatformUser, String)>> {
+                let row = sqlx::query("SELECT id, email, name, status, created_at, password_hash FROM platform_user WHERE email = $1")
+                    .bind(email.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => {
+                        let hash: String = r.try_get("password_hash").map_err(db_err)?;
+                        Ok(Some((self.user_from_row(&r).await?, hash)))
+                    }
+                }
+            }
+
+            async fn platform_user(&self, id: UserId) -> Result<Option<PlatformUser>> {
+                let row = sqlx::query("SELECT id, email, name, status, created_at FROM platform_user WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some(self.user_from_row(&r).await?)),
+                }
+            }
+
+            async fn list_platform_users(&self) -> Result<Vec<PlatformUser>> {
+                let rows = sqlx::query("SELECT id, email, name, status, created_at FROM platform_user ORDER BY email")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let mut users = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    users.push(self.user_from_row(r).await?);
+                }
+                Ok(users)
+            }
+
+            async fn set_password(&self, id: UserId, password_hash: &str, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                sqlx::query("UPDATE platform_user SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(password_hash)
+                    .bind(enc_ts(event.ts))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn put_setup_token(&self, hash: &TokenHash, expires_at: OffsetDateTime) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO setup_token (id, token_hash, expires_at) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash, expires_at = excluded.expires_at",
+                )
+                .bind(hash.as_str())
+                .bind(enc_ts(expires_at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn setup_token_valid(&self, hash: &TokenHash, now: OffsetDateTime) -> Result<bool> {
+                let row = sqlx::query("SELECT 1 AS one FROM setup_token WHERE token_hash = $1 AND expires_at > $2")
+                    .bind(hash.as_str())
+                    .bind(enc_ts(now))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(row.is_some())
+            }
+
+            async fn create_owner_with_setup_token(
+                &self,
+                hash: &TokenHash,
+                now: OffsetDateTime,
+                user: &PlatformUser,
+                password_hash: &str,
+                event: NewEvent,
+            ) -> Result<bool> {
+                let mut tx = self.begin_audited(&event).await?;
+                let spent = sqlx::query("DELETE FROM setup_token WHERE token_hash = $1 AND expires_at > $2")
+                    .bind(hash.as_str())
+                    .bind(enc_ts(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if spent.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                Self::insert_user(&mut tx, user, password_hash).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl SessionStore for $Store {
+            async fn create_session(&self, s: &Session) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO session (id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(s.id_hash.as_str())
+                .bind(s.user_id.0)
+                .bind(s.tenant_id.map(|t| t.0))
+                .bind(&s.csrf_token)
+                .bind(enc_ts(s.created_at))
+                .bind(enc_ts(s.last_seen_at))
+                .bind(enc_ts(s.expires_at))
+                .bind(s.user_agent.as_deref())
+                .bind(s.ip.as_deref())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn session(&self, id_hash: &TokenHash) -> Result<Option<Session>> {
+                let row = sqlx::query(
+                    "SELECT id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip \
+                     FROM session WHERE id_hash = $1",
+                )
+                .bind(id_hash.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.as_ref().map(session_from_row).transpose()
+            }
+
+            async fn touch_session(&self, id_hash: &TokenHash, at: OffsetDateTime) -> Result<()> {
+                sqlx::query("UPDATE session SET last_seen_at = $2 WHERE id_hash = $1")
+                    .bind(id_hash.as_str())
+                    .bind(enc_ts(at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn delete_session(&self, id_hash: &TokenHash) -> Result<()> {
+                sqlx::query("DELETE FROM session WHERE id_hash = $1")
+                    .bind(id_hash.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn delete_user_sessions(&self, user: UserId, keep: Option<&TokenHash>) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM session WHERE user_id = $1 AND ($2 IS NULL OR id_hash <> $2)")
+                    .bind(user.0)
+                    .bind(keep.map(TokenHash::as_str))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn delete_expired_sessions(&self, idle_before: OffsetDateTime, now: OffsetDateTime) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM session WHERE last_seen_at < $1 OR expires_at <= $2")
+                    .bind(enc_ts(idle_before))
+                    .bind(enc_ts(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl AuditStore for $Store {
+            async fn append_event(&self, event: NewEvent) -> Result<()> {
+                let tx = self.begin_audited(&event).await?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn list_events(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
+                let actor = f.actor.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(like_pattern);
+                let rows = sqlx::query(
+                    "SELECT seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash \
+                     FROM tenant_audit \
+                     WHERE ($1 IS NULL OR event_type = $1) \
+                       AND ($2 IS NULL OR tenant_id = $2) \
+                       AND ($3 IS NULL OR lower(actor_email) LIKE $3 ESCAPE '\\') \
+                       AND ($4 IS NULL OR ts >= $4) \
+                       AND ($5 IS NULL OR ts < $5) \
+                       AND ($6 IS NULL OR seq < $6) \
+                     ORDER BY seq DESC LIMIT $7",
+                )
+                .bind(f.event_type.as_deref())
+                .bind(f.tenant_id.map(|t| t.0))
+                .bind(actor.as_deref())
+                .bind(f.from.map(enc_ts))
+                .bind(f.to.map(enc_ts))
+                .bind(f.before_seq)
+                .bind(i64::from(f.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn event(&self, id: EventId) -> Result<Option<AuditEvent>> {
+                let row = sqlx::query(
+                    "SELECT seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash \
+                     FROM tenant_audit WHERE id = $1",
+                )
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.as_ref().map(event_from_row).transpose()
+            }
+
+            async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+                let rows = sqlx::query(
+                    "SELECT seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash \
+                     FROM tenant_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(event_from_row).collect()
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

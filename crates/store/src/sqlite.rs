@@ -1,0 +1,136 @@
+//! The embedded backend: the control database and one file per tenant in the data directory.
+//!
+//! `{data_dir}/control.db` and `{data_dir}/tenants/{tenant_id}.db`, in WAL mode. File names
+//! come from tenant ids (UUIDs), never from user input.
+
+use crate::pools::{PoolCache, PoolLimits};
+use crate::{db_err, mig_err};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Sqlite;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/control");
+static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/tenant");
+
+/// Unix microseconds.
+type Ts = i64;
+
+fn enc_ts(t: time::OffsetDateTime) -> Ts {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn dec_ts(micros: Ts) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    data_dir: PathBuf,
+    tenants: PoolCache<Sqlite>,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
+impl SqliteStore {
+    pub async fn open(data_dir: &Path, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
+        let tenants_dir = data_dir.join("tenants");
+        std::fs::create_dir_all(&tenants_dir).map_err(|e| {
+            quarterdeck_domain::Error::Internal(format!("cannot create the data directory {}: {e}", tenants_dir.display()))
+        })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options(&data_dir.join("control.db")))
+            .await
+            .map_err(db_err)?;
+        CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        Ok(Self {
+            pool,
+            data_dir: data_dir.to_owned(),
+            tenants: PoolCache::new(limits),
+        })
+    }
+
+    fn tenant_path(&self, id: TenantId) -> PathBuf {
+        self.data_dir.join("tenants").join(format!("{}.db", id.0.simple()))
+    }
+
+    async fn tenant_pool(&self, id: TenantId) -> Result<SqlitePool> {
+        let opts = options(&self.tenant_path(id));
+        let max = self.tenants.limits().connections_per_tenant;
+        self.tenants
+            .get(id, || async move {
+                Ok(SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .idle_timeout(Duration::from_secs(60))
+                    .connect_lazy_with(opts))
+            })
+            .await
+    }
+
+    /// Create and migrate the tenant's file; returns its name (relative to the data dir).
+    async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
+        let pool = self.tenant_pool(id).await?;
+        TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, unixepoch() * 1000000)")
+            .bind(id.0)
+            .execute(&pool)
+            .await
+            .map_err(db_err)?;
+        Ok(format!("tenants/{}.db", id.0.simple()))
+    }
+
+    async fn drop_tenant_db(&self, id: TenantId, _db_name: &str) -> Result<()> {
+        self.tenants.remove(id).await;
+        let path = self.tenant_path(id);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Internal(format!("cannot remove {}: {e}", path.display()))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn migrate_tenant_db(&self, id: TenantId, _db_name: &str) -> Result<usize> {
+        let pool = self.tenant_pool(id).await?;
+        let before = applied(&pool).await;
+        TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        Ok(applied(&pool).await.saturating_sub(before))
+    }
+
+    /// How many tenant pools are open now (for tests and the benchmark).
+    pub async fn open_tenant_pools(&self) -> usize {
+        self.tenants.open_count().await
+    }
+}
+
+async fn applied(pool: &SqlitePool) -> usize {
+    sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>("n"))
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+crate::sql::impl_store!(SqliteStore, Sqlite);
+
+impl quarterdeck_domain::store::Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
