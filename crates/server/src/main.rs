@@ -1,1 +1,107 @@
-fn main() {}
+//! `quarterdeck`: serve the console, migrate databases, verify the audit chain.
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use quarterdeck::app::{self, App, Deps};
+use quarterdeck::{Settings, telemetry};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "quarterdeck", version, about = "Self-hosted control plane for multi-tenant B2B SaaS")]
+struct Cli {
+    /// The settings file (default: ./quarterdeck.toml if present).
+    #[arg(long, env = "QUARTERDECK_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (migrates the databases first).
+    Serve,
+    /// Migrate the control database and every tenant database, reporting per tenant.
+    Migrate,
+    /// Audit trail commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain from the first event; name the first bad event.
+    Verify,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log_format);
+    for var in Settings::unknown_env_vars() {
+        tracing::warn!("ignoring {var}: it is not a Quarterdeck setting (see the README)");
+    }
+    match cli.command {
+        Command::Serve => {
+            let app = App::build(settings, Deps::default()).await?;
+            tracing::info!(
+                listen = %app.local_addr()?,
+                base_url = %app.settings.base_url,
+                storage = app.core.store.backend(),
+                "Quarterdeck is ready"
+            );
+            app.run(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let core = app::core(&settings, Deps::default()).await?;
+            println!("control database: migrated ({})", core.store.backend());
+            let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut failed = 0;
+            for (id, r) in &report {
+                match r {
+                    Ok(n) => println!("tenant {id}: ok ({n} migration(s) applied)"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("tenant {id}: FAILED: {e}");
+                    }
+                }
+            }
+            println!("{} tenant database(s), {failed} failed", report.len());
+            if failed > 0 {
+                bail!("{failed} tenant database(s) could not be migrated");
+            }
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            let core = app::core(&settings, Deps::default()).await?;
+            match core.verify_audit_chain().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Ok(n) => {
+                    println!("audit chain intact: {n} event(s) verified");
+                    Ok(())
+                }
+                Err(b) => {
+                    println!("audit chain BROKEN at event #{} ({}): {}", b.seq, b.id, b.reason);
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,12 @@
+//! Quarterdeck's HTTP layer: the URL map, sessions and CSRF, the console pages, and the two
+//! renderings of domain errors (an HTML page for the console, JSON for machines).
 
+mod assets;
+mod auth;
+mod error;
+mod pages;
+mod router;
+mod state;
+
+pub use router::router;
+pub use state::{AppState, SettingRow, WebConfig};

@@ -1,0 +1,9 @@
+//! The Quarterdeck server: settings, start-up and the background jobs. `main.rs` is the CLI;
+//! the integration tests build the same [`App`] in-process.
+
+pub mod app;
+pub mod settings;
+pub mod telemetry;
+
+pub use app::App;
+pub use settings::Settings;

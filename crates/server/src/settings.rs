@@ -1,0 +1,263 @@
+//! Settings: defaults, then the TOML file, then `QUARTERDECK_*` environment variables (the
+//! environment wins). Secrets can be read from files (`…_FILE`). Unknown keys in the file are
+//! refused with a message that names them; unknown `QUARTERDECK_*` variables are warned about.
+
+use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use url::Url;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Public URL of the base host; tenant hosts are `{slug}.` + its host.
+    pub base_url: Url,
+    /// SQLite databases (control and one per tenant).
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL (secret: may hold a password).
+    pub database_url: Option<String>,
+    pub database_url_file: Option<PathBuf>,
+    /// Create the first owner at start-up if none exists.
+    pub bootstrap_owner_email: Option<String>,
+    pub bootstrap_owner_password: Option<String>,
+    pub bootstrap_owner_password_file: Option<PathBuf>,
+    /// Regions offered for new tenants.
+    #[serde(deserialize_with = "string_or_list")]
+    pub regions: Vec<String>,
+    /// Minimum password length.
+    pub password_min_length: usize,
+    /// A session ends after this many minutes without a request.
+    pub session_idle_minutes: u32,
+    /// A session ends this many hours after sign-in, whatever the activity.
+    pub session_absolute_hours: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Days a deleted tenant's database is kept before it is dropped.
+    pub tenant_retention_days: u32,
+    /// At most this many tenant databases are open at once.
+    pub tenant_pool_max_open: usize,
+    /// A tenant database unused this many seconds is closed.
+    pub tenant_pool_idle_seconds: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            base_url: Url::parse("http://localhost:8090").unwrap_or_else(|_| unreachable!()),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_url_file: None,
+            bootstrap_owner_email: None,
+            bootstrap_owner_password: None,
+            bootstrap_owner_password_file: None,
+            regions: vec!["default".to_owned()],
+            password_min_length: 12,
+            session_idle_minutes: 30,
+            session_absolute_hours: 12,
+            trusted_proxies: Vec::new(),
+            tenant_retention_days: 30,
+            tenant_pool_max_open: 64,
+            tenant_pool_idle_seconds: 300,
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+/// Every setting: (key, is secret, meaning) — the env var is `QUARTERDECK_` + KEY.
+pub const KEYS: &[(&str, bool)] = &[
+    ("listen", false),
+    ("base_url", false),
+    ("data_dir", false),
+    ("database_url", true),
+    ("database_url_file", false),
+    ("bootstrap_owner_email", false),
+    ("bootstrap_owner_password", true),
+    ("bootstrap_owner_password_file", false),
+    ("regions", false),
+    ("password_min_length", false),
+    ("session_idle_minutes", false),
+    ("session_absolute_hours", false),
+    ("trusted_proxies", false),
+    ("tenant_retention_days", false),
+    ("tenant_pool_max_open", false),
+    ("tenant_pool_idle_seconds", false),
+    ("log_format", false),
+];
+
+/// Variables with the prefix that are not settings but are known (not warned about).
+const OTHER_VARS: &[&str] = &["CONFIG", "LOG"];
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Settings {
+    /// Load from `config_path` (if given, it must exist; else `./quarterdeck.toml` if present)
+    /// and the environment.
+    pub fn load(config_path: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        match config_path {
+            Some(p) => {
+                if !p.exists() {
+                    bail!("the settings file {} does not exist", p.display());
+                }
+                fig = fig.merge(Toml::file_exact(p));
+            }
+            None if Path::new("quarterdeck.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("quarterdeck.toml"));
+            }
+            None => {}
+        }
+        let known: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
+        fig = fig.merge(Env::prefixed("QUARTERDECK_").filter(move |k| known.iter().any(|n| k == n.as_str())));
+        let mut s: Settings = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+        s.database_url = secret_from(s.database_url.take(), s.database_url_file.as_deref(), "database_url")?;
+        s.bootstrap_owner_password = secret_from(
+            s.bootstrap_owner_password.take(),
+            s.bootstrap_owner_password_file.as_deref(),
+            "bootstrap_owner_password",
+        )?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none() {
+            bail!("base_url (QUARTERDECK_BASE_URL) must be an http:// or https:// URL with a host");
+        }
+        if self.base_url.path() != "/" || self.base_url.query().is_some() {
+            bail!("base_url (QUARTERDECK_BASE_URL) must not have a path or query: Quarterdeck is served at the root of its host");
+        }
+        if self.regions.is_empty() {
+            bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
+        }
+        if self.password_min_length < 8 {
+            bail!("password_min_length (QUARTERDECK_PASSWORD_MIN_LENGTH) must be at least 8");
+        }
+        if self.session_idle_minutes == 0 || self.session_absolute_hours == 0 {
+            bail!("session_idle_minutes and session_absolute_hours must be at least 1");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format (QUARTERDECK_LOG_FORMAT) must be text or json");
+        }
+        self.trusted_proxy_ips()?;
+        Ok(())
+    }
+
+    pub fn trusted_proxy_ips(&self) -> Result<Vec<IpAddr>> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| p.parse().with_context(|| format!("trusted_proxies: {p:?} is not an IP address")))
+            .collect()
+    }
+
+    /// Warn about `QUARTERDECK_*` variables that are not settings (likely typos).
+    pub fn unknown_env_vars() -> Vec<String> {
+        std::env::vars()
+            .map(|(k, _)| k)
+            .filter_map(|k| k.strip_prefix("QUARTERDECK_").map(str::to_owned))
+            .filter(|k| {
+                let lower = k.to_ascii_lowercase();
+                !KEYS.iter().any(|(n, _)| *n == lower)
+                    && !OTHER_VARS.contains(&k.as_str())
+                    && !k.starts_with("TEST_")
+            })
+            .map(|k| format!("QUARTERDECK_{k}"))
+            .collect()
+    }
+
+    /// The effective settings, secrets masked, for the Settings page.
+    pub fn rows(&self) -> Vec<(String, String, String)> {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        KEYS.iter()
+            .map(|(k, secret)| {
+                let v = &value[*k];
+                let shown = match v {
+                    serde_json::Value::Null => "—".to_owned(),
+                    _ if *secret => "•••••• (set)".to_owned(),
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+                    other => other.to_string(),
+                };
+                (k.to_string(), format!("QUARTERDECK_{}", k.to_ascii_uppercase()), shown)
+            })
+            .collect()
+    }
+}
+
+fn secret_from(value: Option<String>, file: Option<&Path>, key: &str) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("set {key} or {key}_file, not both"),
+        (v, None) => Ok(v),
+        (None, Some(path)) => {
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("{key}_file: cannot read {}", path.display()))?;
+            Ok(Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+    }
+}
+
+/// figment's error, with the key named in words a person acts on.
+fn describe(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let msg = match &err.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                format!("unknown setting `{field}` in the settings file (see the README for the list)")
+            }
+            other => {
+                if key.is_empty() {
+                    other.to_string()
+                } else {
+                    format!("setting `{key}` (QUARTERDECK_{}): {other}", key.to_ascii_uppercase())
+                }
+            }
+        };
+        out.push(msg);
+    }
+    out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("qd-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("base_ulr"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_rows() {
+        let s = Settings {
+            database_url: Some("postgres://u:hunter2@db/x".into()),
+            ..Default::default()
+        };
+        let rows = s.rows();
+        assert!(rows.iter().all(|(_, _, v)| !v.contains("hunter2")));
+    }
+}

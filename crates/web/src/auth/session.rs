@@ -1,0 +1,134 @@
+//! Loading the session once per request, and the extractor handlers use.
+
+use super::cookies::read_cookie;
+use crate::error::HtmlError;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use quarterdeck_domain::core::{ClientInfo, SignedIn};
+use std::net::{IpAddr, SocketAddr};
+
+pub const SESSION_COOKIE: &str = "qd_session";
+
+/// The request's session, if it has a live one (set by [`load_session`]).
+#[derive(Clone)]
+pub struct MaybeSession(pub Option<SignedIn>);
+
+/// Middleware: resolve the session cookie once, for the CSRF check and the handlers.
+pub async fn load_session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let name = state.config.cookie_name(SESSION_COOKIE);
+    let signed_in = match read_cookie(req.headers(), &name) {
+        Some(v) if !v.is_empty() && v.len() <= 128 => match state.core.session(&v).await {
+            Ok(s) => s,
+            Err(e) => return HtmlError(e).into_response(),
+        },
+        _ => None,
+    };
+    req.extensions_mut().insert(MaybeSession(signed_in));
+    next.run(req).await
+}
+
+/// A handler argument that requires a signed-in platform user; without one, the browser is
+/// sent to the sign-in page (and back here afterwards).
+pub struct CurrentSession(pub SignedIn);
+
+impl FromRequestParts<AppState> for CurrentSession {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<MaybeSession>() {
+            Some(MaybeSession(Some(s))) => Ok(Self(s.clone())),
+            _ => Err(login_redirect(&parts.uri)),
+        }
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for CurrentSession {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+        Ok(match parts.extensions.get::<MaybeSession>() {
+            Some(MaybeSession(Some(s))) => Some(Self(s.clone())),
+            _ => None,
+        })
+    }
+}
+
+/// The TCP peer's address, when the server was started with connection info.
+pub struct PeerAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
+}
+
+fn login_redirect(uri: &Uri) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if path == "/" {
+        return Redirect::to("/login").into_response();
+    }
+    let next: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+    Redirect::to(&format!("/login?next={next}")).into_response()
+}
+
+/// Only a same-origin path that starts with exactly one `/` is followed after sign-in;
+/// anything else (`//evil`, `/\evil`, `https:…`, control characters) becomes `/`.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && n.len() <= 2048
+                && n.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            n.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// The client's address (believing `X-Forwarded-For` only from configured proxies) and agent.
+pub fn client_info(state: &AppState, headers: &HeaderMap, peer: &PeerAddr) -> ClientInfo {
+    let peer_ip = peer.0.map(|a| a.ip());
+    let ip = match peer_ip {
+        Some(p) if state.config.trusted_proxies.contains(&p) => headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.split(',')
+                    .rev()
+                    .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+                    .find(|ip| !state.config.trusted_proxies.contains(ip))
+            })
+            .or(Some(p)),
+        other => other,
+    };
+    ClientInfo {
+        ip: ip.map(|i| i.to_string()),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_same_origin_paths_are_followed_after_sign_in() {
+        assert_eq!(safe_next(Some("/tenants?page=2")), "/tenants?page=2");
+        for bad in ["//evil.io", "/\\evil.io", "https://evil.io", "javascript:alert(1)", "evil", "/a\r\nb", "/ａ", ""] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

@@ -1,0 +1,101 @@
+//! `/settings`: your account (password, other sessions) and the effective settings.
+
+use super::{Chrome, Errors, render};
+use crate::auth::CurrentSession;
+use crate::error::HtmlError;
+use crate::state::{AppState, SettingRow};
+use askama::Template;
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use quarterdeck_domain::Error;
+use quarterdeck_domain::core::SignedIn;
+use quarterdeck_domain::role::Capability;
+use serde::Deserialize;
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+pub struct SettingsPage {
+    pub chrome: Chrome,
+    pub email: String,
+    pub roles: String,
+    pub min_password: usize,
+    pub errors: Errors,
+    pub notice: Option<String>,
+    pub settings: Option<Vec<SettingRow>>,
+    pub backend: &'static str,
+    pub version: &'static str,
+}
+
+fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
+    SettingsPage {
+        chrome: Chrome::console(s, "settings"),
+        email: s.user.email.to_string(),
+        roles: s.user.roles.join(", "),
+        min_password: state.core.config.password_min_chars,
+        errors: Errors::default(),
+        notice: None,
+        settings: s
+            .principal
+            .can(&Capability::SettingsRead)
+            .then(|| state.config.settings.clone()),
+        backend: state.core.store.backend(),
+        version: state.config.version,
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct SettingsQuery {
+    done: Option<String>,
+    ended: Option<u64>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+    Query(q): Query<SettingsQuery>,
+) -> Response {
+    let mut p = page(&state, &s);
+    p.notice = match q.done.as_deref() {
+        Some("password") => Some("Password changed. Your other sessions were signed out.".to_owned()),
+        Some("sessions") => Some(format!("Signed out of {} other session(s).", q.ended.unwrap_or(0))),
+        _ => None,
+    };
+    render(&p)
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+    Form(f): Form<PasswordForm>,
+) -> Result<Response, HtmlError> {
+    match state
+        .core
+        .change_password(&s, &f.current_password, &f.new_password, &f.confirm)
+        .await
+    {
+        Ok(()) => Ok(Redirect::to("/settings?done=password").into_response()),
+        Err(Error::Validation(fields)) => {
+            let mut p = page(&state, &s);
+            p.errors = Errors::from_fields(&fields);
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&p)).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn end_other_sessions(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
+    let n = state.core.end_other_sessions(&s).await?;
+    Ok(Redirect::to(&format!("/settings?done=sessions&ended={n}")).into_response())
+}
