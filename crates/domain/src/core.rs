@@ -121,7 +121,7 @@ impl Core {
         confirm: &str,
     ) -> Result<PlatformUser> {
         if !self.setup_token_valid(token).await? {
-            return Err(Error::LinkInvalid("this setup link is invalid, spent or expired"));
+            return Err(Error::LinkInvalid("This setup link is invalid, spent or expired."));
         }
         let (email, name, password) = self.parse_new_account(email, name, password, confirm)?;
         let user = self.new_owner(email, name);
@@ -139,7 +139,7 @@ impl Core {
         if created {
             Ok(user)
         } else {
-            Err(Error::LinkInvalid("this setup link is invalid, spent or expired"))
+            Err(Error::LinkInvalid("This setup link is invalid, spent or expired."))
         }
     }
 

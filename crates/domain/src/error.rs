@@ -28,28 +28,28 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// 422: one or more fields are invalid.
-    #[error("the input is invalid")]
+    #[error("Some fields are invalid.")]
     Validation(Vec<FieldError>),
     /// 404: no such object, or not one the caller may know of.
-    #[error("not found")]
+    #[error("Not found.")]
     NotFound,
     /// 401: not signed in, or the session has ended.
-    #[error("sign-in required")]
+    #[error("Sign-in required.")]
     Unauthenticated,
     /// 401: the email or password is wrong (deliberately does not say which).
-    #[error("the email or password is incorrect")]
+    #[error("The email or password is incorrect.")]
     InvalidCredentials,
     /// 403: signed in, but the caller's roles do not allow this.
-    #[error("you do not have permission to do this")]
+    #[error("You do not have permission to do this.")]
     Forbidden,
     /// 403: the request failed the cross-site request forgery check.
-    #[error("the form has expired or did not come from this site; reload the page and try again")]
+    #[error("The form has expired or did not come from this site. Reload the page and try again.")]
     CsrfRejected,
     /// 403: the tenant is read-only.
-    #[error("the tenant is read-only: changes are not allowed")]
+    #[error("The tenant is read-only: changes are not allowed.")]
     TenantReadOnly,
     /// 403: the tenant is suspended.
-    #[error("the tenant is suspended: changes are not allowed")]
+    #[error("The tenant is suspended: changes are not allowed.")]
     TenantSuspended,
     /// 409: the change conflicts with the current state.
     #[error("{message}")]
@@ -58,10 +58,10 @@ pub enum Error {
     #[error("{0}")]
     LinkInvalid(&'static str),
     /// 429: too many attempts; try again after the given number of seconds.
-    #[error("too many attempts; try again in {retry_after_secs} seconds")]
+    #[error("Too many attempts. Try again in {retry_after_secs} seconds.")]
     Throttled { retry_after_secs: u64 },
     /// 503: the server is busy (e.g. the password-hashing queue is full).
-    #[error("the server is busy; try again shortly")]
+    #[error("The server is busy. Try again shortly.")]
     Busy,
     /// 500: something failed inside; the detail is logged, never shown.
     #[error("internal error: {0}")]

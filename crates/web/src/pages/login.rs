@@ -28,7 +28,15 @@ pub struct LoginQuery {
     setup: Option<String>,
 }
 
-pub async fn form(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+pub async fn form(
+    State(state): State<AppState>,
+    session: Option<CurrentSession>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    if session.is_some() {
+        return Redirect::to(&safe_next(q.next.as_deref())).into_response();
+    }
     let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
     let page = LoginPage {
         chrome: Chrome::signed_out(token),

@@ -1,0 +1,269 @@
+//! The test harness: `TestApp::spawn(Backend)` starts a real server with a fresh database.
+
+use quarterdeck::app::{App, Deps};
+use quarterdeck::Settings;
+use quarterdeck_domain::clock::ManualClock;
+use quarterdeck_domain::token::OsRandom;
+use quarterdeck_domain::Core;
+use reqwest::header::HeaderMap;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+pub const OWNER_EMAIL: &str = "owner@example.com";
+pub const OWNER_PASSWORD: &str = "correct horse battery staple";
+
+/// Write one async test body once; run it on both backends.
+///
+/// `both!(fn name(app) { ... })` makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($(#[$m:meta])* async fn $name:ident($app:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($app: $crate::helpers::TestApp) $body
+            $(#[$m])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await).await
+            }
+            $(#[$m])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = $crate::helpers::TestApp::spawn_pg().await {
+                    run(app).await
+                }
+            }
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub base_url: String,
+    pub core: Arc<Core>,
+    pub clock: Arc<ManualClock>,
+    pub client: reqwest::Client,
+    /// The PostgreSQL database of this test (control database), if any.
+    pub pg_url: Option<String>,
+    _dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+pub fn pg_admin_url() -> Option<String> {
+    match std::env::var("QUARTERDECK_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("QUARTERDECK_TEST_SKIP_PG").as_deref() == Ok("1") => None,
+        _ => panic!(
+            "QUARTERDECK_TEST_PG_URL is not set: run the suite with scripts/test (it starts PostgreSQL), \
+             or set QUARTERDECK_TEST_SKIP_PG=1 to skip the PostgreSQL half"
+        ),
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// `None` when PostgreSQL tests are skipped.
+    pub async fn spawn_pg() -> Option<Self> {
+        pg_admin_url()?;
+        Some(Self::spawn(Backend::Postgres).await)
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let base_url = format!("http://localhost:{port}");
+        let pg_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(create_pg_database().await),
+        };
+        let mut settings = Settings {
+            listen: listener.local_addr().unwrap(),
+            base_url: base_url.parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            database_url: pg_url.clone(),
+            regions: vec!["eu-west".into(), "us-east".into()],
+            ..Settings::default()
+        };
+        tweak(&mut settings);
+        let clock = Arc::new(ManualClock::new(real_now()));
+        let deps = Deps {
+            clock: clock.clone(),
+            rng: Arc::new(OsRandom),
+        };
+        let app = App::with_listener(settings.clone(), listener, deps).await.unwrap();
+        let core = app.core.clone();
+        let server = tokio::spawn(async move {
+            app.run(std::future::pending()).await.unwrap();
+        });
+        Self {
+            backend,
+            base_url,
+            core,
+            clock,
+            client: client(),
+            pg_url,
+            _dir: dir,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_html(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
+    /// POST a form with the CSRF token taken from `page`'s HTML.
+    pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let token = csrf_token(page);
+        let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
+        form.extend_from_slice(fields);
+        self.client
+            .post(self.url(path))
+            .header("origin", &self.base_url)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Create the owner (as the bootstrap settings would) and sign in with it.
+    pub async fn sign_in_owner(&self) -> String {
+        self.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
+        self.sign_in(OWNER_EMAIL, OWNER_PASSWORD).await
+    }
+
+    /// Sign in through the form; returns the dashboard's HTML.
+    pub async fn sign_in(&self, email: &str, password: &str) -> String {
+        let page = self.get_html("/login").await;
+        let r = self
+            .post_form("/login", &page, &[("email", email), ("password", password)])
+            .await;
+        assert_eq!(r.status(), 303, "sign-in failed: {}", r.text().await.unwrap());
+        self.get_html("/").await
+    }
+
+    /// Create a tenant through the console; returns its id.
+    pub async fn create_tenant(&self, name: &str, slug: &str) -> String {
+        let page = self.get_html("/tenants/new").await;
+        let r = self
+            .post_form(
+                "/tenants",
+                &page,
+                &[("name", name), ("slug", slug), ("region", "eu-west"), ("tier", "standard")],
+            )
+            .await;
+        assert_eq!(r.status(), 303, "create failed: {}", r.text().await.unwrap());
+        let location = location(&r);
+        location.split("created=").nth(1).unwrap().to_owned()
+    }
+
+    pub async fn event_types(&self) -> Vec<String> {
+        let filter = quarterdeck_domain::audit::AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        };
+        let mut events = self.core.store.list_events(&filter).await.unwrap();
+        events.reverse();
+        events.into_iter().map(|e| e.event_type).collect()
+    }
+
+    pub async fn events_of(&self, event_type: &str) -> Vec<quarterdeck_domain::audit::AuditEvent> {
+        let filter = quarterdeck_domain::audit::AuditFilter {
+            event_type: Some(event_type.to_owned()),
+            limit: 1000,
+            ..Default::default()
+        };
+        self.core.store.list_events(&filter).await.unwrap()
+    }
+}
+
+pub fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn set_cookies(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The first `csrf_token` hidden field's value in a page.
+pub fn csrf_token(html: &str) -> String {
+    let marker = "name=\"csrf_token\" value=\"";
+    html.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[expect(clippy::disallowed_methods, reason = "the manual clock starts at the real time")]
+fn real_now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// A fresh PostgreSQL database for one test; returns its URL.
+async fn create_pg_database() -> String {
+    use sqlx::ConnectOptions;
+    let admin = pg_admin_url().unwrap();
+    let name = format!("qdt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let opts: sqlx::postgres::PgConnectOptions = admin.parse().unwrap();
+    let mut conn = opts.connect().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// A direct connection to the test's PostgreSQL control database (search_path unset).
+pub async fn pg_conn(url: &str) -> sqlx::PgConnection {
+    use sqlx::ConnectOptions;
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    opts.connect().await.unwrap()
+}
+
+impl TestApp {
+    pub fn clock_now(&self) -> OffsetDateTime {
+        use quarterdeck_domain::Clock;
+        self.clock.now()
+    }
+}

@@ -1,0 +1,15 @@
+//! Quarterdeck's integration tests: one binary, the real server on port 0, a fresh database per
+//! test, on SQLite and on PostgreSQL (`both!` writes each test once and runs it on both).
+//!
+//! PostgreSQL tests need `QUARTERDECK_TEST_PG_URL` (scripts/test starts a throwaway cluster and
+//! sets it). Without it they fail, saying so, unless `QUARTERDECK_TEST_SKIP_PG=1`.
+
+mod helpers;
+
+mod audit;
+mod auth;
+mod browser;
+mod settings;
+mod setup;
+mod storage;
+mod tenants;
