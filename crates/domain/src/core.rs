@@ -1,7 +1,9 @@
 //! The operations the web layer calls. Each checks its rules, builds its audit event and hands
 //! both to the store, which writes them in one transaction.
 
-use crate::access::{Actor, Authorized, ManageTenants, Principal, ReadAudit, ReadTenants, ReadUsers};
+use crate::access::{
+    Actor, Authorized, ManageTenants, Principal, ReadAudit, ReadTenants, ReadUsers,
+};
 use crate::audit::{AuditEvent, AuditFilter, ChainBreak, ChainVerifier, EventType, NewEvent};
 use crate::clock::Clock;
 use crate::email::EmailAddress;
@@ -10,7 +12,7 @@ use crate::ids::{EventId, TenantId, UserId};
 use crate::password::{NewPassword, PasswordHasher};
 use crate::session::{Session, SessionPolicy};
 use crate::store::Store;
-use crate::tenant::{StatusCounts, Tenant, TenantEdit, TenantFilter, TenantStatus, NewTenant};
+use crate::tenant::{NewTenant, StatusCounts, Tenant, TenantEdit, TenantFilter, TenantStatus};
 use crate::throttle::{Throttle, ThrottlePolicy};
 use crate::token::{Random, Secret, TokenHash};
 use crate::user::{PlatformUser, UserStatus};
@@ -87,7 +89,13 @@ impl Core {
         }
     }
 
-    fn new_event(&self, t: EventType, actor: &Actor, tenant: Option<TenantId>, details: serde_json::Value) -> NewEvent {
+    fn new_event(
+        &self,
+        t: EventType,
+        actor: &Actor,
+        tenant: Option<TenantId>,
+        details: serde_json::Value,
+    ) -> NewEvent {
         NewEvent::new(self.clock.now(), t, actor, tenant, details)
     }
 
@@ -121,7 +129,9 @@ impl Core {
         confirm: &str,
     ) -> Result<PlatformUser> {
         if !self.setup_token_valid(token).await? {
-            return Err(Error::LinkInvalid("This setup link is invalid, spent or expired."));
+            return Err(Error::LinkInvalid(
+                "This setup link is invalid, spent or expired.",
+            ));
         }
         let (email, name, password) = self.parse_new_account(email, name, password, confirm)?;
         let user = self.new_owner(email, name);
@@ -134,12 +144,20 @@ impl Core {
         );
         let created = self
             .store
-            .create_owner_with_setup_token(&TokenHash::of(token), self.clock.now(), &user, &hash, event)
+            .create_owner_with_setup_token(
+                &TokenHash::of(token),
+                self.clock.now(),
+                &user,
+                &hash,
+                event,
+            )
             .await?;
         if created {
             Ok(user)
         } else {
-            Err(Error::LinkInvalid("This setup link is invalid, spent or expired."))
+            Err(Error::LinkInvalid(
+                "This setup link is invalid, spent or expired.",
+            ))
         }
     }
 
@@ -172,9 +190,17 @@ impl Core {
         let mut p = Problems::new();
         let email = p.check(EmailAddress::parse(email));
         let name = p.check(crate::user::parse_display_name(name));
-        let password = p.check(NewPassword::parse(password, self.config.password_min_chars, "password"));
+        let password = p.check(NewPassword::parse(
+            password,
+            self.config.password_min_chars,
+            "password",
+        ));
         if password.is_some() && password.as_ref().map(|p| p.expose()) != Some(confirm) {
-            p.push(crate::error::FieldError::new("confirm", "mismatch", "The passwords do not match."));
+            p.push(crate::error::FieldError::new(
+                "confirm",
+                "mismatch",
+                "The passwords do not match.",
+            ));
         }
         p.finish()?;
         match (email, name, password) {
@@ -199,7 +225,12 @@ impl Core {
     /// Check the email and password; on success start a new session (a new id, whatever the
     /// client had before). Unknown email and wrong password give the same error after the same
     /// work (a full Argon2id verification).
-    pub async fn sign_in(&self, email: &str, password: &str, client: &ClientInfo) -> Result<(Secret, SignedIn)> {
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<(Secret, SignedIn)> {
         let now = self.clock.now();
         let account_key = email.trim().to_ascii_lowercase();
         let address_key = client.ip.clone().unwrap_or_default();
@@ -253,7 +284,10 @@ impl Core {
             created_at: now,
             last_seen_at: now,
             expires_at: now + self.config.sessions.absolute,
-            user_agent: client.user_agent.clone().map(|ua| ua.chars().take(256).collect()),
+            user_agent: client
+                .user_agent
+                .clone()
+                .map(|ua| ua.chars().take(256).collect()),
             ip: client.ip.clone(),
         };
         self.store.create_session(&session).await?;
@@ -265,7 +299,14 @@ impl Core {
             json!({ "user_id": user.id, "ip": client.ip }),
         );
         self.store.append_event(event).await?;
-        Ok((secret, SignedIn { session, principal, user }))
+        Ok((
+            secret,
+            SignedIn {
+                session,
+                principal,
+                user,
+            },
+        ))
     }
 
     /// The live session behind a cookie value, if any. Ends sessions past their limits, and
@@ -292,11 +333,17 @@ impl Core {
             self.store.touch_session(&hash, now).await?;
         }
         let principal = Principal::new(user.id, user.email.clone(), user.roles.clone());
-        Ok(Some(SignedIn { session, principal, user }))
+        Ok(Some(SignedIn {
+            session,
+            principal,
+            user,
+        }))
     }
 
     pub async fn sign_out(&self, signed_in: &SignedIn) -> Result<()> {
-        self.store.delete_session(&signed_in.session.id_hash).await?;
+        self.store
+            .delete_session(&signed_in.session.id_hash)
+            .await?;
         let event = self.new_event(
             EventType::SignedOut,
             &signed_in.principal.actor(),
@@ -318,7 +365,11 @@ impl Core {
         let mut p = Problems::new();
         let new = p.check(new);
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
-            p.push(crate::error::FieldError::new("confirm", "mismatch", "The passwords do not match."));
+            p.push(crate::error::FieldError::new(
+                "confirm",
+                "mismatch",
+                "The passwords do not match.",
+            ));
         }
         p.finish()?;
         let Some(new) = new else {
@@ -330,7 +381,11 @@ impl Core {
             .await?
             .map(|(_, h)| h);
         if !self.hasher.verify(current, stored.as_deref()).await? {
-            return Err(Error::field("current_password", "wrong_password", "The current password is not correct."));
+            return Err(Error::field(
+                "current_password",
+                "wrong_password",
+                "The current password is not correct.",
+            ));
         }
         let hash = self.hasher.hash(&new, &*self.rng).await?;
         let event = self.new_event(
@@ -339,7 +394,9 @@ impl Core {
             None,
             json!({ "user_id": signed_in.user.id }),
         );
-        self.store.set_password(signed_in.user.id, &hash, event).await?;
+        self.store
+            .set_password(signed_in.user.id, &hash, event)
+            .await?;
         self.store
             .delete_user_sessions(signed_in.user.id, Some(&signed_in.session.id_hash))
             .await?;
@@ -364,7 +421,11 @@ impl Core {
 
     // ---- tenants -------------------------------------------------------------------------------
 
-    pub async fn create_tenant(&self, auth: &Authorized<ManageTenants>, new: NewTenant) -> Result<Tenant> {
+    pub async fn create_tenant(
+        &self,
+        auth: &Authorized<ManageTenants>,
+        new: NewTenant,
+    ) -> Result<Tenant> {
         if self.store.slug_taken(&new.slug).await? {
             return Err(slug_taken());
         }
@@ -398,7 +459,11 @@ impl Core {
         self.store.tenant(id).await?.ok_or(Error::NotFound)
     }
 
-    pub async fn list_tenants(&self, _auth: &Authorized<ReadTenants>, filter: &TenantFilter) -> Result<(Vec<Tenant>, u64)> {
+    pub async fn list_tenants(
+        &self,
+        _auth: &Authorized<ReadTenants>,
+        filter: &TenantFilter,
+    ) -> Result<(Vec<Tenant>, u64)> {
         self.store.list_tenants(filter).await
     }
 
@@ -408,7 +473,12 @@ impl Core {
 
     /// Edit name, region, tier and metadata. Records `TENANT_METADATA_UPDATED` with a diff per
     /// changed key (`{old, new}`; fields and metadata keys alike). No change, no event.
-    pub async fn update_tenant(&self, auth: &Authorized<ManageTenants>, id: TenantId, edit: TenantEdit) -> Result<Tenant> {
+    pub async fn update_tenant(
+        &self,
+        auth: &Authorized<ManageTenants>,
+        id: TenantId,
+        edit: TenantEdit,
+    ) -> Result<Tenant> {
         let old = self.store.tenant(id).await?.ok_or(Error::NotFound)?;
         let mut changes = serde_json::Map::new();
         let mut diff = |key: String, old: Option<&str>, new: Option<&str>| {
@@ -416,10 +486,23 @@ impl Core {
                 changes.insert(key, json!({ "old": old, "new": new }));
             }
         };
-        diff("name".into(), Some(old.name.as_str()), Some(edit.name.as_str()));
-        diff("region".into(), Some(old.region.as_str()), Some(edit.region.as_str()));
-        diff("tier".into(), Some(old.tier.as_str()), Some(edit.tier.as_str()));
-        let keys: std::collections::BTreeSet<&String> = old.metadata.keys().chain(edit.metadata.keys()).collect();
+        diff(
+            "name".into(),
+            Some(old.name.as_str()),
+            Some(edit.name.as_str()),
+        );
+        diff(
+            "region".into(),
+            Some(old.region.as_str()),
+            Some(edit.region.as_str()),
+        );
+        diff(
+            "tier".into(),
+            Some(old.tier.as_str()),
+            Some(edit.tier.as_str()),
+        );
+        let keys: std::collections::BTreeSet<&String> =
+            old.metadata.keys().chain(edit.metadata.keys()).collect();
         for k in keys {
             diff(
                 format!("metadata.{k}"),
@@ -458,7 +541,11 @@ impl Core {
         let old = self.store.tenant(id).await?.ok_or(Error::NotFound)?;
         let reason = reason.trim();
         if reason.chars().count() > 500 {
-            return Err(Error::field("reason", "too_long", "A reason is at most 500 characters."));
+            return Err(Error::field(
+                "reason",
+                "too_long",
+                "A reason is at most 500 characters.",
+            ));
         }
         if old.status == status {
             return Ok(old);
@@ -480,7 +567,12 @@ impl Core {
 
     /// Delete a tenant: the caller must type its slug. Out of service at once; the database
     /// is dropped after the retention period (`purge_deleted_tenants`).
-    pub async fn delete_tenant(&self, auth: &Authorized<ManageTenants>, id: TenantId, typed_slug: &str) -> Result<Tenant> {
+    pub async fn delete_tenant(
+        &self,
+        auth: &Authorized<ManageTenants>,
+        id: TenantId,
+        typed_slug: &str,
+    ) -> Result<Tenant> {
         let tenant = self.store.tenant(id).await?.ok_or(Error::NotFound)?;
         if typed_slug.trim() != tenant.slug.as_str() {
             return Err(Error::field(
@@ -495,7 +587,9 @@ impl Core {
             Some(id),
             json!({ "tenant_id": id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status }),
         );
-        self.store.delete_tenant(id, self.clock.now(), event).await?;
+        self.store
+            .delete_tenant(id, self.clock.now(), event)
+            .await?;
         Ok(tenant)
     }
 
@@ -508,11 +602,18 @@ impl Core {
 
     // ---- users and audit --------------------------------------------------------------------------
 
-    pub async fn list_platform_users(&self, _auth: &Authorized<ReadUsers>) -> Result<Vec<PlatformUser>> {
+    pub async fn list_platform_users(
+        &self,
+        _auth: &Authorized<ReadUsers>,
+    ) -> Result<Vec<PlatformUser>> {
         self.store.list_platform_users().await
     }
 
-    pub async fn list_events(&self, _auth: &Authorized<ReadAudit>, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+    pub async fn list_events(
+        &self,
+        _auth: &Authorized<ReadAudit>,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>> {
         self.store.list_events(filter).await
     }
 
@@ -539,5 +640,9 @@ impl Core {
 }
 
 pub(crate) fn slug_taken() -> Error {
-    Error::field("slug", "slug_taken", "This slug is already in use; choose another.")
+    Error::field(
+        "slug",
+        "slug_taken",
+        "This slug is already in use; choose another.",
+    )
 }

@@ -83,7 +83,11 @@ pub trait SessionStore: Send + Sync {
     /// Delete a user's sessions except `keep`; returns how many ended.
     async fn delete_user_sessions(&self, user: UserId, keep: Option<&TokenHash>) -> Result<u64>;
     /// Delete the sessions that ended before `before` (housekeeping).
-    async fn delete_expired_sessions(&self, idle_before: OffsetDateTime, now: OffsetDateTime) -> Result<u64>;
+    async fn delete_expired_sessions(
+        &self,
+        idle_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64>;
 }
 
 #[async_trait]

@@ -15,10 +15,43 @@ pub struct TenantSlug(String);
 
 /// Labels that would collide with the product's own hosts or confuse users.
 pub const RESERVED_SLUGS: &[&str] = &[
-    "www", "api", "admin", "login", "logout", "auth", "sso", "oauth", "oidc", "saml", "app",
-    "console", "portal", "static", "assets", "cdn", "mail", "smtp", "imap", "pop", "ftp", "status",
-    "help", "support", "docs", "root", "system", "platform", "quarterdeck", "localhost", "setup",
-    "register", "billing", "internal", "dashboard", "health", "metrics",
+    "www",
+    "api",
+    "admin",
+    "login",
+    "logout",
+    "auth",
+    "sso",
+    "oauth",
+    "oidc",
+    "saml",
+    "app",
+    "console",
+    "portal",
+    "static",
+    "assets",
+    "cdn",
+    "mail",
+    "smtp",
+    "imap",
+    "pop",
+    "ftp",
+    "status",
+    "help",
+    "support",
+    "docs",
+    "root",
+    "system",
+    "platform",
+    "quarterdeck",
+    "localhost",
+    "setup",
+    "register",
+    "billing",
+    "internal",
+    "dashboard",
+    "health",
+    "metrics",
 ];
 
 impl TenantSlug {
@@ -110,10 +143,18 @@ impl TenantName {
             return Err(Error::field("name", "required", "Enter a name."));
         }
         if s.chars().count() > Self::MAX_LEN {
-            return Err(Error::field("name", "too_long", "A name is at most 100 characters."));
+            return Err(Error::field(
+                "name",
+                "too_long",
+                "A name is at most 100 characters.",
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(Error::field("name", "invalid", "A name cannot contain control characters."));
+            return Err(Error::field(
+                "name",
+                "invalid",
+                "A name cannot contain control characters.",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -162,7 +203,13 @@ impl TenantStatus {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| Error::field("status", "invalid_status", "Choose active, read_only or suspended."))
+            .ok_or_else(|| {
+                Error::field(
+                    "status",
+                    "invalid_status",
+                    "Choose active, read_only or suspended.",
+                )
+            })
     }
     /// Whether writes inside the tenant are allowed; otherwise the error that says why.
     pub fn check_writable(self) -> Result<()> {
@@ -203,7 +250,9 @@ impl PriorityTier {
         Self::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| Error::field("tier", "invalid_tier", "Choose standard, high or critical."))
+            .ok_or_else(|| {
+                Error::field("tier", "invalid_tier", "Choose standard, high or critical.")
+            })
     }
 }
 
@@ -218,7 +267,11 @@ impl Region {
         if allowed.iter().any(|r| r == s) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(Error::field("region", "invalid_region", format!("Choose one of: {}.", allowed.join(", "))))
+            Err(Error::field(
+                "region",
+                "invalid_region",
+                format!("Choose one of: {}.", allowed.join(", ")),
+            ))
         }
     }
     /// A region read back from storage (it was checked when written).
@@ -248,9 +301,17 @@ pub fn parse_metadata(rows: &[(String, String)]) -> Result<Metadata> {
         }
         let field = format!("metadata[{i}]");
         if k.is_empty() {
-            problems.push(FieldError::new(&field, "required", "Enter a key for this value."));
+            problems.push(FieldError::new(
+                &field,
+                "required",
+                "Enter a key for this value.",
+            ));
         } else if k.len() > METADATA_KEY_MAX {
-            problems.push(FieldError::new(&field, "too_long", "A key is at most 64 characters."));
+            problems.push(FieldError::new(
+                &field,
+                "too_long",
+                "A key is at most 64 characters.",
+            ));
         } else if !k
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
@@ -267,11 +328,19 @@ pub fn parse_metadata(rows: &[(String, String)]) -> Result<Metadata> {
                 "A value is at most 512 characters, without control characters.",
             ));
         } else if map.insert(k.to_owned(), v.to_owned()).is_some() {
-            problems.push(FieldError::new(&field, "duplicate_key", "This key appears twice."));
+            problems.push(FieldError::new(
+                &field,
+                "duplicate_key",
+                "This key appears twice.",
+            ));
         }
     }
     if map.len() > METADATA_MAX_ENTRIES {
-        problems.push(FieldError::new("metadata", "too_many", "At most 50 metadata entries."));
+        problems.push(FieldError::new(
+            "metadata",
+            "too_many",
+            "At most 50 metadata entries.",
+        ));
     }
     problems.finish()?;
     Ok(map)
@@ -344,7 +413,10 @@ mod tests {
     fn slugs_must_be_dns_labels_and_not_reserved() {
         assert!(TenantSlug::parse("acme-corp").is_ok());
         assert!(TenantSlug::parse("a1").is_ok());
-        for bad in ["", "Acme", "-acme", "acme-", "ac_me", "../x", "a\0b", "www", "admin", "xn--abc", "acmé"] {
+        for bad in [
+            "", "Acme", "-acme", "acme-", "ac_me", "../x", "a\0b", "www", "admin", "xn--abc",
+            "acmé",
+        ] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(TenantSlug::parse(&"a".repeat(64)).is_err());
@@ -354,13 +426,19 @@ mod tests {
     #[test]
     fn slug_suggestions_are_valid_labels() {
         assert_eq!(TenantSlug::suggest("Acme Corp"), "acme-corp");
-        assert_eq!(TenantSlug::suggest("  Acme   Behavioral Health!! "), "acme-behavioral-health");
+        assert_eq!(
+            TenantSlug::suggest("  Acme   Behavioral Health!! "),
+            "acme-behavioral-health"
+        );
         assert_eq!(TenantSlug::suggest("Ünïcode Ltd"), "n-code-ltd");
     }
 
     #[test]
     fn metadata_rows_are_bounded_and_blank_rows_ignored() {
-        let rows = vec![("plan".into(), "gold".into()), (String::new(), String::new())];
+        let rows = vec![
+            ("plan".into(), "gold".into()),
+            (String::new(), String::new()),
+        ];
         assert_eq!(parse_metadata(&rows).unwrap().len(), 1);
         let dup = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
         assert!(parse_metadata(&dup).is_err());

@@ -38,7 +38,9 @@ impl Default for Deps {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Open the store (running the control database's migrations) and build the core.
@@ -67,34 +69,49 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         setup_link_ttl: time::Duration::hours(24),
         tenant_retention: time::Duration::days(i64::from(settings.tenant_retention_days)),
     };
-    Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
+    Ok(Arc::new(Core::new(
+        store, deps.clock, deps.rng, hasher, config,
+    )))
 }
 
 impl App {
     /// Bind, migrate, create the bootstrap owner or log the setup link.
     pub async fn build(settings: Settings, deps: Deps) -> Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (QUARTERDECK_LISTEN)", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen).await.with_context(|| {
+            format!("cannot listen on {} (QUARTERDECK_LISTEN)", settings.listen)
+        })?;
         Self::with_listener(settings, listener, deps).await
     }
 
     /// Like [`App::build`] on a listener already bound (tests bind port 0 first, so that the
     /// base URL can name the port).
-    pub async fn with_listener(settings: Settings, listener: TcpListener, deps: Deps) -> Result<Self> {
+    pub async fn with_listener(
+        settings: Settings,
+        listener: TcpListener,
+        deps: Deps,
+    ) -> Result<Self> {
         let core = core(&settings, deps).await?;
 
-        if let (Some(email), Some(password)) = (&settings.bootstrap_owner_email, &settings.bootstrap_owner_password) {
-            let created = core
-                .bootstrap_owner(email, password)
-                .await
-                .map_err(|e| anyhow::anyhow!("QUARTERDECK_BOOTSTRAP_OWNER_*: {e} {:?}", e.fields()))?;
+        if let (Some(email), Some(password)) = (
+            &settings.bootstrap_owner_email,
+            &settings.bootstrap_owner_password,
+        ) {
+            let created = core.bootstrap_owner(email, password).await.map_err(|e| {
+                anyhow::anyhow!("QUARTERDECK_BOOTSTRAP_OWNER_*: {e} {:?}", e.fields())
+            })?;
             if created {
                 tracing::info!(email = %email, "created the first owner from QUARTERDECK_BOOTSTRAP_OWNER_EMAIL");
             }
         }
-        if let Some(token) = core.setup_token_if_needed().await.map_err(|e| anyhow::anyhow!("{e}"))? {
-            let mut link = settings.base_url.join("/setup").context("building the setup link")?;
+        if let Some(token) = core
+            .setup_token_if_needed()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            let mut link = settings
+                .base_url
+                .join("/setup")
+                .context("building the setup link")?;
             link.query_pairs_mut().append_pair("token", token.expose());
             tracing::warn!(
                 "No owner exists yet. Open this one-time link within 24 hours to create one: {link}"
@@ -164,7 +181,10 @@ async fn housekeeping(core: Arc<Core>, settings: Settings) {
             tracing::warn!(error = %e, "session clean-up failed");
         }
         match core.purge_deleted_tenants().await {
-            Ok(ids) if !ids.is_empty() => tracing::info!(count = ids.len(), "dropped the databases of deleted tenants past retention"),
+            Ok(ids) if !ids.is_empty() => tracing::info!(
+                count = ids.len(),
+                "dropped the databases of deleted tenants past retention"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
         }
@@ -174,7 +194,12 @@ async fn housekeeping(core: Arc<Core>, settings: Settings) {
 /// Migrate every tenant database; one result per tenant.
 pub async fn migrate_tenants(
     core: &Core,
-) -> quarterdeck_domain::Result<Vec<(quarterdeck_domain::TenantId, quarterdeck_domain::Result<usize>)>> {
+) -> quarterdeck_domain::Result<
+    Vec<(
+        quarterdeck_domain::TenantId,
+        quarterdeck_domain::Result<usize>,
+    )>,
+> {
     let ids = core.store.tenant_ids().await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {

@@ -7,7 +7,11 @@ use quarterdeck::{Settings, telemetry};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "quarterdeck", version, about = "Self-hosted control plane for multi-tenant B2B SaaS")]
+#[command(
+    name = "quarterdeck",
+    version,
+    about = "Self-hosted control plane for multi-tenant B2B SaaS"
+)]
 struct Cli {
     /// The settings file (default: ./quarterdeck.toml if present).
     #[arg(long, env = "QUARTERDECK_CONFIG", global = true)]
@@ -57,7 +61,9 @@ async fn main() -> Result<()> {
         Command::Migrate => {
             let core = app::core(&settings, Deps::default()).await?;
             println!("control database: migrated ({})", core.store.backend());
-            let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = app::migrate_tenants(&core)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut failed = 0;
             for (id, r) in &report {
                 match r {
@@ -74,15 +80,24 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
             let core = app::core(&settings, Deps::default()).await?;
-            match core.verify_audit_chain().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            match core
+                .verify_audit_chain()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
                 Ok(n) => {
                     println!("audit chain intact: {n} event(s) verified");
                     Ok(())
                 }
                 Err(b) => {
-                    println!("audit chain BROKEN at event #{} ({}): {}", b.seq, b.id, b.reason);
+                    println!(
+                        "audit chain BROKEN at event #{} ({}): {}",
+                        b.seq, b.id, b.reason
+                    );
                     std::process::exit(1);
                 }
             }
@@ -96,7 +111,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

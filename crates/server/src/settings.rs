@@ -104,7 +104,11 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
         OneOrMany::Many(v) => v,
     })
 }
@@ -127,9 +131,15 @@ impl Settings {
             None => {}
         }
         let known: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
-        fig = fig.merge(Env::prefixed("QUARTERDECK_").filter(move |k| known.iter().any(|n| k == n.as_str())));
+        fig = fig.merge(
+            Env::prefixed("QUARTERDECK_").filter(move |k| known.iter().any(|n| k == n.as_str())),
+        );
         let mut s: Settings = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
-        s.database_url = secret_from(s.database_url.take(), s.database_url_file.as_deref(), "database_url")?;
+        s.database_url = secret_from(
+            s.database_url.take(),
+            s.database_url_file.as_deref(),
+            "database_url",
+        )?;
         s.bootstrap_owner_password = secret_from(
             s.bootstrap_owner_password.take(),
             s.bootstrap_owner_password_file.as_deref(),
@@ -140,11 +150,14 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
-        if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none() {
+        if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none()
+        {
             bail!("base_url (QUARTERDECK_BASE_URL) must be an http:// or https:// URL with a host");
         }
         if self.base_url.path() != "/" || self.base_url.query().is_some() {
-            bail!("base_url (QUARTERDECK_BASE_URL) must not have a path or query: Quarterdeck is served at the root of its host");
+            bail!(
+                "base_url (QUARTERDECK_BASE_URL) must not have a path or query: Quarterdeck is served at the root of its host"
+            );
         }
         if self.regions.is_empty() {
             bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
@@ -165,7 +178,10 @@ impl Settings {
     pub fn trusted_proxy_ips(&self) -> Result<Vec<IpAddr>> {
         self.trusted_proxies
             .iter()
-            .map(|p| p.parse().with_context(|| format!("trusted_proxies: {p:?} is not an IP address")))
+            .map(|p| {
+                p.parse()
+                    .with_context(|| format!("trusted_proxies: {p:?} is not an IP address"))
+            })
             .collect()
     }
 
@@ -194,10 +210,18 @@ impl Settings {
                     serde_json::Value::Null => "—".to_owned(),
                     _ if *secret => "•••••• (set)".to_owned(),
                     serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     other => other.to_string(),
                 };
-                (k.to_string(), format!("QUARTERDECK_{}", k.to_ascii_uppercase()), shown)
+                (
+                    k.to_string(),
+                    format!("QUARTERDECK_{}", k.to_ascii_uppercase()),
+                    shown,
+                )
             })
             .collect()
     }
@@ -222,13 +246,18 @@ fn describe(e: figment::Error) -> String {
         let key = err.path.join(".");
         let msg = match &err.kind {
             figment::error::Kind::UnknownField(field, _) => {
-                format!("unknown setting `{field}` in the settings file (see the README for the list)")
+                format!(
+                    "unknown setting `{field}` in the settings file (see the README for the list)"
+                )
             }
             other => {
                 if key.is_empty() {
                     other.to_string()
                 } else {
-                    format!("setting `{key}` (QUARTERDECK_{}): {other}", key.to_ascii_uppercase())
+                    format!(
+                        "setting `{key}` (QUARTERDECK_{}): {other}",
+                        key.to_ascii_uppercase()
+                    )
                 }
             }
         };
@@ -246,7 +275,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qd-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("q.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n",
+        )
+        .unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("base_ulr"), "{err}");
     }

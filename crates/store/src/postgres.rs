@@ -12,7 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
-static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/control");
+static CONTROL_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("./migrations/postgres/control");
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/tenant");
 
 type Ts = time::OffsetDateTime;
@@ -80,15 +81,25 @@ impl PgStore {
     }
 
     fn check_name(name: &str) -> Result<&str> {
-        if !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             Ok(name)
         } else {
-            Err(Error::Internal(format!("refusing unsafe database name {name:?}")))
+            Err(Error::Internal(format!(
+                "refusing unsafe database name {name:?}"
+            )))
         }
     }
 
     async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<PgPool> {
-        let opts = with_schema(self.base.clone().database(Self::check_name(db_name)?), "security");
+        let opts = with_schema(
+            self.base.clone().database(Self::check_name(db_name)?),
+            "security",
+        );
         let max = self.tenants.limits().connections_per_tenant;
         self.tenants
             .get(id, || async move {
@@ -124,11 +135,13 @@ impl PgStore {
             setup.close().await;
             let pool = self.tenant_pool(id, &name).await?;
             TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
-            sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, now())")
-                .bind(id.0)
-                .execute(&pool)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, now())",
+            )
+            .bind(id.0)
+            .execute(&pool)
+            .await
+            .map_err(db_err)?;
             Ok::<_, Error>(())
         }
         .await;
@@ -142,10 +155,12 @@ impl PgStore {
     async fn drop_tenant_db(&self, id: TenantId, db_name: &str) -> Result<()> {
         self.tenants.remove(id).await;
         let quoted = format!("\"{}\"", Self::check_name(db_name)?);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
+        )))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 

@@ -5,8 +5,10 @@
 
 use crate::pools::{PoolCache, PoolLimits};
 use crate::{db_err, mig_err};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,7 +47,10 @@ impl SqliteStore {
     pub async fn open(data_dir: &Path, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
         let tenants_dir = data_dir.join("tenants");
         std::fs::create_dir_all(&tenants_dir).map_err(|e| {
-            quarterdeck_domain::Error::Internal(format!("cannot create the data directory {}: {e}", tenants_dir.display()))
+            quarterdeck_domain::Error::Internal(format!(
+                "cannot create the data directory {}: {e}",
+                tenants_dir.display()
+            ))
         })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -61,7 +66,9 @@ impl SqliteStore {
     }
 
     fn tenant_path(&self, id: TenantId) -> PathBuf {
-        self.data_dir.join("tenants").join(format!("{}.db", id.0.simple()))
+        self.data_dir
+            .join("tenants")
+            .join(format!("{}.db", id.0.simple()))
     }
 
     async fn tenant_pool(&self, id: TenantId) -> Result<SqlitePool> {
@@ -99,7 +106,12 @@ impl SqliteStore {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Internal(format!("cannot remove {}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "cannot remove {}: {e}",
+                        path.display()
+                    )));
+                }
             }
         }
         Ok(())

@@ -61,10 +61,14 @@ impl IntoResponse for HtmlError {
         let status = status_of(&self.0);
         let reference = log_internal(&self.0);
         let (title, message) = match &self.0 {
-            Error::NotFound => ("Not found".to_owned(), "There is nothing here, or you may not see it.".to_owned()),
+            Error::NotFound => (
+                "Not found".to_owned(),
+                "There is nothing here, or you may not see it.".to_owned(),
+            ),
             Error::Internal(_) => (
                 "Something went wrong".to_owned(),
-                "The server could not finish this request. Nothing was changed by it; try again.".to_owned(),
+                "The server could not finish this request. Nothing was changed by it; try again."
+                    .to_owned(),
             ),
             Error::Forbidden => ("Not allowed".to_owned(), self.0.to_string()),
             Error::CsrfRejected => ("Request refused".to_owned(), self.0.to_string()),
@@ -104,7 +108,8 @@ impl IntoResponse for ApiError {
             Some(reference) => format!("internal error (reference {reference})"),
             None => self.0.to_string(),
         };
-        let mut body = serde_json::json!({ "error": { "code": self.0.code(), "message": message } });
+        let mut body =
+            serde_json::json!({ "error": { "code": self.0.code(), "message": message } });
         if !self.0.fields().is_empty() {
             body["error"]["fields"] = serde_json::json!(self.0.fields());
         }

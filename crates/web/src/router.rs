@@ -4,8 +4,8 @@
 //! on every unsafe method. Handlers check permissions themselves, first thing.
 
 use crate::auth::{csrf_guard, load_session};
-use crate::pages::{audit, dashboard, login, settings, setup, tenants, users};
 use crate::error::ApiError;
+use crate::pages::{audit, dashboard, login, settings, setup, tenants, users};
 use crate::state::AppState;
 use crate::{assets, pages};
 use axum::Router;
@@ -33,7 +33,10 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/{id}", get(audit::show))
         .route("/settings", get(settings::show))
         .route("/settings/password", post(settings::change_password))
-        .route("/settings/sessions/revoke", post(settings::end_other_sessions))
+        .route(
+            "/settings/sessions/revoke",
+            post(settings::end_other_sessions),
+        )
         // Machines
         .route("/healthz", get(health))
         .route("/static/{name}", get(assets::serve))
@@ -75,9 +78,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !is_static {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

@@ -81,9 +81,14 @@ async fn tamper(app: &TestApp, seq: i64, force: bool) -> Result<(), sqlx::Error>
         Backend::Sqlite => {
             use sqlx::ConnectOptions;
             let path = app.data_dir().join("control.db");
-            let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(path).connect().await?;
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .connect()
+                .await?;
             if force {
-                sqlx::raw_sql("DROP TRIGGER tenant_audit_no_update").execute(&mut conn).await?;
+                sqlx::raw_sql("DROP TRIGGER tenant_audit_no_update")
+                    .execute(&mut conn)
+                    .await?;
             }
             sqlx::query("UPDATE tenant_audit SET details = '{\"name\":\"Evil\"}' WHERE seq = $1")
                 .bind(seq)
@@ -93,14 +98,18 @@ async fn tamper(app: &TestApp, seq: i64, force: bool) -> Result<(), sqlx::Error>
         Backend::Postgres => {
             let mut conn = pg_conn(app.pg_url.as_deref().unwrap()).await;
             if force {
-                sqlx::raw_sql("ALTER TABLE identity.tenant_audit DISABLE TRIGGER tenant_audit_append_only")
-                    .execute(&mut conn)
-                    .await?;
-            }
-            sqlx::query("UPDATE identity.tenant_audit SET details = '{\"name\":\"Evil\"}' WHERE seq = $1")
-                .bind(seq)
+                sqlx::raw_sql(
+                    "ALTER TABLE identity.tenant_audit DISABLE TRIGGER tenant_audit_append_only",
+                )
                 .execute(&mut conn)
                 .await?;
+            }
+            sqlx::query(
+                "UPDATE identity.tenant_audit SET details = '{\"name\":\"Evil\"}' WHERE seq = $1",
+            )
+            .bind(seq)
+            .execute(&mut conn)
+            .await?;
         }
     }
     Ok(())

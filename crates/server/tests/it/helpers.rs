@@ -1,10 +1,10 @@
 //! The test harness: `TestApp::spawn(Backend)` starts a real server with a fresh database.
 
-use quarterdeck::app::{App, Deps};
 use quarterdeck::Settings;
+use quarterdeck::app::{App, Deps};
+use quarterdeck_domain::Core;
 use quarterdeck_domain::clock::ManualClock;
 use quarterdeck_domain::token::OsRandom;
-use quarterdeck_domain::Core;
 use reqwest::header::HeaderMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -110,7 +110,9 @@ impl TestApp {
             clock: clock.clone(),
             rng: Arc::new(OsRandom),
         };
-        let app = App::with_listener(settings.clone(), listener, deps).await.unwrap();
+        let app = App::with_listener(settings.clone(), listener, deps)
+            .await
+            .unwrap();
         let core = app.core.clone();
         let server = tokio::spawn(async move {
             app.run(std::future::pending()).await.unwrap();
@@ -144,7 +146,12 @@ impl TestApp {
     }
 
     /// POST a form with the CSRF token taken from `page`'s HTML.
-    pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn post_form(
+        &self,
+        path: &str,
+        page: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let token = csrf_token(page);
         let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
         form.extend_from_slice(fields);
@@ -159,7 +166,10 @@ impl TestApp {
 
     /// Create the owner (as the bootstrap settings would) and sign in with it.
     pub async fn sign_in_owner(&self) -> String {
-        self.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
+        self.core
+            .bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD)
+            .await
+            .unwrap();
         self.sign_in(OWNER_EMAIL, OWNER_PASSWORD).await
     }
 
@@ -169,7 +179,12 @@ impl TestApp {
         let r = self
             .post_form("/login", &page, &[("email", email), ("password", password)])
             .await;
-        assert_eq!(r.status(), 303, "sign-in failed: {}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            303,
+            "sign-in failed: {}",
+            r.text().await.unwrap()
+        );
         self.get_html("/").await
     }
 
@@ -180,10 +195,20 @@ impl TestApp {
             .post_form(
                 "/tenants",
                 &page,
-                &[("name", name), ("slug", slug), ("region", "eu-west"), ("tier", "standard")],
+                &[
+                    ("name", name),
+                    ("slug", slug),
+                    ("region", "eu-west"),
+                    ("tier", "standard"),
+                ],
             )
             .await;
-        assert_eq!(r.status(), 303, "create failed: {}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            303,
+            "create failed: {}",
+            r.text().await.unwrap()
+        );
         let location = location(&r);
         location.split("created=").nth(1).unwrap().to_owned()
     }
@@ -233,7 +258,10 @@ pub fn csrf_token(html: &str) -> String {
         .to_owned()
 }
 
-#[expect(clippy::disallowed_methods, reason = "the manual clock starts at the real time")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the manual clock starts at the real time"
+)]
 fn real_now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }

@@ -4,6 +4,12 @@
 //! PostgreSQL tests need `QUARTERDECK_TEST_PG_URL` (scripts/test starts a throwaway cluster and
 //! sets it). Without it they fail, saying so, unless `QUARTERDECK_TEST_SKIP_PG=1`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests unwrap: a failure is the test failing"
+)]
+
 mod helpers;
 
 mod audit;

@@ -70,11 +70,22 @@ async fn tenant_pools_are_capped_and_the_least_recently_used_is_closed() {
     for i in 0..6 {
         app.create_tenant(&format!("T{i}"), &format!("t-{i}")).await;
     }
-    let store = quarterdeck_store::SqliteStore::open(app.data_dir(), quarterdeck_store::PoolLimits { max_open: 3, ..Default::default() })
+    let store = quarterdeck_store::SqliteStore::open(
+        app.data_dir(),
+        quarterdeck_store::PoolLimits {
+            max_open: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for id in quarterdeck_domain::store::TenantStore::tenant_ids(&store)
         .await
-        .unwrap();
-    for id in quarterdeck_domain::store::TenantStore::tenant_ids(&store).await.unwrap() {
-        quarterdeck_domain::store::TenantStore::migrate_tenant(&store, id).await.unwrap();
+        .unwrap()
+    {
+        quarterdeck_domain::store::TenantStore::migrate_tenant(&store, id)
+            .await
+            .unwrap();
         assert!(store.open_tenant_pools().await <= 3);
     }
     assert_eq!(store.open_tenant_pools().await, 3);

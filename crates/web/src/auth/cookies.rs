@@ -47,10 +47,12 @@ pub fn anon_csrf_token(
     headers: &HeaderMap,
     rng: &dyn quarterdeck_domain::token::Random,
 ) -> (String, Option<String>) {
-    if let Some(v) = read_cookie(headers, &config.cookie_name(super::ANON_CSRF_COOKIE)) {
-        if v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return (v, None);
-        }
+    if let Some(v) = read_cookie(headers, &config.cookie_name(super::ANON_CSRF_COOKIE))
+        && v.len() == 43
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return (v, None);
     }
     let token = quarterdeck_domain::token::Secret::generate(rng, "");
     let value = token.expose().to_owned();

@@ -35,15 +35,16 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
     }
     let refuse = || HtmlError(Error::CsrfRejected).into_response();
     let headers = req.headers();
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site != "same-origin" && site != "none" {
-            return refuse();
-        }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "same-origin"
+        && site != "none"
+    {
+        return refuse();
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if origin.to_str().ok() != Some(state.config.origin().as_str()) {
-            return refuse();
-        }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && origin.to_str().ok() != Some(state.config.origin().as_str())
+    {
+        return refuse();
     }
     let expected = match req.extensions().get::<MaybeSession>() {
         Some(MaybeSession(Some(s))) => Some(s.session.csrf_token.clone()),
@@ -75,7 +76,8 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
         .map(|(_, v)| v.into_owned());
     match sent {
         Some(sent) if constant_time_eq(&sent, &expected) => {
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
         _ => refuse(),
     }

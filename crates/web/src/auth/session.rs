@@ -38,7 +38,10 @@ pub struct CurrentSession(pub SignedIn);
 impl FromRequestParts<AppState> for CurrentSession {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<MaybeSession>() {
             Some(MaybeSession(Some(s))) => Ok(Self(s.clone())),
             _ => Err(login_redirect(&parts.uri)),
@@ -49,7 +52,10 @@ impl FromRequestParts<AppState> for CurrentSession {
 impl axum::extract::OptionalFromRequestParts<AppState> for CurrentSession {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
         Ok(match parts.extensions.get::<MaybeSession>() {
             Some(MaybeSession(Some(s))) => Some(Self(s.clone())),
             _ => None,
@@ -64,7 +70,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
     }
 }
 
@@ -126,7 +137,16 @@ mod tests {
     #[test]
     fn only_same_origin_paths_are_followed_after_sign_in() {
         assert_eq!(safe_next(Some("/tenants?page=2")), "/tenants?page=2");
-        for bad in ["//evil.io", "/\\evil.io", "https://evil.io", "javascript:alert(1)", "evil", "/a\r\nb", "/ａ", ""] {
+        for bad in [
+            "//evil.io",
+            "/\\evil.io",
+            "https://evil.io",
+            "javascript:alert(1)",
+            "evil",
+            "/a\r\nb",
+            "/ａ",
+            "",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe_next(None), "/");

@@ -22,12 +22,18 @@ pub struct DashboardPage {
     pub can_manage: bool,
 }
 
-pub async fn show(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
+pub async fn show(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+) -> Result<Response, HtmlError> {
     let read = s.principal.require::<ReadTenants>()?;
     let counts = state.core.tenant_counts(&read).await?;
     let events = match s.principal.require::<ReadAudit>() {
         Ok(audit) => {
-            let filter = AuditFilter { limit: 8, ..Default::default() };
+            let filter = AuditFilter {
+                limit: 8,
+                ..Default::default()
+            };
             let events = state.core.list_events(&audit, &filter).await?;
             Some(events.iter().map(EventRow::from).collect())
         }

@@ -1,7 +1,10 @@
 //! `/login` and `/logout` on the base host.
 
 use super::{Chrome, render};
-use crate::auth::{CurrentSession, PeerAddr, anon_csrf_token, clear_session_cookie, client_info, safe_next, session_cookie};
+use crate::auth::{
+    CurrentSession, PeerAddr, anon_csrf_token, clear_session_cookie, client_info, safe_next,
+    session_cookie,
+};
 use crate::error::HtmlError;
 use crate::state::AppState;
 use askama::Template;
@@ -43,7 +46,10 @@ pub async fn form(
         email: String::new(),
         next: safe_next(q.next.as_deref()),
         error: None,
-        notice: q.setup.is_some().then_some("Your owner account is ready. Sign in with it."),
+        notice: q
+            .setup
+            .is_some()
+            .then_some("Your owner account is ready. Sign in with it."),
     };
     with_cookie(render(&page), set_cookie)
 }
@@ -91,10 +97,10 @@ pub async fn submit(
                 notice: None,
             };
             let mut resp = with_cookie((status, render(&page)).into_response(), set_cookie);
-            if let Error::Throttled { retry_after_secs } = e {
-                if let Ok(v) = retry_after_secs.to_string().parse() {
-                    resp.headers_mut().insert(header::RETRY_AFTER, v);
-                }
+            if let Error::Throttled { retry_after_secs } = e
+                && let Ok(v) = retry_after_secs.to_string().parse()
+            {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
             resp
         }
@@ -103,10 +109,10 @@ pub async fn submit(
 }
 
 pub async fn logout(State(state): State<AppState>, session: Option<CurrentSession>) -> Response {
-    if let Some(CurrentSession(s)) = session {
-        if let Err(e) = state.core.sign_out(&s).await {
-            return HtmlError(e).into_response();
-        }
+    if let Some(CurrentSession(s)) = session
+        && let Err(e) = state.core.sign_out(&s).await
+    {
+        return HtmlError(e).into_response();
     }
     let mut resp = Redirect::to("/login").into_response();
     if let Ok(v) = clear_session_cookie(&state.config).parse() {

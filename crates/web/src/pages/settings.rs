@@ -58,8 +58,13 @@ pub async fn show(
 ) -> Response {
     let mut p = page(&state, &s);
     p.notice = match q.done.as_deref() {
-        Some("password") => Some("Password changed. Your other sessions were signed out.".to_owned()),
-        Some("sessions") => Some(format!("Signed out of {} other session(s).", q.ended.unwrap_or(0))),
+        Some("password") => {
+            Some("Password changed. Your other sessions were signed out.".to_owned())
+        }
+        Some("sessions") => Some(format!(
+            "Signed out of {} other session(s).",
+            q.ended.unwrap_or(0)
+        )),
         _ => None,
     };
     render(&p)
@@ -95,7 +100,10 @@ pub async fn change_password(
     }
 }
 
-pub async fn end_other_sessions(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
+pub async fn end_other_sessions(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+) -> Result<Response, HtmlError> {
     let n = state.core.end_other_sessions(&s).await?;
     Ok(Redirect::to(&format!("/settings?done=sessions&ended={n}")).into_response())
 }

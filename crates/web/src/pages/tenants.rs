@@ -96,13 +96,21 @@ pub async fn list(
         offset: (page - 1) * PAGE_SIZE,
     };
     let (tenants, total) = state.core.list_tenants(&auth, &filter).await?;
-    let pages = u32::try_from(total.div_ceil(u64::from(PAGE_SIZE))).unwrap_or(u32::MAX).max(1);
+    let pages = u32::try_from(total.div_ceil(u64::from(PAGE_SIZE)))
+        .unwrap_or(u32::MAX)
+        .max(1);
     let link = |p: u32| {
-        let qs = serde_urlencoded::to_string([("q", q.q.as_str()), ("status", q.status.as_str())]).unwrap_or_default();
+        let qs = serde_urlencoded::to_string([("q", q.q.as_str()), ("status", q.status.as_str())])
+            .unwrap_or_default();
         format!("/tenants?{qs}&page={p}")
     };
     let created_toast = match q.created.as_deref().map(str::parse::<TenantId>) {
-        Some(Ok(id)) => state.core.store.tenant(id).await?.map(|t| t.name.as_str().to_owned()),
+        Some(Ok(id)) => state
+            .core
+            .store
+            .tenant(id)
+            .await?
+            .map(|t| t.name.as_str().to_owned()),
         _ => None,
     };
     Ok(render(&ListPage {
@@ -135,7 +143,10 @@ pub struct NewPage {
 }
 
 fn tier_options(selected: &str) -> Vec<Opt> {
-    options(PriorityTier::ALL.iter().map(|t| (t.as_str(), t.label())), selected)
+    options(
+        PriorityTier::ALL.iter().map(|t| (t.as_str(), t.label())),
+        selected,
+    )
 }
 
 fn region_options(regions: &[String], selected: &str) -> Vec<Opt> {
@@ -143,12 +154,24 @@ fn region_options(regions: &[String], selected: &str) -> Vec<Opt> {
 }
 
 fn status_options(selected: &str) -> Vec<Opt> {
-    options(TenantStatus::ALL.iter().map(|s| (s.as_str(), s.label())), selected)
+    options(
+        TenantStatus::ALL.iter().map(|s| (s.as_str(), s.label())),
+        selected,
+    )
 }
 
-pub async fn new_form(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
+pub async fn new_form(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+) -> Result<Response, HtmlError> {
     s.principal.require::<ManageTenants>()?;
-    let region = state.core.config.regions.first().cloned().unwrap_or_default();
+    let region = state
+        .core
+        .config
+        .regions
+        .first()
+        .cloned()
+        .unwrap_or_default();
     Ok(render(&NewPage {
         chrome: Chrome::console(&s, "tenants"),
         name: String::new(),
@@ -251,7 +274,11 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
         updated: fmt_time(t.updated_at),
         can_manage: s.principal.can(&Capability::TenantsManage),
         name: t.name.as_str().to_owned(),
-        metadata: t.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: t
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         regions: region_options(regions, t.region.as_str()),
         tiers: tier_options(t.tier.as_str()),
         statuses: status_options(t.status.as_str()),
@@ -280,7 +307,11 @@ pub async fn show(
 
 /// The edit form arrives as ordered pairs, because metadata rows repeat `meta_key`/`meta_value`.
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 pub async fn update(
@@ -293,17 +324,31 @@ pub async fn update(
     let read = s.principal.require::<ReadTenants>()?;
     let id = tenant_id(&id)?;
     let current = state.core.tenant(&read, id).await?;
-    let keys = pairs.iter().filter(|(k, _)| k == "meta_key").map(|(_, v)| v.clone());
-    let values = pairs.iter().filter(|(k, _)| k == "meta_value").map(|(_, v)| v.clone());
+    let keys = pairs
+        .iter()
+        .filter(|(k, _)| k == "meta_key")
+        .map(|(_, v)| v.clone());
+    let values = pairs
+        .iter()
+        .filter(|(k, _)| k == "meta_value")
+        .map(|(_, v)| v.clone());
     let rows: Vec<(String, String)> = keys.zip(values).collect();
     let mut p = Problems::new();
     let name = p.check(TenantName::parse(field(&pairs, "name")));
-    let region = p.check(Region::parse(field(&pairs, "region"), &state.core.config.regions));
+    let region = p.check(Region::parse(
+        field(&pairs, "region"),
+        &state.core.config.regions,
+    ));
     let tier = p.check(PriorityTier::parse(field(&pairs, "tier")));
     let metadata = p.check(parse_metadata(&rows));
     let result = match (p.finish(), name, region, tier, metadata) {
         (Ok(()), Some(name), Some(region), Some(tier), Some(metadata)) => {
-            let edit = TenantEdit { name, region, tier, metadata };
+            let edit = TenantEdit {
+                name,
+                region,
+                tier,
+                metadata,
+            };
             state.core.update_tenant(&auth, id, edit).await.map(|_| ())
         }
         (Err(e), ..) => Err(e),
@@ -341,7 +386,11 @@ pub async fn change_status(
     let auth = s.principal.require::<ManageTenants>()?;
     let id = tenant_id(&id)?;
     let result = match TenantStatus::parse(&f.status) {
-        Ok(status) => state.core.set_tenant_status(&auth, id, status, &f.reason).await.map(|_| ()),
+        Ok(status) => state
+            .core
+            .set_tenant_status(&auth, id, status, &f.reason)
+            .await
+            .map(|_| ()),
         Err(e) => Err(e),
     };
     match result {

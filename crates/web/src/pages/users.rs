@@ -24,7 +24,10 @@ pub struct UsersPage {
     pub users: Vec<UserRow>,
 }
 
-pub async fn list(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
+pub async fn list(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+) -> Result<Response, HtmlError> {
     let auth = s.principal.require::<ReadUsers>()?;
     let users = state.core.list_platform_users(&auth).await?;
     let users = users
