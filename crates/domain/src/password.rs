@@ -206,3 +206,35 @@ mod tests {
         assert!(NewPassword::parse(&"é".repeat(12), 12, "password").is_ok());
     }
 }
+
+#[cfg(test)]
+mod flood {
+    use super::*;
+    use crate::token::OsRandom;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_verifications_queues_on_fixed_buffers_and_sheds_what_waits_too_long() {
+        let h = PasswordHasher::new(1, Duration::from_millis(50), &OsRandom).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move { h.verify("guess", None).await }));
+        }
+        let mut busy = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(ok) => assert!(!ok),
+                Err(Error::Busy) => busy += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            busy > 0,
+            "with one slot and a 50 ms wait, most of 32 hashes are shed"
+        );
+        assert!(
+            h.buffers.lock().unwrap().len() <= 1,
+            "no buffer beyond the one slot was allocated"
+        );
+    }
+}

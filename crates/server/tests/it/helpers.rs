@@ -295,3 +295,10 @@ impl TestApp {
         self.clock.now()
     }
 }
+
+impl TestApp {
+    /// A second browser (its own cookie jar) against the same server.
+    pub fn client_for(_app: &TestApp) -> reqwest::Client {
+        client()
+    }
+}
