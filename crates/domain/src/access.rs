@@ -6,27 +6,52 @@
 
 use crate::email::EmailAddress;
 use crate::error::{Error, Result};
+use crate::ids::TenantId;
 use crate::ids::UserId;
-use crate::role::{Capability, capabilities_of};
+use crate::role::{Capability, Catalog, Role, Scope};
 use std::marker::PhantomData;
 
-/// The signed-in platform user behind a request.
+/// The signed-in user behind a request: a platform user (`tenant_id` is `None`) or a user of
+/// one tenant.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub user_id: UserId,
     pub email: EmailAddress,
     pub roles: Vec<String>,
+    pub tenant_id: Option<TenantId>,
     capabilities: Vec<Capability>,
 }
 
 impl Principal {
-    pub fn new(user_id: UserId, email: EmailAddress, roles: Vec<String>) -> Self {
-        let capabilities = capabilities_of(&roles);
+    pub fn new(
+        user_id: UserId,
+        email: EmailAddress,
+        roles: Vec<String>,
+        tenant_id: Option<TenantId>,
+        catalog: &Catalog,
+    ) -> Self {
+        let capabilities = catalog.capabilities_of(&roles);
         Self {
             user_id,
             email,
             roles,
+            tenant_id,
             capabilities,
+        }
+    }
+
+    /// Whether this principal may give `role` to someone: a tenant user only tenant roles whose
+    /// every capability they hold themselves; a platform user who manages users any tenant role
+    /// (the owner can do everything) and platform roles whose capabilities they hold.
+    pub fn may_grant(&self, role: &Role) -> bool {
+        let holds_all = role.capabilities.iter().all(|c| self.can(c));
+        match self.tenant_id {
+            Some(_) => {
+                role.scope == Scope::Tenant && self.can(&Capability::TenantUsersManage) && holds_all
+            }
+            None => {
+                self.can(&Capability::UsersManage) && (role.scope == Scope::Tenant || holds_all)
+            }
         }
     }
 

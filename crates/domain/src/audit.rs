@@ -25,10 +25,19 @@ pub enum EventType {
     SignedOut,
     PasswordChanged,
     SessionsRevoked,
+    UserInvited,
+    UserRegistered,
+    UserRoleAssigned,
+    UserRoleRevoked,
+    UserSuspended,
+    UserReactivated,
+    UserDeleted,
+    InvitationResent,
+    InvitationRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 19] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -39,6 +48,15 @@ impl EventType {
         Self::SignedOut,
         Self::PasswordChanged,
         Self::SessionsRevoked,
+        Self::UserInvited,
+        Self::UserRegistered,
+        Self::UserRoleAssigned,
+        Self::UserRoleRevoked,
+        Self::UserSuspended,
+        Self::UserReactivated,
+        Self::UserDeleted,
+        Self::InvitationResent,
+        Self::InvitationRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +71,15 @@ impl EventType {
             Self::SignedOut => "SIGNED_OUT",
             Self::PasswordChanged => "PASSWORD_CHANGED",
             Self::SessionsRevoked => "SESSIONS_REVOKED",
+            Self::UserInvited => "USER_INVITED",
+            Self::UserRegistered => "USER_REGISTERED",
+            Self::UserRoleAssigned => "USER_ROLE_ASSIGNED",
+            Self::UserRoleRevoked => "USER_ROLE_REVOKED",
+            Self::UserSuspended => "USER_SUSPENDED",
+            Self::UserReactivated => "USER_REACTIVATED",
+            Self::UserDeleted => "USER_DELETED",
+            Self::InvitationResent => "INVITATION_RESENT",
+            Self::InvitationRevoked => "INVITATION_REVOKED",
         }
     }
 

@@ -49,7 +49,7 @@ pub enum Error {
     #[error("The tenant is read-only: changes are not allowed.")]
     TenantReadOnly,
     /// 403: the tenant is suspended.
-    #[error("The tenant is suspended: changes are not allowed.")]
+    #[error("This tenant is suspended: sign-in and changes are not allowed.")]
     TenantSuspended,
     /// 409: the change conflicts with the current state.
     #[error("{message}")]

@@ -7,10 +7,11 @@ use crate::audit::{AuditEvent, AuditFilter, NewEvent};
 use crate::email::EmailAddress;
 use crate::error::Result;
 use crate::ids::{EventId, TenantId, UserId};
+use crate::mail::Email;
 use crate::session::Session;
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
 use crate::token::TokenHash;
-use crate::user::PlatformUser;
+use crate::user::{Directory, InvitationState, NewInvitation, User, UserStatus};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -41,37 +42,120 @@ pub trait TenantStore: Send + Sync {
 #[async_trait]
 pub trait UserStore: Send + Sync {
     async fn owner_exists(&self) -> Result<bool>;
-    /// Insert a platform user with roles and password hash. An email in use is a validation
-    /// error on `email`.
-    async fn create_platform_user(
+    /// Insert a user (in its directory) with its roles, its password hash or its invitation
+    /// (whose email goes to the outbox), and its event. An email in use in that directory is a
+    /// validation error on `email`; nothing is left behind.
+    async fn create_user(
         &self,
-        user: &PlatformUser,
+        user: &User,
+        password_hash: Option<&str>,
+        invitation: Option<&NewInvitation>,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// The user and their password hash (`None` until they set one).
+    async fn user_by_email(
+        &self,
+        dir: Directory,
+        email: &EmailAddress,
+    ) -> Result<Option<(User, Option<String>)>>;
+    async fn user(&self, dir: Directory, id: UserId) -> Result<Option<User>>;
+    async fn list_users(&self, dir: Directory) -> Result<Vec<User>>;
+    /// The user's invitation and the delivery state of its latest email.
+    async fn invitation_state(
+        &self,
+        dir: Directory,
+        user: UserId,
+    ) -> Result<Option<InvitationState>>;
+    async fn set_password(
+        &self,
+        dir: Directory,
+        id: UserId,
         password_hash: &str,
         event: NewEvent,
     ) -> Result<()>;
-    /// The user and their password hash.
-    async fn platform_user_by_email(
+    /// Replace the user's roles; one event per role added or removed.
+    async fn set_roles(
         &self,
-        email: &EmailAddress,
-    ) -> Result<Option<(PlatformUser, String)>>;
-    async fn platform_user(&self, id: UserId) -> Result<Option<PlatformUser>>;
-    async fn list_platform_users(&self) -> Result<Vec<PlatformUser>>;
-    async fn set_password(&self, id: UserId, password_hash: &str, event: NewEvent) -> Result<()>;
+        dir: Directory,
+        id: UserId,
+        roles: &[String],
+        events: Vec<NewEvent>,
+    ) -> Result<()>;
+    /// Change the status; leaving ACTIVE ends the user's sessions in the same step.
+    async fn set_user_status(
+        &self,
+        dir: Directory,
+        id: UserId,
+        status: UserStatus,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// Delete the user, their roles, invitation and sessions.
+    async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()>;
+    /// Replace the invitation (a new token: the old one dies; pending emails are cancelled),
+    /// or with `None` revoke it.
+    async fn replace_invitation(
+        &self,
+        dir: Directory,
+        user: UserId,
+        invitation: Option<&NewInvitation>,
+        at: OffsetDateTime,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// The INVITED user a live invitation token belongs to.
+    async fn invited_user(
+        &self,
+        dir: Directory,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<User>>;
+    /// Spend the token and activate its user with this password, atomically: of any number of
+    /// concurrent calls with one token, exactly one gets `Some`.
+    async fn accept_invitation(
+        &self,
+        dir: Directory,
+        token: &TokenHash,
+        now: OffsetDateTime,
+        password_hash: &str,
+        event: NewEvent,
+    ) -> Result<Option<User>>;
 
     /// Replace any setup token by this one.
     async fn put_setup_token(&self, hash: &TokenHash, expires_at: OffsetDateTime) -> Result<()>;
     /// Whether a live setup token has this hash.
     async fn setup_token_valid(&self, hash: &TokenHash, now: OffsetDateTime) -> Result<bool>;
     /// Spend the setup token and create the first owner, atomically. `Ok(false)` if the token
-    /// was spent, expired or unknown (or an owner exists already): nothing is written then.
+    /// was spent, expired or unknown: nothing is written then.
     async fn create_owner_with_setup_token(
         &self,
         hash: &TokenHash,
         now: OffsetDateTime,
-        user: &PlatformUser,
+        user: &User,
         password_hash: &str,
         event: NewEvent,
     ) -> Result<bool>;
+}
+
+/// An email waiting in the outbox.
+#[derive(Clone, Debug)]
+pub struct OutboxMessage {
+    pub id: uuid::Uuid,
+    pub email: Email,
+    pub attempts: i64,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Pending messages whose next attempt is due, oldest first.
+    async fn due_messages(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboxMessage>>;
+    /// Delivered: mark it and blank the bodies (the link must not outlive its delivery).
+    async fn mark_sent(&self, id: uuid::Uuid, at: OffsetDateTime) -> Result<()>;
+    /// Failed: retry at `retry_at`, or with `None` give up (status `failed`).
+    async fn mark_attempt_failed(
+        &self,
+        id: uuid::Uuid,
+        retry_at: Option<OffsetDateTime>,
+        error: &str,
+    ) -> Result<()>;
 }
 
 #[async_trait]
@@ -82,6 +166,8 @@ pub trait SessionStore: Send + Sync {
     async fn delete_session(&self, id_hash: &TokenHash) -> Result<()>;
     /// Delete a user's sessions except `keep`; returns how many ended.
     async fn delete_user_sessions(&self, user: UserId, keep: Option<&TokenHash>) -> Result<u64>;
+    /// Delete every session on a tenant's host (the tenant was suspended or deleted).
+    async fn delete_tenant_sessions(&self, tenant: TenantId) -> Result<u64>;
     /// Delete the sessions that ended before `before` (housekeeping).
     async fn delete_expired_sessions(
         &self,
@@ -102,7 +188,7 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// Everything the core needs from storage.
-pub trait Store: TenantStore + UserStore + SessionStore + AuditStore {
+pub trait Store: TenantStore + UserStore + SessionStore + AuditStore + OutboxStore {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;
 }

@@ -3,6 +3,8 @@
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use quarterdeck_domain::clock::{Clock, SystemClock};
+use quarterdeck_domain::core::Links;
+use quarterdeck_domain::mail::Mailer;
 use quarterdeck_domain::password::PasswordHasher;
 use quarterdeck_domain::session::SessionPolicy;
 use quarterdeck_domain::token::{OsRandom, Random};
@@ -17,6 +19,7 @@ use tokio::net::TcpListener;
 /// A built server: bound, migrated, ready to serve.
 pub struct App {
     pub core: Arc<Core>,
+    pub mailer: Arc<dyn Mailer>,
     pub listener: TcpListener,
     pub router: axum::Router,
     pub settings: Settings,
@@ -67,7 +70,24 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         password_min_chars: settings.password_min_length,
         regions: settings.regions.clone(),
         setup_link_ttl: time::Duration::hours(24),
+        invitation_ttl: time::Duration::days(i64::from(settings.invitation_ttl_days)),
         tenant_retention: time::Duration::days(i64::from(settings.tenant_retention_days)),
+        catalog: settings.catalog()?,
+        links: Links {
+            scheme: settings.base_url.scheme().to_owned(),
+            host: match settings.base_url.port() {
+                Some(p) => format!(
+                    "{}:{p}",
+                    settings.base_url.host_str().unwrap_or("localhost")
+                ),
+                None => settings
+                    .base_url
+                    .host_str()
+                    .unwrap_or("localhost")
+                    .to_owned(),
+            },
+        },
+        render_invitation: quarterdeck_mail::invitation_email,
     };
     Ok(Arc::new(Core::new(
         store, deps.clock, deps.rng, hasher, config,
@@ -90,6 +110,8 @@ impl App {
         listener: TcpListener,
         deps: Deps,
     ) -> Result<Self> {
+        let mailer = quarterdeck_mail::build(&settings.mail_settings()?)
+            .map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
         let core = core(&settings, deps).await?;
 
         if let (Some(email), Some(password)) = (
@@ -134,6 +156,7 @@ impl App {
         });
         Ok(Self {
             core,
+            mailer,
             listener,
             router,
             settings,
@@ -147,6 +170,11 @@ impl App {
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let housekeeping = tokio::spawn(housekeeping(self.core.clone(), self.settings.clone()));
+        let outbox = tokio::spawn(deliver_outbox(
+            self.core.clone(),
+            self.mailer.clone(),
+            Duration::from_millis(self.settings.outbox_poll_ms.max(10)),
+        ));
         let result = axum::serve(
             self.listener,
             self.router
@@ -155,6 +183,7 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await;
         housekeeping.abort();
+        outbox.abort();
         result.context("serving")
     }
 }
@@ -187,6 +216,18 @@ async fn housekeeping(core: Arc<Core>, settings: Settings) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
+        }
+    }
+}
+
+/// The outbox worker: the one place email is sent from.
+async fn deliver_outbox(core: Arc<Core>, mailer: Arc<dyn Mailer>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = core.deliver_due(&*mailer).await {
+            tracing::warn!(error = %e, "the outbox worker could not read or update the outbox");
         }
     }
 }

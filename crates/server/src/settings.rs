@@ -46,6 +46,26 @@ pub struct Settings {
     pub tenant_pool_idle_seconds: u64,
     /// `text` or `json`.
     pub log_format: String,
+    /// A tenant role catalog (TOML) replacing the built-in tenant roles.
+    pub roles_file: Option<PathBuf>,
+    /// Days an invitation link stays valid.
+    pub invitation_ttl_days: u32,
+    /// `log` (the whole email at INFO), `smtp` or `resend`.
+    pub email_transport: String,
+    /// The `From` of every email.
+    pub email_from: String,
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    pub smtp_password_file: Option<PathBuf>,
+    /// `none`, `starttls` or `tls`.
+    pub smtp_tls: String,
+    pub resend_api_key: Option<String>,
+    pub resend_api_key_file: Option<PathBuf>,
+    pub resend_api_url: String,
+    /// How often the worker looks for email to deliver, in milliseconds.
+    pub outbox_poll_ms: u64,
 }
 
 impl Default for Settings {
@@ -68,9 +88,26 @@ impl Default for Settings {
             tenant_pool_max_open: 64,
             tenant_pool_idle_seconds: 300,
             log_format: "text".to_owned(),
+            roles_file: None,
+            invitation_ttl_days: 7,
+            email_transport: "log".to_owned(),
+            email_from: "Quarterdeck <no-reply@localhost>".to_owned(),
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_password_file: None,
+            smtp_tls: "starttls".to_owned(),
+            resend_api_key: None,
+            resend_api_key_file: None,
+            resend_api_url: "https://api.resend.com".to_owned(),
+            outbox_poll_ms: 1000,
         }
     }
 }
+
+/// The base URL a first run uses; links built from it only work on this machine.
+pub const DEFAULT_BASE_URL: &str = "http://localhost:8090/";
 
 /// Every setting: (key, is secret, meaning) — the env var is `QUARTERDECK_` + KEY.
 pub const KEYS: &[(&str, bool)] = &[
@@ -91,6 +128,20 @@ pub const KEYS: &[(&str, bool)] = &[
     ("tenant_pool_max_open", false),
     ("tenant_pool_idle_seconds", false),
     ("log_format", false),
+    ("roles_file", false),
+    ("invitation_ttl_days", false),
+    ("email_transport", false),
+    ("email_from", false),
+    ("smtp_host", false),
+    ("smtp_port", false),
+    ("smtp_username", false),
+    ("smtp_password", true),
+    ("smtp_password_file", false),
+    ("smtp_tls", false),
+    ("resend_api_key", true),
+    ("resend_api_key_file", false),
+    ("resend_api_url", false),
+    ("outbox_poll_ms", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -145,6 +196,16 @@ impl Settings {
             s.bootstrap_owner_password_file.as_deref(),
             "bootstrap_owner_password",
         )?;
+        s.smtp_password = secret_from(
+            s.smtp_password.take(),
+            s.smtp_password_file.as_deref(),
+            "smtp_password",
+        )?;
+        s.resend_api_key = secret_from(
+            s.resend_api_key.take(),
+            s.resend_api_key_file.as_deref(),
+            "resend_api_key",
+        )?;
         s.validate()?;
         Ok(s)
     }
@@ -172,7 +233,72 @@ impl Settings {
             bail!("log_format (QUARTERDECK_LOG_FORMAT) must be text or json");
         }
         self.trusted_proxy_ips()?;
+        if self.invitation_ttl_days == 0 || self.invitation_ttl_days > 30 {
+            bail!("invitation_ttl_days (QUARTERDECK_INVITATION_TTL_DAYS) must be between 1 and 30");
+        }
+        if self.email_transport != "log" && self.base_url.as_str() == DEFAULT_BASE_URL {
+            bail!(
+                "QUARTERDECK_EMAIL_TRANSPORT={} sends links built from base_url, which is still the local default {DEFAULT_BASE_URL}: \
+                 recipients could not open them. Set QUARTERDECK_BASE_URL (base_url) to Quarterdeck's public URL",
+                self.email_transport
+            );
+        }
+        self.mail_settings()?;
         Ok(())
+    }
+
+    /// The email transport's settings, checked.
+    pub fn mail_settings(&self) -> Result<quarterdeck_mail::MailSettings> {
+        use quarterdeck_mail::{MailSettings, ResendSettings, SmtpSettings, SmtpTls};
+        Ok(match self.email_transport.as_str() {
+            "log" => MailSettings::Log { from: self.email_from.clone() },
+            "smtp" => MailSettings::Smtp(SmtpSettings {
+                host: self
+                    .smtp_host
+                    .clone()
+                    .context("QUARTERDECK_EMAIL_TRANSPORT=smtp needs QUARTERDECK_SMTP_HOST (smtp_host)")?,
+                port: self.smtp_port,
+                username: self.smtp_username.clone(),
+                password: self.smtp_password.clone(),
+                tls: match self.smtp_tls.as_str() {
+                    "none" => SmtpTls::None,
+                    "starttls" => SmtpTls::StartTls,
+                    "tls" => SmtpTls::Tls,
+                    other => bail!("smtp_tls (QUARTERDECK_SMTP_TLS) must be none, starttls or tls, not {other:?}"),
+                },
+                from: self.email_from.clone(),
+            }),
+            "resend" => MailSettings::Resend(ResendSettings {
+                api_key: self
+                    .resend_api_key
+                    .clone()
+                    .context("QUARTERDECK_EMAIL_TRANSPORT=resend needs QUARTERDECK_RESEND_API_KEY (resend_api_key)")?,
+                from: self.email_from.clone(),
+                api_url: self.resend_api_url.clone(),
+            }),
+            other => bail!("email_transport (QUARTERDECK_EMAIL_TRANSPORT) must be log, smtp or resend, not {other:?}"),
+        })
+    }
+
+    /// The role catalog: built-in, or the platform roles plus `roles_file`'s tenant roles.
+    pub fn catalog(&self) -> Result<quarterdeck_domain::role::Catalog> {
+        match &self.roles_file {
+            None => Ok(quarterdeck_domain::role::Catalog::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "roles_file (QUARTERDECK_ROLES_FILE): cannot read {}",
+                        path.display()
+                    )
+                })?;
+                let file: quarterdeck_domain::role::RolesFile = toml::from_str(&text)
+                    .with_context(|| {
+                        format!("roles_file {}: not a valid roles file", path.display())
+                    })?;
+                quarterdeck_domain::role::Catalog::from_file(file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            }
+        }
     }
 
     pub fn trusted_proxy_ips(&self) -> Result<Vec<IpAddr>> {

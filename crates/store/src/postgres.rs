@@ -95,6 +95,14 @@ impl PgStore {
         }
     }
 
+    /// The pool of a user directory: the control database, or a tenant's database.
+    async fn dir_pool(&self, dir: Directory) -> Result<PgPool> {
+        match dir {
+            Directory::Platform => Ok(self.pool.clone()),
+            Directory::Tenant(id) => self.tenant_pool(id, &self.db_name(id)).await,
+        }
+    }
+
     async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<PgPool> {
         let opts = with_schema(
             self.base.clone().database(Self::check_name(db_name)?),

@@ -13,15 +13,16 @@ macro_rules! impl_store {
         use quarterdeck_domain::error::{Error, Result};
         use quarterdeck_domain::ids::{EventId, TenantId, UserId};
         use quarterdeck_domain::session::Session;
-        use quarterdeck_domain::store::{AuditStore, SessionStore, TenantStore, UserStore};
+        use quarterdeck_domain::mail::Email;
+        use quarterdeck_domain::store::{AuditStore, OutboxMessage, OutboxStore, SessionStore, TenantStore, UserStore};
         use quarterdeck_domain::tenant::{
             Metadata, PriorityTier, Region, StatusCounts, Tenant, TenantFilter, TenantName, TenantSlug,
             TenantStatus,
         };
         use quarterdeck_domain::token::TokenHash;
-        use quarterdeck_domain::user::{PlatformUser, UserStatus};
+        use quarterdeck_domain::user::{Delivery, Directory, InvitationState, NewInvitation, User, UserStatus};
         use sqlx::types::Json;
-        use sqlx::{Row, Transaction};
+        use sqlx::{Pool, Row, Transaction};
         use time::OffsetDateTime;
         use uuid::Uuid;
 
@@ -92,8 +93,14 @@ macro_rules! impl_store {
             /// row's lock (PostgreSQL): audited writers are serialised and the chain cannot fork.
             async fn begin_audited(&self, event: &NewEvent) -> Result<Transaction<'static, $Db>> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
+                Self::append_in(&mut tx, event).await?;
+                Ok(tx)
+            }
+
+            /// Append one more event inside an audited transaction.
+            async fn append_in(tx: &mut Transaction<'static, $Db>, event: &NewEvent) -> Result<()> {
                 let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await
                     .map_err(db_err)?;
                 let seq: i64 = head.try_get("seq").map_err(db_err)?;
@@ -124,69 +131,125 @@ macro_rules! impl_store {
                 .bind(Json(&event.details))
                 .bind(&prev_hash)
                 .bind(&hash)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db_err)?;
                 sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
                     .bind(&hash)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
-                Ok(tx)
+                Ok(())
             }
 
-            async fn user_roles(&self, id: UserId) -> Result<Vec<String>> {
-                let rows = sqlx::query("SELECT role FROM platform_user_role WHERE user_id = $1 ORDER BY role")
-                    .bind(id.0)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                rows.iter().map(|r| r.try_get("role").map_err(db_err)).collect()
-            }
-
-            async fn user_from_row(&self, r: &DbRow) -> Result<PlatformUser> {
-                let id = UserId(r.try_get("id").map_err(db_err)?);
-                let email: String = r.try_get("email").map_err(db_err)?;
-                let status: String = r.try_get("status").map_err(db_err)?;
-                Ok(PlatformUser {
-                    id,
-                    email: EmailAddress::parse(&email)?,
-                    name: r.try_get("name").map_err(db_err)?,
-                    status: UserStatus::parse(&status)?,
-                    roles: self.user_roles(id).await?,
-                    created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
-                })
-            }
-
-            async fn insert_user(
+            /// Queue an email in the outbox, inside a control-database transaction.
+            async fn enqueue(
                 tx: &mut Transaction<'static, $Db>,
-                user: &PlatformUser,
-                password_hash: &str,
+                email: &Email,
+                tenant: Option<TenantId>,
+                user: Option<UserId>,
+                at: OffsetDateTime,
             ) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO platform_user (id, email, name, password_hash, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                    "INSERT INTO outbox (id, tenant_id, user_id, to_addr, subject, body_text, body_html, status, attempts, next_attempt_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8)",
                 )
-                .bind(user.id.0)
-                .bind(user.email.as_str())
-                .bind(user.name.as_deref())
-                .bind(password_hash)
-                .bind(user.status.as_str())
-                .bind(enc_ts(user.created_at))
+                .bind(Uuid::now_v7())
+                .bind(tenant.map(|t| t.0))
+                .bind(user.map(|u| u.0))
+                .bind(&email.to)
+                .bind(&email.subject)
+                .bind(&email.text)
+                .bind(&email.html)
+                .bind(enc_ts(at))
                 .execute(&mut **tx)
                 .await
                 .map_err(db_err)?;
-                for role in &user.roles {
-                    sqlx::query("INSERT INTO platform_user_role (user_id, role) VALUES ($1, $2)")
-                        .bind(user.id.0)
-                        .bind(role)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db_err)?;
-                }
                 Ok(())
             }
+
+            /// Cancel a user's pending emails (their link died).
+            async fn cancel_pending(tx: &mut Transaction<'static, $Db>, user: UserId) -> Result<()> {
+                sqlx::query("UPDATE outbox SET status = 'cancelled', body_text = '', body_html = '' WHERE user_id = $1 AND status = 'pending'")
+                    .bind(user.0)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
         }
+
+        async fn user_roles(pool: &Pool<$Db>, id: UserId) -> Result<Vec<String>> {
+            let rows = sqlx::query("SELECT role FROM user_role WHERE user_id = $1 ORDER BY role")
+                .bind(id.0)
+                .fetch_all(pool)
+                .await
+                .map_err(db_err)?;
+            rows.iter().map(|r| r.try_get("role").map_err(db_err)).collect()
+        }
+
+        async fn user_from_row(pool: &Pool<$Db>, dir: Directory, r: &DbRow) -> Result<User> {
+            let id = UserId(r.try_get("id").map_err(db_err)?);
+            let email: String = r.try_get("email").map_err(db_err)?;
+            let status: String = r.try_get("status").map_err(db_err)?;
+            Ok(User {
+                id,
+                email: EmailAddress::parse(&email)?,
+                name: r.try_get("name").map_err(db_err)?,
+                status: UserStatus::parse(&status)?,
+                roles: user_roles(pool, id).await?,
+                tenant_id: dir.tenant_id(),
+                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+            })
+        }
+
+        async fn insert_user(
+            tx: &mut Transaction<'static, $Db>,
+            user: &User,
+            password_hash: Option<&str>,
+            invitation: Option<&NewInvitation>,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO app_user (id, email, name, password_hash, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            )
+            .bind(user.id.0)
+            .bind(user.email.as_str())
+            .bind(user.name.as_deref())
+            .bind(password_hash)
+            .bind(user.status.as_str())
+            .bind(enc_ts(user.created_at))
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+            insert_roles(tx, user.id, &user.roles).await?;
+            if let Some(inv) = invitation {
+                sqlx::query("INSERT INTO invitation (user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                    .bind(user.id.0)
+                    .bind(inv.token_hash.as_str())
+                    .bind(enc_ts(inv.created_at))
+                    .bind(enc_ts(inv.expires_at))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            Ok(())
+        }
+
+        async fn insert_roles(tx: &mut Transaction<'static, $Db>, user: UserId, roles: &[String]) -> Result<()> {
+            for role in roles {
+                sqlx::query("INSERT INTO user_role (user_id, role) VALUES ($1, $2)")
+                    .bind(user.0)
+                    .bind(role)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            Ok(())
+        }
+
+        const USER_COLUMNS: &str = "id, email, name, status, created_at, password_hash";
 
         #[async_trait::async_trait]
         impl TenantStore for $Store {
@@ -375,12 +438,50 @@ macro_rules! impl_store {
             }
         }
 
+        /// A write to a user directory with its audit events: the control transaction (which
+        /// holds the events, sessions and the outbox) and, for a tenant, the tenant database's.
+        /// The tenant's commits first, then the control one: the events are written last.
+        struct DirTx {
+            control: Transaction<'static, $Db>,
+            tenant: Option<Transaction<'static, $Db>>,
+        }
+
+        impl DirTx {
+            /// Where the user tables are.
+            fn users(&mut self) -> &mut <$Db as sqlx::Database>::Connection {
+                match &mut self.tenant {
+                    Some(t) => &mut **t,
+                    None => &mut *self.control,
+                }
+            }
+
+            async fn commit(self) -> Result<()> {
+                if let Some(t) = self.tenant {
+                    t.commit().await.map_err(db_err)?;
+                }
+                self.control.commit().await.map_err(db_err)
+            }
+        }
+
+        impl $Store {
+            async fn begin_dir(&self, dir: Directory, events: &[NewEvent]) -> Result<DirTx> {
+                let mut control = self.pool.begin().await.map_err(db_err)?;
+                for e in events {
+                    Self::append_in(&mut control, e).await?;
+                }
+                let tenant = match dir {
+                    Directory::Platform => None,
+                    Directory::Tenant(_) => Some(self.dir_pool(dir).await?.begin().await.map_err(db_err)?),
+                };
+                Ok(DirTx { control, tenant })
+            }
+        }
+
         #[async_trait::async_trait]
         impl UserStore for $Store {
             async fn owner_exists(&self) -> Result<bool> {
                 let row = sqlx::query(
-                    "SELECT 1 AS one FROM platform_user u JOIN platform_user_role r ON r.user_id = u.id \
-                     WHERE r.role = 'owner' LIMIT 1",
+                    "SELECT 1 AS one FROM app_user u JOIN user_role r ON r.user_id = u.id WHERE r.role = 'owner' LIMIT 1",
                 )
                 .fetch_optional(&self.pool)
                 .await
@@ -388,61 +489,253 @@ macro_rules! impl_store {
                 Ok(row.is_some())
             }
 
-            async fn create_platform_user(&self, user: &PlatformUser, password_hash: &str, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
-                Self::insert_user(&mut tx, user, password_hash).await?;
-                tx.commit().await.map_err(db_err)
+            async fn create_user(
+                &self,
+                user: &User,
+                password_hash: Option<&str>,
+                invitation: Option<&NewInvitation>,
+                event: NewEvent,
+            ) -> Result<()> {
+                let dir = user.directory();
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                if let Some(inv) = invitation {
+                    Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
+                }
+                match &mut tx.tenant {
+                    Some(t) => insert_user(t, user, password_hash, invitation).await?,
+                    None => insert_user(&mut tx.control, user, password_hash, invitation).await?,
+                }
+                let DirTx { control, tenant } = tx;
+                if let Some(t) = tenant {
+                    t.commit().await.map_err(db_err)?;
+                    if let Err(e) = control.commit().await {
+                        // The user committed in the tenant database but its event and email did
+                        // not: take the user back out, so nothing is half-written.
+                        let pool = self.dir_pool(dir).await?;
+                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&pool).await {
+                            tracing::error!(user_id = %user.id, error = %undo, "could not undo a user whose audit event failed");
+                        }
+                        return Err(db_err(e));
+                    }
+                    Ok(())
+                } else {
+                    control.commit().await.map_err(db_err)
+                }
             }
 
-            async fn platform_user_by_email(&self, email: &EmailAddress) -> Result<Option<(PlatformUser, String)>> {
-                let row = sqlx::query("SELECT id, email, name, status, created_at, password_hash FROM platform_user WHERE email = $1")
-                    .bind(email.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
+            async fn user_by_email(&self, dir: Directory, email: &EmailAddress) -> Result<Option<(User, Option<String>)>> {
+                let pool = self.dir_pool(dir).await?;
+                let sql = format!("SELECT {USER_COLUMNS} FROM app_user WHERE email = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email.as_str()).fetch_optional(&pool).await.map_err(db_err)?;
                 match row {
                     None => Ok(None),
                     Some(r) => {
-                        let hash: String = r.try_get("password_hash").map_err(db_err)?;
-                        Ok(Some((self.user_from_row(&r).await?, hash)))
+                        let hash: Option<String> = r.try_get("password_hash").map_err(db_err)?;
+                        Ok(Some((user_from_row(&pool, dir, &r).await?, hash)))
                     }
                 }
             }
 
-            async fn platform_user(&self, id: UserId) -> Result<Option<PlatformUser>> {
-                let row = sqlx::query("SELECT id, email, name, status, created_at FROM platform_user WHERE id = $1")
-                    .bind(id.0)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
+            async fn user(&self, dir: Directory, id: UserId) -> Result<Option<User>> {
+                let pool = self.dir_pool(dir).await?;
+                let sql = format!("SELECT {USER_COLUMNS} FROM app_user WHERE id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(&pool).await.map_err(db_err)?;
                 match row {
                     None => Ok(None),
-                    Some(r) => Ok(Some(self.user_from_row(&r).await?)),
+                    Some(r) => Ok(Some(user_from_row(&pool, dir, &r).await?)),
                 }
             }
 
-            async fn list_platform_users(&self) -> Result<Vec<PlatformUser>> {
-                let rows = sqlx::query("SELECT id, email, name, status, created_at FROM platform_user ORDER BY email")
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
+            async fn list_users(&self, dir: Directory) -> Result<Vec<User>> {
+                let pool = self.dir_pool(dir).await?;
+                let sql = format!("SELECT {USER_COLUMNS} FROM app_user ORDER BY created_at, id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.map_err(db_err)?;
                 let mut users = Vec::with_capacity(rows.len());
                 for r in &rows {
-                    users.push(self.user_from_row(r).await?);
+                    users.push(user_from_row(&pool, dir, r).await?);
                 }
                 Ok(users)
             }
 
-            async fn set_password(&self, id: UserId, password_hash: &str, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
-                sqlx::query("UPDATE platform_user SET password_hash = $2, updated_at = $3 WHERE id = $1")
-                    .bind(id.0)
-                    .bind(password_hash)
-                    .bind(enc_ts(event.ts))
-                    .execute(&mut *tx)
+            async fn invitation_state(&self, dir: Directory, user: UserId) -> Result<Option<InvitationState>> {
+                let pool = self.dir_pool(dir).await?;
+                let Some(inv) = sqlx::query("SELECT expires_at, spent_at, revoked_at FROM invitation WHERE user_id = $1")
+                    .bind(user.0)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(db_err)?
+                else {
+                    return Ok(None);
+                };
+                let mail = sqlx::query("SELECT status, attempts FROM outbox WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1")
+                    .bind(user.0)
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)
+                let (delivery, attempts) = match mail {
+                    None => (None, 0),
+                    Some(m) => {
+                        let status: String = m.try_get("status").map_err(db_err)?;
+                        let attempts: i64 = m.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| m.try_get::<i64, _>("attempts")).map_err(db_err)?;
+                        let d = match status.as_str() {
+                            "pending" => Some(Delivery::Pending),
+                            "sent" => Some(Delivery::Sent),
+                            "failed" => Some(Delivery::Failed),
+                            _ => None,
+                        };
+                        (d, attempts)
+                    }
+                };
+                Ok(Some(InvitationState {
+                    expires_at: dec_ts(inv.try_get("expires_at").map_err(db_err)?),
+                    spent: inv.try_get::<Option<Ts>, _>("spent_at").map_err(db_err)?.is_some(),
+                    revoked: inv.try_get::<Option<Ts>, _>("revoked_at").map_err(db_err)?.is_some(),
+                    delivery,
+                    attempts,
+                }))
+            }
+
+            async fn set_password(&self, dir: Directory, id: UserId, password_hash: &str, event: NewEvent) -> Result<()> {
+                let at = event.ts;
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                sqlx::query("UPDATE app_user SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(password_hash)
+                    .bind(enc_ts(at))
+                    .execute(tx.users())
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await
+            }
+
+            async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>) -> Result<()> {
+                let mut tx = self.begin_dir(dir, &events).await?;
+                sqlx::query("DELETE FROM user_role WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
+                match &mut tx.tenant {
+                    Some(t) => insert_roles(t, id, roles).await?,
+                    None => insert_roles(&mut tx.control, id, roles).await?,
+                }
+                tx.commit().await
+            }
+
+            async fn set_user_status(&self, dir: Directory, id: UserId, status: UserStatus, event: NewEvent) -> Result<()> {
+                let at = event.ts;
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                let done = sqlx::query("UPDATE app_user SET status = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(status.as_str())
+                    .bind(enc_ts(at))
+                    .execute(tx.users())
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::NotFound);
+                }
+                if status != UserStatus::Active {
+                    sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
+                }
+                tx.commit().await
+            }
+
+            async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                sqlx::query("DELETE FROM invitation WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
+                sqlx::query("DELETE FROM user_role WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
+                let done = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::NotFound);
+                }
+                sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
+                Self::cancel_pending(&mut tx.control, id).await?;
+                tx.commit().await
+            }
+
+            async fn replace_invitation(
+                &self,
+                dir: Directory,
+                user: UserId,
+                invitation: Option<&NewInvitation>,
+                at: OffsetDateTime,
+                event: NewEvent,
+            ) -> Result<()> {
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                Self::cancel_pending(&mut tx.control, user).await?;
+                match invitation {
+                    Some(inv) => {
+                        sqlx::query("DELETE FROM invitation WHERE user_id = $1").bind(user.0).execute(tx.users()).await.map_err(db_err)?;
+                        sqlx::query("INSERT INTO invitation (user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                            .bind(user.0)
+                            .bind(inv.token_hash.as_str())
+                            .bind(enc_ts(inv.created_at))
+                            .bind(enc_ts(inv.expires_at))
+                            .execute(tx.users())
+                            .await
+                            .map_err(db_err)?;
+                        Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user), inv.created_at).await?;
+                    }
+                    None => {
+                        sqlx::query("UPDATE invitation SET revoked_at = $2 WHERE user_id = $1 AND spent_at IS NULL")
+                            .bind(user.0)
+                            .bind(enc_ts(at))
+                            .execute(tx.users())
+                            .await
+                            .map_err(db_err)?;
+                    }
+                }
+                tx.commit().await
+            }
+
+            async fn invited_user(&self, dir: Directory, token: &TokenHash, now: OffsetDateTime) -> Result<Option<User>> {
+                let pool = self.dir_pool(dir).await?;
+                let row = sqlx::query(
+                    "SELECT u.id, u.email, u.name, u.status, u.created_at FROM invitation i JOIN app_user u ON u.id = i.user_id \
+                     WHERE i.token_hash = $1 AND i.spent_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > $2 AND u.status = 'INVITED'",
+                )
+                .bind(token.as_str())
+                .bind(enc_ts(now))
+                .fetch_optional(&pool)
+                .await
+                .map_err(db_err)?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some(user_from_row(&pool, dir, &r).await?)),
+                }
+            }
+
+            async fn accept_invitation(
+                &self,
+                dir: Directory,
+                token: &TokenHash,
+                now: OffsetDateTime,
+                password_hash: &str,
+                event: NewEvent,
+            ) -> Result<Option<User>> {
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                let claimed = sqlx::query(
+                    "UPDATE invitation SET spent_at = $2 \
+                     WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $2 RETURNING user_id",
+                )
+                .bind(token.as_str())
+                .bind(enc_ts(now))
+                .fetch_optional(tx.users())
+                .await
+                .map_err(db_err)?;
+                let Some(claimed) = claimed else {
+                    return Ok(None);
+                };
+                let user_id = UserId(claimed.try_get("user_id").map_err(db_err)?);
+                let done = sqlx::query("UPDATE app_user SET password_hash = $2, status = 'ACTIVE', updated_at = $3 WHERE id = $1 AND status = 'INVITED'")
+                    .bind(user_id.0)
+                    .bind(password_hash)
+                    .bind(enc_ts(now))
+                    .execute(tx.users())
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                self.user(dir, user_id).await
             }
 
             async fn put_setup_token(&self, hash: &TokenHash, expires_at: OffsetDateTime) -> Result<()> {
@@ -472,7 +765,7 @@ macro_rules! impl_store {
                 &self,
                 hash: &TokenHash,
                 now: OffsetDateTime,
-                user: &PlatformUser,
+                user: &User,
                 password_hash: &str,
                 event: NewEvent,
             ) -> Result<bool> {
@@ -486,7 +779,7 @@ macro_rules! impl_store {
                 if spent.rows_affected() != 1 {
                     return Ok(false);
                 }
-                Self::insert_user(&mut tx, user, password_hash).await?;
+                insert_user(&mut tx, user, Some(password_hash), None).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(true)
             }
@@ -549,6 +842,15 @@ macro_rules! impl_store {
                 let done = sqlx::query("DELETE FROM session WHERE user_id = $1 AND ($2 IS NULL OR id_hash <> $2)")
                     .bind(user.0)
                     .bind(keep.map(TokenHash::as_str))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn delete_tenant_sessions(&self, tenant: TenantId) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM session WHERE tenant_id = $1")
+                    .bind(tenant.0)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
@@ -622,6 +924,70 @@ macro_rules! impl_store {
                 .await
                 .map_err(db_err)?;
                 rows.iter().map(event_from_row).collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl OutboxStore for $Store {
+            async fn due_messages(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboxMessage>> {
+                let rows = sqlx::query(
+                    "SELECT id, to_addr, subject, body_text, body_html, attempts FROM outbox \
+                     WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY created_at LIMIT $2",
+                )
+                .bind(enc_ts(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(OutboxMessage {
+                            id: r.try_get("id").map_err(db_err)?,
+                            email: Email {
+                                to: r.try_get("to_addr").map_err(db_err)?,
+                                subject: r.try_get("subject").map_err(db_err)?,
+                                text: r.try_get("body_text").map_err(db_err)?,
+                                html: r.try_get("body_html").map_err(db_err)?,
+                            },
+                            attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn mark_sent(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
+                sqlx::query(
+                    "UPDATE outbox SET status = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL, body_text = '', body_html = '' \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(enc_ts(at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn mark_attempt_failed(&self, id: Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<()> {
+                let error: String = error.chars().take(500).collect();
+                match retry_at {
+                    Some(at) => sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(enc_ts(at))
+                        .bind(&error)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?,
+                    None => sqlx::query(
+                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $2, body_text = '', body_html = '' WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&error)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?,
+                };
+                Ok(())
             }
         }
     };

@@ -36,7 +36,7 @@ pub struct SqliteStore {
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true)
+        .create_if_missing(false)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
@@ -54,7 +54,7 @@ impl SqliteStore {
         })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options(&data_dir.join("control.db")))
+            .connect_with(options(&data_dir.join("control.db")).create_if_missing(true))
             .await
             .map_err(db_err)?;
         CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
@@ -71,8 +71,17 @@ impl SqliteStore {
             .join(format!("{}.db", id.0.simple()))
     }
 
-    async fn tenant_pool(&self, id: TenantId) -> Result<SqlitePool> {
-        let opts = options(&self.tenant_path(id));
+    /// The pool of a user directory: the control database, or a tenant's file (which must
+    /// exist: a lookup never creates one).
+    async fn dir_pool(&self, dir: Directory) -> Result<SqlitePool> {
+        match dir {
+            Directory::Platform => Ok(self.pool.clone()),
+            Directory::Tenant(id) => self.tenant_pool(id, false).await,
+        }
+    }
+
+    async fn tenant_pool(&self, id: TenantId, create: bool) -> Result<SqlitePool> {
+        let opts = options(&self.tenant_path(id)).create_if_missing(create);
         let max = self.tenants.limits().connections_per_tenant;
         self.tenants
             .get(id, || async move {
@@ -87,7 +96,7 @@ impl SqliteStore {
 
     /// Create and migrate the tenant's file; returns its name (relative to the data dir).
     async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
-        let pool = self.tenant_pool(id).await?;
+        let pool = self.tenant_pool(id, true).await?;
         TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
         sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, unixepoch() * 1000000)")
             .bind(id.0)
@@ -118,7 +127,7 @@ impl SqliteStore {
     }
 
     async fn migrate_tenant_db(&self, id: TenantId, _db_name: &str) -> Result<usize> {
-        let pool = self.tenant_pool(id).await?;
+        let pool = self.tenant_pool(id, false).await?;
         let before = applied(&pool).await;
         TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
         Ok(applied(&pool).await.saturating_sub(before))

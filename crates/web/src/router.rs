@@ -1,11 +1,14 @@
 //! The URL map: every route Quarterdeck serves, in one place.
 //!
-//! Layers, outermost first: security headers → base-host check → session loading → CSRF check
+//! Layers, outermost first: security headers → site (base host or a tenant's host, else 404)
+//! → session loading → CSRF check
 //! on every unsafe method. Handlers check permissions themselves, first thing.
 
-use crate::auth::{csrf_guard, load_session};
+use crate::auth::{csrf_guard, load_session, resolve_site};
 use crate::error::ApiError;
-use crate::pages::{audit, dashboard, login, settings, setup, tenants, users};
+use crate::pages::{
+    audit, dashboard, login, portal, register, roles, settings, setup, tenants, users,
+};
 use crate::state::AppState;
 use crate::{assets, pages};
 use axum::Router;
@@ -21,14 +24,24 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/setup", get(setup::form).post(setup::submit))
-        // Console
-        .route("/", get(dashboard::show))
+        .route("/register", get(register::form).post(register::submit))
+        // Console (base host)
+        .route("/", get(dashboard::home))
         .route("/tenants", get(tenants::list).post(tenants::create))
         .route("/tenants/new", get(tenants::new_form))
         .route("/tenants/{id}", get(tenants::show).post(tenants::update))
         .route("/tenants/{id}/status", post(tenants::change_status))
         .route("/tenants/{id}/delete", post(tenants::delete))
+        .route("/tenants/{tid}/users/{uid}", get(users::show_tenant_user))
+        .route(
+            "/tenants/{tid}/users/{uid}/{action}",
+            post(users::act_tenant_user),
+        )
         .route("/users", get(users::list))
+        .route("/users/new", get(users::new_form).post(users::create))
+        .route("/users/{id}", get(users::show_platform))
+        .route("/users/{id}/{action}", post(users::act_platform))
+        .route("/roles", get(roles::list))
         .route("/audit", get(audit::list))
         .route("/audit/{id}", get(audit::show))
         .route("/settings", get(settings::show))
@@ -37,13 +50,23 @@ pub fn router(state: AppState) -> Router {
             "/settings/sessions/revoke",
             post(settings::end_other_sessions),
         )
+        // Portal (tenant hosts)
+        .route("/portal", get(portal::dashboard))
+        .route("/portal/team", get(portal::team))
+        .route(
+            "/portal/team/invite",
+            get(portal::invite_form).post(portal::invite),
+        )
+        .route("/portal/users/{id}", get(portal::user))
+        .route("/portal/users/{id}/{action}", post(portal::act))
+        .route("/portal/audit", get(portal::audit))
         // Machines
         .route("/healthz", get(health))
         .route("/static/{name}", get(assets::serve))
         .fallback(pages::not_found)
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
-        .layer(from_fn_with_state(state.clone(), base_host_only))
+        .layer(from_fn_with_state(state.clone(), resolve_site))
         .layer(from_fn(security_headers))
         .with_state(state)
 }
@@ -52,20 +75,6 @@ pub fn router(state: AppState) -> Router {
 async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.core.store.owner_exists().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
-}
-
-/// The console answers on the base host only; any other `Host` gets a plain 404.
-async fn base_host_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let expected = state.config.host();
-    match host {
-        Some(h) if h == expected || (req.uri().path() == "/healthz") => next.run(req).await,
-        _ => pages::not_found().await.into_response(),
-    }
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {

@@ -46,7 +46,7 @@ both!(
                 ip: Some(format!("10.0.1.{i}")),
                 user_agent: None,
             };
-            let _ = app.core.sign_in(&format!("nobody{i}@example.com"), "x", &client).await;
+            let _ = app.core.sign_in(quarterdeck_domain::user::Directory::Platform, &format!("nobody{i}@example.com"), "x", &client).await;
         }
         let first = app.get_html("/audit").await;
         let next = first.split("href=\"").find(|s| s.starts_with("/audit?") && s.contains("before=")).unwrap();
@@ -126,7 +126,7 @@ both!(
                     ip: Some(format!("10.0.0.{i}")),
                     user_agent: None,
                 };
-                let _ = core.sign_in(&format!("user{i}@example.com"), "wrong password", &client).await;
+                let _ = core.sign_in(quarterdeck_domain::user::Directory::Platform, &format!("user{i}@example.com"), "wrong password", &client).await;
             }));
         }
         for t in tasks {

@@ -217,8 +217,10 @@ impl Browser {
         let serde_json::Value::Object(caps) = caps else {
             unreachable!()
         };
-        let client = ClientBuilder::rustls()
-            .unwrap()
+        // chromedriver speaks plain HTTP on localhost: no TLS stack (fantoccini without
+        // features; hyper-util as a dev-dependency for the connector).
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&self.url)
             .await
@@ -360,28 +362,59 @@ async fn click(c: &Client, css: &str) {
 }
 
 /// Resize the window to `width`×`height`, save a PNG of the viewport as `name`.png, and print
-/// anything a person should look at (the page wider than the window).
+/// what a person should look at: the page being wider than the window, and what sticks out.
 async fn screenshot(c: &Client, name: &str, width: u32, height: u32) {
     c.set_window_size(width, height).await.unwrap();
-    let sizes = c
-        .execute(
-            "return [window.innerWidth, document.documentElement.scrollWidth];",
-            vec![],
-        )
-        .await
-        .unwrap();
+    // A still picture: wait for running CSS animations (the toast's slide-in) to end.
+    poll(c, "CSS animations to finish", || async {
+        let running = c
+            .execute(
+                "return document.getAnimations().filter((a) => a.playState === 'running').length;",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (running.as_u64() == Some(0)).then_some(())
+    })
+    .await;
+    let layout = c.execute(LAYOUT_JS, vec![]).await.unwrap();
     let png = c.screenshot().await.unwrap();
     let dir = screenshot_dir();
     let path = dir.join(format!("{name}.png"));
-    let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &png));
-    match saved {
-        Ok(()) => eprintln!(
-            "screenshot {} ([innerWidth, scrollWidth] = {sizes})",
-            path.display()
-        ),
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &png)) {
+        Ok(()) => eprintln!("screenshot {}: {layout}", path.display()),
         Err(e) => eprintln!("screenshot {} not saved: {e}", path.display()),
     }
+    let client = layout["client"].as_f64().unwrap_or_default();
+    let scroll = layout["scroll"].as_f64().unwrap_or_default();
+    if scroll > client {
+        eprintln!(
+            "NOTE {name}: the page is {} px wider than the window (a horizontal scrollbar); \
+             sticking out: {}",
+            scroll - client,
+            layout["sticking_out"]
+        );
+    }
 }
+
+/// The window and page widths, and up to five elements that stick out of the page on the right
+/// (not counting fixed ones, or ones inside a scrolling or clipping box).
+const LAYOUT_JS: &str = r##"
+const d = document.documentElement, cw = d.clientWidth;
+const inBox = (e) => {
+  for (let p = e.parentElement; p && p !== d; p = p.parentElement) {
+    if (getComputedStyle(p).overflowX !== "visible") return true;
+  }
+  return false;
+};
+const name = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
+  (typeof e.className === "string" && e.className.trim() ? "." + e.className.trim().split(/\s+/).join(".") : "");
+const out = [...document.body.querySelectorAll("*")]
+  .filter((e) => e.getBoundingClientRect().right > cw + 0.5 && getComputedStyle(e).position !== "fixed" && !inBox(e))
+  .slice(0, 5)
+  .map((e) => name(e) + " (right edge " + Math.round(e.getBoundingClientRect().right) + " px)");
+return { window: innerWidth, client: cw, scroll: d.scrollWidth, sticking_out: out };
+"##;
 
 /// `target/screenshots`, next to the test binary's `target/<profile>/deps`.
 fn screenshot_dir() -> PathBuf {

@@ -39,12 +39,13 @@ both!(
 /// Make a platform user with the given roles directly in the store (inviting comes later).
 async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
     use quarterdeck_domain::password::NewPassword;
-    let user = quarterdeck_domain::user::PlatformUser {
+    let user = quarterdeck_domain::user::User {
         id: quarterdeck_domain::UserId::new(),
         email: quarterdeck_domain::EmailAddress::parse(email).unwrap(),
         name: None,
         status: quarterdeck_domain::user::UserStatus::Active,
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        tenant_id: None,
         created_at: app.clock_now(),
     };
     let pw = NewPassword::parse(OWNER_PASSWORD, 12, "password").unwrap();
@@ -58,7 +59,7 @@ async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
     );
     app.core
         .store
-        .create_platform_user(&user, &hash, event)
+        .create_user(&user, Some(&hash), None, event)
         .await
         .unwrap();
 }

@@ -100,6 +100,8 @@ both!(
             quarterdeck_domain::UserId::new(),
             quarterdeck_domain::EmailAddress::parse(OWNER_EMAIL).unwrap(),
             vec!["owner".into()],
+            None,
+            app.core.catalog(),
         );
         let auth = principal.require::<quarterdeck_domain::access::ManageTenants>().unwrap();
         let tenant = quarterdeck_domain::tenant::Tenant {

@@ -41,8 +41,13 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
     {
         return refuse();
     }
+    let site_origin = req
+        .extensions()
+        .get::<super::site::Site>()
+        .map(|s| s.origin(&state))
+        .unwrap_or_else(|| state.config.origin());
     if let Some(origin) = headers.get(header::ORIGIN)
-        && origin.to_str().ok() != Some(state.config.origin().as_str())
+        && origin.to_str().ok() != Some(site_origin.as_str())
     {
         return refuse();
     }

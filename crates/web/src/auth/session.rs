@@ -1,6 +1,7 @@
 //! Loading the session once per request, and the extractor handlers use.
 
 use super::cookies::read_cookie;
+use super::site::Site;
 use crate::error::HtmlError;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -9,6 +10,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use quarterdeck_domain::core::{ClientInfo, SignedIn};
+use quarterdeck_domain::tenant::Tenant;
+use quarterdeck_domain::user::Directory;
 use std::net::{IpAddr, SocketAddr};
 
 pub const SESSION_COOKIE: &str = "qd_session";
@@ -21,18 +24,28 @@ pub struct MaybeSession(pub Option<SignedIn>);
 pub async fn load_session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let name = state.config.cookie_name(SESSION_COOKIE);
     let signed_in = match read_cookie(req.headers(), &name) {
-        Some(v) if !v.is_empty() && v.len() <= 128 => match state.core.session(&v).await {
-            Ok(s) => s,
-            Err(e) => return HtmlError(e).into_response(),
-        },
+        Some(v) if !v.is_empty() && v.len() <= 128 => {
+            match state.core.session(site_dir(&req), &v).await {
+                Ok(s) => s,
+                Err(e) => return HtmlError(e).into_response(),
+            }
+        }
         _ => None,
     };
     req.extensions_mut().insert(MaybeSession(signed_in));
     next.run(req).await
 }
 
-/// A handler argument that requires a signed-in platform user; without one, the browser is
-/// sent to the sign-in page (and back here afterwards).
+fn site_dir(req: &Request) -> Directory {
+    req.extensions()
+        .get::<Site>()
+        .map(Site::directory)
+        .unwrap_or(Directory::Platform)
+}
+
+/// A console handler's argument: a signed-in platform user on the base host. Without a
+/// session the browser is sent to sign in (and back here afterwards); on a tenant's host the
+/// console does not exist (404).
 pub struct CurrentSession(pub SignedIn);
 
 impl FromRequestParts<AppState> for CurrentSession {
@@ -42,6 +55,9 @@ impl FromRequestParts<AppState> for CurrentSession {
         parts: &mut Parts,
         _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if !matches!(parts.extensions.get::<Site>(), Some(Site::Base)) {
+            return Err(HtmlError(quarterdeck_domain::Error::NotFound).into_response());
+        }
         match parts.extensions.get::<MaybeSession>() {
             Some(MaybeSession(Some(s))) => Ok(Self(s.clone())),
             _ => Err(login_redirect(&parts.uri)),
@@ -49,17 +65,35 @@ impl FromRequestParts<AppState> for CurrentSession {
     }
 }
 
-impl axum::extract::OptionalFromRequestParts<AppState> for CurrentSession {
-    type Rejection = std::convert::Infallible;
+/// A portal handler's argument: a signed-in user of the tenant whose host this is.
+pub struct PortalSession(pub SignedIn, pub Tenant);
+
+impl FromRequestParts<AppState> for PortalSession {
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &AppState,
-    ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(match parts.extensions.get::<MaybeSession>() {
-            Some(MaybeSession(Some(s))) => Some(Self(s.clone())),
-            _ => None,
-        })
+    ) -> Result<Self, Self::Rejection> {
+        let Some(Site::Tenant(t)) = parts.extensions.get::<Site>() else {
+            return Err(HtmlError(quarterdeck_domain::Error::NotFound).into_response());
+        };
+        match parts.extensions.get::<MaybeSession>() {
+            Some(MaybeSession(Some(s))) => Ok(Self(s.clone(), (**t).clone())),
+            _ => Err(login_redirect(&parts.uri)),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeSession {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<MaybeSession>()
+            .cloned()
+            .unwrap_or(MaybeSession(None)))
     }
 }
 

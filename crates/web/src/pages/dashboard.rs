@@ -2,14 +2,16 @@
 
 use super::audit::EventRow;
 use super::{Chrome, render};
-use crate::auth::CurrentSession;
+use crate::auth::{MaybeSession, Site};
 use crate::error::HtmlError;
 use crate::state::AppState;
 use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
+use axum::response::{IntoResponse, Redirect};
 use quarterdeck_domain::access::{ReadAudit, ReadTenants};
 use quarterdeck_domain::audit::AuditFilter;
+use quarterdeck_domain::core::SignedIn;
 use quarterdeck_domain::role::Capability;
 use quarterdeck_domain::tenant::StatusCounts;
 
@@ -22,10 +24,20 @@ pub struct DashboardPage {
     pub can_manage: bool,
 }
 
-pub async fn show(
+/// `/`: the platform dashboard on the base host; the portal on a tenant's host.
+pub async fn home(
     State(state): State<AppState>,
-    CurrentSession(s): CurrentSession,
+    site: Site,
+    MaybeSession(s): MaybeSession,
 ) -> Result<Response, HtmlError> {
+    match (site, s) {
+        (Site::Tenant(_), _) => Ok(Redirect::to("/portal").into_response()),
+        (Site::Base, None) => Ok(Redirect::to("/login").into_response()),
+        (Site::Base, Some(s)) => show(&state, &s).await,
+    }
+}
+
+async fn show(state: &AppState, s: &SignedIn) -> Result<Response, HtmlError> {
     let read = s.principal.require::<ReadTenants>()?;
     let counts = state.core.tenant_counts(&read).await?;
     let events = match s.principal.require::<ReadAudit>() {
@@ -40,7 +52,7 @@ pub async fn show(
         Err(_) => None,
     };
     Ok(render(&DashboardPage {
-        chrome: Chrome::console(&s, "dashboard"),
+        chrome: Chrome::console(s, "dashboard"),
         counts,
         events,
         can_manage: s.principal.can(&Capability::TenantsManage),

@@ -1,8 +1,9 @@
-//! `/login` and `/logout` on the base host.
+//! `/login` and `/logout`, on the base host (platform users) and on tenant hosts (the tenant's
+//! users). Platform users land on `/`, tenant users on `/portal`.
 
 use super::{Chrome, render};
 use crate::auth::{
-    CurrentSession, PeerAddr, anon_csrf_token, clear_session_cookie, client_info, safe_next,
+    MaybeSession, PeerAddr, Site, anon_csrf_token, clear_session_cookie, client_info, safe_next,
     session_cookie,
 };
 use crate::error::HtmlError;
@@ -23,35 +24,40 @@ pub struct LoginPage {
     pub next: String,
     pub error: Option<String>,
     pub notice: Option<&'static str>,
+    /// The tenant's name on its host; `None` on the base host.
+    pub organisation: Option<String>,
+    /// Example organisation address, for the base host's guidance.
+    pub org_example: String,
 }
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
     setup: Option<String>,
+    registered: Option<String>,
 }
 
-pub async fn form(
-    State(state): State<AppState>,
-    session: Option<CurrentSession>,
-    headers: HeaderMap,
-    Query(q): Query<LoginQuery>,
-) -> Response {
-    if session.is_some() {
-        return Redirect::to(&safe_next(q.next.as_deref())).into_response();
+fn landing(site: &Site, next: Option<&str>) -> String {
+    let next = safe_next(next);
+    match site {
+        Site::Tenant(_) if next == "/" || !next.starts_with("/portal") => "/portal".to_owned(),
+        _ => next,
     }
-    let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
-    let page = LoginPage {
+}
+
+fn page(state: &AppState, site: &Site, token: String, email: String, next: String) -> LoginPage {
+    LoginPage {
         chrome: Chrome::signed_out(token),
-        email: String::new(),
-        next: safe_next(q.next.as_deref()),
+        email,
+        next,
         error: None,
-        notice: q
-            .setup
-            .is_some()
-            .then_some("Your owner account is ready. Sign in with it."),
-    };
-    with_cookie(render(&page), set_cookie)
+        notice: None,
+        organisation: match site {
+            Site::Tenant(t) => Some(t.name.as_str().to_owned()),
+            Site::Base => None,
+        },
+        org_example: state.core.config.links.origin(Some("your-org")),
+    }
 }
 
 fn with_cookie(mut resp: Response, set_cookie: Option<String>) -> Response {
@@ -59,6 +65,34 @@ fn with_cookie(mut resp: Response, set_cookie: Option<String>) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp
+}
+
+pub async fn form(
+    State(state): State<AppState>,
+    site: Site,
+    MaybeSession(session): MaybeSession,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    if session.is_some() {
+        return Redirect::to(&landing(&site, q.next.as_deref())).into_response();
+    }
+    let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
+    let mut p = page(
+        &state,
+        &site,
+        token,
+        String::new(),
+        safe_next(q.next.as_deref()),
+    );
+    p.notice = if q.setup.is_some() {
+        Some("Your owner account is ready. Sign in with it.")
+    } else if q.registered.is_some() {
+        Some("Your password is set. Sign in with it.")
+    } else {
+        None
+    };
+    with_cookie(render(&p), set_cookie)
 }
 
 #[derive(Deserialize)]
@@ -72,31 +106,46 @@ pub struct LoginForm {
 
 pub async fn submit(
     State(state): State<AppState>,
+    site: Site,
+    MaybeSession(previous): MaybeSession,
     headers: HeaderMap,
     peer: PeerAddr,
     Form(f): Form<LoginForm>,
 ) -> Response {
     let client = client_info(&state, &headers, &peer);
-    let next = safe_next(f.next.as_deref());
-    match state.core.sign_in(&f.email, &f.password, &client).await {
+    match state
+        .core
+        .sign_in(site.directory(), &f.email, &f.password, &client)
+        .await
+    {
         Ok((secret, _signed_in)) => {
-            let mut resp = Redirect::to(&next).into_response();
+            // Whoever was signed in on this browser before is signed out: one session a browser.
+            if let Some(old) = previous {
+                let _ = state.core.store.delete_session(&old.session.id_hash).await;
+            }
+            let mut resp = Redirect::to(&landing(&site, f.next.as_deref())).into_response();
             if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }
             resp
         }
-        Err(e @ (Error::InvalidCredentials | Error::Throttled { .. } | Error::Busy)) => {
+        Err(
+            e @ (Error::InvalidCredentials
+            | Error::Throttled { .. }
+            | Error::Busy
+            | Error::TenantSuspended),
+        ) => {
             let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
             let status = crate::error::status_of(&e);
-            let page = LoginPage {
-                chrome: Chrome::signed_out(token),
-                email: f.email.trim().chars().take(254).collect(),
-                next,
-                error: Some(e.to_string()),
-                notice: None,
-            };
-            let mut resp = with_cookie((status, render(&page)).into_response(), set_cookie);
+            let mut p = page(
+                &state,
+                &site,
+                token,
+                f.email.trim().chars().take(254).collect(),
+                safe_next(f.next.as_deref()),
+            );
+            p.error = Some(e.to_string());
+            let mut resp = with_cookie((status, render(&p)).into_response(), set_cookie);
             if let Error::Throttled { retry_after_secs } = e
                 && let Ok(v) = retry_after_secs.to_string().parse()
             {
@@ -108,8 +157,11 @@ pub async fn submit(
     }
 }
 
-pub async fn logout(State(state): State<AppState>, session: Option<CurrentSession>) -> Response {
-    if let Some(CurrentSession(s)) = session
+pub async fn logout(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+) -> Response {
+    if let Some(s) = session
         && let Err(e) = state.core.sign_out(&s).await
     {
         return HtmlError(e).into_response();

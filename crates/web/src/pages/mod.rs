@@ -3,6 +3,10 @@
 pub mod audit;
 pub mod dashboard;
 pub mod login;
+pub mod people;
+pub mod portal;
+pub mod register;
+pub mod roles;
 pub mod settings;
 pub mod setup;
 pub mod tenants;

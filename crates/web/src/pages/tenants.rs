@@ -78,7 +78,8 @@ pub struct ListPage {
     pub prev_link: Option<String>,
     pub next_link: Option<String>,
     pub can_manage: bool,
-    pub created_toast: Option<String>,
+    pub created_toast: Option<(String, String)>,
+    pub admin_role: String,
 }
 
 pub async fn list(
@@ -110,7 +111,7 @@ pub async fn list(
             .store
             .tenant(id)
             .await?
-            .map(|t| t.name.as_str().to_owned()),
+            .map(|t| (t.name.as_str().to_owned(), t.id.to_string())),
         _ => None,
     };
     Ok(render(&ListPage {
@@ -126,6 +127,7 @@ pub async fn list(
         next_link: (page < pages).then(|| link(page + 1)),
         can_manage: s.principal.can(&Capability::TenantsManage),
         created_toast,
+        admin_role: state.core.catalog().admin_role().to_owned(),
     }))
 }
 
@@ -260,6 +262,10 @@ pub struct ShowPage {
     pub errors: Errors,
     pub notice: Option<&'static str>,
     pub open_dialog: &'static str,
+    pub team: Vec<super::people::UserRow>,
+    pub team_link_base: String,
+    pub admin_role: String,
+    pub can_invite: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -285,7 +291,29 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
         errors: Errors::default(),
         notice: None,
         open_dialog: "",
+        team: Vec::new(),
+        team_link_base: format!("/tenants/{}/users/", t.id),
+        admin_role: String::new(),
+        can_invite: s.principal.can(&Capability::UsersManage),
     }
+}
+
+/// The tenant page with its Team section filled in.
+async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPage, Error> {
+    let mut page = show_page(s, t, &state.core.config.regions);
+    let now = state.core.clock.now();
+    page.team = state
+        .core
+        .users(
+            &s.principal,
+            quarterdeck_domain::user::Directory::Tenant(t.id),
+        )
+        .await?
+        .iter()
+        .map(|v| super::people::UserRow::from_view(v, now))
+        .collect();
+    page.admin_role = state.core.catalog().admin_role().to_owned();
+    Ok(page)
 }
 
 pub async fn show(
@@ -296,7 +324,7 @@ pub async fn show(
 ) -> Result<Response, HtmlError> {
     let auth = s.principal.require::<ReadTenants>()?;
     let t = state.core.tenant(&auth, tenant_id(&id)?).await?;
-    let mut page = show_page(&s, &t, &state.core.config.regions);
+    let mut page = full_page(&state, &s, &t).await?;
     page.notice = match q.saved.as_deref() {
         Some("details") => Some("Changes saved."),
         Some("status") => Some("Status changed."),
@@ -357,7 +385,7 @@ pub async fn update(
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/tenants/{id}?saved=details")).into_response()),
         Err(Error::Validation(fields)) => {
-            let mut page = show_page(&s, &current, &state.core.config.regions);
+            let mut page = full_page(&state, &s, &current).await?;
             page.name = field(&pairs, "name").to_owned();
             page.regions = region_options(&state.core.config.regions, field(&pairs, "region"));
             page.tiers = tier_options(field(&pairs, "tier"));
@@ -398,7 +426,7 @@ pub async fn change_status(
         Err(Error::Validation(fields)) => {
             let read = s.principal.require::<ReadTenants>()?;
             let current = state.core.tenant(&read, id).await?;
-            let mut page = show_page(&s, &current, &state.core.config.regions);
+            let mut page = full_page(&state, &s, &current).await?;
             page.errors = Errors::from_fields(&fields);
             page.open_dialog = "status-dialog";
             Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
@@ -426,7 +454,7 @@ pub async fn delete(
         Err(Error::Validation(fields)) => {
             let read = s.principal.require::<ReadTenants>()?;
             let current = state.core.tenant(&read, id).await?;
-            let mut page = show_page(&s, &current, &state.core.config.regions);
+            let mut page = full_page(&state, &s, &current).await?;
             page.errors = Errors::from_fields(&fields);
             page.open_dialog = "delete-dialog";
             Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())

@@ -15,18 +15,18 @@ CREATE TABLE identity.tenant (
     deleted_at  timestamptz
 );
 
-CREATE TABLE identity.platform_user (
+CREATE TABLE identity.app_user (
     id             uuid PRIMARY KEY,
     email          text NOT NULL UNIQUE,
     name           text,
-    password_hash  text NOT NULL,
+    password_hash  text,
     status         text NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL
 );
 
-CREATE TABLE identity.platform_user_role (
-    user_id  uuid NOT NULL REFERENCES identity.platform_user (id) ON DELETE CASCADE,
+CREATE TABLE identity.user_role (
+    user_id  uuid NOT NULL REFERENCES identity.app_user (id) ON DELETE CASCADE,
     role     text NOT NULL,
     PRIMARY KEY (user_id, role)
 );
@@ -82,3 +82,30 @@ CREATE TABLE identity.audit_head (
 );
 INSERT INTO identity.audit_head (id, seq, hash)
 VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+CREATE TABLE identity.invitation (
+    user_id     uuid PRIMARY KEY REFERENCES identity.app_user (id) ON DELETE CASCADE,
+    token_hash  text NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    spent_at    timestamptz,
+    revoked_at  timestamptz
+);
+
+CREATE TABLE identity.outbox (
+    id               uuid PRIMARY KEY,
+    tenant_id        uuid,
+    user_id          uuid,
+    to_addr          text NOT NULL,
+    subject          text NOT NULL,
+    body_text        text NOT NULL,
+    body_html        text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'cancelled')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL,
+    last_error       text,
+    created_at       timestamptz NOT NULL,
+    sent_at          timestamptz
+);
+CREATE INDEX outbox_due_idx ON identity.outbox (status, next_attempt_at);
+CREATE INDEX outbox_user_idx ON identity.outbox (user_id, created_at);

@@ -14,18 +14,18 @@ CREATE TABLE tenant (
     deleted_at  INTEGER
 );
 
-CREATE TABLE platform_user (
+CREATE TABLE app_user (
     id             BLOB PRIMARY KEY,
     email          TEXT NOT NULL UNIQUE,
     name           TEXT,
-    password_hash  TEXT NOT NULL,
+    password_hash  TEXT,
     status         TEXT NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL
 );
 
-CREATE TABLE platform_user_role (
-    user_id  BLOB NOT NULL REFERENCES platform_user (id) ON DELETE CASCADE,
+CREATE TABLE user_role (
+    user_id  BLOB NOT NULL REFERENCES app_user (id) ON DELETE CASCADE,
     role     TEXT NOT NULL,
     PRIMARY KEY (user_id, role)
 );
@@ -79,3 +79,34 @@ CREATE TABLE audit_head (
 );
 INSERT INTO audit_head (id, seq, hash)
 VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+-- Invitations of platform users (tenant users' are in the tenant's database). One per user;
+-- a resend replaces the token, so the old one dies.
+CREATE TABLE invitation (
+    user_id     BLOB PRIMARY KEY REFERENCES app_user (id) ON DELETE CASCADE,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    spent_at    INTEGER,
+    revoked_at  INTEGER
+);
+
+-- Outgoing email, written with the change that causes it, delivered by the worker.
+-- The bodies are blanked once sent, so no link outlives its delivery here.
+CREATE TABLE outbox (
+    id               BLOB PRIMARY KEY,
+    tenant_id        BLOB,
+    user_id          BLOB,
+    to_addr          TEXT NOT NULL,
+    subject          TEXT NOT NULL,
+    body_text        TEXT NOT NULL,
+    body_html        TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'cancelled')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    sent_at          INTEGER
+);
+CREATE INDEX outbox_due_idx ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_user_idx ON outbox (user_id, created_at);

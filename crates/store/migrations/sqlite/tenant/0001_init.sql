@@ -5,3 +5,29 @@ CREATE TABLE tenant_info (
     tenant_id   BLOB NOT NULL,
     created_at  INTEGER NOT NULL
 );
+
+-- The tenant's users, their roles and their invitations.
+CREATE TABLE app_user (
+    id             BLOB PRIMARY KEY,
+    email          TEXT NOT NULL UNIQUE,
+    name           TEXT,
+    password_hash  TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+
+CREATE TABLE user_role (
+    user_id  BLOB NOT NULL REFERENCES app_user (id) ON DELETE CASCADE,
+    role     TEXT NOT NULL,
+    PRIMARY KEY (user_id, role)
+);
+
+CREATE TABLE invitation (
+    user_id     BLOB PRIMARY KEY REFERENCES app_user (id) ON DELETE CASCADE,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    spent_at    INTEGER,
+    revoked_at  INTEGER
+);

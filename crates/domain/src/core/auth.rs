@@ -1,0 +1,250 @@
+//! Sign-in, sessions, sign-out and password changes, on the base host and on tenant hosts.
+
+use super::{ClientInfo, Core, SignedIn};
+use crate::access::Actor;
+use crate::audit::EventType;
+use crate::email::EmailAddress;
+use crate::error::{Error, FieldError, Problems, Result};
+use crate::password::NewPassword;
+use crate::session::Session;
+use crate::tenant::TenantStatus;
+use crate::token::{Secret, TokenHash};
+use crate::user::{Directory, UserStatus};
+use serde_json::json;
+
+impl Core {
+    /// Check the email and password of a user of `dir`; on success start a new session (a new
+    /// id, whatever the client had before). Unknown email, wrong password, a user who has not
+    /// registered yet or is suspended: the same error after the same work (a full Argon2id
+    /// verification). A suspended tenant's users cannot sign in.
+    pub async fn sign_in(
+        &self,
+        dir: Directory,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<(Secret, SignedIn)> {
+        let now = self.clock.now();
+        let tenant = self.tenant_of(dir).await?;
+        if tenant
+            .as_ref()
+            .is_some_and(|t| t.status == TenantStatus::Suspended)
+        {
+            return Err(Error::TenantSuspended);
+        }
+        let account_key = format!(
+            "{}:{}",
+            dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
+            email.trim().to_ascii_lowercase()
+        );
+        let address_key = client.ip.clone().unwrap_or_default();
+        let wait = [
+            self.account_throttle.check(&account_key, now),
+            self.address_throttle.check(&address_key, now),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(retry_after_secs) = wait {
+            return Err(Error::Throttled { retry_after_secs });
+        }
+
+        let found = match EmailAddress::parse(email) {
+            Ok(e) => self.store.user_by_email(dir, &e).await?,
+            Err(_) => None,
+        };
+        let stored_hash = found.as_ref().and_then(|(_, h)| h.as_deref());
+        let verified = self.hasher.verify(password, stored_hash).await?;
+        let user = match found {
+            Some((user, Some(_))) if verified && user.status == UserStatus::Active => user,
+            found => {
+                self.account_throttle.record_failure(&account_key, now);
+                self.address_throttle.record_failure(&address_key, now);
+                let actor = match &found {
+                    Some((u, _)) => Actor::user(u.id, u.email.clone()),
+                    None => Actor::system(),
+                };
+                let typed: String = email
+                    .trim()
+                    .to_ascii_lowercase()
+                    .chars()
+                    .take(254)
+                    .collect();
+                let event = self.new_event(
+                    EventType::SignInFailed,
+                    &actor,
+                    dir.tenant_id(),
+                    json!({ "email": typed, "reason": "invalid_credentials", "ip": client.ip }),
+                );
+                self.store.append_event(event).await?;
+                return Err(Error::InvalidCredentials);
+            }
+        };
+        self.account_throttle.record_success(&account_key);
+
+        let secret = Secret::generate(&*self.rng, "");
+        let csrf = Secret::generate(&*self.rng, "");
+        let session = Session {
+            id_hash: secret.hash(),
+            user_id: user.id,
+            tenant_id: dir.tenant_id(),
+            csrf_token: csrf.expose().to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.sessions.absolute,
+            user_agent: client
+                .user_agent
+                .clone()
+                .map(|ua| ua.chars().take(256).collect()),
+            ip: client.ip.clone(),
+        };
+        self.store.create_session(&session).await?;
+        let principal = self.principal_of(&user);
+        let event = self.new_event(
+            EventType::SignInSucceeded,
+            &principal.actor(),
+            dir.tenant_id(),
+            json!({ "user_id": user.id, "ip": client.ip }),
+        );
+        self.store.append_event(event).await?;
+        Ok((
+            secret,
+            SignedIn {
+                session,
+                principal,
+                user,
+                tenant,
+            },
+        ))
+    }
+
+    /// The live session behind a cookie value on the host of `dir`, if any. Ends sessions past
+    /// their limits; refuses users who are no longer active, and every session of a suspended
+    /// or deleted tenant.
+    pub async fn session(&self, dir: Directory, cookie_value: &str) -> Result<Option<SignedIn>> {
+        let hash = TokenHash::of(cookie_value);
+        let Some(session) = self.store.session(&hash).await? else {
+            return Ok(None);
+        };
+        if Directory::of(session.tenant_id) != dir {
+            // Made on another host: worthless here (the cookie is host-only anyway).
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        if !self.config.sessions.is_live(&session, now) {
+            self.store.delete_session(&hash).await?;
+            return Ok(None);
+        }
+        let tenant = match dir {
+            Directory::Platform => None,
+            Directory::Tenant(id) => match self.store.tenant(id).await? {
+                Some(t) if t.status != TenantStatus::Suspended => Some(t),
+                _ => {
+                    self.store.delete_tenant_sessions(id).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        let Some(user) = self.store.user(dir, session.user_id).await? else {
+            self.store.delete_session(&hash).await?;
+            return Ok(None);
+        };
+        if user.status != UserStatus::Active {
+            self.store.delete_user_sessions(user.id, None).await?;
+            return Ok(None);
+        }
+        if self.config.sessions.needs_touch(&session, now) {
+            self.store.touch_session(&hash, now).await?;
+        }
+        let principal = self.principal_of(&user);
+        Ok(Some(SignedIn {
+            session,
+            principal,
+            user,
+            tenant,
+        }))
+    }
+
+    pub async fn sign_out(&self, signed_in: &SignedIn) -> Result<()> {
+        self.store
+            .delete_session(&signed_in.session.id_hash)
+            .await?;
+        let event = self.new_event(
+            EventType::SignedOut,
+            &signed_in.principal.actor(),
+            signed_in.user.tenant_id,
+            json!({ "user_id": signed_in.user.id }),
+        );
+        self.store.append_event(event).await
+    }
+
+    /// Change one's own password (current password required); other sessions end.
+    pub async fn change_password(
+        &self,
+        signed_in: &SignedIn,
+        current: &str,
+        new: &str,
+        confirm: &str,
+    ) -> Result<()> {
+        let mut p = Problems::new();
+        let new = p.check(NewPassword::parse(
+            new,
+            self.config.password_min_chars,
+            "new_password",
+        ));
+        if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
+            p.push(FieldError::new(
+                "confirm",
+                "mismatch",
+                "The passwords do not match.",
+            ));
+        }
+        p.finish()?;
+        let Some(new) = new else {
+            return Err(Error::internal("validation passed without a password"));
+        };
+        let dir = signed_in.user.directory();
+        let stored = self
+            .store
+            .user_by_email(dir, &signed_in.user.email)
+            .await?
+            .and_then(|(_, h)| h);
+        if !self.hasher.verify(current, stored.as_deref()).await? {
+            return Err(Error::field(
+                "current_password",
+                "wrong_password",
+                "The current password is not correct.",
+            ));
+        }
+        let hash = self.hasher.hash(&new, &*self.rng).await?;
+        let event = self.new_event(
+            EventType::PasswordChanged,
+            &signed_in.principal.actor(),
+            signed_in.user.tenant_id,
+            json!({ "user_id": signed_in.user.id }),
+        );
+        self.store
+            .set_password(dir, signed_in.user.id, &hash, event)
+            .await?;
+        self.store
+            .delete_user_sessions(signed_in.user.id, Some(&signed_in.session.id_hash))
+            .await?;
+        Ok(())
+    }
+
+    /// Sign out every other session of the caller; returns how many ended.
+    pub async fn end_other_sessions(&self, signed_in: &SignedIn) -> Result<u64> {
+        let n = self
+            .store
+            .delete_user_sessions(signed_in.user.id, Some(&signed_in.session.id_hash))
+            .await?;
+        let event = self.new_event(
+            EventType::SessionsRevoked,
+            &signed_in.principal.actor(),
+            signed_in.user.tenant_id,
+            json!({ "user_id": signed_in.user.id, "sessions_ended": n }),
+        );
+        self.store.append_event(event).await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,188 @@
+//! The operations the web layer calls, one module per area. Each checks its rules, builds its
+//! audit event and hands both to the store, which writes them in one transaction.
+
+mod audit;
+mod auth;
+mod outbox;
+mod setup;
+mod tenants;
+mod users;
+
+pub use outbox::MAX_ATTEMPTS;
+pub use users::{InviteRequest, UserView};
+
+use crate::access::{Actor, Principal};
+use crate::audit::{EventType, NewEvent};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+use crate::mail::Email;
+use crate::password::PasswordHasher;
+use crate::role::Catalog;
+use crate::session::{Session, SessionPolicy};
+use crate::store::Store;
+use crate::tenant::Tenant;
+use crate::throttle::{Throttle, ThrottlePolicy};
+use crate::token::Random;
+use crate::user::{Directory, User};
+use std::sync::Arc;
+use time::Duration;
+
+/// Renders the invitation email: (to, inviter, organisation, link, expires) → the message.
+pub type RenderInvitation = fn(&str, &str, &str, &str, &str) -> Email;
+
+/// How links in emails are built: from the configured base URL, never from a request.
+#[derive(Clone, Debug)]
+pub struct Links {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]` of the base URL.
+    pub host: String,
+}
+
+impl Links {
+    /// The origin users of `dir` sign in at: the base host, or `{slug}.{base host}`.
+    pub fn origin(&self, tenant_slug: Option<&str>) -> String {
+        match tenant_slug {
+            Some(slug) => format!("{}://{slug}.{}", self.scheme, self.host),
+            None => format!("{}://{}", self.scheme, self.host),
+        }
+    }
+}
+
+/// Settings the core needs (the binary maps its settings file onto this).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub sessions: SessionPolicy,
+    pub password_min_chars: usize,
+    pub regions: Vec<String>,
+    pub setup_link_ttl: Duration,
+    pub invitation_ttl: Duration,
+    pub tenant_retention: Duration,
+    pub catalog: Catalog,
+    pub links: Links,
+    pub render_invitation: RenderInvitation,
+}
+
+fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &str) -> Email {
+    let text = format!(
+        "{inviter} invited you to {org}.\n\nSet your password: {link}\n\nThe link expires {expires}.\n"
+    );
+    Email {
+        to: to.to_owned(),
+        subject: format!("You're invited to {org}"),
+        html: text.clone(),
+        text,
+    }
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            sessions: SessionPolicy {
+                idle: Duration::minutes(30),
+                absolute: Duration::hours(12),
+            },
+            password_min_chars: 12,
+            regions: vec!["default".to_owned()],
+            setup_link_ttl: Duration::hours(24),
+            invitation_ttl: Duration::days(7),
+            tenant_retention: Duration::days(30),
+            catalog: Catalog::default(),
+            links: Links {
+                scheme: "http".to_owned(),
+                host: "localhost:8090".to_owned(),
+            },
+            render_invitation: plain_invitation,
+        }
+    }
+}
+
+/// A signed-in user's live session.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub session: Session,
+    pub principal: Principal,
+    pub user: User,
+    /// The tenant, for a session on a tenant's host.
+    pub tenant: Option<Tenant>,
+}
+
+/// Where a sign-in attempt comes from.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Random>,
+    pub hasher: PasswordHasher,
+    pub config: CoreConfig,
+    account_throttle: Throttle,
+    address_throttle: Throttle,
+}
+
+impl Core {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Random>,
+        hasher: PasswordHasher,
+        config: CoreConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            rng,
+            hasher,
+            config,
+            account_throttle: Throttle::new(ThrottlePolicy::ACCOUNT),
+            address_throttle: Throttle::new(ThrottlePolicy::ADDRESS),
+        }
+    }
+
+    fn new_event(
+        &self,
+        t: EventType,
+        actor: &Actor,
+        tenant: Option<TenantId>,
+        details: serde_json::Value,
+    ) -> NewEvent {
+        NewEvent::new(self.clock.now(), t, actor, tenant, details)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.config.catalog
+    }
+
+    /// A principal for a user, with the capabilities their roles grant.
+    pub fn principal_of(&self, user: &User) -> Principal {
+        Principal::new(
+            user.id,
+            user.email.clone(),
+            user.roles.clone(),
+            user.tenant_id,
+            &self.config.catalog,
+        )
+    }
+
+    /// The live tenant behind a directory (`None` for the platform); a deleted tenant is
+    /// not found.
+    pub async fn tenant_of(&self, dir: Directory) -> Result<Option<Tenant>> {
+        match dir {
+            Directory::Platform => Ok(None),
+            Directory::Tenant(id) => Ok(Some(self.store.tenant(id).await?.ok_or(Error::NotFound)?)),
+        }
+    }
+}
+
+pub(crate) fn slug_taken() -> Error {
+    Error::field(
+        "slug",
+        "slug_taken",
+        "This slug is already in use; choose another.",
+    )
+}
