@@ -96,9 +96,15 @@ fn listening(port: u16) -> bool {
 impl Maildev {
     /// A running maildev on 127.0.0.1, SMTP and web API both accepting connections.
     pub fn start() -> Maildev {
+        Self::start_on(None)
+    }
+
+    /// Like [`Maildev::start`], on a given SMTP port (to bring a "down" server up).
+    pub fn start_on(smtp: Option<u16>) -> Maildev {
         let bin = maildev_bin();
         for attempt in 1..=3 {
-            let (smtp_port, web_port) = free_ports();
+            let (free_smtp, web_port) = free_ports();
+            let smtp_port = smtp.unwrap_or(free_smtp);
             let log = std::env::temp_dir().join(format!(
                 "quarterdeck-maildev-{}-{smtp_port}.log",
                 std::process::id()

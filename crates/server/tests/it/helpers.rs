@@ -39,6 +39,30 @@ macro_rules! both {
     };
 }
 
+/// Like `both!`, for tests that start their own server(s): the body gets the `Backend`.
+#[macro_export]
+macro_rules! both_backends {
+    ($(#[$m:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($backend: $crate::helpers::Backend) $body
+            $(#[$m])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::helpers::Backend::Sqlite).await
+            }
+            $(#[$m])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::helpers::pg_admin_url().is_some() {
+                    run($crate::helpers::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -87,6 +111,14 @@ impl TestApp {
         Some(Self::spawn(Backend::Postgres).await)
     }
 
+    /// A server whose email goes to a real SMTP server (maildev), delivered by the worker.
+    pub async fn spawn_with_mail(backend: Backend) -> (Self, crate::maildev::Maildev) {
+        let maildev = crate::maildev::Maildev::start();
+        let port = maildev.smtp_port;
+        let app = Self::spawn_with(backend, |s| mail_to(s, port)).await;
+        (app, maildev)
+    }
+
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,6 +129,8 @@ impl TestApp {
             Backend::Postgres => Some(create_pg_database().await),
         };
         let mut settings = Settings {
+            // The worker idles in most tests: they read the outbox directly.
+            outbox_poll_ms: 3_600_000,
             listen: listener.local_addr().unwrap(),
             base_url: base_url.parse().unwrap(),
             data_dir: dir.path().to_owned(),
@@ -233,6 +267,16 @@ impl TestApp {
     }
 }
 
+/// Send email by SMTP to 127.0.0.1:`port`, polled every 50 ms.
+pub fn mail_to(s: &mut Settings, port: u16) {
+    s.email_transport = "smtp".into();
+    s.smtp_host = Some("127.0.0.1".into());
+    s.smtp_port = port;
+    s.smtp_tls = "none".into();
+    s.email_from = "Quarterdeck <deck@example.com>".into();
+    s.outbox_poll_ms = 50;
+}
+
 pub fn location(r: &reqwest::Response) -> String {
     r.headers()
         .get("location")
@@ -300,5 +344,138 @@ impl TestApp {
     /// A second browser (its own cookie jar) against the same server.
     pub fn client_for(_app: &TestApp) -> reqwest::Client {
         client()
+    }
+}
+
+impl TestApp {
+    /// A browser on a tenant's host (`{slug}.localhost:PORT`), with its own cookie jar.
+    pub fn tenant_client(&self, slug: &str) -> TenantClient {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port()));
+        let host = format!("{slug}.localhost");
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, addr)
+            .build()
+            .unwrap();
+        TenantClient {
+            client,
+            origin: format!("http://{host}:{}", self.port()),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base_url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The pending emails in the outbox (the worker is idle in tests unless mail is on).
+    pub async fn outbox(&self) -> Vec<quarterdeck_domain::mail::Email> {
+        let far = self.clock_now() + time::Duration::days(3650);
+        self.core
+            .store
+            .due_messages(far, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.email)
+            .collect()
+    }
+
+    /// The registration link of the latest email to `to` in the outbox.
+    pub async fn invitation_link(&self, to: &str) -> String {
+        let mail = self
+            .outbox()
+            .await
+            .into_iter()
+            .rev()
+            .find(|m| m.to == to)
+            .unwrap_or_else(|| panic!("no email to {to}"));
+        link_in(&mail.text)
+    }
+
+    /// Invite through the console form; returns the response.
+    pub async fn invite(&self, email: &str, tenant_id: &str, roles: &[&str]) -> reqwest::Response {
+        let page = self.get_html("/users/new").await;
+        let mut form: Vec<(&str, &str)> = vec![("email", email), ("tenant_id", tenant_id)];
+        for r in roles {
+            form.push(("roles", r));
+        }
+        self.post_form("/users/new", &page, &form).await
+    }
+}
+
+/// The `/register?token=…` link in an email body.
+pub fn link_in(text: &str) -> String {
+    let start = text.find("http").unwrap();
+    let rest = &text[start..];
+    let link: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '<')
+        .collect();
+    assert!(link.contains("/register?token="), "{link}");
+    link
+}
+
+/// A browser on a tenant's host.
+pub struct TenantClient {
+    pub client: reqwest::Client,
+    pub origin: String,
+}
+
+impl TenantClient {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_html(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
+    pub async fn post_form(
+        &self,
+        path: &str,
+        page: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let token = csrf_token(page);
+        let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
+        form.extend_from_slice(fields);
+        self.client
+            .post(self.url(path))
+            .header("origin", &self.origin)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Open a registration link (any host in it is replaced by this client's) and set the
+    /// password; returns the POST's response.
+    pub async fn register(&self, link: &str, password: &str) -> reqwest::Response {
+        let path = &link[link.find("/register").unwrap()..];
+        let page = self.get(path).await;
+        assert_eq!(page.status(), 200, "{link}");
+        let page = page.text().await.unwrap();
+        let token = path.split("token=").nth(1).unwrap().to_owned();
+        self.post_form(
+            "/register",
+            &page,
+            &[
+                ("token", &token),
+                ("password", password),
+                ("confirm", password),
+            ],
+        )
+        .await
+    }
+
+    pub async fn sign_in(&self, email: &str, password: &str) -> reqwest::Response {
+        let page = self.get_html("/login").await;
+        self.post_form("/login", &page, &[("email", email), ("password", password)])
+            .await
     }
 }

@@ -11,10 +11,18 @@
 )]
 
 mod helpers;
+#[path = "../../../mail/tests/mail/maildev.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the mail crate's tests, which use all of it"
+)]
+mod maildev;
 
 mod audit;
 mod auth;
 mod browser;
+mod invitations;
+mod portal;
 mod settings;
 mod setup;
 mod storage;
