@@ -19,6 +19,8 @@ pub struct Principal {
     pub email: EmailAddress,
     pub roles: Vec<String>,
     pub tenant_id: Option<TenantId>,
+    /// Set when a platform user acts inside a tenant through "Switch to tenant".
+    pub impersonation_id: Option<uuid::Uuid>,
     capabilities: Vec<Capability>,
 }
 
@@ -36,8 +38,24 @@ impl Principal {
             email,
             roles,
             tenant_id,
+            impersonation_id: None,
             capabilities,
         }
+    }
+
+    /// A platform user acting inside `tenant` with the tenant's admin role, every action
+    /// attributed to them and to the impersonation.
+    pub fn impersonating(
+        user_id: UserId,
+        email: EmailAddress,
+        tenant: TenantId,
+        impersonation_id: uuid::Uuid,
+        catalog: &Catalog,
+    ) -> Self {
+        let roles = vec![catalog.admin_role().to_owned()];
+        let mut p = Self::new(user_id, email, roles, Some(tenant), catalog);
+        p.impersonation_id = Some(impersonation_id);
+        p
     }
 
     /// Whether this principal may give `role` to someone: a tenant user only tenant roles whose
@@ -63,7 +81,7 @@ impl Principal {
     pub fn require<P: Permission>(&self) -> Result<Authorized<P>> {
         if self.can(&P::capability()) {
             Ok(Authorized {
-                actor: Actor::user(self.user_id, self.email.clone()),
+                actor: self.actor(),
                 _p: PhantomData,
             })
         } else {
@@ -72,7 +90,11 @@ impl Principal {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor::user(self.user_id, self.email.clone())
+        let mut a = Actor::user(self.user_id, self.email.clone());
+        if let (Some(id), Some(t)) = (self.impersonation_id, self.tenant_id) {
+            a.impersonation = Some((id, t));
+        }
+        a
     }
 }
 
@@ -81,6 +103,8 @@ impl Principal {
 pub struct Actor {
     pub user_id: Option<UserId>,
     pub email: Option<String>,
+    /// The impersonation (and its tenant) the actor acted through, if any.
+    pub impersonation: Option<(uuid::Uuid, TenantId)>,
 }
 
 impl Actor {
@@ -88,6 +112,7 @@ impl Actor {
         Self {
             user_id: Some(id),
             email: Some(email.to_string()),
+            impersonation: None,
         }
     }
     /// The system itself (start-up bootstrap, the first-run setup link).
@@ -95,6 +120,7 @@ impl Actor {
         Self {
             user_id: None,
             email: None,
+            impersonation: None,
         }
     }
 }

@@ -34,10 +34,14 @@ pub enum EventType {
     UserDeleted,
     InvitationResent,
     InvitationRevoked,
+    UserCreated,
+    PasswordReset,
+    ImpersonationStarted,
+    ImpersonationEnded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 23] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -57,6 +61,10 @@ impl EventType {
         Self::UserDeleted,
         Self::InvitationResent,
         Self::InvitationRevoked,
+        Self::UserCreated,
+        Self::PasswordReset,
+        Self::ImpersonationStarted,
+        Self::ImpersonationEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +88,10 @@ impl EventType {
             Self::UserDeleted => "USER_DELETED",
             Self::InvitationResent => "INVITATION_RESENT",
             Self::InvitationRevoked => "INVITATION_REVOKED",
+            Self::UserCreated => "USER_CREATED",
+            Self::PasswordReset => "PASSWORD_RESET",
+            Self::ImpersonationStarted => "IMPERSONATION_STARTED",
+            Self::ImpersonationEnded => "IMPERSONATION_ENDED",
         }
     }
 

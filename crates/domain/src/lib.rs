@@ -12,6 +12,7 @@ pub mod core;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod impersonation;
 pub mod mail;
 pub mod password;
 pub mod role;

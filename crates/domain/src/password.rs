@@ -78,9 +78,9 @@ impl PasswordHasher {
     /// `parallelism` hashes may run at once (use the number of cores).
     pub fn new(parallelism: usize, max_wait: Duration, rng: &dyn Random) -> Result<Self> {
         let parallelism = parallelism.max(1);
-        let buffers = (0..parallelism)
-            .map(|_| vec![Block::new(); M_COST_KIB as usize])
-            .collect();
+        // Buffers are made on first use (at most one per slot, then reused), so an idle
+        // server holds none of their 19 MiB each.
+        let buffers = Vec::with_capacity(parallelism);
         let mut salt = [0u8; SALT_LEN];
         rng.fill(&mut salt);
         let mut pw = [0u8; 24];

@@ -18,6 +18,11 @@ pub struct Session {
     pub expires_at: OffsetDateTime,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// Set on a tenant-host session opened by "Switch to tenant"; `user_id` is then the
+    /// impersonating platform user.
+    pub impersonation_id: Option<uuid::Uuid>,
+    /// Signed in with a one-time password: nothing but a password change until it is done.
+    pub must_change_password: bool,
 }
 
 /// Idle and absolute limits.

@@ -7,11 +7,14 @@ use crate::audit::{AuditEvent, AuditFilter, NewEvent};
 use crate::email::EmailAddress;
 use crate::error::Result;
 use crate::ids::{EventId, TenantId, UserId};
+use crate::impersonation::Impersonation;
 use crate::mail::Email;
 use crate::session::Session;
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
 use crate::token::TokenHash;
-use crate::user::{Directory, InvitationState, NewInvitation, User, UserStatus};
+use crate::user::{
+    Credential, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus,
+};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -48,16 +51,16 @@ pub trait UserStore: Send + Sync {
     async fn create_user(
         &self,
         user: &User,
-        password_hash: Option<&str>,
+        credential: Option<&Credential>,
         invitation: Option<&NewInvitation>,
         event: NewEvent,
     ) -> Result<()>;
-    /// The user and their password hash (`None` until they set one).
+    /// The user and their stored password (`None` until they set one).
     async fn user_by_email(
         &self,
         dir: Directory,
         email: &EmailAddress,
-    ) -> Result<Option<(User, Option<String>)>>;
+    ) -> Result<Option<(User, Option<StoredCredential>)>>;
     async fn user(&self, dir: Directory, id: UserId) -> Result<Option<User>>;
     async fn list_users(&self, dir: Directory) -> Result<Vec<User>>;
     /// The user's invitation and the delivery state of its latest email.
@@ -66,13 +69,17 @@ pub trait UserStore: Send + Sync {
         dir: Directory,
         user: UserId,
     ) -> Result<Option<InvitationState>>;
+    /// Replace the password (a reset also ends the user's sessions, in the same step).
     async fn set_password(
         &self,
         dir: Directory,
         id: UserId,
-        password_hash: &str,
+        credential: &Credential,
+        end_sessions: bool,
         event: NewEvent,
     ) -> Result<()>;
+    /// Spend a one-time password (after a successful sign-in with it).
+    async fn mark_otp_used(&self, dir: Directory, id: UserId, at: OffsetDateTime) -> Result<()>;
     /// Replace the user's roles; one event per role added or removed.
     async fn set_roles(
         &self,
@@ -135,6 +142,33 @@ pub trait UserStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+#[async_trait]
+pub trait ImpersonationStore: Send + Sync {
+    /// Record the start (with its event) and the single-use handoff token's hash.
+    async fn start_impersonation(
+        &self,
+        imp: &Impersonation,
+        handoff: &TokenHash,
+        handoff_expires_at: OffsetDateTime,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// Spend a handoff token: the live impersonation it opens, once.
+    async fn take_handoff(
+        &self,
+        handoff: &TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<Impersonation>>;
+    async fn impersonation(&self, id: uuid::Uuid) -> Result<Option<Impersonation>>;
+    /// End it (once: `false` if it had ended already) and delete its sessions, with the event.
+    async fn end_impersonation(
+        &self,
+        id: uuid::Uuid,
+        at: OffsetDateTime,
+        reason: &str,
+        event: NewEvent,
+    ) -> Result<bool>;
+}
+
 /// An email waiting in the outbox.
 #[derive(Clone, Debug)]
 pub struct OutboxMessage {
@@ -188,7 +222,9 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// Everything the core needs from storage.
-pub trait Store: TenantStore + UserStore + SessionStore + AuditStore + OutboxStore {
+pub trait Store:
+    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore
+{
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;
 }

@@ -75,6 +75,48 @@ impl User {
     }
 }
 
+/// A password to store: a hash, and for a generated one-time password its expiry (it then
+/// works once).
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub hash: String,
+    pub otp_expires_at: Option<OffsetDateTime>,
+    /// The user must change it at their next sign-in.
+    pub must_change: bool,
+}
+
+impl Credential {
+    pub fn password(hash: String) -> Self {
+        Self {
+            hash,
+            otp_expires_at: None,
+            must_change: false,
+        }
+    }
+}
+
+/// A stored password as sign-in sees it.
+#[derive(Clone, Debug)]
+pub struct StoredCredential {
+    pub hash: String,
+    pub otp_expires_at: Option<OffsetDateTime>,
+    pub otp_used_at: Option<OffsetDateTime>,
+    pub must_change: bool,
+}
+
+impl StoredCredential {
+    pub fn is_otp(&self) -> bool {
+        self.otp_expires_at.is_some()
+    }
+    /// Whether it may be used now: a one-time password only once and before it expires.
+    pub fn usable(&self, now: OffsetDateTime) -> bool {
+        match self.otp_expires_at {
+            None => true,
+            Some(exp) => self.otp_used_at.is_none() && now < exp,
+        }
+    }
+}
+
 /// A pending invitation to write with a new user (or to replace one with on resend).
 #[derive(Clone, Debug)]
 pub struct NewInvitation {

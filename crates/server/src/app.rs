@@ -71,6 +71,8 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         regions: settings.regions.clone(),
         setup_link_ttl: time::Duration::hours(24),
         invitation_ttl: time::Duration::days(i64::from(settings.invitation_ttl_days)),
+        otp_ttl: time::Duration::hours(i64::from(settings.one_time_password_hours)),
+        impersonation_ttl: time::Duration::minutes(i64::from(settings.impersonation_minutes)),
         tenant_retention: time::Duration::days(i64::from(settings.tenant_retention_days)),
         catalog: settings.catalog()?,
         links: Links {

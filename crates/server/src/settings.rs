@@ -50,6 +50,10 @@ pub struct Settings {
     pub roles_file: Option<PathBuf>,
     /// Days an invitation link stays valid.
     pub invitation_ttl_days: u32,
+    /// Hours a generated one-time password works (once).
+    pub one_time_password_hours: u32,
+    /// Minutes a "Switch to tenant" lasts before it ends by itself.
+    pub impersonation_minutes: u32,
     /// `log` (the whole email at INFO), `smtp` or `resend`.
     pub email_transport: String,
     /// The `From` of every email.
@@ -90,6 +94,8 @@ impl Default for Settings {
             log_format: "text".to_owned(),
             roles_file: None,
             invitation_ttl_days: 7,
+            one_time_password_hours: 72,
+            impersonation_minutes: 60,
             email_transport: "log".to_owned(),
             email_from: "Quarterdeck <no-reply@localhost>".to_owned(),
             smtp_host: None,
@@ -130,6 +136,8 @@ pub const KEYS: &[(&str, bool)] = &[
     ("log_format", false),
     ("roles_file", false),
     ("invitation_ttl_days", false),
+    ("one_time_password_hours", false),
+    ("impersonation_minutes", false),
     ("email_transport", false),
     ("email_from", false),
     ("smtp_host", false),
@@ -233,6 +241,16 @@ impl Settings {
             bail!("log_format (QUARTERDECK_LOG_FORMAT) must be text or json");
         }
         self.trusted_proxy_ips()?;
+        if self.one_time_password_hours == 0 || self.one_time_password_hours > 24 * 7 {
+            bail!(
+                "one_time_password_hours (QUARTERDECK_ONE_TIME_PASSWORD_HOURS) must be between 1 and 168"
+            );
+        }
+        if self.impersonation_minutes == 0 || self.impersonation_minutes > 24 * 60 {
+            bail!(
+                "impersonation_minutes (QUARTERDECK_IMPERSONATION_MINUTES) must be between 1 and 1440"
+            );
+        }
         if self.invitation_ttl_days == 0 || self.invitation_ttl_days > 30 {
             bail!("invitation_ttl_days (QUARTERDECK_INVITATION_TTL_DAYS) must be between 1 and 30");
         }

@@ -20,7 +20,9 @@ macro_rules! impl_store {
             TenantStatus,
         };
         use quarterdeck_domain::token::TokenHash;
-        use quarterdeck_domain::user::{Delivery, Directory, InvitationState, NewInvitation, User, UserStatus};
+        use quarterdeck_domain::impersonation::Impersonation;
+        use quarterdeck_domain::store::ImpersonationStore;
+        use quarterdeck_domain::user::{Credential, Delivery, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
         use sqlx::types::Json;
         use sqlx::{Pool, Row, Transaction};
         use time::OffsetDateTime;
@@ -74,6 +76,8 @@ macro_rules! impl_store {
                 expires_at: dec_ts(r.try_get("expires_at").map_err(db_err)?),
                 user_agent: r.try_get("user_agent").map_err(db_err)?,
                 ip: r.try_get("ip").map_err(db_err)?,
+                impersonation_id: r.try_get("impersonation_id").map_err(db_err)?,
+                must_change_password: r.try_get("must_change_password").map_err(db_err)?,
             })
         }
 
@@ -207,17 +211,19 @@ macro_rules! impl_store {
         async fn insert_user(
             tx: &mut Transaction<'static, $Db>,
             user: &User,
-            password_hash: Option<&str>,
+            credential: Option<&Credential>,
             invitation: Option<&NewInvitation>,
         ) -> Result<()> {
             sqlx::query(
-                "INSERT INTO app_user (id, email, name, password_hash, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                "INSERT INTO app_user (id, email, name, password_hash, otp_expires_at, must_change_password, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
             )
             .bind(user.id.0)
             .bind(user.email.as_str())
             .bind(user.name.as_deref())
-            .bind(password_hash)
+            .bind(credential.map(|c| c.hash.as_str()))
+            .bind(credential.and_then(|c| c.otp_expires_at).map(enc_ts))
+            .bind(credential.is_some_and(|c| c.must_change))
             .bind(user.status.as_str())
             .bind(enc_ts(user.created_at))
             .execute(&mut **tx)
@@ -249,7 +255,7 @@ macro_rules! impl_store {
             Ok(())
         }
 
-        const USER_COLUMNS: &str = "id, email, name, status, created_at, password_hash";
+        const USER_COLUMNS: &str = "id, email, name, status, created_at, password_hash, otp_expires_at, otp_used_at, must_change_password";
 
         #[async_trait::async_trait]
         impl TenantStore for $Store {
@@ -492,7 +498,7 @@ macro_rules! impl_store {
             async fn create_user(
                 &self,
                 user: &User,
-                password_hash: Option<&str>,
+                credential: Option<&Credential>,
                 invitation: Option<&NewInvitation>,
                 event: NewEvent,
             ) -> Result<()> {
@@ -502,8 +508,8 @@ macro_rules! impl_store {
                     Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
                 }
                 match &mut tx.tenant {
-                    Some(t) => insert_user(t, user, password_hash, invitation).await?,
-                    None => insert_user(&mut tx.control, user, password_hash, invitation).await?,
+                    Some(t) => insert_user(t, user, credential, invitation).await?,
+                    None => insert_user(&mut tx.control, user, credential, invitation).await?,
                 }
                 let DirTx { control, tenant } = tx;
                 if let Some(t) = tenant {
@@ -523,7 +529,7 @@ macro_rules! impl_store {
                 }
             }
 
-            async fn user_by_email(&self, dir: Directory, email: &EmailAddress) -> Result<Option<(User, Option<String>)>> {
+            async fn user_by_email(&self, dir: Directory, email: &EmailAddress) -> Result<Option<(User, Option<StoredCredential>)>> {
                 let pool = self.dir_pool(dir).await?;
                 let sql = format!("SELECT {USER_COLUMNS} FROM app_user WHERE email = $1");
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email.as_str()).fetch_optional(&pool).await.map_err(db_err)?;
@@ -531,7 +537,16 @@ macro_rules! impl_store {
                     None => Ok(None),
                     Some(r) => {
                         let hash: Option<String> = r.try_get("password_hash").map_err(db_err)?;
-                        Ok(Some((user_from_row(&pool, dir, &r).await?, hash)))
+                        let credential = match hash {
+                            None => None,
+                            Some(hash) => Some(StoredCredential {
+                                hash,
+                                otp_expires_at: r.try_get::<Option<Ts>, _>("otp_expires_at").map_err(db_err)?.map(dec_ts),
+                                otp_used_at: r.try_get::<Option<Ts>, _>("otp_used_at").map_err(db_err)?.map(dec_ts),
+                                must_change: r.try_get("must_change_password").map_err(db_err)?,
+                            }),
+                        };
+                        Ok(Some((user_from_row(&pool, dir, &r).await?, credential)))
                     }
                 }
             }
@@ -595,17 +610,39 @@ macro_rules! impl_store {
                 }))
             }
 
-            async fn set_password(&self, dir: Directory, id: UserId, password_hash: &str, event: NewEvent) -> Result<()> {
+            async fn set_password(&self, dir: Directory, id: UserId, credential: &Credential, end_sessions: bool, event: NewEvent) -> Result<()> {
                 let at = event.ts;
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
-                sqlx::query("UPDATE app_user SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                let done = sqlx::query(
+                    "UPDATE app_user SET password_hash = $2, otp_expires_at = $3, otp_used_at = NULL, must_change_password = $4, updated_at = $5 \
+                     WHERE id = $1",
+                )
+                .bind(id.0)
+                .bind(&credential.hash)
+                .bind(credential.otp_expires_at.map(enc_ts))
+                .bind(credential.must_change)
+                .bind(enc_ts(at))
+                .execute(tx.users())
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::NotFound);
+                }
+                if end_sessions {
+                    sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
+                }
+                tx.commit().await
+            }
+
+            async fn mark_otp_used(&self, dir: Directory, id: UserId, at: OffsetDateTime) -> Result<()> {
+                let pool = self.dir_pool(dir).await?;
+                sqlx::query("UPDATE app_user SET otp_used_at = $2 WHERE id = $1 AND otp_used_at IS NULL")
                     .bind(id.0)
-                    .bind(password_hash)
                     .bind(enc_ts(at))
-                    .execute(tx.users())
+                    .execute(&pool)
                     .await
                     .map_err(db_err)?;
-                tx.commit().await
+                Ok(())
             }
 
             async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>) -> Result<()> {
@@ -779,7 +816,7 @@ macro_rules! impl_store {
                 if spent.rows_affected() != 1 {
                     return Ok(false);
                 }
-                insert_user(&mut tx, user, Some(password_hash), None).await?;
+                insert_user(&mut tx, user, Some(&Credential::password(password_hash.to_owned())), None).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(true)
             }
@@ -789,8 +826,8 @@ macro_rules! impl_store {
         impl SessionStore for $Store {
             async fn create_session(&self, s: &Session) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO session (id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO session (id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip, impersonation_id, must_change_password) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(s.id_hash.as_str())
                 .bind(s.user_id.0)
@@ -801,6 +838,8 @@ macro_rules! impl_store {
                 .bind(enc_ts(s.expires_at))
                 .bind(s.user_agent.as_deref())
                 .bind(s.ip.as_deref())
+                .bind(s.impersonation_id)
+                .bind(s.must_change_password)
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
@@ -809,7 +848,7 @@ macro_rules! impl_store {
 
             async fn session(&self, id_hash: &TokenHash) -> Result<Option<Session>> {
                 let row = sqlx::query(
-                    "SELECT id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip \
+                    "SELECT id_hash, user_id, tenant_id, csrf_token, created_at, last_seen_at, expires_at, user_agent, ip, impersonation_id, must_change_password \
                      FROM session WHERE id_hash = $1",
                 )
                 .bind(id_hash.as_str())
@@ -988,6 +1027,85 @@ macro_rules! impl_store {
                     .map_err(db_err)?,
                 };
                 Ok(())
+            }
+        }
+
+        fn impersonation_from_row(r: &DbRow) -> Result<Impersonation> {
+            Ok(Impersonation {
+                id: r.try_get("id").map_err(db_err)?,
+                impersonator_id: UserId(r.try_get("impersonator_id").map_err(db_err)?),
+                impersonator_email: r.try_get("impersonator_email").map_err(db_err)?,
+                tenant_id: TenantId(r.try_get("tenant_id").map_err(db_err)?),
+                reason: r.try_get("reason").map_err(db_err)?,
+                started_at: dec_ts(r.try_get("started_at").map_err(db_err)?),
+                expires_at: dec_ts(r.try_get("expires_at").map_err(db_err)?),
+                ended_at: r.try_get::<Option<Ts>, _>("ended_at").map_err(db_err)?.map(dec_ts),
+            })
+        }
+
+        const IMPERSONATION_COLUMNS: &str = "id, impersonator_id, impersonator_email, tenant_id, reason, started_at, expires_at, ended_at";
+
+        #[async_trait::async_trait]
+        impl ImpersonationStore for $Store {
+            async fn start_impersonation(&self, imp: &Impersonation, handoff: &TokenHash, handoff_expires_at: OffsetDateTime, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                sqlx::query(
+                    "INSERT INTO impersonation (id, impersonator_id, impersonator_email, tenant_id, reason, started_at, expires_at, handoff_hash, handoff_expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(imp.id)
+                .bind(imp.impersonator_id.0)
+                .bind(&imp.impersonator_email)
+                .bind(imp.tenant_id.0)
+                .bind(&imp.reason)
+                .bind(enc_ts(imp.started_at))
+                .bind(enc_ts(imp.expires_at))
+                .bind(handoff.as_str())
+                .bind(enc_ts(handoff_expires_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn take_handoff(&self, handoff: &TokenHash, now: OffsetDateTime) -> Result<Option<Impersonation>> {
+                let row = sqlx::query(
+                    "UPDATE impersonation SET handoff_hash = NULL, handoff_expires_at = NULL \
+                     WHERE handoff_hash = $1 AND handoff_expires_at > $2 AND ended_at IS NULL RETURNING id",
+                )
+                .bind(handoff.as_str())
+                .bind(enc_ts(now))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => self.impersonation(r.try_get("id").map_err(db_err)?).await,
+                }
+            }
+
+            async fn impersonation(&self, id: Uuid) -> Result<Option<Impersonation>> {
+                let sql = format!("SELECT {IMPERSONATION_COLUMNS} FROM impersonation WHERE id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
+                row.as_ref().map(impersonation_from_row).transpose()
+            }
+
+            async fn end_impersonation(&self, id: Uuid, at: OffsetDateTime, reason: &str, event: NewEvent) -> Result<bool> {
+                let mut tx = self.begin_audited(&event).await?;
+                let done = sqlx::query("UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL")
+                    .bind(id)
+                    .bind(enc_ts(at))
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    // Ended already (a race between stop and expiry): no second event.
+                    return Ok(false);
+                }
+                sqlx::query("DELETE FROM session WHERE impersonation_id = $1").bind(id).execute(&mut *tx).await.map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
             }
         }
     };

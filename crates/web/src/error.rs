@@ -13,9 +13,11 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::NotFound => StatusCode::NOT_FOUND,
         Error::Unauthenticated | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
-        Error::Forbidden | Error::CsrfRejected | Error::TenantReadOnly | Error::TenantSuspended => {
-            StatusCode::FORBIDDEN
-        }
+        Error::Forbidden
+        | Error::CsrfRejected
+        | Error::PasswordChangeRequired
+        | Error::TenantReadOnly
+        | Error::TenantSuspended => StatusCode::FORBIDDEN,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::LinkInvalid(_) => StatusCode::GONE,
         Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -7,7 +7,8 @@
 use crate::auth::{csrf_guard, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    audit, dashboard, login, portal, register, roles, settings, setup, tenants, users,
+    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, tenant_users,
+    tenants, users,
 };
 use crate::state::AppState;
 use crate::{assets, pages};
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}", get(tenants::show).post(tenants::update))
         .route("/tenants/{id}/status", post(tenants::change_status))
         .route("/tenants/{id}/delete", post(tenants::delete))
+        .route("/tenants/{id}/impersonate", post(impersonation::start))
         .route("/tenants/{tid}/users/{uid}", get(users::show_tenant_user))
         .route(
             "/tenants/{tid}/users/{uid}/{action}",
@@ -60,6 +62,21 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/users/{id}", get(portal::user))
         .route("/portal/users/{id}/{action}", post(portal::act))
         .route("/portal/audit", get(portal::audit))
+        .route("/portal/settings/users", get(tenant_users::list))
+        .route(
+            "/portal/settings/users/new",
+            get(tenant_users::add_form).post(tenant_users::add),
+        )
+        .route(
+            "/portal/settings/users/{id}/reset",
+            post(tenant_users::reset),
+        )
+        .route(
+            "/portal/password",
+            get(tenant_users::change_form).post(tenant_users::change),
+        )
+        .route("/impersonate", get(impersonation::accept))
+        .route("/impersonation/stop", post(impersonation::stop))
         // Machines
         .route("/healthz", get(health))
         .route("/static/{name}", get(assets::serve))

@@ -53,10 +53,25 @@ impl Core {
             Ok(e) => self.store.user_by_email(dir, &e).await?,
             Err(_) => None,
         };
-        let stored_hash = found.as_ref().and_then(|(_, h)| h.as_deref());
-        let verified = self.hasher.verify(password, stored_hash).await?;
+        let stored = found.as_ref().and_then(|(_, c)| c.as_ref());
+        // A generated one-time password never contains whitespace: what was pasted around it
+        // is ignored.
+        let typed = if stored.is_some_and(|c| c.is_otp()) {
+            password.trim()
+        } else {
+            password
+        };
+        let verified = self
+            .hasher
+            .verify(typed, stored.map(|c| c.hash.as_str()))
+            .await?;
+        let usable = stored.is_some_and(|c| c.usable(now));
+        let must_change = stored.is_some_and(|c| c.must_change || c.is_otp());
+        let was_otp = stored.is_some_and(|c| c.is_otp());
         let user = match found {
-            Some((user, Some(_))) if verified && user.status == UserStatus::Active => user,
+            Some((user, Some(_))) if verified && usable && user.status == UserStatus::Active => {
+                user
+            }
             found => {
                 self.account_throttle.record_failure(&account_key, now);
                 self.address_throttle.record_failure(&address_key, now);
@@ -81,6 +96,9 @@ impl Core {
             }
         };
         self.account_throttle.record_success(&account_key);
+        if was_otp {
+            self.store.mark_otp_used(dir, user.id, now).await?;
+        }
 
         let secret = Secret::generate(&*self.rng, "");
         let csrf = Secret::generate(&*self.rng, "");
@@ -97,6 +115,8 @@ impl Core {
                 .clone()
                 .map(|ua| ua.chars().take(256).collect()),
             ip: client.ip.clone(),
+            impersonation_id: None,
+            must_change_password: must_change,
         };
         self.store.create_session(&session).await?;
         let principal = self.principal_of(&user);
@@ -114,6 +134,7 @@ impl Core {
                 principal,
                 user,
                 tenant,
+                impersonation: None,
             },
         ))
     }
@@ -134,6 +155,9 @@ impl Core {
         if !self.config.sessions.is_live(&session, now) {
             self.store.delete_session(&hash).await?;
             return Ok(None);
+        }
+        if let Some(imp_id) = session.impersonation_id {
+            return self.impersonation_session(session, imp_id, now).await;
         }
         let tenant = match dir {
             Directory::Platform => None,
@@ -162,6 +186,7 @@ impl Core {
             principal,
             user,
             tenant,
+            impersonation: None,
         }))
     }
 
@@ -203,33 +228,100 @@ impl Core {
         let Some(new) = new else {
             return Err(Error::internal("validation passed without a password"));
         };
+        if signed_in.impersonation.is_some() {
+            // An impersonation never changes the impersonator's credentials.
+            return Err(Error::Forbidden);
+        }
         let dir = signed_in.user.directory();
         let stored = self
             .store
             .user_by_email(dir, &signed_in.user.email)
             .await?
-            .and_then(|(_, h)| h);
-        if !self.hasher.verify(current, stored.as_deref()).await? {
+            .and_then(|(_, c)| c);
+        if !self
+            .hasher
+            .verify(current, stored.as_ref().map(|c| c.hash.as_str()))
+            .await?
+        {
             return Err(Error::field(
                 "current_password",
                 "wrong_password",
                 "The current password is not correct.",
             ));
         }
-        let hash = self.hasher.hash(&new, &*self.rng).await?;
-        let event = self.new_event(
-            EventType::PasswordChanged,
-            &signed_in.principal.actor(),
-            signed_in.user.tenant_id,
-            json!({ "user_id": signed_in.user.id }),
-        );
-        self.store
-            .set_password(dir, signed_in.user.id, &hash, event)
-            .await?;
+        self.store_new_password(signed_in, &new).await?;
         self.store
             .delete_user_sessions(signed_in.user.id, Some(&signed_in.session.id_hash))
             .await?;
         Ok(())
+    }
+
+    async fn store_new_password(&self, signed_in: &SignedIn, new: &NewPassword) -> Result<()> {
+        let hash = self.hasher.hash(new, &*self.rng).await?;
+        let event = self.new_event(
+            EventType::PasswordChanged,
+            &signed_in.principal.actor(),
+            signed_in.user.tenant_id,
+            json!({ "user_id": signed_in.user.id, "email": signed_in.user.email }),
+        );
+        let dir = signed_in.user.directory();
+        self.store
+            .set_password(
+                dir,
+                signed_in.user.id,
+                &crate::user::Credential::password(hash),
+                false,
+                event,
+            )
+            .await
+    }
+
+    /// The forced change after a one-time password: no current password asked (they have
+    /// just signed in with it). Every session of the user ends, and a new one starts (a new id).
+    pub async fn change_forced_password(
+        &self,
+        signed_in: &SignedIn,
+        new: &str,
+        confirm: &str,
+    ) -> Result<Secret> {
+        if !signed_in.session.must_change_password {
+            return Err(Error::Forbidden);
+        }
+        let mut p = Problems::new();
+        let new = p.check(NewPassword::parse(
+            new,
+            self.config.password_min_chars,
+            "new_password",
+        ));
+        if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
+            p.push(FieldError::new(
+                "confirm",
+                "mismatch",
+                "The passwords do not match.",
+            ));
+        }
+        p.finish()?;
+        let Some(new) = new else {
+            return Err(Error::internal("validation passed without a password"));
+        };
+        self.store_new_password(signed_in, &new).await?;
+        self.store
+            .delete_user_sessions(signed_in.user.id, None)
+            .await?;
+        let now = self.clock.now();
+        let secret = Secret::generate(&*self.rng, "");
+        let csrf = Secret::generate(&*self.rng, "");
+        let session = Session {
+            id_hash: secret.hash(),
+            csrf_token: csrf.expose().to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.sessions.absolute,
+            must_change_password: false,
+            ..signed_in.session.clone()
+        };
+        self.store.create_session(&session).await?;
+        Ok(secret)
     }
 
     /// Sign out every other session of the caller; returns how many ended.

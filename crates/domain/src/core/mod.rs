@@ -3,13 +3,14 @@
 
 mod audit;
 mod auth;
+mod impersonation;
 mod outbox;
 mod setup;
 mod tenants;
 mod users;
 
 pub use outbox::MAX_ATTEMPTS;
-pub use users::{InviteRequest, UserView};
+pub use users::{InviteRequest, NewUserRequest, UserView};
 
 use crate::access::{Actor, Principal};
 use crate::audit::{EventType, NewEvent};
@@ -58,6 +59,10 @@ pub struct CoreConfig {
     pub regions: Vec<String>,
     pub setup_link_ttl: Duration,
     pub invitation_ttl: Duration,
+    /// How long a generated one-time password works (once).
+    pub otp_ttl: Duration,
+    /// How long "Switch to tenant" lasts before it ends by itself.
+    pub impersonation_ttl: Duration,
     pub tenant_retention: Duration,
     pub catalog: Catalog,
     pub links: Links,
@@ -87,6 +92,8 @@ impl Default for CoreConfig {
             regions: vec!["default".to_owned()],
             setup_link_ttl: Duration::hours(24),
             invitation_ttl: Duration::days(7),
+            otp_ttl: Duration::hours(72),
+            impersonation_ttl: Duration::minutes(60),
             tenant_retention: Duration::days(30),
             catalog: Catalog::default(),
             links: Links {
@@ -106,6 +113,8 @@ pub struct SignedIn {
     pub user: User,
     /// The tenant, for a session on a tenant's host.
     pub tenant: Option<Tenant>,
+    /// When a platform user is acting inside the tenant ("Switch to tenant").
+    pub impersonation: Option<crate::impersonation::Impersonation>,
 }
 
 /// Where a sign-in attempt comes from.

@@ -90,7 +90,12 @@ impl Core {
             json!({ "user_id": user.id, "email": user.email, "roles": user.roles, "via": "bootstrap" }),
         );
         self.store
-            .create_user(&user, Some(&hash), None, event)
+            .create_user(
+                &user,
+                Some(&crate::user::Credential::password(hash)),
+                None,
+                event,
+            )
             .await?;
         Ok(true)
     }

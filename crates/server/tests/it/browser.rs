@@ -1,19 +1,29 @@
-//! The console in a real browser: chromedriver drives headless Chromium through the first run
-//! (setup link → sign in → create a tenant → see it in the list and among the events) the way a
-//! person would, with app.js running and the real CSP in force.
+//! The console and the portal in a real browser: chromedriver drives headless Chromium the way
+//! a person would, with app.js running and the real CSP in force.
+//!
+//! - The first run: setup link → sign in → create a tenant → see it in the list and among the
+//!   events.
+//! - The invitation runbook: the owner creates a tenant and invites its admin from the toast; the
+//!   admin sets a password from the emailed link (a real SMTP server, maildev), signs in on the
+//!   tenant's host and invites a developer, who does the same in a browser of their own; the
+//!   owner's events show it all.
 //!
 //! Needs chromedriver and Chromium: `QUARTERDECK_TEST_CHROMEDRIVER` (default
 //! /usr/bin/chromedriver) and `QUARTERDECK_TEST_CHROMIUM` (default /usr/bin/chromium). Without
-//! them the test fails, saying so, unless `QUARTERDECK_TEST_SKIP_BROWSER=1`.
+//! them the tests fail, saying so, unless `QUARTERDECK_TEST_SKIP_BROWSER=1`.
 //!
-//! Screenshots of the tenant list (1280 px and 390 px wide) go to `target/screenshots/`.
+//! Screenshots go to `target/screenshots/`: the tenant list (1280 and 390 px wide), the portal
+//! (1280 px), the console's and the portal's invite forms (390 px, the whole form).
 
-use crate::both;
-use crate::helpers::{OWNER_EMAIL, OWNER_PASSWORD};
+use crate::helpers::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, link_in};
+use crate::maildev::Maildev;
+use crate::{both, both_backends};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long any one step may take before the test gives up.
@@ -31,19 +41,43 @@ both!(
         let label = format!("{:?}", app.backend).to_lowercase();
 
         // Act and assert, step by step.
-        browser.drive(|c| walk(c, setup_link, label)).await;
+        browser
+            .drive(|s| async move { walk(s.open().await, setup_link, label).await })
+            .await;
     }
 );
 
-/// The whole walk, as a person would do it.
+both_backends!(
+    async fn the_invitation_runbook_walks_through_in_a_real_browser(backend) {
+        // Arrange: a browser, a server whose email goes to maildev, and the owner.
+        let steps = Steps::new(format!("{backend:?}").to_lowercase());
+        let Some(browser) = Browser::start().await else {
+            return;
+        };
+        let (app, maildev) = TestApp::spawn_with_mail(backend).await;
+        app.core
+            .bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD)
+            .await
+            .unwrap();
+        steps.step("chromedriver, maildev and the server up; owner created");
+        let runbook = Runbook {
+            base_url: app.base_url.clone(),
+            tenant_origin: format!("http://acme-corp.localhost:{}", app.port()),
+            maildev: Arc::new(maildev),
+            steps,
+        };
+
+        // Act and assert, step by step.
+        browser
+            .drive(|s| walk_the_runbook(s, runbook))
+            .await;
+    }
+);
+
+/// The whole first run, as a person would do it.
 async fn walk(c: Client, setup_link: String, label: String) {
-    let started = Instant::now();
-    let step = |name: &str| {
-        eprintln!(
-            "[browser {label}] {:>6} ms  {name}",
-            started.elapsed().as_millis()
-        )
-    };
+    let steps = Steps::new(label);
+    let label = &steps.label;
 
     // The setup link: create the owner.
     c.goto(&setup_link).await.unwrap();
@@ -58,34 +92,16 @@ async fn walk(c: Client, setup_link: String, label: String) {
         Some("setup=done"),
         "setup should land on /login?setup=done"
     );
-    step("owner created through the setup link");
+    steps.step("owner created through the setup link");
 
     // Sign in.
     wait_for_text(&c, "h1", "Sign in").await;
-    type_into(&c, "#email", OWNER_EMAIL).await;
-    type_into(&c, "#password", OWNER_PASSWORD).await;
-    click(&c, "form[action='/login'] button[type=submit]").await;
-    wait_for_path(&c, "/").await;
+    sign_in(&c, OWNER_EMAIL, OWNER_PASSWORD, "/").await;
     wait_for_text(&c, "main h1", "Dashboard").await;
-    step("signed in: dashboard");
+    steps.step("signed in: dashboard");
 
-    // Tenants → New Tenant.
-    click(&c, "nav.nav a[href='/tenants']").await;
-    wait_for_path(&c, "/tenants").await;
-    wait_for_text(&c, "main h1", "Tenants").await;
-    click(&c, ".page-header a[href='/tenants/new']").await;
-    wait_for_path(&c, "/tenants/new").await;
-    wait_for_text(&c, "main h1", "New Tenant").await;
-
-    // app.js derives the slug from the name as it is typed.
-    type_into(&c, "#name", "Acme Corp").await;
-    let slug = wait_for_value(&c, "#slug", "acme-corp").await;
-    assert_eq!(slug, "acme-corp");
-    step("new tenant form: slug derived by app.js");
-
-    // Submit with the default region and tier.
-    click(&c, "form[action='/tenants'] button[type=submit]").await;
-    let url = wait_for_path(&c, "/tenants").await;
+    // Tenants → New Tenant → "Acme Corp".
+    let url = create_acme_corp(&c).await;
     assert!(
         url.query().is_some_and(|q| q.starts_with("created=")),
         "creating should land on /tenants?created=…, got {url}"
@@ -105,20 +121,351 @@ async fn walk(c: Client, setup_link: String, label: String) {
         table.contains("acme-corp"),
         "the tenant list should show the slug: {table}"
     );
-    step("tenant created: toast and list row");
+    steps.step("tenant created: toast and list row");
 
     // Screenshots of the list, wide and narrow (looked at by people, not asserted).
     screenshot(&c, &format!("tenants-1280-{label}"), 1280, 900).await;
     screenshot(&c, &format!("tenants-390-{label}"), 390, 844).await;
     c.set_window_size(1280, 900).await.unwrap();
-    step("screenshots saved");
+    steps.step("screenshots saved");
 
     // Events.
     click(&c, "nav.nav a[href='/audit']").await;
     wait_for_path(&c, "/audit").await;
     wait_for_text(&c, "main h1", "Events").await;
     wait_for_text(&c, "main table.table tbody", "TENANT_CREATED").await;
-    step("events list shows TENANT_CREATED");
+    steps.step("events list shows TENANT_CREATED");
+}
+
+// ---------- the invitation runbook ----------
+
+const ADMIN_EMAIL: &str = "ada@acme.example";
+const ADMIN_PASSWORD: &str = "a long and lovely passphrase";
+const DEV_EMAIL: &str = "dev@acme.example";
+const DEV_PASSWORD: &str = "another long passphrase";
+
+/// What the runbook's walk needs from the test: where the server is, and the mailbox.
+struct Runbook {
+    base_url: String,
+    /// `http://acme-corp.localhost:PORT`, the tenant's host (Chromium resolves *.localhost).
+    tenant_origin: String,
+    maildev: Arc<Maildev>,
+    steps: Steps,
+}
+
+/// The runbook (runbook-invite-onboarding), as the three people would do it: the owner and the
+/// admin in one browser (their cookies are host-only, so the console and the portal sessions
+/// live side by side), the developer in a fresh one.
+async fn walk_the_runbook(s: Sessions, run: Runbook) {
+    let Runbook {
+        base_url,
+        tenant_origin,
+        maildev,
+        steps,
+    } = run;
+    let label = &steps.label;
+    let c = s.open().await;
+    steps.step("browser open");
+
+    // The owner signs in on the base host.
+    c.goto(&format!("{base_url}/login")).await.unwrap();
+    wait_for_text(&c, "h1", "Sign in").await;
+    sign_in(&c, OWNER_EMAIL, OWNER_PASSWORD, "/").await;
+    wait_for_text(&c, "main h1", "Dashboard").await;
+    steps.step("owner signed in: dashboard");
+
+    // Step 1: the New Tenant form; the toast offers to invite the tenant's admin.
+    let url = create_acme_corp(&c).await;
+    let listed = Instant::now();
+    let tenant_id = query_param(&url, "created")
+        .unwrap_or_else(|| panic!("creating should land on /tenants?created=…, got {url}"));
+    wait_for_text(&c, "#toasts .toast", "Tenant 'Acme Corp' created.").await;
+    let invite_admin = find(&c, "#toasts .toast a").await;
+    assert_eq!(invite_admin.text().await.unwrap(), "Invite admin →");
+    invite_admin.click().await.unwrap();
+    steps.step(&format!(
+        "tenant created; clicked the toast's Invite admin → {} ms after the list loaded",
+        listed.elapsed().as_millis()
+    ));
+
+    // Step 3: the invite form arrives with the tenant selected and the admin role checked.
+    let url = wait_for_path(&c, "/users/new").await;
+    wait_for_text(&c, "main h1", "Invite user").await;
+    assert_eq!(query_param(&url, "tenant_id").as_deref(), Some(&*tenant_id));
+    assert_eq!(query_param(&url, "role").as_deref(), Some("admin"));
+    assert_eq!(
+        find(&c, "#tenant_id").await.prop("value").await.unwrap(),
+        Some(tenant_id.clone()),
+        "the new tenant should be selected"
+    );
+    assert_eq!(
+        find(&c, "#tenant_id option:checked")
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "Acme Corp (acme-corp)"
+    );
+    assert_eq!(checked_roles(&c).await, ["admin"], "only admin is checked");
+    type_into(&c, "#email", ADMIN_EMAIL).await;
+    type_into(&c, "#name", "Ada").await;
+    // Narrow, and tall enough for the whole form (the roles are below a phone's fold).
+    screenshot(&c, &format!("invite-390-{label}"), 390, 1400).await;
+    c.set_window_size(1280, 900).await.unwrap();
+    click_button(&c, "Send Invitation").await;
+    let url = wait_for_url(&c, "the invited user's page", |u| {
+        u.path()
+            .starts_with(&format!("/tenants/{tenant_id}/users/"))
+    })
+    .await;
+    let ada_id = url.path().rsplit('/').next().unwrap().to_owned();
+    wait_for_text(&c, "#toasts .toast", "Invitation sent.").await;
+    wait_for_text(&c, "main h1", ADMIN_EMAIL).await;
+    steps.step("admin invited from the prefilled form");
+
+    // Step 4: the email arrives; its link opens the tenant's host; the admin sets a password.
+    let link = emailed_link(&c, &maildev, ADMIN_EMAIL).await;
+    assert!(
+        link.starts_with(&format!("{tenant_origin}/register?token=")),
+        "the link should be on the tenant's host: {link}"
+    );
+    steps.step("invitation email received by maildev");
+    register(&c, &link, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    steps.step("admin set a password: /login?registered=true");
+
+    // The admin signs in on the tenant's host and lands on the portal.
+    sign_in(&c, ADMIN_EMAIL, ADMIN_PASSWORD, "/portal").await;
+    wait_for_text(&c, "main h1", "Acme Corp").await;
+    wait_for_text(&c, ".sidebar .me-email", ADMIN_EMAIL).await;
+    screenshot(&c, &format!("portal-1280-{label}"), 1280, 900).await;
+    steps.step("admin signed in on the tenant's host: /portal");
+
+    // Step 5: Team → Invite → a developer.
+    click(&c, "nav.nav a[href='/portal/team']").await;
+    wait_for_path(&c, "/portal/team").await;
+    wait_for_text(&c, "main h1", "Team").await;
+    wait_for_text(&c, "main table.table tbody", ADMIN_EMAIL).await;
+    click(&c, ".page-header a[href='/portal/team/invite']").await;
+    wait_for_path(&c, "/portal/team/invite").await;
+    wait_for_text(&c, "main h1", "Invite to Acme Corp").await;
+    assert!(
+        c.find_all(Locator::Css("input[name=roles][value=owner]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the portal offers tenant roles only"
+    );
+    assert!(checked_roles(&c).await.is_empty(), "no role is checked yet");
+    type_into(&c, "#email", DEV_EMAIL).await;
+    click(&c, "input[name=roles][value=developer]").await;
+    assert_eq!(checked_roles(&c).await, ["developer"]);
+    screenshot(&c, &format!("portal-invite-390-{label}"), 390, 1100).await;
+    c.set_window_size(1280, 900).await.unwrap();
+    click_button(&c, "Send Invitation").await;
+    wait_for_url(&c, "the invited developer's page", |u| {
+        u.path().starts_with("/portal/users/")
+    })
+    .await;
+    wait_for_text(&c, "#toasts .toast", "Invitation sent.").await;
+    wait_for_text(&c, "main h1", DEV_EMAIL).await;
+    steps.step("admin invited a developer from the portal");
+
+    // The developer, in a browser of their own: the emailed link, a password, the portal.
+    let link = emailed_link(&c, &maildev, DEV_EMAIL).await;
+    let dev = s.open().await;
+    register(&dev, &link, DEV_EMAIL, DEV_PASSWORD).await;
+    sign_in(&dev, DEV_EMAIL, DEV_PASSWORD, "/portal").await;
+    wait_for_text(&dev, "main h1", "Acme Corp").await;
+    wait_for_text(&dev, ".sidebar .me-email", DEV_EMAIL).await;
+    assert!(
+        dev.find_all(Locator::Css("a[href='/portal/team/invite']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a developer is not offered Invite"
+    );
+    steps.step("developer registered and signed in (second browser): /portal");
+
+    // The owner's console, still signed in on the base host: Audit → Events.
+    c.goto(&format!("{base_url}/")).await.unwrap();
+    wait_for_text(&c, "main h1", "Dashboard").await;
+    wait_for_text(&c, ".sidebar .me-email", OWNER_EMAIL).await;
+    click(&c, "nav.nav a[href='/audit']").await;
+    wait_for_path(&c, "/audit").await;
+    wait_for_text(&c, "main h1", "Events").await;
+    let rows = event_rows(&c).await;
+    let count = |t: &str| rows.iter().filter(|r| r.event_type == t).count();
+    let found = |t: &str, subject: &str| {
+        rows.iter()
+            .find(|r| r.event_type == t && r.subject == subject)
+            .unwrap_or_else(|| panic!("no {t} event for {subject} among {rows:#?}"))
+    };
+    assert_eq!(count("TENANT_CREATED"), 1, "{rows:#?}");
+    assert_eq!(count("USER_INVITED"), 2, "{rows:#?}");
+    assert_eq!(count("USER_REGISTERED"), 2, "{rows:#?}");
+    assert_eq!(found("USER_INVITED", ADMIN_EMAIL).actor, OWNER_EMAIL);
+    assert_eq!(found("USER_INVITED", DEV_EMAIL).actor, ADMIN_EMAIL);
+    found("USER_REGISTERED", ADMIN_EMAIL);
+    found("USER_REGISTERED", DEV_EMAIL);
+    steps.step("owner's events: TENANT_CREATED, USER_INVITED ×2, USER_REGISTERED ×2");
+
+    // The admin's USER_INVITED, in detail: the runbook's payload.
+    let href = found("USER_INVITED", ADMIN_EMAIL).href.clone();
+    click(&c, &format!("main table.table a[href='{href}']")).await;
+    wait_for_path(&c, &href).await;
+    wait_for_text(&c, "main h1", "USER_INVITED").await;
+    let json = find(&c, "main pre.json").await.text().await.unwrap();
+    let details: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("the details should be JSON ({e}): {json}"));
+    assert_eq!(details["user_id"], ada_id.as_str(), "{details:#}");
+    assert_eq!(details["email"], ADMIN_EMAIL, "{details:#}");
+    assert_eq!(details["tenant_id"], tenant_id.as_str(), "{details:#}");
+    assert_eq!(
+        details["roles"],
+        serde_json::json!(["admin"]),
+        "{details:#}"
+    );
+    assert_eq!(details["status"], "INVITED", "{details:#}");
+    assert_eq!(details["actor"]["email"], OWNER_EMAIL, "{details:#}");
+    assert!(
+        details["actor"]["user_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{details:#}"
+    );
+    steps.step("USER_INVITED detail: user_id, email, tenant_id, roles, status, actor");
+}
+
+/// Tenants → New Tenant → "Acme Corp" (slug derived by app.js) with the default region and tier;
+/// returns the URL it lands on (`/tenants?created=…`).
+async fn create_acme_corp(c: &Client) -> url::Url {
+    click(c, "nav.nav a[href='/tenants']").await;
+    wait_for_path(c, "/tenants").await;
+    wait_for_text(c, "main h1", "Tenants").await;
+    click(c, ".page-header a[href='/tenants/new']").await;
+    wait_for_path(c, "/tenants/new").await;
+    wait_for_text(c, "main h1", "New Tenant").await;
+    type_into(c, "#name", "Acme Corp").await;
+    let slug = wait_for_value(c, "#slug", "acme-corp").await;
+    assert_eq!(slug, "acme-corp");
+    click(c, "form[action='/tenants'] button[type=submit]").await;
+    wait_for_path(c, "/tenants").await
+}
+
+/// Fill the sign-in form on the current page and wait to land on `landing`.
+async fn sign_in(c: &Client, email: &str, password: &str, landing: &str) {
+    type_into(c, "#email", email).await;
+    type_into(c, "#password", password).await;
+    click(c, "form[action='/login'] button[type=submit]").await;
+    wait_for_path(c, landing).await;
+}
+
+/// Open an emailed invitation link, set the password, and land on the tenant host's
+/// `/login?registered=true` with its notice.
+async fn register(c: &Client, link: &str, email: &str, password: &str) {
+    c.goto(link).await.unwrap();
+    wait_for_text(c, "main h1", "Set your password").await;
+    let intro = find(c, ".auth-card p").await.text().await.unwrap();
+    assert!(
+        intro.contains("Acme Corp") && intro.contains(email),
+        "the page should say to which organisation, as whom: {intro}"
+    );
+    type_into(c, "#password", password).await;
+    type_into(c, "#confirm", password).await;
+    click_button(c, "Set password").await;
+    let url = wait_for_path(c, "/login").await;
+    assert_eq!(url.query(), Some("registered=true"), "{url}");
+    assert_eq!(url.host_str(), Some("acme-corp.localhost"), "{url}");
+    wait_for_text(c, ".alert-success", "Your password is set.").await;
+    wait_for_text(c, "main h1", "Sign in to Acme Corp").await;
+}
+
+/// The `/register?token=…` link in the text body of the first email maildev received for `to`.
+async fn emailed_link(c: &Client, maildev: &Maildev, to: &str) -> String {
+    let text = poll(c, &format!("an email to {to} in maildev"), || async {
+        maildev.emails().await.into_iter().find_map(|m| {
+            let to_them = m["to"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|t| t["address"] == to));
+            to_them.then(|| m["text"].as_str().unwrap_or_default().to_owned())
+        })
+    })
+    .await;
+    link_in(&text)
+}
+
+/// The values of the checked `roles` checkboxes.
+async fn checked_roles(c: &Client) -> Vec<String> {
+    let mut values = Vec::new();
+    for el in c
+        .find_all(Locator::Css("input[name=roles]:checked"))
+        .await
+        .unwrap()
+    {
+        values.push(el.attr("value").await.unwrap().unwrap_or_default());
+    }
+    values
+}
+
+/// A row of the events table.
+#[derive(Debug)]
+struct EventRow {
+    event_type: String,
+    href: String,
+    actor: String,
+    subject: String,
+}
+
+async fn event_rows(c: &Client) -> Vec<EventRow> {
+    find(c, "main table.table tbody tr").await;
+    let mut rows = Vec::new();
+    for tr in c
+        .find_all(Locator::Css("main table.table tbody tr"))
+        .await
+        .unwrap()
+    {
+        let mut cells = Vec::new();
+        for td in tr.find_all(Locator::Css("td")).await.unwrap() {
+            cells.push(td.text().await.unwrap().trim().to_owned());
+        }
+        let link = tr.find(Locator::Css("td:nth-child(2) a")).await.unwrap();
+        rows.push(EventRow {
+            event_type: cells[1].clone(),
+            href: link.attr("href").await.unwrap().unwrap_or_default(),
+            actor: cells[2].clone(),
+            subject: cells[4].clone(),
+        });
+    }
+    rows
+}
+
+fn query_param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Prints how far into the walk each step finished.
+struct Steps {
+    label: String,
+    started: Instant,
+}
+
+impl Steps {
+    fn new(label: String) -> Self {
+        Self {
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, name: &str) {
+        eprintln!(
+            "[browser {}] {:>6} ms  {name}",
+            self.label,
+            self.started.elapsed().as_millis()
+        );
+    }
 }
 
 // ---------- the browser ----------
@@ -189,13 +536,50 @@ impl Browser {
         }
     }
 
-    /// Open a session, run `walk` with it, close the session, then pass on any panic.
+    /// Run `walk`, which opens as many sessions as it needs; then close them all and pass on
+    /// any panic.
     async fn drive<F, Fut>(&self, walk: F)
     where
-        F: FnOnce(Client) -> Fut,
+        F: FnOnce(Sessions) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let profile = self.dir.path().join("profile");
+        let sessions = Sessions {
+            url: self.url.clone(),
+            chromium: self.chromium.clone(),
+            dir: self.dir.path().to_owned(),
+            opened: Arc::default(),
+            count: Arc::default(),
+        };
+        // Run the walk as a task so that a failed assertion still lets the sessions close.
+        let outcome = tokio::spawn(walk(sessions.clone())).await;
+        let opened = std::mem::take(&mut *sessions.opened.lock().unwrap());
+        for client in opened {
+            let _ = client.close().await;
+        }
+        if let Err(e) = outcome {
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("the browser walk did not finish: {e}"),
+            }
+        }
+    }
+}
+
+/// Opens WebDriver sessions for a walk, each a fresh Chromium with a profile (cookies) of its
+/// own; `Browser::drive` closes them.
+#[derive(Clone)]
+struct Sessions {
+    url: String,
+    chromium: String,
+    dir: PathBuf,
+    opened: Arc<Mutex<Vec<Client>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Sessions {
+    async fn open(&self) -> Client {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        let profile = self.dir.join(format!("profile-{n}"));
         let caps = serde_json::json!({
             "goog:chromeOptions": {
                 "binary": self.chromium,
@@ -230,15 +614,8 @@ impl Browser {
                     self.chromium
                 )
             });
-        // Run the walk as a task so that a failed assertion still lets the session close.
-        let outcome = tokio::spawn(walk(client.clone())).await;
-        let _ = client.close().await;
-        if let Err(e) = outcome {
-            match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(e) => panic!("the browser walk did not finish: {e}"),
-            }
-        }
+        self.opened.lock().unwrap().push(client.clone());
+        client
     }
 }
 
@@ -347,8 +724,13 @@ async fn wait_for_value(c: &Client, css: &str, value: &str) -> String {
 
 /// Wait until the page's path is `path`; returns the URL.
 async fn wait_for_path(c: &Client, path: &str) -> url::Url {
-    poll(c, &format!("the path {path}"), || async {
-        c.current_url().await.ok().filter(|u| u.path() == path)
+    wait_for_url(c, &format!("the path {path}"), |u| u.path() == path).await
+}
+
+/// Wait until the page's URL passes `ok`; returns it.
+async fn wait_for_url(c: &Client, what: &str, ok: impl Fn(&url::Url) -> bool) -> url::Url {
+    poll(c, what, || async {
+        c.current_url().await.ok().filter(|u| ok(u))
     })
     .await
 }
@@ -359,6 +741,16 @@ async fn type_into(c: &Client, css: &str, text: &str) {
 
 async fn click(c: &Client, css: &str) {
     find(c, css).await.click().await.unwrap();
+}
+
+/// Click the button in `main` whose text is `label`, as a person would find it.
+async fn click_button(c: &Client, label: &str) {
+    let xpath = format!("//main//button[normalize-space()='{label}']");
+    let button = poll(c, &format!("a button {label:?}"), || async {
+        c.find(Locator::XPath(&xpath)).await.ok()
+    })
+    .await;
+    button.click().await.unwrap();
 }
 
 /// Resize the window to `width`×`height`, save a PNG of the viewport as `name`.png, and print

@@ -59,7 +59,12 @@ async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
     );
     app.core
         .store
-        .create_user(&user, Some(&hash), None, event)
+        .create_user(
+            &user,
+            Some(&quarterdeck_domain::user::Credential::password(hash)),
+            None,
+            event,
+        )
         .await
         .unwrap();
 }

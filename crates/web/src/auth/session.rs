@@ -79,6 +79,17 @@ impl FromRequestParts<AppState> for PortalSession {
             return Err(HtmlError(quarterdeck_domain::Error::NotFound).into_response());
         };
         match parts.extensions.get::<MaybeSession>() {
+            Some(MaybeSession(Some(s)))
+                if s.session.must_change_password && parts.uri.path() != "/portal/password" =>
+            {
+                // Signed in with a one-time password: nothing else until it is changed.
+                if parts.method == axum::http::Method::GET {
+                    Err(Redirect::to("/portal/password").into_response())
+                } else {
+                    Err(HtmlError(quarterdeck_domain::Error::PasswordChangeRequired)
+                        .into_response())
+                }
+            }
             Some(MaybeSession(Some(s))) => Ok(Self(s.clone(), (**t).clone())),
             _ => Err(login_redirect(&parts.uri)),
         }

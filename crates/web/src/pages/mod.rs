@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod dashboard;
+pub mod impersonation;
 pub mod login;
 pub mod people;
 pub mod portal;
@@ -9,6 +10,7 @@ pub mod register;
 pub mod roles;
 pub mod settings;
 pub mod setup;
+pub mod tenant_users;
 pub mod tenants;
 pub mod users;
 

@@ -30,10 +30,12 @@ pub struct PortalChrome {
     pub tenant_status_label: &'static str,
     pub can_manage: bool,
     pub can_audit: bool,
+    /// "You are impersonating …" banner: (who, since when).
+    pub impersonation: Option<(String, String)>,
 }
 
 impl PortalChrome {
-    fn new(s: &SignedIn, t: &Tenant, nav: &'static str) -> Self {
+    pub fn new(s: &SignedIn, t: &Tenant, nav: &'static str) -> Self {
         Self {
             csrf_token: s.session.csrf_token.clone(),
             me_email: s.user.email.to_string(),
@@ -43,6 +45,10 @@ impl PortalChrome {
             tenant_status_label: t.status.label(),
             can_manage: s.principal.can(&Capability::TenantUsersManage),
             can_audit: s.principal.can(&Capability::TenantAudit),
+            impersonation: s
+                .impersonation
+                .as_ref()
+                .map(|i| (i.impersonator_email.clone(), super::fmt_time(i.started_at))),
         }
     }
 }

@@ -80,6 +80,7 @@ pub struct ListPage {
     pub can_manage: bool,
     pub created_toast: Option<(String, String)>,
     pub admin_role: String,
+    pub can_impersonate: bool,
 }
 
 pub async fn list(
@@ -128,6 +129,7 @@ pub async fn list(
         can_manage: s.principal.can(&Capability::TenantsManage),
         created_toast,
         admin_role: state.core.catalog().admin_role().to_owned(),
+        can_impersonate: s.principal.can(&Capability::Impersonate),
     }))
 }
 
@@ -264,6 +266,7 @@ pub struct ShowPage {
     pub open_dialog: &'static str,
     pub team: Vec<super::people::UserRow>,
     pub team_link_base: String,
+    pub can_impersonate: bool,
     pub admin_role: String,
     pub can_invite: bool,
 }
@@ -293,6 +296,7 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
         open_dialog: "",
         team: Vec::new(),
         team_link_base: format!("/tenants/{}/users/", t.id),
+        can_impersonate: s.principal.can(&Capability::Impersonate),
         admin_role: String::new(),
         can_invite: s.principal.can(&Capability::UsersManage),
     }

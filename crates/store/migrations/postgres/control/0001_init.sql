@@ -21,6 +21,9 @@ CREATE TABLE identity.app_user (
     name           text,
     password_hash  text,
     status         text NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    otp_expires_at        timestamptz,
+    otp_used_at           timestamptz,
+    must_change_password  boolean NOT NULL DEFAULT false,
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL
 );
@@ -46,7 +49,9 @@ CREATE TABLE identity.session (
     last_seen_at  timestamptz NOT NULL,
     expires_at    timestamptz NOT NULL,
     user_agent    text,
-    ip            text
+    ip            text,
+    impersonation_id      uuid,
+    must_change_password  boolean NOT NULL DEFAULT false
 );
 CREATE INDEX session_user_idx ON identity.session (user_id);
 
@@ -109,3 +114,17 @@ CREATE TABLE identity.outbox (
 );
 CREATE INDEX outbox_due_idx ON identity.outbox (status, next_attempt_at);
 CREATE INDEX outbox_user_idx ON identity.outbox (user_id, created_at);
+
+CREATE TABLE identity.impersonation (
+    id                  uuid PRIMARY KEY,
+    impersonator_id     uuid NOT NULL,
+    impersonator_email  text NOT NULL,
+    tenant_id           uuid NOT NULL,
+    reason              text NOT NULL,
+    started_at          timestamptz NOT NULL,
+    expires_at          timestamptz NOT NULL,
+    ended_at            timestamptz,
+    end_reason          text,
+    handoff_hash        text UNIQUE,
+    handoff_expires_at  timestamptz
+);

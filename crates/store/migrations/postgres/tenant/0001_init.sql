@@ -12,6 +12,9 @@ CREATE TABLE security.app_user (
     name           text,
     password_hash  text,
     status         text NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    otp_expires_at        timestamptz,
+    otp_used_at           timestamptz,
+    must_change_password  boolean NOT NULL DEFAULT false,
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL
 );

@@ -20,6 +20,10 @@ CREATE TABLE app_user (
     name           TEXT,
     password_hash  TEXT,
     status         TEXT NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    -- A generated one-time password: expires, works once, must be changed.
+    otp_expires_at        INTEGER,
+    otp_used_at           INTEGER,
+    must_change_password  INTEGER NOT NULL DEFAULT 0,
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL
 );
@@ -45,7 +49,11 @@ CREATE TABLE session (
     last_seen_at  INTEGER NOT NULL,
     expires_at    INTEGER NOT NULL,
     user_agent    TEXT,
-    ip            TEXT
+    ip            TEXT,
+    -- Set on a tenant-host session opened by "Switch to tenant".
+    impersonation_id      BLOB,
+    -- The user signed in with a one-time password and must change it first.
+    must_change_password  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX session_user_idx ON session (user_id);
 
@@ -110,3 +118,19 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due_idx ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_user_idx ON outbox (user_id, created_at);
+
+-- "Switch to tenant": who, where, why, until when. The handoff token (hashed, single-use,
+-- short-lived) carries the browser from the base host to the tenant's host.
+CREATE TABLE impersonation (
+    id                  BLOB PRIMARY KEY,
+    impersonator_id     BLOB NOT NULL,
+    impersonator_email  TEXT NOT NULL,
+    tenant_id           BLOB NOT NULL,
+    reason              TEXT NOT NULL,
+    started_at          INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    ended_at            INTEGER,
+    end_reason          TEXT,
+    handoff_hash        TEXT UNIQUE,
+    handoff_expires_at  INTEGER
+);

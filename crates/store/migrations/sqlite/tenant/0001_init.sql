@@ -13,6 +13,10 @@ CREATE TABLE app_user (
     name           TEXT,
     password_hash  TEXT,
     status         TEXT NOT NULL CHECK (status IN ('INVITED', 'ACTIVE', 'SUSPENDED')),
+    -- A generated one-time password: expires, works once, must be changed.
+    otp_expires_at        INTEGER,
+    otp_used_at           INTEGER,
+    must_change_password  INTEGER NOT NULL DEFAULT 0,
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL
 );
