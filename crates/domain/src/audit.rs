@@ -121,9 +121,18 @@ impl NewEvent {
         mut details: Value,
     ) -> Self {
         if let Value::Object(map) = &mut details {
-            map.entry("actor").or_insert_with(
-                || serde_json::json!({ "user_id": actor.user_id, "email": actor.email }),
-            );
+            map.entry("actor")
+                .or_insert_with(|| match actor.impersonation {
+                    None => serde_json::json!({ "user_id": actor.user_id, "email": actor.email }),
+                    Some((id, tenant)) => serde_json::json!({
+                        "user_id": actor.user_id, "email": actor.email,
+                        "impersonation_id": id, "impersonated_tenant_id": tenant,
+                    }),
+                });
+            if let Some((id, _)) = actor.impersonation {
+                map.entry("impersonation_id")
+                    .or_insert_with(|| serde_json::json!(id));
+            }
         }
         let micros = ts.nanosecond() / 1_000 * 1_000;
         let ts = ts.replace_nanosecond(micros).unwrap_or(ts);

@@ -152,12 +152,12 @@ impl Core {
             return Ok(None);
         }
         let now = self.clock.now();
+        if let Some(imp_id) = session.impersonation_id {
+            return self.impersonation_session(session, imp_id, now).await;
+        }
         if !self.config.sessions.is_live(&session, now) {
             self.store.delete_session(&hash).await?;
             return Ok(None);
-        }
-        if let Some(imp_id) = session.impersonation_id {
-            return self.impersonation_session(session, imp_id, now).await;
         }
         let tenant = match dir {
             Directory::Platform => None,

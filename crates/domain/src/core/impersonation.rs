@@ -145,6 +145,10 @@ impl Core {
             self.end_impersonation(&imp, "expired").await?;
             return Ok(None);
         }
+        if !self.config.sessions.is_live(&session, now) {
+            self.end_impersonation(&imp, "idle").await?;
+            return Ok(None);
+        }
         // A deleted tenant ends it; a suspended one may still be looked at.
         let Some(tenant) = self.store.tenant(imp.tenant_id).await? else {
             self.end_impersonation(&imp, "tenant_deleted").await?;
@@ -162,6 +166,9 @@ impl Core {
             self.end_impersonation(&imp, "impersonator_suspended")
                 .await?;
             return Ok(None);
+        }
+        if self.config.sessions.needs_touch(&session, now) {
+            self.store.touch_session(&session.id_hash, now).await?;
         }
         let principal = Principal::impersonating(
             user.id,

@@ -790,11 +790,14 @@ async fn screenshot(c: &Client, name: &str, width: u32, height: u32) {
 }
 
 /// The window and page widths, and up to five elements that stick out of the page on the right
-/// (not counting fixed ones, or ones inside a scrolling or clipping box).
+/// (not counting fixed ones, or ones inside a scrolling or clipping box; an absolutely positioned
+/// element is only clipped by boxes at or above its containing block, so one that escapes a
+/// scrolling table, like a visually hidden label in a header cell, is counted).
 const LAYOUT_JS: &str = r##"
 const d = document.documentElement, cw = d.clientWidth;
 const inBox = (e) => {
-  for (let p = e.parentElement; p && p !== d; p = p.parentElement) {
+  const from = getComputedStyle(e).position === "absolute" ? e.offsetParent : e.parentElement;
+  for (let p = from; p && p !== d && p !== document.body; p = p.parentElement) {
     if (getComputedStyle(p).overflowX !== "visible") return true;
   }
   return false;

@@ -21,6 +21,7 @@ mod maildev;
 mod audit;
 mod auth;
 mod browser;
+mod impersonation;
 mod invitations;
 mod portal;
 mod settings;
