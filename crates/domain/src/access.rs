@@ -21,6 +21,8 @@ pub struct Principal {
     pub tenant_id: Option<TenantId>,
     /// Set when a platform user acts inside a tenant through "Switch to tenant".
     pub impersonation_id: Option<uuid::Uuid>,
+    /// Set when acting through a personal access token.
+    pub token_id: Option<uuid::Uuid>,
     capabilities: Vec<Capability>,
 }
 
@@ -39,6 +41,7 @@ impl Principal {
             roles,
             tenant_id,
             impersonation_id: None,
+            token_id: None,
             capabilities,
         }
     }
@@ -94,6 +97,7 @@ impl Principal {
         if let (Some(id), Some(t)) = (self.impersonation_id, self.tenant_id) {
             a.impersonation = Some((id, t));
         }
+        a.token_id = self.token_id;
         a
     }
 }
@@ -105,6 +109,8 @@ pub struct Actor {
     pub email: Option<String>,
     /// The impersonation (and its tenant) the actor acted through, if any.
     pub impersonation: Option<(uuid::Uuid, TenantId)>,
+    /// The personal access token the actor acted through (Automation API), if any.
+    pub token_id: Option<uuid::Uuid>,
 }
 
 impl Actor {
@@ -113,6 +119,7 @@ impl Actor {
             user_id: Some(id),
             email: Some(email.to_string()),
             impersonation: None,
+            token_id: None,
         }
     }
     /// The system itself (start-up bootstrap, the first-run setup link).
@@ -121,6 +128,7 @@ impl Actor {
             user_id: None,
             email: None,
             impersonation: None,
+            token_id: None,
         }
     }
 }

@@ -38,10 +38,12 @@ pub enum EventType {
     PasswordReset,
     ImpersonationStarted,
     ImpersonationEnded,
+    PatCreated,
+    PatRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 23] = [
+    pub const ALL: [EventType; 25] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -65,6 +67,8 @@ impl EventType {
         Self::PasswordReset,
         Self::ImpersonationStarted,
         Self::ImpersonationEnded,
+        Self::PatCreated,
+        Self::PatRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,8 @@ impl EventType {
             Self::PasswordReset => "PASSWORD_RESET",
             Self::ImpersonationStarted => "IMPERSONATION_STARTED",
             Self::ImpersonationEnded => "IMPERSONATION_ENDED",
+            Self::PatCreated => "PAT_CREATED",
+            Self::PatRevoked => "PAT_REVOKED",
         }
     }
 
@@ -129,6 +135,9 @@ impl NewEvent {
                         "impersonation_id": id, "impersonated_tenant_id": tenant,
                     }),
                 });
+            if let Some(token) = actor.token_id {
+                map.entry("token_id").or_insert_with(|| serde_json::json!(token));
+            }
             if let Some((id, _)) = actor.impersonation {
                 map.entry("impersonation_id")
                     .or_insert_with(|| serde_json::json!(id));

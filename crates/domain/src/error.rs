@@ -45,6 +45,9 @@ pub enum Error {
     /// 403: the request failed the cross-site request forgery check.
     #[error("The form has expired or did not come from this site. Reload the page and try again.")]
     CsrfRejected,
+    /// 403: the token's scope does not allow this call (a read token on a write).
+    #[error("This token is read-only: use a read-write token for changes.")]
+    InsufficientScope,
     /// 403: the user signed in with a one-time password and must change it first.
     #[error("Change your password first: it was a one-time password.")]
     PasswordChangeRequired,
@@ -82,6 +85,7 @@ impl Error {
             Error::Forbidden => "forbidden",
             Error::CsrfRejected => "csrf_rejected",
             Error::PasswordChangeRequired => "password_change_required",
+            Error::InsufficientScope => "insufficient_scope",
             Error::TenantReadOnly => "tenant_read_only",
             Error::TenantSuspended => "tenant_suspended",
             Error::Conflict { code, .. } => code,

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod impersonation;
 pub mod mail;
 pub mod password;
+pub mod pat;
 pub mod role;
 pub mod session;
 pub mod store;

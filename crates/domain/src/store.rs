@@ -8,6 +8,7 @@ use crate::email::EmailAddress;
 use crate::error::Result;
 use crate::ids::{EventId, TenantId, UserId};
 use crate::impersonation::Impersonation;
+use crate::pat::PersonalAccessToken;
 use crate::mail::Email;
 use crate::session::Session;
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
@@ -221,9 +222,19 @@ pub trait AuditStore: Send + Sync {
     async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
 }
 
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn create_pat(&self, pat: &PersonalAccessToken, hash: &TokenHash, event: NewEvent) -> Result<()>;
+    async fn pats_of(&self, owner: UserId) -> Result<Vec<PersonalAccessToken>>;
+    async fn pat_by_hash(&self, hash: &TokenHash) -> Result<Option<PersonalAccessToken>>;
+    /// Revoke one of `owner`'s tokens; `false` if there is no such live token.
+    async fn revoke_pat(&self, id: uuid::Uuid, owner: UserId, at: OffsetDateTime, event: NewEvent) -> Result<bool>;
+    async fn touch_pat(&self, id: uuid::Uuid, at: OffsetDateTime) -> Result<()>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
-    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore
+    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore + TokenStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

@@ -21,7 +21,8 @@ macro_rules! impl_store {
         };
         use quarterdeck_domain::token::TokenHash;
         use quarterdeck_domain::impersonation::Impersonation;
-        use quarterdeck_domain::store::ImpersonationStore;
+        use quarterdeck_domain::store::{ImpersonationStore, TokenStore};
+        use quarterdeck_domain::pat::{PersonalAccessToken, TokenScope};
         use quarterdeck_domain::user::{Credential, Delivery, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
         use sqlx::types::Json;
         use sqlx::{Pool, Row, Transaction};
@@ -1106,6 +1107,88 @@ macro_rules! impl_store {
                 sqlx::query("DELETE FROM session WHERE impersonation_id = $1").bind(id).execute(&mut *tx).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(true)
+            }
+        }
+
+        const PAT_COLUMNS: &str = "id, name, scope, owner_id, owner_email, owner_tenant_id, restrict_tenant_id, created_at, expires_at, last_used_at, revoked_at";
+
+        fn pat_from_row(r: &DbRow) -> Result<PersonalAccessToken> {
+            let scope: String = r.try_get("scope").map_err(db_err)?;
+            Ok(PersonalAccessToken {
+                id: r.try_get("id").map_err(db_err)?,
+                name: r.try_get("name").map_err(db_err)?,
+                scope: TokenScope::parse(&scope)?,
+                owner_id: UserId(r.try_get("owner_id").map_err(db_err)?),
+                owner_email: r.try_get("owner_email").map_err(db_err)?,
+                owner_tenant_id: r.try_get::<Option<Uuid>, _>("owner_tenant_id").map_err(db_err)?.map(TenantId),
+                restrict_tenant_id: r.try_get::<Option<Uuid>, _>("restrict_tenant_id").map_err(db_err)?.map(TenantId),
+                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                expires_at: dec_ts(r.try_get("expires_at").map_err(db_err)?),
+                last_used_at: r.try_get::<Option<Ts>, _>("last_used_at").map_err(db_err)?.map(dec_ts),
+                revoked_at: r.try_get::<Option<Ts>, _>("revoked_at").map_err(db_err)?.map(dec_ts),
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl TokenStore for $Store {
+            async fn create_pat(&self, pat: &PersonalAccessToken, hash: &TokenHash, event: NewEvent) -> Result<()> {
+                let mut tx = self.begin_audited(&event).await?;
+                sqlx::query(
+                    "INSERT INTO personal_access_token (id, token_hash, name, scope, owner_id, owner_email, owner_tenant_id, restrict_tenant_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(pat.id)
+                .bind(hash.as_str())
+                .bind(&pat.name)
+                .bind(pat.scope.as_str())
+                .bind(pat.owner_id.0)
+                .bind(&pat.owner_email)
+                .bind(pat.owner_tenant_id.map(|t| t.0))
+                .bind(pat.restrict_tenant_id.map(|t| t.0))
+                .bind(enc_ts(pat.created_at))
+                .bind(enc_ts(pat.expires_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn pats_of(&self, owner: UserId) -> Result<Vec<PersonalAccessToken>> {
+                let sql = format!("SELECT {PAT_COLUMNS} FROM personal_access_token WHERE owner_id = $1 ORDER BY created_at DESC");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner.0).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter().map(pat_from_row).collect()
+            }
+
+            async fn pat_by_hash(&self, hash: &TokenHash) -> Result<Option<PersonalAccessToken>> {
+                let sql = format!("SELECT {PAT_COLUMNS} FROM personal_access_token WHERE token_hash = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(hash.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
+                row.as_ref().map(pat_from_row).transpose()
+            }
+
+            async fn revoke_pat(&self, id: Uuid, owner: UserId, at: OffsetDateTime, event: NewEvent) -> Result<bool> {
+                let mut tx = self.begin_audited(&event).await?;
+                let done = sqlx::query("UPDATE personal_access_token SET revoked_at = $3 WHERE id = $1 AND owner_id = $2 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(owner.0)
+                    .bind(enc_ts(at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
+            }
+
+            async fn touch_pat(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
+                sqlx::query("UPDATE personal_access_token SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(enc_ts(at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
             }
         }
     };

@@ -16,6 +16,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Forbidden
         | Error::CsrfRejected
         | Error::PasswordChangeRequired
+        | Error::InsufficientScope
         | Error::TenantReadOnly
         | Error::TenantSuspended => StatusCode::FORBIDDEN,
         Error::Conflict { .. } => StatusCode::CONFLICT,

@@ -1,6 +1,7 @@
 //! Quarterdeck's HTTP layer: the URL map, sessions and CSRF, the console pages, and the two
 //! renderings of domain errors (an HTML page for the console, JSON for machines).
 
+mod api;
 mod assets;
 mod auth;
 mod error;

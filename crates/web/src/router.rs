@@ -8,7 +8,7 @@ use crate::auth::{csrf_guard, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
     audit, dashboard, impersonation, login, portal, register, roles, settings, setup, tenant_users,
-    tenants, users,
+    tenants, tokens, users,
 };
 use crate::state::AppState;
 use crate::{assets, pages};
@@ -48,10 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/{id}", get(audit::show))
         .route("/settings", get(settings::show))
         .route("/settings/password", post(settings::change_password))
-        .route(
-            "/settings/sessions/revoke",
-            post(settings::end_other_sessions),
-        )
+        .route("/settings/sessions/revoke", post(settings::end_other_sessions))
+        .route("/settings/tokens", get(tokens::console).post(tokens::console_create))
+        .route("/settings/tokens/{id}/revoke", post(tokens::console_revoke))
         // Portal (tenant hosts)
         .route("/portal", get(portal::dashboard))
         .route("/portal/team", get(portal::team))
@@ -71,12 +70,16 @@ pub fn router(state: AppState) -> Router {
             "/portal/settings/users/{id}/reset",
             post(tenant_users::reset),
         )
+        .route("/portal/settings/tokens", get(tokens::portal).post(tokens::portal_create))
+        .route("/portal/settings/tokens/{id}/revoke", post(tokens::portal_revoke))
         .route(
             "/portal/password",
             get(tenant_users::change_form).post(tenant_users::change),
         )
         .route("/impersonate", get(impersonation::accept))
         .route("/impersonation/stop", post(impersonation::stop))
+        // Automation API (bearer tokens; no cookies, no CSRF)
+        .nest("/v1", crate::api::router().layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))))
         // Machines
         .route("/healthz", get(health))
         .route("/static/{name}", get(assets::serve))

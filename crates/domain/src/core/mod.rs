@@ -7,9 +7,11 @@ mod impersonation;
 mod outbox;
 mod setup;
 mod tenants;
+mod tokens;
 mod users;
 
 pub use outbox::MAX_ATTEMPTS;
+pub use tokens::{ApiCaller, NewTokenRequest};
 pub use users::{InviteRequest, NewUserRequest, UserView};
 
 use crate::access::{Actor, Principal};

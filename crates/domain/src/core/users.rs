@@ -524,12 +524,16 @@ impl Core {
     pub async fn add_user_with_password(
         &self,
         by: &Principal,
+        dir: Directory,
         req: NewUserRequest,
     ) -> Result<(User, String)> {
-        let Some(own) = by.tenant_id else {
-            return Err(Error::Forbidden);
+        let Directory::Tenant(own) = dir else {
+            return Err(Error::field(
+                "tenant_id",
+                "tenant_required",
+                "One-time passwords are for tenant users; invite platform users.",
+            ));
         };
-        let dir = Directory::Tenant(own);
         self.may_manage(by, dir).await?;
         let mut p = Problems::new();
         let email = p.check(EmailAddress::parse(&req.email));

@@ -7,13 +7,20 @@
 //!   admin sets a password from the emailed link (a real SMTP server, maildev), signs in on the
 //!   tenant's host and invites a developer, who does the same in a browser of their own; the
 //!   owner's events show it all.
+//! - The impersonation runbook: with the RCM roles, the owner creates a tenant, switches to it
+//!   through the confirmation modal (a reason), adds its first admin with a one-time password
+//!   under Settings → Users, and stops; the admin signs in at the tenant's host in a browser of
+//!   their own with the password (pasted with spaces around it), must change it, and lands on the
+//!   portal; the owner's events for the tenant show the switch, the user and the stop, as them.
 //!
 //! Needs chromedriver and Chromium: `QUARTERDECK_TEST_CHROMEDRIVER` (default
 //! /usr/bin/chromedriver) and `QUARTERDECK_TEST_CHROMIUM` (default /usr/bin/chromium). Without
 //! them the tests fail, saying so, unless `QUARTERDECK_TEST_SKIP_BROWSER=1`.
 //!
 //! Screenshots go to `target/screenshots/`: the tenant list (1280 and 390 px wide), the portal
-//! (1280 px), the console's and the portal's invite forms (390 px, the whole form).
+//! (1280 px), the console's and the portal's invite forms (390 px, the whole form), the
+//! "Switch to tenant" modal and the portal with the impersonation banner (1280 px), and the
+//! one-time password page (390 px, the whole page).
 
 use crate::helpers::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, link_in};
 use crate::maildev::Maildev;
@@ -74,6 +81,37 @@ both_backends!(
     }
 );
 
+both_backends!(
+    async fn the_impersonation_runbook_walks_through_in_a_real_browser(backend) {
+        // Arrange: a browser, a server with the RCM roles (TENANT_ADMIN, …), and the owner.
+        let steps = Steps::new(format!("{backend:?}").to_lowercase());
+        let Some(browser) = Browser::start().await else {
+            return;
+        };
+        let app = TestApp::spawn_with(backend, |s| {
+            s.roles_file = Some(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/roles-rcm.toml"),
+            );
+        })
+        .await;
+        app.core
+            .bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD)
+            .await
+            .unwrap();
+        steps.step("chromedriver and the server (RCM roles) up; owner created");
+        let run = Onboarding {
+            base_url: app.base_url.clone(),
+            tenant_origin: format!("http://{ACME_BH_SLUG}.localhost:{}", app.port()),
+            steps,
+        };
+
+        // Act and assert, step by step.
+        browser
+            .drive(|s| walk_the_impersonation_runbook(s, run))
+            .await;
+    }
+);
+
 /// The whole first run, as a person would do it.
 async fn walk(c: Client, setup_link: String, label: String) {
     let steps = Steps::new(label);
@@ -108,11 +146,7 @@ async fn walk(c: Client, setup_link: String, label: String) {
     );
     // The toast goes away after 7 s; it is checked at once.
     wait_for_text(&c, "#toasts .toast", "Tenant 'Acme Corp' created.").await;
-    let table = find(&c, "main table.table tbody")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let table = find(&c, "main table.table tbody").await.text().await.unwrap();
     assert!(
         table.contains("Acme Corp"),
         "the tenant list should show the name: {table}"
@@ -177,8 +211,8 @@ async fn walk_the_runbook(s: Sessions, run: Runbook) {
     // Step 1: the New Tenant form; the toast offers to invite the tenant's admin.
     let url = create_acme_corp(&c).await;
     let listed = Instant::now();
-    let tenant_id = query_param(&url, "created")
-        .unwrap_or_else(|| panic!("creating should land on /tenants?created=…, got {url}"));
+    let tenant_id =
+        query_param(&url, "created").unwrap_or_else(|| panic!("creating should land on /tenants?created=…, got {url}"));
     wait_for_text(&c, "#toasts .toast", "Tenant 'Acme Corp' created.").await;
     let invite_admin = find(&c, "#toasts .toast a").await;
     assert_eq!(invite_admin.text().await.unwrap(), "Invite admin →");
@@ -199,11 +233,7 @@ async fn walk_the_runbook(s: Sessions, run: Runbook) {
         "the new tenant should be selected"
     );
     assert_eq!(
-        find(&c, "#tenant_id option:checked")
-            .await
-            .text()
-            .await
-            .unwrap(),
+        find(&c, "#tenant_id option:checked").await.text().await.unwrap(),
         "Acme Corp (acme-corp)"
     );
     assert_eq!(checked_roles(&c).await, ["admin"], "only admin is checked");
@@ -214,8 +244,7 @@ async fn walk_the_runbook(s: Sessions, run: Runbook) {
     c.set_window_size(1280, 900).await.unwrap();
     click_button(&c, "Send Invitation").await;
     let url = wait_for_url(&c, "the invited user's page", |u| {
-        u.path()
-            .starts_with(&format!("/tenants/{tenant_id}/users/"))
+        u.path().starts_with(&format!("/tenants/{tenant_id}/users/"))
     })
     .await;
     let ada_id = url.path().rsplit('/').next().unwrap().to_owned();
@@ -315,39 +344,289 @@ async fn walk_the_runbook(s: Sessions, run: Runbook) {
     wait_for_path(&c, &href).await;
     wait_for_text(&c, "main h1", "USER_INVITED").await;
     let json = find(&c, "main pre.json").await.text().await.unwrap();
-    let details: serde_json::Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("the details should be JSON ({e}): {json}"));
+    let details: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("the details should be JSON ({e}): {json}"));
     assert_eq!(details["user_id"], ada_id.as_str(), "{details:#}");
     assert_eq!(details["email"], ADMIN_EMAIL, "{details:#}");
     assert_eq!(details["tenant_id"], tenant_id.as_str(), "{details:#}");
-    assert_eq!(
-        details["roles"],
-        serde_json::json!(["admin"]),
-        "{details:#}"
-    );
+    assert_eq!(details["roles"], serde_json::json!(["admin"]), "{details:#}");
     assert_eq!(details["status"], "INVITED", "{details:#}");
     assert_eq!(details["actor"]["email"], OWNER_EMAIL, "{details:#}");
     assert!(
-        details["actor"]["user_id"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
+        details["actor"]["user_id"].as_str().is_some_and(|s| !s.is_empty()),
         "{details:#}"
     );
     steps.step("USER_INVITED detail: user_id, email, tenant_id, roles, status, actor");
 }
 
+// ---------- the impersonation runbook ----------
+
+const ACME_BH: &str = "Acme Behavioral Health";
+const ACME_BH_SLUG: &str = "acme-behavioral-health";
+const REASON: &str = "Onboarding Acme's first admin (ticket 42)";
+const IT_LEAD_EMAIL: &str = "it.lead@acme.example";
+const IT_LEAD_NAME: &str = "Casey Customer";
+const IT_LEAD_PASSWORD: &str = "the customer's own passphrase";
+
+/// What the impersonation walk needs from the test.
+struct Onboarding {
+    base_url: String,
+    /// `http://acme-behavioral-health.localhost:PORT`, the tenant's host.
+    tenant_origin: String,
+    steps: Steps,
+}
+
+/// The runbook (runbook-impersonation-onboarding), as the two people would do it: the owner in
+/// one browser (console and, while impersonating, the tenant's portal), the tenant's new admin
+/// in a fresh one.
+async fn walk_the_impersonation_runbook(s: Sessions, run: Onboarding) {
+    let Onboarding {
+        base_url,
+        tenant_origin,
+        steps,
+    } = run;
+    let label = &steps.label;
+    let tenant_host = format!("{ACME_BH_SLUG}.localhost");
+    let c = s.open().await;
+    steps.step("browser open");
+
+    // The owner signs in on the base host and creates the tenant.
+    c.goto(&format!("{base_url}/login")).await.unwrap();
+    wait_for_text(&c, "h1", "Sign in").await;
+    sign_in(&c, OWNER_EMAIL, OWNER_PASSWORD, "/").await;
+    wait_for_text(&c, "main h1", "Dashboard").await;
+    steps.step("owner signed in: dashboard");
+    let url = create_tenant(&c, ACME_BH, ACME_BH_SLUG).await;
+    let tenant_id =
+        query_param(&url, "created").unwrap_or_else(|| panic!("creating should land on /tenants?created=…, got {url}"));
+    wait_for_text(&c, "#toasts .toast", &format!("Tenant '{ACME_BH}' created.")).await;
+    steps.step("tenant created: /tenants?created=…");
+
+    // Step 1: the row's "Switch to tenant" opens the confirmation modal; a reason; confirm.
+    let dialog = format!("dialog#impersonate-{tenant_id}");
+    let switch = find(
+        &c,
+        &format!("main table.table tbody button[data-confirm-dialog='impersonate-{tenant_id}']"),
+    )
+    .await;
+    assert_eq!(switch.text().await.unwrap(), "Switch to tenant");
+    switch.click().await.unwrap();
+    poll(&c, &format!("{dialog} to open"), || async {
+        let el = c.find(Locator::Css(&dialog)).await.ok()?;
+        el.prop("open").await.ok().flatten().filter(|v| v == "true").map(|_| ())
+    })
+    .await;
+    wait_for_text(&c, &format!("{dialog} h2"), &format!("Switch to {ACME_BH}?")).await;
+    wait_for_text(&c, &dialog, "Every action will be audited under your platform user id").await;
+    type_into(&c, &format!("{dialog} input[name=reason]"), REASON).await;
+    screenshot(&c, &format!("impersonate-modal-1280-{label}"), 1280, 900).await;
+    click(&c, &format!("{dialog} button[type=submit]")).await;
+    let url = wait_for_url(&c, "the tenant's portal", |u| {
+        u.host_str() == Some(tenant_host.as_str()) && u.path() == "/portal"
+    })
+    .await;
+    assert_eq!(url.as_str(), format!("{tenant_origin}/portal"));
+    steps.step("switched to the tenant through the modal: the tenant's /portal");
+
+    // The banner: who, since when, and the way out.
+    wait_for_text(&c, "main h1", ACME_BH).await;
+    let banner = find(&c, "main .impersonation-banner").await.text().await.unwrap();
+    assert!(
+        banner.starts_with("Impersonating.")
+            && banner.contains(&format!("You are {OWNER_EMAIL}, acting inside {ACME_BH} since ")),
+        "the banner should say who and where: {banner}"
+    );
+    let since = banner
+        .split(" since ")
+        .nth(1)
+        .and_then(|rest| rest.get(..23))
+        .and_then(|t| {
+            time::PrimitiveDateTime::parse(
+                t,
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"),
+            )
+            .ok()
+        })
+        .unwrap_or_else(|| panic!("the banner should say since when: {banner}"))
+        .assume_utc();
+    let ago = time::OffsetDateTime::now_utc() - since;
+    assert!(ago.abs() < time::Duration::minutes(2), "since {since}: {ago} ago");
+    assert_eq!(
+        find(&c, "main .impersonation-banner button[type=submit]")
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "Stop impersonating"
+    );
+    screenshot(&c, &format!("impersonating-portal-1280-{label}"), 1280, 900).await;
+    steps.step("banner: who, since when, Stop impersonating");
+
+    // Step 2: Settings → Users → Add user: TENANT_ADMIN, the forced change left checked.
+    click(&c, "nav.nav a[href='/portal/settings/users']").await;
+    wait_for_path(&c, "/portal/settings/users").await;
+    wait_for_text(&c, "main h1", "Users").await;
+    wait_for_text(&c, "main .impersonation-banner", "Stop impersonating").await;
+    click(&c, ".page-header a[href='/portal/settings/users/new']").await;
+    wait_for_path(&c, "/portal/settings/users/new").await;
+    wait_for_text(&c, "main h1", "Add user").await;
+    type_into(&c, "#email", IT_LEAD_EMAIL).await;
+    type_into(&c, "#name", IT_LEAD_NAME).await;
+    let role = find(&c, "#role").await;
+    role.select_by_value("TENANT_ADMIN").await.unwrap();
+    assert_eq!(role.prop("value").await.unwrap().as_deref(), Some("TENANT_ADMIN"));
+    assert!(
+        find(&c, "input[name=force_change]").await.is_selected().await.unwrap(),
+        "the forced change is checked by default"
+    );
+    click_button(&c, "Add user").await;
+    wait_for_text(&c, "main h1", "User added").await;
+    wait_for_text(&c, "main .page-header", IT_LEAD_EMAIL).await;
+    wait_for_text(
+        &c,
+        "main .card .alert-warning",
+        "This is the only time this password is shown",
+    )
+    .await;
+    // Read once, as the runbook says: from the page.
+    let otp = find(&c, "#one-time-password").await.text().await.unwrap();
+    assert!(
+        otp.len() >= 16 && !otp.contains(char::is_whitespace),
+        "a one-time password: {otp:?}"
+    );
+    // Tall enough for the whole page (the banner takes room on a phone).
+    screenshot(&c, &format!("one-time-password-390-{label}"), 390, 1000).await;
+    c.set_window_size(1280, 900).await.unwrap();
+    steps.step("TENANT_ADMIN added; the one-time password read from the page");
+
+    // Shown once: not on the users page (nor anywhere in its HTML) afterwards.
+    click(&c, "nav.nav a[href='/portal/settings/users']").await;
+    wait_for_path(&c, "/portal/settings/users").await;
+    wait_for_text(&c, "main h1", "Users").await;
+    wait_for_text(&c, "main table.table tbody", IT_LEAD_EMAIL).await;
+    wait_for_text(&c, "main table.table tbody", "TENANT_ADMIN").await;
+    assert!(
+        !c.source().await.unwrap().contains(&otp),
+        "the one-time password is shown once"
+    );
+    steps.step("Settings → Users again: the user listed, the password gone");
+
+    // Step 4: Stop impersonating → the tenant's page in the console, on the base host.
+    click(&c, "main .impersonation-banner button[type=submit]").await;
+    let back = format!("/tenants/{tenant_id}");
+    let url = wait_for_url(&c, "the tenant's page in the console", |u| {
+        u.host_str() == Some("localhost") && u.path() == back
+    })
+    .await;
+    assert_eq!(url.as_str(), format!("{base_url}{back}"));
+    wait_for_text(&c, "main h1", ACME_BH).await;
+    wait_for_text(&c, ".sidebar .me-email", OWNER_EMAIL).await;
+    steps.step("stopped: back on the tenant's page in the console");
+
+    // The impersonation session is gone from the tenant's host.
+    c.goto(&format!("{tenant_origin}/portal")).await.unwrap();
+    let url = wait_for_path(&c, "/login").await;
+    assert_eq!(url.host_str(), Some(tenant_host.as_str()), "{url}");
+    steps.step("the tenant's /portal now asks to sign in");
+
+    // Step 3: the new admin, in a browser of their own, pastes the password with spaces around
+    // it (the runbook's troubleshooting case), must choose their own, and lands on the portal.
+    let admin = s.open().await;
+    admin.goto(&format!("{tenant_origin}/login")).await.unwrap();
+    wait_for_text(&admin, "main h1", &format!("Sign in to {ACME_BH}")).await;
+    sign_in(&admin, IT_LEAD_EMAIL, &format!(" {otp} "), "/portal/password").await;
+    wait_for_text(&admin, "main h1", "Choose a new password").await;
+    wait_for_text(&admin, ".auth-card p", IT_LEAD_EMAIL).await;
+    for path in ["/portal", "/portal/settings/users", "/portal/team"] {
+        admin.goto(&format!("{tenant_origin}{path}")).await.unwrap();
+        let url = admin.current_url().await.unwrap();
+        assert_eq!(
+            url.as_str(),
+            format!("{tenant_origin}/portal/password"),
+            "{path} should send them to change the password first"
+        );
+    }
+    wait_for_text(&admin, "main h1", "Choose a new password").await;
+    steps.step("signed in with the one-time password (second browser): /portal/password");
+    type_into(&admin, "#new_password", IT_LEAD_PASSWORD).await;
+    type_into(&admin, "#confirm", IT_LEAD_PASSWORD).await;
+    click_button(&admin, "Set password").await;
+    let url = wait_for_path(&admin, "/portal").await;
+    assert_eq!(url.host_str(), Some(tenant_host.as_str()), "{url}");
+    wait_for_text(&admin, "main h1", ACME_BH).await;
+    wait_for_text(&admin, ".sidebar .me-email", IT_LEAD_EMAIL).await;
+    assert!(
+        admin
+            .find_all(Locator::Css(".impersonation-banner"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the tenant's own admin sees no impersonation banner"
+    );
+    steps.step("new password set: /portal");
+
+    // Step 5: the owner's console: Audit → Events, filtered by the tenant.
+    c.goto(&format!("{base_url}/")).await.unwrap();
+    wait_for_text(&c, "main h1", "Dashboard").await;
+    click(&c, "nav.nav a[href='/audit']").await;
+    wait_for_path(&c, "/audit").await;
+    wait_for_text(&c, "main h1", "Events").await;
+    type_into(&c, "#f-tenant", ACME_BH_SLUG).await;
+    click(&c, "form.filters button[type=submit]").await;
+    wait_for_url(&c, "the events filtered by the tenant", |u| {
+        u.path() == "/audit" && query_param(u, "tenant").as_deref() == Some(ACME_BH_SLUG)
+    })
+    .await;
+    let rows = event_rows(&c).await;
+    eprintln!("[browser {label}] the tenant's events, newest first:");
+    for r in &rows {
+        eprintln!("    {:<24} {:<20} {}", r.event_type, r.actor, r.subject);
+    }
+    assert!(
+        rows.iter().all(|r| r.tenant == tenant_id),
+        "only the tenant's events: {rows:#?}"
+    );
+    let at = |t: &str| {
+        let mut found = rows.iter().enumerate().filter(|(_, r)| r.event_type == t);
+        let (i, row) = found.next().unwrap_or_else(|| panic!("no {t} among {rows:#?}"));
+        assert!(found.next().is_none(), "one {t}: {rows:#?}");
+        assert_eq!(row.actor, OWNER_EMAIL, "{t} is the owner's: {rows:#?}");
+        (i, row)
+    };
+    let (ended, _) = at("IMPERSONATION_ENDED");
+    let (created, user_created) = at("USER_CREATED");
+    let (started, _) = at("IMPERSONATION_STARTED");
+    assert!(
+        ended < created && created < started,
+        "newest first: started, created, ended: {rows:#?}"
+    );
+    assert_eq!(user_created.subject, IT_LEAD_EMAIL, "{rows:#?}");
+    assert!(
+        !c.source().await.unwrap().contains(&otp),
+        "the one-time password is in no event"
+    );
+    steps.step("owner's events for the tenant: IMPERSONATION_STARTED, USER_CREATED, IMPERSONATION_ENDED");
+}
+
+// ---------- steps the walks share ----------
+
 /// Tenants → New Tenant → "Acme Corp" (slug derived by app.js) with the default region and tier;
 /// returns the URL it lands on (`/tenants?created=…`).
 async fn create_acme_corp(c: &Client) -> url::Url {
+    create_tenant(c, "Acme Corp", "acme-corp").await
+}
+
+/// Tenants → New Tenant → `name`, checking that app.js derives `slug` from it; default region
+/// and tier. Returns the URL it lands on (`/tenants?created=…`).
+async fn create_tenant(c: &Client, name: &str, slug: &str) -> url::Url {
     click(c, "nav.nav a[href='/tenants']").await;
     wait_for_path(c, "/tenants").await;
     wait_for_text(c, "main h1", "Tenants").await;
     click(c, ".page-header a[href='/tenants/new']").await;
     wait_for_path(c, "/tenants/new").await;
     wait_for_text(c, "main h1", "New Tenant").await;
-    type_into(c, "#name", "Acme Corp").await;
-    let slug = wait_for_value(c, "#slug", "acme-corp").await;
-    assert_eq!(slug, "acme-corp");
+    type_into(c, "#name", name).await;
+    wait_for_value(c, "#slug", slug).await;
     click(c, "form[action='/tenants'] button[type=submit]").await;
     wait_for_path(c, "/tenants").await
 }
@@ -384,9 +663,7 @@ async fn register(c: &Client, link: &str, email: &str, password: &str) {
 async fn emailed_link(c: &Client, maildev: &Maildev, to: &str) -> String {
     let text = poll(c, &format!("an email to {to} in maildev"), || async {
         maildev.emails().await.into_iter().find_map(|m| {
-            let to_them = m["to"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|t| t["address"] == to));
+            let to_them = m["to"].as_array().is_some_and(|a| a.iter().any(|t| t["address"] == to));
             to_them.then(|| m["text"].as_str().unwrap_or_default().to_owned())
         })
     })
@@ -397,11 +674,7 @@ async fn emailed_link(c: &Client, maildev: &Maildev, to: &str) -> String {
 /// The values of the checked `roles` checkboxes.
 async fn checked_roles(c: &Client) -> Vec<String> {
     let mut values = Vec::new();
-    for el in c
-        .find_all(Locator::Css("input[name=roles]:checked"))
-        .await
-        .unwrap()
-    {
+    for el in c.find_all(Locator::Css("input[name=roles]:checked")).await.unwrap() {
         values.push(el.attr("value").await.unwrap().unwrap_or_default());
     }
     values
@@ -413,17 +686,14 @@ struct EventRow {
     event_type: String,
     href: String,
     actor: String,
+    tenant: String,
     subject: String,
 }
 
 async fn event_rows(c: &Client) -> Vec<EventRow> {
     find(c, "main table.table tbody tr").await;
     let mut rows = Vec::new();
-    for tr in c
-        .find_all(Locator::Css("main table.table tbody tr"))
-        .await
-        .unwrap()
-    {
+    for tr in c.find_all(Locator::Css("main table.table tbody tr")).await.unwrap() {
         let mut cells = Vec::new();
         for td in tr.find_all(Locator::Css("td")).await.unwrap() {
             cells.push(td.text().await.unwrap().trim().to_owned());
@@ -433,6 +703,7 @@ async fn event_rows(c: &Client) -> Vec<EventRow> {
             event_type: cells[1].clone(),
             href: link.attr("href").await.unwrap().unwrap_or_default(),
             actor: cells[2].clone(),
+            tenant: cells[3].clone(),
             subject: cells[4].clone(),
         });
     }
@@ -440,9 +711,7 @@ async fn event_rows(c: &Client) -> Vec<EventRow> {
 }
 
 fn query_param(url: &url::Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// Prints how far into the walk each step finished.
@@ -608,12 +877,7 @@ impl Sessions {
             .capabilities(caps)
             .connect(&self.url)
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot open a WebDriver session with {} ({e})",
-                    self.chromium
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot open a WebDriver session with {} ({e})", self.chromium));
         self.opened.lock().unwrap().push(client.clone());
         client
     }
@@ -643,8 +907,7 @@ fn program(var: &str, default: &str) -> String {
     let found = if path.contains('/') {
         Path::new(&path).is_file()
     } else {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&path).is_file()))
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&path).is_file()))
     };
     assert!(
         found,
@@ -674,11 +937,7 @@ where
             return v;
         }
         if Instant::now() > deadline {
-            let url = c
-                .current_url()
-                .await
-                .map(|u| u.to_string())
-                .unwrap_or_default();
+            let url = c.current_url().await.map(|u| u.to_string()).unwrap_or_default();
             let body = body_text(c).await;
             panic!("timed out after {WAIT:?} waiting for {what}\nat {url}\npage text:\n{body}");
         }
@@ -704,11 +963,7 @@ async fn find(c: &Client, css: &str) -> Element {
 async fn wait_for_text(c: &Client, css: &str, text: &str) {
     poll(c, &format!("{css} to contain {text:?}"), || async {
         let el = c.find(Locator::Css(css)).await.ok()?;
-        el.text()
-            .await
-            .ok()
-            .filter(|t| t.contains(text))
-            .map(|_| ())
+        el.text().await.ok().filter(|t| t.contains(text)).map(|_| ())
     })
     .await;
 }
@@ -729,10 +984,7 @@ async fn wait_for_path(c: &Client, path: &str) -> url::Url {
 
 /// Wait until the page's URL passes `ok`; returns it.
 async fn wait_for_url(c: &Client, what: &str, ok: impl Fn(&url::Url) -> bool) -> url::Url {
-    poll(c, what, || async {
-        c.current_url().await.ok().filter(|u| ok(u))
-    })
-    .await
+    poll(c, what, || async { c.current_url().await.ok().filter(|u| ok(u)) }).await
 }
 
 async fn type_into(c: &Client, css: &str, text: &str) {

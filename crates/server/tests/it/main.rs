@@ -18,6 +18,7 @@ mod helpers;
 )]
 mod maildev;
 
+mod api;
 mod audit;
 mod auth;
 mod browser;

@@ -12,6 +12,7 @@ pub mod settings;
 pub mod setup;
 pub mod tenant_users;
 pub mod tenants;
+pub mod tokens;
 pub mod users;
 
 use askama::Template;

@@ -114,7 +114,7 @@ pub async fn add(
         role: f.role.clone(),
         force_change,
     };
-    match state.core.add_user_with_password(&s.principal, req).await {
+    match state.core.add_user_with_password(&s.principal, Directory::Tenant(t.id), req).await {
         Ok((user, password)) => Ok(render(&OneTimePasswordPage {
             chrome: PortalChrome::new(&s, &t, "settings"),
             email: user.email.to_string(),

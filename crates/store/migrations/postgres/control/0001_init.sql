@@ -128,3 +128,19 @@ CREATE TABLE identity.impersonation (
     handoff_hash        text UNIQUE,
     handoff_expires_at  timestamptz
 );
+
+CREATE TABLE identity.personal_access_token (
+    id                  uuid PRIMARY KEY,
+    token_hash          text NOT NULL UNIQUE,
+    name                text NOT NULL,
+    scope               text NOT NULL CHECK (scope IN ('read', 'read_write')),
+    owner_id            uuid NOT NULL,
+    owner_email         text NOT NULL,
+    owner_tenant_id     uuid,
+    restrict_tenant_id  uuid,
+    created_at          timestamptz NOT NULL,
+    expires_at          timestamptz NOT NULL,
+    last_used_at        timestamptz,
+    revoked_at          timestamptz
+);
+CREATE INDEX personal_access_token_owner_idx ON identity.personal_access_token (owner_id);

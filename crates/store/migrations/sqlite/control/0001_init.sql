@@ -134,3 +134,20 @@ CREATE TABLE impersonation (
     handoff_hash        TEXT UNIQUE,
     handoff_expires_at  INTEGER
 );
+
+-- Personal access tokens for the Automation API: stored only as a SHA-256 hash.
+CREATE TABLE personal_access_token (
+    id                  BLOB PRIMARY KEY,
+    token_hash          TEXT NOT NULL UNIQUE,
+    name                TEXT NOT NULL,
+    scope               TEXT NOT NULL CHECK (scope IN ('read', 'read_write')),
+    owner_id            BLOB NOT NULL,
+    owner_email         TEXT NOT NULL,
+    owner_tenant_id     BLOB,
+    restrict_tenant_id  BLOB,
+    created_at          INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    last_used_at        INTEGER,
+    revoked_at          INTEGER
+);
+CREATE INDEX personal_access_token_owner_idx ON personal_access_token (owner_id);

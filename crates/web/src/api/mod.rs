@@ -1,0 +1,123 @@
+//! The Automation API under `/v1/admin/`: JSON over bearer personal access tokens.
+//!
+//! Conventions: 401 for a missing, unknown, expired or revoked token (or one whose owner or
+//! tenant is no longer allowed in); 403 for a scope or role that does not allow the call; 404
+//! for another tenant's objects. Bodies reject unknown fields. Errors are
+//! `{"error": {"code", "message", "fields"?}}`. `Idempotency-Key` on POST replays the first
+//! response. Lists are cursor-paged (`limit`, `cursor` → `next_cursor`). Each token is rate
+//! limited (`Retry-After` on 429).
+
+mod audit;
+mod limits;
+mod tenants;
+mod users;
+
+pub use limits::ApiLimits;
+
+use crate::auth::Site;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use axum::routing::{get, post, put};
+use quarterdeck_domain::Error;
+use quarterdeck_domain::core::ApiCaller;
+use serde::de::DeserializeOwned;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/tenants", get(tenants::list).post(tenants::create))
+        .route("/admin/tenants/{id}", get(tenants::get).patch(tenants::update).delete(tenants::delete))
+        .route("/admin/tenants/{id}/status", post(tenants::set_status))
+        .route("/admin/users", get(users::list).post(users::create))
+        .route("/admin/users/{id}", get(users::get).patch(users::update).delete(users::delete))
+        .route("/admin/users/{id}/roles/{role}", put(users::assign_role).delete(users::revoke_role))
+        .route("/admin/users/{id}/invitation/resend", post(users::resend_invitation))
+        .route("/admin/users/{id}/invitation", axum::routing::delete(users::revoke_invitation))
+        .route("/admin/invitations", get(users::invitations))
+        .route("/admin/audit/events", get(audit::list))
+        .route("/admin/audit/events/export", get(audit::export))
+        .fallback(|| async { ApiError(Error::NotFound) })
+        .layer(axum::middleware::from_fn(limits::idempotency_and_rate))
+}
+
+/// The caller of an API request: a live token, on the base host, with write scope for
+/// anything but GET.
+pub struct Caller(pub ApiCaller);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !matches!(parts.extensions.get::<Site>(), Some(Site::Base)) {
+            return Err(ApiError(Error::NotFound));
+        }
+        if let Some(c) = parts.extensions.get::<ApiCaller>() {
+            return check_scope(parts, c.clone());
+        }
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError(Error::Unauthenticated))?;
+        let caller = state.core.api_caller(bearer.trim()).await?;
+        parts.extensions.insert(caller.clone());
+        check_scope(parts, caller)
+    }
+}
+
+fn check_scope(parts: &Parts, caller: ApiCaller) -> Result<Caller, ApiError> {
+    if parts.method != Method::GET && !caller.can_write() {
+        return Err(ApiError(Error::InsufficientScope));
+    }
+    Ok(Caller(caller))
+}
+
+/// A JSON body that rejects unknown fields (the DTOs say `deny_unknown_fields`) with a 422 that
+/// names the problem.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError(Error::field("_body", "unsupported_media_type", "Send a JSON body (Content-Type: application/json).")));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError(Error::field("_body", "body_too_large", "The body is too large.")))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())))
+    }
+}
+
+/// `limit` and `cursor` of a list call.
+#[derive(serde::Deserialize, Default)]
+pub struct Page {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(50).clamp(1, 200)
+    }
+}
+
+/// A page of results.
+#[derive(serde::Serialize)]
+pub struct List<T: serde::Serialize> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}

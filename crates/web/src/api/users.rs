@@ -1,0 +1,236 @@
+//! `/v1/admin/users` (platform users, or a tenant's with `tenant_id`), their role assignments
+//! and invitations. The same domain operations as the console, so the same rules and events,
+//! with the token's id in each event.
+
+use super::{Body, Caller};
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use quarterdeck_domain::core::{InviteRequest, NewUserRequest, UserView};
+use quarterdeck_domain::user::{Directory, InvitationState, User, UserStatus};
+use quarterdeck_domain::{Error, TenantId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Which directory a call is about: `tenant_id` given → that tenant's users; else the platform's
+/// (a tenant's token always means its tenant).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Where {
+    tenant_id: Option<String>,
+}
+
+fn directory(caller: &Caller, w: &Where) -> Result<Directory, Error> {
+    let dir = match w.tenant_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => match caller.0.token.owner_tenant_id {
+            Some(own) => Directory::Tenant(own),
+            None => Directory::Platform,
+        },
+        Some(raw) => Directory::Tenant(raw.parse::<TenantId>().map_err(|_| Error::NotFound)?),
+    };
+    match dir {
+        Directory::Tenant(t) => caller.0.check_tenant(t)?,
+        Directory::Platform if caller.0.tenant_limit().is_some() => return Err(Error::NotFound),
+        Directory::Platform => {}
+    }
+    Ok(dir)
+}
+
+fn user_id(raw: &str) -> Result<UserId, Error> {
+    raw.parse().map_err(|_| Error::NotFound)
+}
+
+/// A user as the API shows them.
+#[derive(Serialize)]
+pub struct UserOut {
+    #[serde(flatten)]
+    user: User,
+    invitation: Option<InvitationState>,
+}
+
+impl From<UserView> for UserOut {
+    fn from(v: UserView) -> Self {
+        Self { user: v.user, invitation: v.invitation }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Users {
+    items: Vec<UserOut>,
+    next_cursor: Option<String>,
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller, Query(w): Query<Where>) -> Result<Json<Users>, ApiError> {
+    let dir = directory(&caller, &w)?;
+    let users = state.core.users(&caller.0.principal, dir).await?;
+    Ok(Json(Users { items: users.into_iter().map(UserOut::from).collect(), next_cursor: None }))
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<Json<UserOut>, ApiError> {
+    let dir = directory(&caller, &w)?;
+    Ok(Json(state.core.user_view(&caller.0.principal, dir, user_id(&id)?).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Delivery {
+    /// Email an invitation link (the default).
+    Invitation,
+    /// Return a one-time password in this response, once (tenant users only).
+    OneTimePassword,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    #[serde(default)]
+    name: String,
+    roles: Vec<String>,
+    tenant_id: Option<String>,
+    delivery: Option<Delivery>,
+    /// With a one-time password: must they change it at first sign-in (default true)?
+    force_password_change: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct Created {
+    user: User,
+    /// Only with `delivery: one_time_password`; never returned again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    one_time_password: Option<String>,
+}
+
+pub async fn create(State(state): State<AppState>, caller: Caller, Body(b): Body<CreateUser>) -> Result<Response, ApiError> {
+    let w = Where { tenant_id: b.tenant_id.clone() };
+    let dir = directory(&caller, &w)?;
+    let by = &caller.0.principal;
+    let (user, otp) = match b.delivery.unwrap_or(Delivery::Invitation) {
+        Delivery::Invitation => {
+            let req = InviteRequest {
+                email: b.email,
+                name: b.name,
+                roles: b.roles,
+                tenant_id: dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
+            };
+            (state.core.invite(by, req).await?, None)
+        }
+        Delivery::OneTimePassword => {
+            let [role] = b.roles.as_slice() else {
+                return Err(Error::field("roles", "one_role", "With a one-time password, give exactly one role.").into());
+            };
+            let req = NewUserRequest {
+                email: b.email,
+                name: b.name,
+                role: role.clone(),
+                force_change: b.force_password_change.unwrap_or(true),
+            };
+            let (user, otp) = state.core.add_user_with_password(by, dir, req).await?;
+            (user, Some(otp))
+        }
+    };
+    Ok((StatusCode::CREATED, Json(Created { user, one_time_password: otp })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// `ACTIVE` or `SUSPENDED`.
+    status: Option<String>,
+    /// Replace the roles.
+    roles: Option<Vec<String>>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(w): Query<Where>,
+    Body(b): Body<UpdateUser>,
+) -> Result<Json<UserOut>, ApiError> {
+    let dir = directory(&caller, &w)?;
+    let id = user_id(&id)?;
+    let by = &caller.0.principal;
+    if let Some(roles) = &b.roles {
+        state.core.set_user_roles(by, dir, id, roles).await?;
+    }
+    match b.status.as_deref() {
+        None => {}
+        Some("SUSPENDED") | Some("ACTIVE") => {
+            let want = b.status.as_deref() == Some("SUSPENDED");
+            let current = state.core.user_view(by, dir, id).await?.user.status;
+            let is_suspended = current == UserStatus::Suspended;
+            if want != is_suspended {
+                state.core.set_user_suspended(by, dir, id, want).await?;
+            }
+        }
+        Some(_) => return Err(Error::field("status", "invalid_status", "Use ACTIVE or SUSPENDED.").into()),
+    }
+    Ok(Json(state.core.user_view(by, dir, id).await?.into()))
+}
+
+pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<StatusCode, ApiError> {
+    let dir = directory(&caller, &w)?;
+    state.core.delete_user(&caller.0.principal, dir, user_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn change_role(state: &AppState, caller: &Caller, id: &str, role: &str, w: &Where, assign: bool) -> Result<Json<UserOut>, ApiError> {
+    let dir = directory(caller, w)?;
+    let id = user_id(id)?;
+    let by = &caller.0.principal;
+    let mut roles = state.core.user_view(by, dir, id).await?.user.roles;
+    if assign {
+        if !roles.iter().any(|r| r == role) {
+            roles.push(role.to_owned());
+        }
+    } else {
+        roles.retain(|r| r != role);
+    }
+    state.core.set_user_roles(by, dir, id, &roles).await?;
+    Ok(Json(state.core.user_view(by, dir, id).await?.into()))
+}
+
+pub async fn assign_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, role)): Path<(String, String)>,
+    Query(w): Query<Where>,
+) -> Result<Json<UserOut>, ApiError> {
+    change_role(&state, &caller, &id, &role, &w, true).await
+}
+
+pub async fn revoke_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, role)): Path<(String, String)>,
+    Query(w): Query<Where>,
+) -> Result<Json<UserOut>, ApiError> {
+    change_role(&state, &caller, &id, &role, &w, false).await
+}
+
+pub async fn invitations(State(state): State<AppState>, caller: Caller, Query(w): Query<Where>) -> Result<Json<Users>, ApiError> {
+    let dir = directory(&caller, &w)?;
+    let users = state.core.users(&caller.0.principal, dir).await?;
+    let items = users
+        .into_iter()
+        .filter(|v| v.user.status == UserStatus::Invited)
+        .map(UserOut::from)
+        .collect();
+    Ok(Json(Users { items, next_cursor: None }))
+}
+
+pub async fn resend_invitation(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<Json<UserOut>, ApiError> {
+    let dir = directory(&caller, &w)?;
+    let id = user_id(&id)?;
+    state.core.resend_invitation(&caller.0.principal, dir, id).await?;
+    Ok(Json(state.core.user_view(&caller.0.principal, dir, id).await?.into()))
+}
+
+pub async fn revoke_invitation(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<StatusCode, ApiError> {
+    let dir = directory(&caller, &w)?;
+    state.core.revoke_invitation(&caller.0.principal, dir, user_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
