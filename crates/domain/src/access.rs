@@ -67,12 +67,8 @@ impl Principal {
     pub fn may_grant(&self, role: &Role) -> bool {
         let holds_all = role.capabilities.iter().all(|c| self.can(c));
         match self.tenant_id {
-            Some(_) => {
-                role.scope == Scope::Tenant && self.can(&Capability::TenantUsersManage) && holds_all
-            }
-            None => {
-                self.can(&Capability::UsersManage) && (role.scope == Scope::Tenant || holds_all)
-            }
+            Some(_) => role.scope == Scope::Tenant && self.can(&Capability::TenantUsersManage) && holds_all,
+            None => self.can(&Capability::UsersManage) && (role.scope == Scope::Tenant || holds_all),
         }
     }
 

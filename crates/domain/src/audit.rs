@@ -127,20 +127,18 @@ impl NewEvent {
         mut details: Value,
     ) -> Self {
         if let Value::Object(map) = &mut details {
-            map.entry("actor")
-                .or_insert_with(|| match actor.impersonation {
-                    None => serde_json::json!({ "user_id": actor.user_id, "email": actor.email }),
-                    Some((id, tenant)) => serde_json::json!({
-                        "user_id": actor.user_id, "email": actor.email,
-                        "impersonation_id": id, "impersonated_tenant_id": tenant,
-                    }),
-                });
+            map.entry("actor").or_insert_with(|| match actor.impersonation {
+                None => serde_json::json!({ "user_id": actor.user_id, "email": actor.email }),
+                Some((id, tenant)) => serde_json::json!({
+                    "user_id": actor.user_id, "email": actor.email,
+                    "impersonation_id": id, "impersonated_tenant_id": tenant,
+                }),
+            });
             if let Some(token) = actor.token_id {
                 map.entry("token_id").or_insert_with(|| serde_json::json!(token));
             }
             if let Some((id, _)) = actor.impersonation {
-                map.entry("impersonation_id")
-                    .or_insert_with(|| serde_json::json!(id));
+                map.entry("impersonation_id").or_insert_with(|| serde_json::json!(id));
             }
         }
         let micros = ts.nanosecond() / 1_000 * 1_000;
@@ -176,10 +174,7 @@ pub struct AuditEvent {
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The hash that links an event to `prev_hash` (hex in, hex out).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "every hashed field is an argument, in order"
-)]
+#[expect(clippy::too_many_arguments, reason = "every hashed field is an argument, in order")]
 pub fn chain_hash(
     prev_hash: &str,
     seq: i64,
@@ -201,19 +196,9 @@ pub fn chain_hash(
     field(id.0.as_bytes());
     field(&(ts.unix_timestamp_nanos() / 1_000).to_be_bytes());
     field(event_type.as_bytes());
-    field(
-        actor_id
-            .map(|u| u.to_string())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    field(actor_id.map(|u| u.to_string()).unwrap_or_default().as_bytes());
     field(actor_email.unwrap_or_default().as_bytes());
-    field(
-        tenant_id
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    field(tenant_id.map(|t| t.to_string()).unwrap_or_default().as_bytes());
     // serde_json's Map is a BTreeMap here, so keys serialise sorted: the same bytes whether
     // the details came from the caller or back from either database.
     field(details.to_string().as_bytes());
@@ -271,9 +256,7 @@ impl ChainVerifier {
             reason,
         };
         if e.seq != self.prev_seq + 1 {
-            return Err(fail(
-                "a gap in the sequence: an event before this one is missing",
-            ));
+            return Err(fail("a gap in the sequence: an event before this one is missing"));
         }
         if e.prev_hash != self.prev_hash {
             return Err(fail("its link does not match the previous event's hash"));

@@ -11,10 +11,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the one place that reads the real clock"
-    )]
+    #[expect(clippy::disallowed_methods, reason = "the one place that reads the real clock")]
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }

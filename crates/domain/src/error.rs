@@ -131,8 +131,7 @@ impl Problems {
                 None
             }
             Err(other) => {
-                self.0
-                    .push(FieldError::new("_", "invalid", other.to_string()));
+                self.0.push(FieldError::new("_", "invalid", other.to_string()));
                 None
             }
         }

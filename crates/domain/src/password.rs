@@ -69,8 +69,7 @@ pub struct PasswordHasher {
 }
 
 fn argon2() -> Result<Argon2<'static>> {
-    let params =
-        Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN)).map_err(Error::internal)?;
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN)).map_err(Error::internal)?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -100,8 +99,7 @@ impl PasswordHasher {
         let mut salt = [0u8; SALT_LEN];
         rng.fill(&mut salt);
         let pw = password.expose().to_owned();
-        self.with_buffer(move |buf| hash_with(&pw, &salt, buf))
-            .await
+        self.with_buffer(move |buf| hash_with(&pw, &salt, buf)).await
     }
 
     /// Check `password` against a stored PHC string; with `None` (unknown user) the dummy
@@ -118,12 +116,7 @@ impl PasswordHasher {
                 let (salt, expected) = parse_phc(&phc)?;
                 let mut out = [0u8; OUTPUT_LEN];
                 argon2()?
-                    .hash_password_into_with_memory(
-                        pw.as_bytes(),
-                        &salt,
-                        &mut out,
-                        buf.as_mut_slice(),
-                    )
+                    .hash_password_into_with_memory(pw.as_bytes(), &salt, &mut out, buf.as_mut_slice())
                     .map_err(Error::internal)?;
                 Ok(bool::from(out.ct_eq(expected.as_slice())))
             })
@@ -228,10 +221,7 @@ mod flood {
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!(
-            busy > 0,
-            "with one slot and a 50 ms wait, most of 32 hashes are shed"
-        );
+        assert!(busy > 0, "with one slot and a 50 ms wait, most of 32 hashes are shed");
         assert!(
             h.buffers.lock().unwrap().len() <= 1,
             "no buffer beyond the one slot was allocated"

@@ -83,11 +83,7 @@ impl Capability {
     pub fn as_str(&self) -> &str {
         match self {
             Self::Custom(s) => s,
-            known => NAMED
-                .iter()
-                .find(|(_, c)| c == known)
-                .map(|(n, _)| *n)
-                .unwrap_or(""),
+            known => NAMED.iter().find(|(_, c)| c == known).map(|(n, _)| *n).unwrap_or(""),
         }
     }
 
@@ -139,10 +135,7 @@ impl Role {
     }
 
     pub fn capability_names(&self) -> Vec<String> {
-        self.capabilities
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect()
+        self.capabilities.iter().map(|c| c.as_str().to_owned()).collect()
     }
 }
 
@@ -193,13 +186,7 @@ fn platform_roles() -> Vec<Role> {
             "policy-admin",
             Scope::Platform,
             "Platform policy and configuration; no tenant lifecycle, no impersonation.",
-            &[
-                TenantsRead,
-                UsersRead,
-                AuditRead,
-                SettingsRead,
-                PlatformConfig,
-            ],
+            &[TenantsRead, UsersRead, AuditRead, SettingsRead, PlatformConfig],
         ),
         Role::new(
             "billing-admin",
@@ -220,13 +207,7 @@ impl Default for Catalog {
                 "admin",
                 Scope::Tenant,
                 "Manage the tenant's users, roles, API keys and configuration.",
-                &[
-                    TenantRead,
-                    TenantUsersManage,
-                    TenantConfig,
-                    TenantApiKeys,
-                    TenantAudit,
-                ],
+                &[TenantRead, TenantUsersManage, TenantConfig, TenantApiKeys, TenantAudit],
             ),
             Role::new(
                 "developer",
@@ -252,10 +233,7 @@ impl Catalog {
         for r in file.roles {
             if r.name.trim().is_empty()
                 || r.name.len() > 64
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
             {
                 return Err(bad(format!(
                     "role name {:?} must be 1–64 letters, digits, '_' or '-'",
@@ -268,11 +246,7 @@ impl Catalog {
                     r.name
                 )));
             }
-            let caps: Vec<Capability> = r
-                .capabilities
-                .iter()
-                .map(|c| Capability::parse(c))
-                .collect();
+            let caps: Vec<Capability> = r.capabilities.iter().map(|c| Capability::parse(c)).collect();
             if let Some(c) = caps.iter().find(|c| !c.is_tenant()) {
                 return Err(bad(format!(
                     "role {:?}: {:?} is a platform capability; tenant roles hold tenant capabilities",
@@ -346,11 +320,7 @@ impl Catalog {
         names.sort();
         names.dedup();
         if names.is_empty() {
-            return Err(Error::field(
-                "roles",
-                "required",
-                "Choose at least one role.",
-            ));
+            return Err(Error::field("roles", "required", "Choose at least one role."));
         }
         let mut scope = None;
         for n in &names {
@@ -394,14 +364,10 @@ mod tests {
     #[test]
     fn mixing_platform_and_tenant_roles_is_refused() {
         let c = Catalog::default();
-        let err = c
-            .parse_roles(&["owner".into(), "admin".into()])
-            .unwrap_err();
+        let err = c.parse_roles(&["owner".into(), "admin".into()]).unwrap_err();
         assert_eq!(err.fields()[0].code, "mixed_scopes");
         assert_eq!(
-            c.parse_roles(&["developer".into(), "viewer".into()])
-                .unwrap()
-                .0,
+            c.parse_roles(&["developer".into(), "viewer".into()]).unwrap().0,
             Scope::Tenant
         );
         assert_eq!(

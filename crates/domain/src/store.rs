@@ -8,14 +8,12 @@ use crate::email::EmailAddress;
 use crate::error::Result;
 use crate::ids::{EventId, TenantId, UserId};
 use crate::impersonation::Impersonation;
-use crate::pat::PersonalAccessToken;
 use crate::mail::Email;
+use crate::pat::PersonalAccessToken;
 use crate::session::Session;
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
 use crate::token::TokenHash;
-use crate::user::{
-    Credential, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus,
-};
+use crate::user::{Credential, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -65,11 +63,7 @@ pub trait UserStore: Send + Sync {
     async fn user(&self, dir: Directory, id: UserId) -> Result<Option<User>>;
     async fn list_users(&self, dir: Directory) -> Result<Vec<User>>;
     /// The user's invitation and the delivery state of its latest email.
-    async fn invitation_state(
-        &self,
-        dir: Directory,
-        user: UserId,
-    ) -> Result<Option<InvitationState>>;
+    async fn invitation_state(&self, dir: Directory, user: UserId) -> Result<Option<InvitationState>>;
     /// Replace the password (a reset also ends the user's sessions, in the same step).
     async fn set_password(
         &self,
@@ -82,21 +76,9 @@ pub trait UserStore: Send + Sync {
     /// Spend a one-time password (after a successful sign-in with it).
     async fn mark_otp_used(&self, dir: Directory, id: UserId, at: OffsetDateTime) -> Result<()>;
     /// Replace the user's roles; one event per role added or removed.
-    async fn set_roles(
-        &self,
-        dir: Directory,
-        id: UserId,
-        roles: &[String],
-        events: Vec<NewEvent>,
-    ) -> Result<()>;
+    async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>) -> Result<()>;
     /// Change the status; leaving ACTIVE ends the user's sessions in the same step.
-    async fn set_user_status(
-        &self,
-        dir: Directory,
-        id: UserId,
-        status: UserStatus,
-        event: NewEvent,
-    ) -> Result<()>;
+    async fn set_user_status(&self, dir: Directory, id: UserId, status: UserStatus, event: NewEvent) -> Result<()>;
     /// Delete the user, their roles, invitation and sessions.
     async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()>;
     /// Replace the invitation (a new token: the old one dies; pending emails are cancelled),
@@ -110,12 +92,7 @@ pub trait UserStore: Send + Sync {
         event: NewEvent,
     ) -> Result<()>;
     /// The INVITED user a live invitation token belongs to.
-    async fn invited_user(
-        &self,
-        dir: Directory,
-        token: &TokenHash,
-        now: OffsetDateTime,
-    ) -> Result<Option<User>>;
+    async fn invited_user(&self, dir: Directory, token: &TokenHash, now: OffsetDateTime) -> Result<Option<User>>;
     /// Spend the token and activate its user with this password, atomically: of any number of
     /// concurrent calls with one token, exactly one gets `Some`.
     async fn accept_invitation(
@@ -154,11 +131,7 @@ pub trait ImpersonationStore: Send + Sync {
         event: NewEvent,
     ) -> Result<()>;
     /// Spend a handoff token: the live impersonation it opens, once.
-    async fn take_handoff(
-        &self,
-        handoff: &TokenHash,
-        now: OffsetDateTime,
-    ) -> Result<Option<Impersonation>>;
+    async fn take_handoff(&self, handoff: &TokenHash, now: OffsetDateTime) -> Result<Option<Impersonation>>;
     async fn impersonation(&self, id: uuid::Uuid) -> Result<Option<Impersonation>>;
     /// End it (once: `false` if it had ended already) and delete its sessions, with the event.
     async fn end_impersonation(
@@ -185,12 +158,7 @@ pub trait OutboxStore: Send + Sync {
     /// Delivered: mark it and blank the bodies (the link must not outlive its delivery).
     async fn mark_sent(&self, id: uuid::Uuid, at: OffsetDateTime) -> Result<()>;
     /// Failed: retry at `retry_at`, or with `None` give up (status `failed`).
-    async fn mark_attempt_failed(
-        &self,
-        id: uuid::Uuid,
-        retry_at: Option<OffsetDateTime>,
-        error: &str,
-    ) -> Result<()>;
+    async fn mark_attempt_failed(&self, id: uuid::Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<()>;
 }
 
 #[async_trait]
@@ -204,11 +172,7 @@ pub trait SessionStore: Send + Sync {
     /// Delete every session on a tenant's host (the tenant was suspended or deleted).
     async fn delete_tenant_sessions(&self, tenant: TenantId) -> Result<u64>;
     /// Delete the sessions that ended before `before` (housekeeping).
-    async fn delete_expired_sessions(
-        &self,
-        idle_before: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<u64>;
+    async fn delete_expired_sessions(&self, idle_before: OffsetDateTime, now: OffsetDateTime) -> Result<u64>;
 }
 
 #[async_trait]

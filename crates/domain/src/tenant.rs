@@ -70,10 +70,7 @@ impl TenantSlug {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            return err(
-                "invalid_slug",
-                "Use lowercase letters a–z, digits and hyphens only.",
-            );
+            return err("invalid_slug", "Use lowercase letters a–z, digits and hyphens only.");
         }
         if s.starts_with('-') || s.ends_with('-') {
             return err("invalid_slug", "A slug cannot start or end with a hyphen.");
@@ -143,11 +140,7 @@ impl TenantName {
             return Err(Error::field("name", "required", "Enter a name."));
         }
         if s.chars().count() > Self::MAX_LEN {
-            return Err(Error::field(
-                "name",
-                "too_long",
-                "A name is at most 100 characters.",
-            ));
+            return Err(Error::field("name", "too_long", "A name is at most 100 characters."));
         }
         if s.chars().any(char::is_control) {
             return Err(Error::field(
@@ -203,13 +196,7 @@ impl TenantStatus {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                Error::field(
-                    "status",
-                    "invalid_status",
-                    "Choose active, read_only or suspended.",
-                )
-            })
+            .ok_or_else(|| Error::field("status", "invalid_status", "Choose active, read_only or suspended."))
     }
     /// Whether writes inside the tenant are allowed; otherwise the error that says why.
     pub fn check_writable(self) -> Result<()> {
@@ -250,9 +237,7 @@ impl PriorityTier {
         Self::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                Error::field("tier", "invalid_tier", "Choose standard, high or critical.")
-            })
+            .ok_or_else(|| Error::field("tier", "invalid_tier", "Choose standard, high or critical."))
     }
 }
 
@@ -301,21 +286,10 @@ pub fn parse_metadata(rows: &[(String, String)]) -> Result<Metadata> {
         }
         let field = format!("metadata[{i}]");
         if k.is_empty() {
-            problems.push(FieldError::new(
-                &field,
-                "required",
-                "Enter a key for this value.",
-            ));
+            problems.push(FieldError::new(&field, "required", "Enter a key for this value."));
         } else if k.len() > METADATA_KEY_MAX {
-            problems.push(FieldError::new(
-                &field,
-                "too_long",
-                "A key is at most 64 characters.",
-            ));
-        } else if !k
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
-        {
+            problems.push(FieldError::new(&field, "too_long", "A key is at most 64 characters."));
+        } else if !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c)) {
             problems.push(FieldError::new(
                 &field,
                 "invalid_key",
@@ -328,19 +302,11 @@ pub fn parse_metadata(rows: &[(String, String)]) -> Result<Metadata> {
                 "A value is at most 512 characters, without control characters.",
             ));
         } else if map.insert(k.to_owned(), v.to_owned()).is_some() {
-            problems.push(FieldError::new(
-                &field,
-                "duplicate_key",
-                "This key appears twice.",
-            ));
+            problems.push(FieldError::new(&field, "duplicate_key", "This key appears twice."));
         }
     }
     if map.len() > METADATA_MAX_ENTRIES {
-        problems.push(FieldError::new(
-            "metadata",
-            "too_many",
-            "At most 50 metadata entries.",
-        ));
+        problems.push(FieldError::new("metadata", "too_many", "At most 50 metadata entries."));
     }
     problems.finish()?;
     Ok(map)
@@ -414,8 +380,7 @@ mod tests {
         assert!(TenantSlug::parse("acme-corp").is_ok());
         assert!(TenantSlug::parse("a1").is_ok());
         for bad in [
-            "", "Acme", "-acme", "acme-", "ac_me", "../x", "a\0b", "www", "admin", "xn--abc",
-            "acmé",
+            "", "Acme", "-acme", "acme-", "ac_me", "../x", "a\0b", "www", "admin", "xn--abc", "acmé",
         ] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -435,10 +400,7 @@ mod tests {
 
     #[test]
     fn metadata_rows_are_bounded_and_blank_rows_ignored() {
-        let rows = vec![
-            ("plan".into(), "gold".into()),
-            (String::new(), String::new()),
-        ];
+        let rows = vec![("plan".into(), "gold".into()), (String::new(), String::new())];
         assert_eq!(parse_metadata(&rows).unwrap().len(), 1);
         let dup = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
         assert!(parse_metadata(&dup).is_err());

@@ -88,10 +88,7 @@ impl Throttle {
     }
 
     pub fn record_success(&self, key: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 

@@ -92,10 +92,7 @@ impl ResendMailer {
         let endpoint = reqwest::Url::parse(&format!("{base}/emails"))
             .map_err(|e| format!("resend: api_url {:?} is not a URL: {e}", settings.api_url))?;
         if !matches!(endpoint.scheme(), "https" | "http") {
-            return Err(format!(
-                "resend: api_url {:?} must be http(s)",
-                settings.api_url
-            ));
+            return Err(format!("resend: api_url {:?} must be http(s)", settings.api_url));
         }
         let client = reqwest::Client::builder()
             .connect_timeout(TIMEOUT)
@@ -169,9 +166,7 @@ impl Mailer for ResendMailer {
 
 /// Worth retrying: rate limited, timed out on their side, or their fault.
 fn is_temporary(status: StatusCode) -> bool {
-    !status.is_client_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
+    !status.is_client_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// Resend's `{"name": ..., "message": ...}`, else the start of the body.

@@ -99,12 +99,10 @@ impl SmtpMailer {
         if settings.port == 0 {
             return Err("smtp: port must be between 1 and 65535".to_owned());
         }
-        let from: Mailbox = settings.from.parse().map_err(|e| {
-            format!(
-                "smtp: from {:?} is not an email address: {e}",
-                settings.from
-            )
-        })?;
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .map_err(|e| format!("smtp: from {:?} is not an email address: {e}", settings.from))?;
         let username = settings.username.as_deref().filter(|u| !u.is_empty());
         let password = settings.password.as_deref().filter(|p| !p.is_empty());
         let credentials = match (username, password) {
@@ -135,12 +133,10 @@ impl SmtpMailer {
     }
 
     fn message(&self, email: &Email) -> Result<Message, SendError> {
-        let to: Mailbox = email.to.parse().map_err(|e| {
-            SendError::Permanent(format!(
-                "recipient {:?} is not an email address: {e}",
-                email.to
-            ))
-        })?;
+        let to: Mailbox = email
+            .to
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("recipient {:?} is not an email address: {e}", email.to)))?;
         Message::builder()
             .from(self.from.clone())
             .to(to)

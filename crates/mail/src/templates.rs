@@ -29,23 +29,13 @@ struct InvitationHtml<'a> {
 /// `inviter` is who sent it as it should be shown (a name, or `Name (address)`); `expires` is
 /// when the link stops working, written to follow "expires on", for example
 /// `3 July 2026 at 14:00 UTC`.
-pub fn invitation_email(
-    to: &str,
-    inviter: &str,
-    organisation: &str,
-    link: &str,
-    expires: &str,
-) -> Email {
+pub fn invitation_email(to: &str, inviter: &str, organisation: &str, link: &str, expires: &str) -> Email {
     let inviter = one_line(inviter);
     let organisation = one_line(organisation);
     let link = one_line(link);
     let expires = one_line(expires);
-    let (inviter, organisation, link, expires) = (
-        inviter.as_str(),
-        organisation.as_str(),
-        link.as_str(),
-        expires.as_str(),
-    );
+    let (inviter, organisation, link, expires) =
+        (inviter.as_str(), organisation.as_str(), link.as_str(), expires.as_str());
     let text = InvitationText {
         inviter,
         organisation,

@@ -41,9 +41,7 @@ impl Default for Deps {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Open the store (running the control database's migrations) and build the core.
@@ -60,8 +58,8 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))
     .context("opening the database")?;
-    let hasher = PasswordHasher::new(cores(), Duration::from_secs(10), &*deps.rng)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hasher =
+        PasswordHasher::new(cores(), Duration::from_secs(10), &*deps.rng).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = CoreConfig {
         sessions: SessionPolicy {
             idle: time::Duration::minutes(i64::from(settings.session_idle_minutes)),
@@ -78,68 +76,44 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         links: Links {
             scheme: settings.base_url.scheme().to_owned(),
             host: match settings.base_url.port() {
-                Some(p) => format!(
-                    "{}:{p}",
-                    settings.base_url.host_str().unwrap_or("localhost")
-                ),
-                None => settings
-                    .base_url
-                    .host_str()
-                    .unwrap_or("localhost")
-                    .to_owned(),
+                Some(p) => format!("{}:{p}", settings.base_url.host_str().unwrap_or("localhost")),
+                None => settings.base_url.host_str().unwrap_or("localhost").to_owned(),
             },
         },
         render_invitation: quarterdeck_mail::invitation_email,
     };
-    Ok(Arc::new(Core::new(
-        store, deps.clock, deps.rng, hasher, config,
-    )))
+    Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
 }
 
 impl App {
     /// Bind, migrate, create the bootstrap owner or log the setup link.
     pub async fn build(settings: Settings, deps: Deps) -> Result<Self> {
-        let listener = TcpListener::bind(settings.listen).await.with_context(|| {
-            format!("cannot listen on {} (QUARTERDECK_LISTEN)", settings.listen)
-        })?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (QUARTERDECK_LISTEN)", settings.listen))?;
         Self::with_listener(settings, listener, deps).await
     }
 
     /// Like [`App::build`] on a listener already bound (tests bind port 0 first, so that the
     /// base URL can name the port).
-    pub async fn with_listener(
-        settings: Settings,
-        listener: TcpListener,
-        deps: Deps,
-    ) -> Result<Self> {
-        let mailer = quarterdeck_mail::build(&settings.mail_settings()?)
-            .map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
+    pub async fn with_listener(settings: Settings, listener: TcpListener, deps: Deps) -> Result<Self> {
+        let mailer =
+            quarterdeck_mail::build(&settings.mail_settings()?).map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
         let core = core(&settings, deps).await?;
 
-        if let (Some(email), Some(password)) = (
-            &settings.bootstrap_owner_email,
-            &settings.bootstrap_owner_password,
-        ) {
-            let created = core.bootstrap_owner(email, password).await.map_err(|e| {
-                anyhow::anyhow!("QUARTERDECK_BOOTSTRAP_OWNER_*: {e} {:?}", e.fields())
-            })?;
+        if let (Some(email), Some(password)) = (&settings.bootstrap_owner_email, &settings.bootstrap_owner_password) {
+            let created = core
+                .bootstrap_owner(email, password)
+                .await
+                .map_err(|e| anyhow::anyhow!("QUARTERDECK_BOOTSTRAP_OWNER_*: {e} {:?}", e.fields()))?;
             if created {
                 tracing::info!(email = %email, "created the first owner from QUARTERDECK_BOOTSTRAP_OWNER_EMAIL");
             }
         }
-        if let Some(token) = core
-            .setup_token_if_needed()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-        {
-            let mut link = settings
-                .base_url
-                .join("/setup")
-                .context("building the setup link")?;
+        if let Some(token) = core.setup_token_if_needed().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            let mut link = settings.base_url.join("/setup").context("building the setup link")?;
             link.query_pairs_mut().append_pair("token", token.expose());
-            tracing::warn!(
-                "No owner exists yet. Open this one-time link within 24 hours to create one: {link}"
-            );
+            tracing::warn!("No owner exists yet. Open this one-time link within 24 hours to create one: {link}");
         }
 
         let web = WebConfig {
@@ -179,8 +153,7 @@ impl App {
         ));
         let result = axum::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await;
@@ -237,12 +210,7 @@ async fn deliver_outbox(core: Arc<Core>, mailer: Arc<dyn Mailer>, every: Duratio
 /// Migrate every tenant database; one result per tenant.
 pub async fn migrate_tenants(
     core: &Core,
-) -> quarterdeck_domain::Result<
-    Vec<(
-        quarterdeck_domain::TenantId,
-        quarterdeck_domain::Result<usize>,
-    )>,
-> {
+) -> quarterdeck_domain::Result<Vec<(quarterdeck_domain::TenantId, quarterdeck_domain::Result<usize>)>> {
     let ids = core.store.tenant_ids().await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {

@@ -31,6 +31,32 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Personal access tokens for the Automation API.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token for an active platform user and print it once (audited as PAT_CREATED).
+    Create {
+        /// The owner: an active platform user's email.
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// `read` or `read_write`.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// Days until it expires (1–365).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Restrict it to one tenant (its id).
+        #[arg(long, default_value = "")]
+        tenant_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,9 +87,7 @@ async fn main() -> Result<()> {
         Command::Migrate => {
             let core = app::core(&settings, Deps::default()).await?;
             println!("control database: migrated ({})", core.store.backend());
-            let report = app::migrate_tenants(&core)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut failed = 0;
             for (id, r) in &report {
                 match r {
@@ -80,24 +104,49 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Tokens {
+            command:
+                TokensCommand::Create {
+                    email,
+                    name,
+                    scope,
+                    days,
+                    tenant_id,
+                },
+        } => {
+            let core = app::core(&settings, Deps::default()).await?;
+            let req = quarterdeck_domain::core::NewTokenRequest {
+                name,
+                scope,
+                expires_in_days: days.to_string(),
+                tenant_id,
+            };
+            match core.create_token_from_cli(&email, req).await {
+                Ok((_, secret)) => {
+                    println!("{}", secret.expose());
+                    Ok(())
+                }
+                Err(e) => {
+                    let fields: Vec<String> = e
+                        .fields()
+                        .iter()
+                        .map(|f| format!("{}: {}", f.field, f.message))
+                        .collect();
+                    bail!("{e} {}", fields.join("; "))
+                }
+            }
+        }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
             let core = app::core(&settings, Deps::default()).await?;
-            match core
-                .verify_audit_chain()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
+            match core.verify_audit_chain().await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 Ok(n) => {
                     println!("audit chain intact: {n} event(s) verified");
                     Ok(())
                 }
                 Err(b) => {
-                    println!(
-                        "audit chain BROKEN at event #{} ({}): {}",
-                        b.seq, b.id, b.reason
-                    );
+                    println!("audit chain BROKEN at event #{} ({}): {}", b.seq, b.id, b.reason);
                     std::process::exit(1);
                 }
             }
@@ -111,8 +160,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };

@@ -190,25 +190,15 @@ impl Settings {
             None => {}
         }
         let known: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
-        fig = fig.merge(
-            Env::prefixed("QUARTERDECK_").filter(move |k| known.iter().any(|n| k == n.as_str())),
-        );
+        fig = fig.merge(Env::prefixed("QUARTERDECK_").filter(move |k| known.iter().any(|n| k == n.as_str())));
         let mut s: Settings = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
-        s.database_url = secret_from(
-            s.database_url.take(),
-            s.database_url_file.as_deref(),
-            "database_url",
-        )?;
+        s.database_url = secret_from(s.database_url.take(), s.database_url_file.as_deref(), "database_url")?;
         s.bootstrap_owner_password = secret_from(
             s.bootstrap_owner_password.take(),
             s.bootstrap_owner_password_file.as_deref(),
             "bootstrap_owner_password",
         )?;
-        s.smtp_password = secret_from(
-            s.smtp_password.take(),
-            s.smtp_password_file.as_deref(),
-            "smtp_password",
-        )?;
+        s.smtp_password = secret_from(s.smtp_password.take(), s.smtp_password_file.as_deref(), "smtp_password")?;
         s.resend_api_key = secret_from(
             s.resend_api_key.take(),
             s.resend_api_key_file.as_deref(),
@@ -219,8 +209,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
-        if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none()
-        {
+        if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none() {
             bail!("base_url (QUARTERDECK_BASE_URL) must be an http:// or https:// URL with a host");
         }
         if self.base_url.path() != "/" || self.base_url.query().is_some() {
@@ -242,14 +231,10 @@ impl Settings {
         }
         self.trusted_proxy_ips()?;
         if self.one_time_password_hours == 0 || self.one_time_password_hours > 24 * 7 {
-            bail!(
-                "one_time_password_hours (QUARTERDECK_ONE_TIME_PASSWORD_HOURS) must be between 1 and 168"
-            );
+            bail!("one_time_password_hours (QUARTERDECK_ONE_TIME_PASSWORD_HOURS) must be between 1 and 168");
         }
         if self.impersonation_minutes == 0 || self.impersonation_minutes > 24 * 60 {
-            bail!(
-                "impersonation_minutes (QUARTERDECK_IMPERSONATION_MINUTES) must be between 1 and 1440"
-            );
+            bail!("impersonation_minutes (QUARTERDECK_IMPERSONATION_MINUTES) must be between 1 and 1440");
         }
         if self.invitation_ttl_days == 0 || self.invitation_ttl_days > 30 {
             bail!("invitation_ttl_days (QUARTERDECK_INVITATION_TTL_DAYS) must be between 1 and 30");
@@ -269,7 +254,9 @@ impl Settings {
     pub fn mail_settings(&self) -> Result<quarterdeck_mail::MailSettings> {
         use quarterdeck_mail::{MailSettings, ResendSettings, SmtpSettings, SmtpTls};
         Ok(match self.email_transport.as_str() {
-            "log" => MailSettings::Log { from: self.email_from.clone() },
+            "log" => MailSettings::Log {
+                from: self.email_from.clone(),
+            },
             "smtp" => MailSettings::Smtp(SmtpSettings {
                 host: self
                     .smtp_host
@@ -303,16 +290,10 @@ impl Settings {
         match &self.roles_file {
             None => Ok(quarterdeck_domain::role::Catalog::default()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!(
-                        "roles_file (QUARTERDECK_ROLES_FILE): cannot read {}",
-                        path.display()
-                    )
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("roles_file (QUARTERDECK_ROLES_FILE): cannot read {}", path.display()))?;
                 let file: quarterdeck_domain::role::RolesFile = toml::from_str(&text)
-                    .with_context(|| {
-                        format!("roles_file {}: not a valid roles file", path.display())
-                    })?;
+                    .with_context(|| format!("roles_file {}: not a valid roles file", path.display()))?;
                 quarterdeck_domain::role::Catalog::from_file(file)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
             }
@@ -336,9 +317,7 @@ impl Settings {
             .filter_map(|k| k.strip_prefix("QUARTERDECK_").map(str::to_owned))
             .filter(|k| {
                 let lower = k.to_ascii_lowercase();
-                !KEYS.iter().any(|(n, _)| *n == lower)
-                    && !OTHER_VARS.contains(&k.as_str())
-                    && !k.starts_with("TEST_")
+                !KEYS.iter().any(|(n, _)| *n == lower) && !OTHER_VARS.contains(&k.as_str()) && !k.starts_with("TEST_")
             })
             .map(|k| format!("QUARTERDECK_{k}"))
             .collect()
@@ -354,18 +333,10 @@ impl Settings {
                     serde_json::Value::Null => "—".to_owned(),
                     _ if *secret => "•••••• (set)".to_owned(),
                     serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Array(a) => a
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
                     other => other.to_string(),
                 };
-                (
-                    k.to_string(),
-                    format!("QUARTERDECK_{}", k.to_ascii_uppercase()),
-                    shown,
-                )
+                (k.to_string(), format!("QUARTERDECK_{}", k.to_ascii_uppercase()), shown)
             })
             .collect()
     }
@@ -376,8 +347,8 @@ fn secret_from(value: Option<String>, file: Option<&Path>, key: &str) -> Result<
         (Some(_), Some(_)) => bail!("set {key} or {key}_file, not both"),
         (v, None) => Ok(v),
         (None, Some(path)) => {
-            let s = std::fs::read_to_string(path)
-                .with_context(|| format!("{key}_file: cannot read {}", path.display()))?;
+            let s =
+                std::fs::read_to_string(path).with_context(|| format!("{key}_file: cannot read {}", path.display()))?;
             Ok(Some(s.trim_end_matches(['\r', '\n']).to_owned()))
         }
     }
@@ -390,18 +361,13 @@ fn describe(e: figment::Error) -> String {
         let key = err.path.join(".");
         let msg = match &err.kind {
             figment::error::Kind::UnknownField(field, _) => {
-                format!(
-                    "unknown setting `{field}` in the settings file (see the README for the list)"
-                )
+                format!("unknown setting `{field}` in the settings file (see the README for the list)")
             }
             other => {
                 if key.is_empty() {
                     other.to_string()
                 } else {
-                    format!(
-                        "setting `{key}` (QUARTERDECK_{}): {other}",
-                        key.to_ascii_uppercase()
-                    )
+                    format!("setting `{key}` (QUARTERDECK_{}): {other}", key.to_ascii_uppercase())
                 }
             }
         };
@@ -419,11 +385,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qd-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("q.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("base_ulr"), "{err}");
     }

@@ -40,9 +40,7 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
             "QUARTERDECK_DATABASE_URL must start with postgres:// (got a URL with scheme {:?})",
             other.split(':').next().unwrap_or_default()
         ))),
-        None => Ok(Arc::new(
-            SqliteStore::open(&opts.data_dir, opts.tenant_pools).await?,
-        )),
+        None => Ok(Arc::new(SqliteStore::open(&opts.data_dir, opts.tenant_pools).await?)),
     }
 }
 
@@ -55,18 +53,10 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
         {
             let text = format!("{} {}", db.message(), db.constraint().unwrap_or_default());
             if text.contains("slug") {
-                return Error::field(
-                    "slug",
-                    "slug_taken",
-                    "This slug is already in use; choose another.",
-                );
+                return Error::field("slug", "slug_taken", "This slug is already in use; choose another.");
             }
             if text.contains("email") {
-                return Error::field(
-                    "email",
-                    "email_taken",
-                    "A user with this email already exists.",
-                );
+                return Error::field("email", "email_taken", "A user with this email already exists.");
             }
         }
     }

@@ -67,11 +67,7 @@ impl<DB: Database> PoolCache<DB> {
             keep
         });
         while pools.len() >= self.limits.max_open.max(1) {
-            let Some(oldest) = pools
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| *k)
-            else {
+            let Some(oldest) = pools.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) else {
                 break;
             };
             if let Some((p, _)) = pools.remove(&oldest) {

@@ -12,8 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
-static CONTROL_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("./migrations/postgres/control");
+static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/control");
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/tenant");
 
 type Ts = time::OffsetDateTime;
@@ -89,9 +88,7 @@ impl PgStore {
         {
             Ok(name)
         } else {
-            Err(Error::Internal(format!(
-                "refusing unsafe database name {name:?}"
-            )))
+            Err(Error::Internal(format!("refusing unsafe database name {name:?}")))
         }
     }
 
@@ -104,10 +101,7 @@ impl PgStore {
     }
 
     async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<PgPool> {
-        let opts = with_schema(
-            self.base.clone().database(Self::check_name(db_name)?),
-            "security",
-        );
+        let opts = with_schema(self.base.clone().database(Self::check_name(db_name)?), "security");
         let max = self.tenants.limits().connections_per_tenant;
         self.tenants
             .get(id, || async move {
@@ -143,13 +137,11 @@ impl PgStore {
             setup.close().await;
             let pool = self.tenant_pool(id, &name).await?;
             TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
-            sqlx::query(
-                "INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, now())",
-            )
-            .bind(id.0)
-            .execute(&pool)
-            .await
-            .map_err(db_err)?;
+            sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, now())")
+                .bind(id.0)
+                .execute(&pool)
+                .await
+                .map_err(db_err)?;
             Ok::<_, Error>(())
         }
         .await;

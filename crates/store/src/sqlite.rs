@@ -6,9 +6,7 @@
 use crate::pools::{PoolCache, PoolLimits};
 use crate::{db_err, mig_err};
 use sqlx::Sqlite;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,9 +64,7 @@ impl SqliteStore {
     }
 
     fn tenant_path(&self, id: TenantId) -> PathBuf {
-        self.data_dir
-            .join("tenants")
-            .join(format!("{}.db", id.0.simple()))
+        self.data_dir.join("tenants").join(format!("{}.db", id.0.simple()))
     }
 
     /// The pool of a user directory: the control database, or a tenant's file (which must
@@ -116,10 +112,7 @@ impl SqliteStore {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(Error::Internal(format!(
-                        "cannot remove {}: {e}",
-                        path.display()
-                    )));
+                    return Err(Error::Internal(format!("cannot remove {}: {e}", path.display())));
                 }
             }
         }

@@ -70,8 +70,7 @@ impl IntoResponse for HtmlError {
             ),
             Error::Internal(_) => (
                 "Something went wrong".to_owned(),
-                "The server could not finish this request. Nothing was changed by it; try again."
-                    .to_owned(),
+                "The server could not finish this request. Nothing was changed by it; try again.".to_owned(),
             ),
             Error::Forbidden => ("Not allowed".to_owned(), self.0.to_string()),
             Error::CsrfRejected => ("Request refused".to_owned(), self.0.to_string()),
@@ -111,8 +110,7 @@ impl IntoResponse for ApiError {
             Some(reference) => format!("internal error (reference {reference})"),
             None => self.0.to_string(),
         };
-        let mut body =
-            serde_json::json!({ "error": { "code": self.0.code(), "message": message } });
+        let mut body = serde_json::json!({ "error": { "code": self.0.code(), "message": message } });
         if !self.0.fields().is_empty() {
             body["error"]["fields"] = serde_json::json!(self.0.fields());
         }

@@ -7,8 +7,8 @@
 use crate::auth::{csrf_guard, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, tenant_users,
-    tenants, tokens, users,
+    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, tenant_users, tenants, tokens,
+    users,
 };
 use crate::state::AppState;
 use crate::{assets, pages};
@@ -35,10 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}/delete", post(tenants::delete))
         .route("/tenants/{id}/impersonate", post(impersonation::start))
         .route("/tenants/{tid}/users/{uid}", get(users::show_tenant_user))
-        .route(
-            "/tenants/{tid}/users/{uid}/{action}",
-            post(users::act_tenant_user),
-        )
+        .route("/tenants/{tid}/users/{uid}/{action}", post(users::act_tenant_user))
         .route("/users", get(users::list))
         .route("/users/new", get(users::new_form).post(users::create))
         .route("/users/{id}", get(users::show_platform))
@@ -54,10 +51,7 @@ pub fn router(state: AppState) -> Router {
         // Portal (tenant hosts)
         .route("/portal", get(portal::dashboard))
         .route("/portal/team", get(portal::team))
-        .route(
-            "/portal/team/invite",
-            get(portal::invite_form).post(portal::invite),
-        )
+        .route("/portal/team/invite", get(portal::invite_form).post(portal::invite))
         .route("/portal/users/{id}", get(portal::user))
         .route("/portal/users/{id}/{action}", post(portal::act))
         .route("/portal/audit", get(portal::audit))
@@ -66,11 +60,11 @@ pub fn router(state: AppState) -> Router {
             "/portal/settings/users/new",
             get(tenant_users::add_form).post(tenant_users::add),
         )
+        .route("/portal/settings/users/{id}/reset", post(tenant_users::reset))
         .route(
-            "/portal/settings/users/{id}/reset",
-            post(tenant_users::reset),
+            "/portal/settings/tokens",
+            get(tokens::portal).post(tokens::portal_create),
         )
-        .route("/portal/settings/tokens", get(tokens::portal).post(tokens::portal_create))
         .route("/portal/settings/tokens/{id}/revoke", post(tokens::portal_revoke))
         .route(
             "/portal/password",
@@ -79,7 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/impersonate", get(impersonation::accept))
         .route("/impersonation/stop", post(impersonation::stop))
         // Automation API (bearer tokens; no cookies, no CSRF)
-        .nest("/v1", crate::api::router().layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))))
+        .nest(
+            "/v1",
+            crate::api::router().layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))),
+        )
         // Machines
         .route("/healthz", get(health))
         .route("/static/{name}", get(assets::serve))
@@ -107,15 +104,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
         ),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if !is_static {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

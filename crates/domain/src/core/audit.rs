@@ -11,16 +11,10 @@ impl Core {
     // ---- users and audit --------------------------------------------------------------------------
 
     pub async fn list_platform_users(&self, _auth: &Authorized<ReadUsers>) -> Result<Vec<User>> {
-        self.store
-            .list_users(crate::user::Directory::Platform)
-            .await
+        self.store.list_users(crate::user::Directory::Platform).await
     }
 
-    pub async fn list_events(
-        &self,
-        _auth: &Authorized<ReadAudit>,
-        filter: &AuditFilter,
-    ) -> Result<Vec<AuditEvent>> {
+    pub async fn list_events(&self, _auth: &Authorized<ReadAudit>, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
         self.store.list_events(filter).await
     }
 

@@ -26,10 +26,7 @@ impl Core {
     ) -> Result<(Secret, SignedIn)> {
         let now = self.clock.now();
         let tenant = self.tenant_of(dir).await?;
-        if tenant
-            .as_ref()
-            .is_some_and(|t| t.status == TenantStatus::Suspended)
-        {
+        if tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Suspended) {
             return Err(Error::TenantSuspended);
         }
         let account_key = format!(
@@ -61,17 +58,12 @@ impl Core {
         } else {
             password
         };
-        let verified = self
-            .hasher
-            .verify(typed, stored.map(|c| c.hash.as_str()))
-            .await?;
+        let verified = self.hasher.verify(typed, stored.map(|c| c.hash.as_str())).await?;
         let usable = stored.is_some_and(|c| c.usable(now));
         let must_change = stored.is_some_and(|c| c.must_change || c.is_otp());
         let was_otp = stored.is_some_and(|c| c.is_otp());
         let user = match found {
-            Some((user, Some(_))) if verified && usable && user.status == UserStatus::Active => {
-                user
-            }
+            Some((user, Some(_))) if verified && usable && user.status == UserStatus::Active => user,
             found => {
                 self.account_throttle.record_failure(&account_key, now);
                 self.address_throttle.record_failure(&address_key, now);
@@ -79,12 +71,7 @@ impl Core {
                     Some((u, _)) => Actor::user(u.id, u.email.clone()),
                     None => Actor::system(),
                 };
-                let typed: String = email
-                    .trim()
-                    .to_ascii_lowercase()
-                    .chars()
-                    .take(254)
-                    .collect();
+                let typed: String = email.trim().to_ascii_lowercase().chars().take(254).collect();
                 let event = self.new_event(
                     EventType::SignInFailed,
                     &actor,
@@ -110,10 +97,7 @@ impl Core {
             created_at: now,
             last_seen_at: now,
             expires_at: now + self.config.sessions.absolute,
-            user_agent: client
-                .user_agent
-                .clone()
-                .map(|ua| ua.chars().take(256).collect()),
+            user_agent: client.user_agent.clone().map(|ua| ua.chars().take(256).collect()),
             ip: client.ip.clone(),
             impersonation_id: None,
             must_change_password: must_change,
@@ -191,9 +175,7 @@ impl Core {
     }
 
     pub async fn sign_out(&self, signed_in: &SignedIn) -> Result<()> {
-        self.store
-            .delete_session(&signed_in.session.id_hash)
-            .await?;
+        self.store.delete_session(&signed_in.session.id_hash).await?;
         let event = self.new_event(
             EventType::SignedOut,
             &signed_in.principal.actor(),
@@ -204,25 +186,11 @@ impl Core {
     }
 
     /// Change one's own password (current password required); other sessions end.
-    pub async fn change_password(
-        &self,
-        signed_in: &SignedIn,
-        current: &str,
-        new: &str,
-        confirm: &str,
-    ) -> Result<()> {
+    pub async fn change_password(&self, signed_in: &SignedIn, current: &str, new: &str, confirm: &str) -> Result<()> {
         let mut p = Problems::new();
-        let new = p.check(NewPassword::parse(
-            new,
-            self.config.password_min_chars,
-            "new_password",
-        ));
+        let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
-            p.push(FieldError::new(
-                "confirm",
-                "mismatch",
-                "The passwords do not match.",
-            ));
+            p.push(FieldError::new("confirm", "mismatch", "The passwords do not match."));
         }
         p.finish()?;
         let Some(new) = new else {
@@ -278,36 +246,21 @@ impl Core {
 
     /// The forced change after a one-time password: no current password asked (they have
     /// just signed in with it). Every session of the user ends, and a new one starts (a new id).
-    pub async fn change_forced_password(
-        &self,
-        signed_in: &SignedIn,
-        new: &str,
-        confirm: &str,
-    ) -> Result<Secret> {
+    pub async fn change_forced_password(&self, signed_in: &SignedIn, new: &str, confirm: &str) -> Result<Secret> {
         if !signed_in.session.must_change_password {
             return Err(Error::Forbidden);
         }
         let mut p = Problems::new();
-        let new = p.check(NewPassword::parse(
-            new,
-            self.config.password_min_chars,
-            "new_password",
-        ));
+        let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
-            p.push(FieldError::new(
-                "confirm",
-                "mismatch",
-                "The passwords do not match.",
-            ));
+            p.push(FieldError::new("confirm", "mismatch", "The passwords do not match."));
         }
         p.finish()?;
         let Some(new) = new else {
             return Err(Error::internal("validation passed without a password"));
         };
         self.store_new_password(signed_in, &new).await?;
-        self.store
-            .delete_user_sessions(signed_in.user.id, None)
-            .await?;
+        self.store.delete_user_sessions(signed_in.user.id, None).await?;
         let now = self.clock.now();
         let secret = Secret::generate(&*self.rng, "");
         let csrf = Secret::generate(&*self.rng, "");

@@ -22,12 +22,7 @@ impl Core {
     /// Start impersonating: only a platform user holding the impersonation capability, with a
     /// reason. Records `IMPERSONATION_STARTED`; returns the handoff token the tenant's host
     /// takes (once) to open the impersonation session there.
-    pub async fn start_impersonation(
-        &self,
-        by: &Principal,
-        tenant: TenantId,
-        reason: &str,
-    ) -> Result<Secret> {
+    pub async fn start_impersonation(&self, by: &Principal, tenant: TenantId, reason: &str) -> Result<Secret> {
         if by.tenant_id.is_some() || by.impersonation_id.is_some() {
             return Err(Error::Forbidden);
         }
@@ -80,23 +75,14 @@ impl Core {
 
     /// On the tenant's host: spend the handoff token and open the impersonation session (a new
     /// session id, marked as an impersonation).
-    pub async fn accept_impersonation(
-        &self,
-        tenant: TenantId,
-        handoff: &str,
-    ) -> Result<(Secret, SignedIn)> {
-        let invalid = Error::LinkInvalid(
-            "This switch-to-tenant link is invalid or has expired. Start again from the console.",
-        );
+    pub async fn accept_impersonation(&self, tenant: TenantId, handoff: &str) -> Result<(Secret, SignedIn)> {
+        let invalid =
+            Error::LinkInvalid("This switch-to-tenant link is invalid or has expired. Start again from the console.");
         if handoff.is_empty() || handoff.len() > 128 {
             return Err(invalid);
         }
         let now = self.clock.now();
-        let Some(imp) = self
-            .store
-            .take_handoff(&TokenHash::of(handoff), now)
-            .await?
-        else {
+        let Some(imp) = self.store.take_handoff(&TokenHash::of(handoff), now).await? else {
             return Err(invalid);
         };
         if imp.tenant_id != tenant || !imp.is_live(now) {
@@ -121,7 +107,9 @@ impl Core {
         let signed_in = self
             .impersonation_session(session, imp.id, now)
             .await?
-            .ok_or(Error::LinkInvalid("This switch-to-tenant link is invalid or has expired. Start again from the console."))?;
+            .ok_or(Error::LinkInvalid(
+                "This switch-to-tenant link is invalid or has expired. Start again from the console.",
+            ))?;
         Ok((secret, signed_in))
     }
 
@@ -154,29 +142,18 @@ impl Core {
             self.end_impersonation(&imp, "tenant_deleted").await?;
             return Ok(None);
         };
-        let Some(user) = self
-            .store
-            .user(Directory::Platform, imp.impersonator_id)
-            .await?
-        else {
+        let Some(user) = self.store.user(Directory::Platform, imp.impersonator_id).await? else {
             self.end_impersonation(&imp, "impersonator_removed").await?;
             return Ok(None);
         };
         if user.status != crate::user::UserStatus::Active {
-            self.end_impersonation(&imp, "impersonator_suspended")
-                .await?;
+            self.end_impersonation(&imp, "impersonator_suspended").await?;
             return Ok(None);
         }
         if self.config.sessions.needs_touch(&session, now) {
             self.store.touch_session(&session.id_hash, now).await?;
         }
-        let principal = Principal::impersonating(
-            user.id,
-            user.email.clone(),
-            tenant.id,
-            imp.id,
-            self.catalog(),
-        );
+        let principal = Principal::impersonating(user.id, user.email.clone(), tenant.id, imp.id, self.catalog());
         Ok(Some(SignedIn {
             session,
             principal,
@@ -203,9 +180,7 @@ impl Core {
                 "reason": reason, "duration_seconds": (now - imp.started_at).whole_seconds(),
             }),
         );
-        self.store
-            .end_impersonation(imp.id, now, reason, event)
-            .await?;
+        self.store.end_impersonation(imp.id, now, reason, event).await?;
         Ok(())
     }
 

@@ -72,9 +72,7 @@ pub struct CoreConfig {
 }
 
 fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &str) -> Email {
-    let text = format!(
-        "{inviter} invited you to {org}.\n\nSet your password: {link}\n\nThe link expires {expires}.\n"
-    );
+    let text = format!("{inviter} invited you to {org}.\n\nSet your password: {link}\n\nThe link expires {expires}.\n");
     Email {
         to: to.to_owned(),
         subject: format!("You're invited to {org}"),
@@ -155,13 +153,7 @@ impl Core {
         }
     }
 
-    fn new_event(
-        &self,
-        t: EventType,
-        actor: &Actor,
-        tenant: Option<TenantId>,
-        details: serde_json::Value,
-    ) -> NewEvent {
+    fn new_event(&self, t: EventType, actor: &Actor, tenant: Option<TenantId>, details: serde_json::Value) -> NewEvent {
         NewEvent::new(self.clock.now(), t, actor, tenant, details)
     }
 
@@ -191,9 +183,5 @@ impl Core {
 }
 
 pub(crate) fn slug_taken() -> Error {
-    Error::field(
-        "slug",
-        "slug_taken",
-        "This slug is already in use; choose another.",
-    )
+    Error::field("slug", "slug_taken", "This slug is already in use; choose another.")
 }

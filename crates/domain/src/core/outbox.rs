@@ -25,15 +25,11 @@ impl Core {
                 Err(SendError::Temporary(e)) if m.attempts + 1 < MAX_ATTEMPTS => {
                     let retry_at = self.clock.now() + self.backoff(m.attempts);
                     tracing::warn!(message_id = %m.id, attempts = m.attempts + 1, error = %e, "email delivery failed; will retry");
-                    self.store
-                        .mark_attempt_failed(m.id, Some(retry_at), &e)
-                        .await?;
+                    self.store.mark_attempt_failed(m.id, Some(retry_at), &e).await?;
                 }
                 Err(e) => {
                     tracing::error!(message_id = %m.id, error = %e, "email delivery failed; giving up");
-                    self.store
-                        .mark_attempt_failed(m.id, None, &e.to_string())
-                        .await?;
+                    self.store.mark_attempt_failed(m.id, None, &e.to_string()).await?;
                 }
             }
         }
@@ -42,8 +38,7 @@ impl Core {
 
     /// 5 s, 10 s, 20 s … capped at an hour, plus up to 20% jitter.
     fn backoff(&self, attempts: i64) -> Duration {
-        let base =
-            Duration::seconds(5) * 2i32.pow(u32::try_from(attempts.clamp(0, 10)).unwrap_or(10));
+        let base = Duration::seconds(5) * 2i32.pow(u32::try_from(attempts.clamp(0, 10)).unwrap_or(10));
         let base = base.min(Duration::hours(1));
         let mut b = [0u8; 1];
         self.rng.fill(&mut b);

@@ -42,9 +42,7 @@ impl Core {
         confirm: &str,
     ) -> Result<User> {
         if !self.setup_token_valid(token).await? {
-            return Err(Error::LinkInvalid(
-                "This setup link is invalid, spent or expired.",
-            ));
+            return Err(Error::LinkInvalid("This setup link is invalid, spent or expired."));
         }
         let (email, name, password) = self.parse_new_account(email, name, password, confirm)?;
         let user = self.new_owner(email, name);
@@ -57,20 +55,12 @@ impl Core {
         );
         let created = self
             .store
-            .create_owner_with_setup_token(
-                &TokenHash::of(token),
-                self.clock.now(),
-                &user,
-                &hash,
-                event,
-            )
+            .create_owner_with_setup_token(&TokenHash::of(token), self.clock.now(), &user, &hash, event)
             .await?;
         if created {
             Ok(user)
         } else {
-            Err(Error::LinkInvalid(
-                "This setup link is invalid, spent or expired.",
-            ))
+            Err(Error::LinkInvalid("This setup link is invalid, spent or expired."))
         }
     }
 
@@ -90,12 +80,7 @@ impl Core {
             json!({ "user_id": user.id, "email": user.email, "roles": user.roles, "via": "bootstrap" }),
         );
         self.store
-            .create_user(
-                &user,
-                Some(&crate::user::Credential::password(hash)),
-                None,
-                event,
-            )
+            .create_user(&user, Some(&crate::user::Credential::password(hash)), None, event)
             .await?;
         Ok(true)
     }
@@ -110,11 +95,7 @@ impl Core {
         let mut p = Problems::new();
         let email = p.check(EmailAddress::parse(email));
         let name = p.check(crate::user::parse_display_name(name));
-        let password = p.check(NewPassword::parse(
-            password,
-            self.config.password_min_chars,
-            "password",
-        ));
+        let password = p.check(NewPassword::parse(password, self.config.password_min_chars, "password"));
         if password.is_some() && password.as_ref().map(|p| p.expose()) != Some(confirm) {
             p.push(crate::error::FieldError::new(
                 "confirm",

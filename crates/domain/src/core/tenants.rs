@@ -11,11 +11,7 @@ use serde_json::json;
 impl Core {
     // ---- tenants -------------------------------------------------------------------------------
 
-    pub async fn create_tenant(
-        &self,
-        auth: &Authorized<ManageTenants>,
-        new: NewTenant,
-    ) -> Result<Tenant> {
+    pub async fn create_tenant(&self, auth: &Authorized<ManageTenants>, new: NewTenant) -> Result<Tenant> {
         if self.store.slug_taken(&new.slug).await? {
             return Err(slug_taken());
         }
@@ -76,23 +72,10 @@ impl Core {
                 changes.insert(key, json!({ "old": old, "new": new }));
             }
         };
-        diff(
-            "name".into(),
-            Some(old.name.as_str()),
-            Some(edit.name.as_str()),
-        );
-        diff(
-            "region".into(),
-            Some(old.region.as_str()),
-            Some(edit.region.as_str()),
-        );
-        diff(
-            "tier".into(),
-            Some(old.tier.as_str()),
-            Some(edit.tier.as_str()),
-        );
-        let keys: std::collections::BTreeSet<&String> =
-            old.metadata.keys().chain(edit.metadata.keys()).collect();
+        diff("name".into(), Some(old.name.as_str()), Some(edit.name.as_str()));
+        diff("region".into(), Some(old.region.as_str()), Some(edit.region.as_str()));
+        diff("tier".into(), Some(old.tier.as_str()), Some(edit.tier.as_str()));
+        let keys: std::collections::BTreeSet<&String> = old.metadata.keys().chain(edit.metadata.keys()).collect();
         for k in keys {
             diff(
                 format!("metadata.{k}"),
@@ -181,9 +164,7 @@ impl Core {
             Some(id),
             json!({ "tenant_id": id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status }),
         );
-        self.store
-            .delete_tenant(id, self.clock.now(), event)
-            .await?;
+        self.store.delete_tenant(id, self.clock.now(), event).await?;
         Ok(tenant)
     }
 

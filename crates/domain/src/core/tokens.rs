@@ -52,30 +52,75 @@ impl ApiCaller {
 }
 
 impl Core {
-    pub async fn create_token(&self, signed_in: &SignedIn, req: NewTokenRequest) -> Result<(PersonalAccessToken, Secret)> {
-        if signed_in.impersonation.is_some() {
+    pub async fn create_token(
+        &self,
+        signed_in: &SignedIn,
+        req: NewTokenRequest,
+    ) -> Result<(PersonalAccessToken, Secret)> {
+        if signed_in.impersonation.is_some() || signed_in.session.must_change_password {
             return Err(Error::Forbidden);
         }
+        self.create_token_for(&signed_in.user, &signed_in.principal, req, "console")
+            .await
+    }
+
+    /// A token for an active platform user named by email, from the command line
+    /// (`quarterdeck tokens create`), for bootstrapping automation.
+    pub async fn create_token_from_cli(
+        &self,
+        email: &str,
+        req: NewTokenRequest,
+    ) -> Result<(PersonalAccessToken, Secret)> {
+        let email = crate::email::EmailAddress::parse(email)?;
+        let (user, _) = self
+            .store
+            .user_by_email(Directory::Platform, &email)
+            .await?
+            .filter(|(u, _)| u.status == UserStatus::Active)
+            .ok_or_else(|| Error::field("email", "unknown_user", "No active platform user has this email."))?;
+        let principal = self.principal_of(&user);
+        self.create_token_for(&user, &principal, req, "cli").await
+    }
+
+    async fn create_token_for(
+        &self,
+        user: &crate::user::User,
+        principal: &Principal,
+        req: NewTokenRequest,
+        via: &str,
+    ) -> Result<(PersonalAccessToken, Secret)> {
         let mut p = Problems::new();
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            p.push(crate::error::FieldError::new("name", "invalid_name", "Name the token (at most 100 characters)."));
+            p.push(crate::error::FieldError::new(
+                "name",
+                "invalid_name",
+                "Name the token (at most 100 characters).",
+            ));
         }
         let scope = p.check(TokenScope::parse(&req.scope));
         let days = match req.expires_in_days.trim().parse::<i64>() {
             Ok(d) if (1..=365).contains(&d) => Some(d),
             _ => {
-                p.push(crate::error::FieldError::new("expires_in_days", "invalid_expiry", "Choose an expiry between 1 and 365 days."));
+                p.push(crate::error::FieldError::new(
+                    "expires_in_days",
+                    "invalid_expiry",
+                    "Choose an expiry between 1 and 365 days.",
+                ));
                 None
             }
         };
-        let restrict = match (signed_in.user.tenant_id, req.tenant_id.trim()) {
+        let restrict = match (user.tenant_id, req.tenant_id.trim()) {
             (Some(own), _) => Some(own),
             (None, "") => None,
             (None, raw) => match raw.parse::<TenantId>() {
                 Ok(t) if self.store.tenant(t).await?.is_some() => Some(t),
                 _ => {
-                    p.push(crate::error::FieldError::new("tenant_id", "unknown_tenant", "There is no such tenant."));
+                    p.push(crate::error::FieldError::new(
+                        "tenant_id",
+                        "unknown_tenant",
+                        "There is no such tenant.",
+                    ));
                     None
                 }
             },
@@ -89,9 +134,9 @@ impl Core {
             id: Uuid::now_v7(),
             name: name.to_owned(),
             scope,
-            owner_id: signed_in.user.id,
-            owner_email: signed_in.user.email.to_string(),
-            owner_tenant_id: signed_in.user.tenant_id,
+            owner_id: user.id,
+            owner_email: user.email.to_string(),
+            owner_tenant_id: user.tenant_id,
             restrict_tenant_id: restrict,
             created_at: now,
             expires_at: now + Duration::days(days),
@@ -101,11 +146,12 @@ impl Core {
         let secret = Secret::generate(&*self.rng, "qd_pat_");
         let event = self.new_event(
             EventType::PatCreated,
-            &signed_in.principal.actor(),
-            signed_in.user.tenant_id,
+            &principal.actor(),
+            user.tenant_id,
             json!({
                 "token_id": pat.id, "name": pat.name, "scope": pat.scope, "owner_id": pat.owner_id,
                 "restrict_tenant_id": pat.restrict_tenant_id, "expires_at": pat.expires_at.unix_timestamp(),
+                "via": via,
             }),
         );
         self.store.create_pat(&pat, &secret.hash(), event).await?;
@@ -123,7 +169,11 @@ impl Core {
             signed_in.user.tenant_id,
             json!({ "token_id": id, "owner_id": signed_in.user.id }),
         );
-        if self.store.revoke_pat(id, signed_in.user.id, self.clock.now(), event).await? {
+        if self
+            .store
+            .revoke_pat(id, signed_in.user.id, self.clock.now(), event)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::NotFound)
@@ -137,12 +187,20 @@ impl Core {
             return Err(Error::Unauthenticated);
         }
         let now = self.clock.now();
-        let pat = self.store.pat_by_hash(&TokenHash::of(bearer)).await?.ok_or(Error::Unauthenticated)?;
+        let pat = self
+            .store
+            .pat_by_hash(&TokenHash::of(bearer))
+            .await?
+            .ok_or(Error::Unauthenticated)?;
         if !pat.is_live(now) {
             return Err(Error::Unauthenticated);
         }
         let dir = Directory::of(pat.owner_tenant_id);
-        let owner = self.store.user(dir, pat.owner_id).await?.ok_or(Error::Unauthenticated)?;
+        let owner = self
+            .store
+            .user(dir, pat.owner_id)
+            .await?
+            .ok_or(Error::Unauthenticated)?;
         if owner.status != UserStatus::Active {
             return Err(Error::Unauthenticated);
         }

@@ -16,9 +16,7 @@ use crate::password::NewPassword;
 use crate::role::{Capability, Scope};
 use crate::tenant::Tenant;
 use crate::token::{Secret, TokenHash};
-use crate::user::{
-    Directory, InvitationState, NewInvitation, User, UserStatus, parse_display_name,
-};
+use crate::user::{Directory, InvitationState, NewInvitation, User, UserStatus, parse_display_name};
 use serde_json::json;
 use time::macros::format_description;
 
@@ -81,12 +79,7 @@ impl Core {
     }
 
     /// Parse roles for a user of `dir`, and check `by` may grant each of them.
-    fn grantable_roles(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        names: &[String],
-    ) -> Result<Vec<String>> {
+    fn grantable_roles(&self, by: &Principal, dir: Directory, names: &[String]) -> Result<Vec<String>> {
         let (scope, roles) = self.catalog().parse_roles(names)?;
         let wanted = match dir {
             Directory::Platform => Scope::Platform,
@@ -114,19 +107,12 @@ impl Core {
     }
 
     fn expires_text(&self, at: time::OffsetDateTime) -> String {
-        at.format(format_description!(
-            "[year]-[month]-[day] [hour]:[minute] UTC"
-        ))
-        .unwrap_or_default()
+        at.format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
+            .unwrap_or_default()
     }
 
     /// A new invitation token for `user`, with its email rendered.
-    fn new_invitation(
-        &self,
-        by: &Principal,
-        user: &User,
-        tenant: Option<&Tenant>,
-    ) -> NewInvitation {
+    fn new_invitation(&self, by: &Principal, user: &User, tenant: Option<&Tenant>) -> NewInvitation {
         let secret = Secret::generate(&*self.rng, "qd_inv_");
         let now = self.clock.now();
         let expires_at = now + self.config.invitation_ttl;
@@ -165,11 +151,7 @@ impl Core {
         };
         let tenant = match self.may_manage(by, dir).await {
             Err(Error::NotFound) if by.tenant_id.is_none() => {
-                return Err(Error::field(
-                    "tenant_id",
-                    "unknown_tenant",
-                    "There is no such tenant.",
-                ));
+                return Err(Error::field("tenant_id", "unknown_tenant", "There is no such tenant."));
             }
             other => other?,
         };
@@ -203,9 +185,7 @@ impl Core {
                 "roles": user.roles, "status": "INVITED", "expires_at": invitation.expires_at.unix_timestamp(),
             }),
         );
-        self.store
-            .create_user(&user, None, Some(&invitation), event)
-            .await?;
+        self.store.create_user(&user, None, Some(&invitation), event).await?;
         Ok(user)
     }
 
@@ -231,12 +211,7 @@ impl Core {
         Ok(UserView { user, invitation })
     }
 
-    async fn target(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-    ) -> Result<(Option<Tenant>, User)> {
+    async fn target(&self, by: &Principal, dir: Directory, id: UserId) -> Result<(Option<Tenant>, User)> {
         let tenant = self.may_manage(by, dir).await?;
         let user = self.store.user(dir, id).await?.ok_or(Error::NotFound)?;
         // Nobody changes a user holding a role they could not grant themselves.
@@ -251,13 +226,7 @@ impl Core {
     }
 
     /// Replace a user's roles: `USER_ROLE_ASSIGNED` / `USER_ROLE_REVOKED` per role.
-    pub async fn set_user_roles(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-        roles: &[String],
-    ) -> Result<()> {
+    pub async fn set_user_roles(&self, by: &Principal, dir: Directory, id: UserId, roles: &[String]) -> Result<()> {
         let (_, user) = self.target(by, dir, id).await?;
         let roles = self.grantable_roles(by, dir, roles)?;
         let mut events: Vec<NewEvent> = Vec::new();
@@ -284,13 +253,7 @@ impl Core {
     }
 
     /// Suspend (sessions end at once) or reactivate a user.
-    pub async fn set_user_suspended(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-        suspend: bool,
-    ) -> Result<()> {
+    pub async fn set_user_suspended(&self, by: &Principal, dir: Directory, id: UserId, suspend: bool) -> Result<()> {
         let (_, user) = self.target(by, dir, id).await?;
         if user.id == by.user_id {
             return Err(Error::Conflict {
@@ -342,12 +305,7 @@ impl Core {
     }
 
     /// A new link for an invited user; the old one dies. `INVITATION_RESENT`.
-    pub async fn resend_invitation(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-    ) -> Result<()> {
+    pub async fn resend_invitation(&self, by: &Principal, dir: Directory, id: UserId) -> Result<()> {
         let (tenant, user) = self.target(by, dir, id).await?;
         if user.status != UserStatus::Invited {
             return Err(Error::Conflict {
@@ -368,12 +326,7 @@ impl Core {
     }
 
     /// Kill a pending invitation's link. `INVITATION_REVOKED`.
-    pub async fn revoke_invitation(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-    ) -> Result<()> {
+    pub async fn revoke_invitation(&self, by: &Principal, dir: Directory, id: UserId) -> Result<()> {
         let (_, user) = self.target(by, dir, id).await?;
         if user.status != UserStatus::Invited {
             return Err(Error::Conflict {
@@ -413,26 +366,12 @@ impl Core {
 
     /// Set the password with an invitation link: the user becomes `ACTIVE`, the token is spent,
     /// `USER_REGISTERED` is recorded. Of concurrent attempts with one token, one wins.
-    pub async fn register(
-        &self,
-        dir: Directory,
-        token: &str,
-        password: &str,
-        confirm: &str,
-    ) -> Result<User> {
+    pub async fn register(&self, dir: Directory, token: &str, password: &str, confirm: &str) -> Result<User> {
         let user = self.invitation(dir, token).await?;
         let mut p = Problems::new();
-        let password = p.check(NewPassword::parse(
-            password,
-            self.config.password_min_chars,
-            "password",
-        ));
+        let password = p.check(NewPassword::parse(password, self.config.password_min_chars, "password"));
         if password.is_some() && password.as_ref().map(|x| x.expose()) != Some(confirm) {
-            p.push(FieldError::new(
-                "confirm",
-                "mismatch",
-                "The passwords do not match.",
-            ));
+            p.push(FieldError::new("confirm", "mismatch", "The passwords do not match."));
         }
         p.finish()?;
         let Some(password) = password else {
@@ -448,27 +387,18 @@ impl Core {
         self.store
             .accept_invitation(dir, &TokenHash::of(token), self.clock.now(), &hash, event)
             .await?
-            .ok_or(Error::LinkInvalid(
-                "invitation link is invalid or has expired",
-            ))
+            .ok_or(Error::LinkInvalid("invitation link is invalid or has expired"))
     }
 
     /// Find tenant users by email across every tenant (platform callers who may read tenants).
-    pub async fn find_tenant_users(
-        &self,
-        by: &Principal,
-        email: &str,
-    ) -> Result<Vec<(Tenant, User)>> {
+    pub async fn find_tenant_users(&self, by: &Principal, email: &str) -> Result<Vec<(Tenant, User)>> {
         if by.tenant_id.is_some() || !by.can(&Capability::TenantsRead) {
             return Err(Error::Forbidden);
         }
         let email = EmailAddress::parse(email)?;
         let mut found = Vec::new();
         for id in self.store.tenant_ids().await? {
-            if let Some((user, _)) = self
-                .store
-                .user_by_email(Directory::Tenant(id), &email)
-                .await?
+            if let Some((user, _)) = self.store.user_by_email(Directory::Tenant(id), &email).await?
                 && let Some(t) = self.store.tenant(id).await?
             {
                 found.push((t, user));
@@ -502,10 +432,7 @@ impl Core {
             .collect()
     }
 
-    async fn otp_credential(
-        &self,
-        force_change: bool,
-    ) -> Result<(String, crate::user::Credential)> {
+    async fn otp_credential(&self, force_change: bool) -> Result<(String, crate::user::Credential)> {
         let otp = self.generate_otp();
         let hash = self
             .hasher
@@ -573,26 +500,18 @@ impl Core {
                 "one_time_password_expires_at": credential.otp_expires_at.map(|t| t.unix_timestamp()),
             }),
         );
-        self.store
-            .create_user(&user, Some(&credential), None, event)
-            .await?;
+        self.store.create_user(&user, Some(&credential), None, event).await?;
         Ok((user, otp))
     }
 
     /// "Reset password": a new one-time password (returned once), the old password and the
     /// user's sessions dead, a change forced at the next sign-in. `PASSWORD_RESET`.
-    pub async fn reset_password(
-        &self,
-        by: &Principal,
-        dir: Directory,
-        id: UserId,
-    ) -> Result<String> {
+    pub async fn reset_password(&self, by: &Principal, dir: Directory, id: UserId) -> Result<String> {
         let (_, user) = self.target(by, dir, id).await?;
         if user.status == UserStatus::Invited {
             return Err(Error::Conflict {
                 code: "not_registered",
-                message: "This user has not registered yet: resend the invitation instead."
-                    .to_owned(),
+                message: "This user has not registered yet: resend the invitation instead.".to_owned(),
             });
         }
         let (otp, credential) = self.otp_credential(true).await?;
@@ -605,9 +524,7 @@ impl Core {
                 "one_time_password_expires_at": credential.otp_expires_at.map(|t| t.unix_timestamp()),
             }),
         );
-        self.store
-            .set_password(dir, id, &credential, true, event)
-            .await?;
+        self.store.set_password(dir, id, &credential, true, event).await?;
         Ok(otp)
     }
 }

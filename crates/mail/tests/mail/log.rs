@@ -49,9 +49,6 @@ async fn logs_the_whole_message_on_the_recipients_line() {
     assert!(line.contains(link), "{line}");
     assert!(line.contains("noreply@quarterdeck.test"), "{line}");
     assert!(line.contains(&email.subject), "{line}");
-    assert!(
-        line.contains("has invited you to join Acme & Sons"),
-        "{line}"
-    );
+    assert!(line.contains("has invited you to join Acme & Sons"), "{line}");
     assert!(line.contains("3 July 2026 at 14:00 UTC"), "{line}");
 }

@@ -82,10 +82,7 @@ fn maildev_bin() -> PathBuf {
 fn free_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
 }
 
 fn listening(port: u16) -> bool {
@@ -105,10 +102,7 @@ impl Maildev {
         for attempt in 1..=3 {
             let (free_smtp, web_port) = free_ports();
             let smtp_port = smtp.unwrap_or(free_smtp);
-            let log = std::env::temp_dir().join(format!(
-                "quarterdeck-maildev-{}-{smtp_port}.log",
-                std::process::id()
-            ));
+            let log = std::env::temp_dir().join(format!("quarterdeck-maildev-{}-{smtp_port}.log", std::process::id()));
             let out = File::create(&log).unwrap();
             let err = out.try_clone().unwrap();
             let child = Command::new(&bin)
@@ -128,10 +122,7 @@ impl Maildev {
             };
             match maildev.wait_ready() {
                 Ok(()) => return maildev,
-                Err(why) => eprintln!(
-                    "maildev, attempt {attempt}: {why}; its output:\n{}",
-                    maildev.output()
-                ),
+                Err(why) => eprintln!("maildev, attempt {attempt}: {why}; its output:\n{}", maildev.output()),
             }
         }
         panic!("maildev did not start in 3 attempts (its output is above)");
@@ -165,11 +156,7 @@ impl Maildev {
     pub async fn emails(&self) -> Vec<Value> {
         let url = format!("http://127.0.0.1:{}/api/email", self.web_port);
         let response = reqwest::get(&url).await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "GET {url}: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "GET {url}: {}", response.status());
         response.json().await.unwrap()
     }
 

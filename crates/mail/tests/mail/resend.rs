@@ -29,11 +29,7 @@ async fn fake_resend(status: StatusCode, body: &'static str) -> (String, Log) {
     let log: Log = Arc::default();
     let app = Router::new()
         .fallback(
-            move |State(log): State<Log>,
-                  method: Method,
-                  uri: Uri,
-                  headers: HeaderMap,
-                  received: Bytes| async move {
+            move |State(log): State<Log>, method: Method, uri: Uri, headers: HeaderMap, received: Bytes| async move {
                 log.lock().unwrap().push(Request {
                     method,
                     uri,
@@ -61,11 +57,7 @@ fn resend(api_url: String) -> Arc<dyn Mailer> {
 
 #[tokio::test]
 async fn posts_the_message_as_resend_expects() {
-    let (base, log) = fake_resend(
-        StatusCode::OK,
-        r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#,
-    )
-    .await;
+    let (base, log) = fake_resend(StatusCode::OK, r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#).await;
     // A trailing slash on the base URL must not double the slash.
     let mailer = resend(format!("{base}/"));
     assert_eq!(mailer.transport(), "resend");
@@ -81,10 +73,7 @@ async fn posts_the_message_as_resend_expects() {
     assert_eq!(req.uri.query(), None);
     assert_eq!(req.headers[header::AUTHORIZATION], "Bearer re_test");
     let content_type = req.headers[header::CONTENT_TYPE].to_str().unwrap();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
+    assert!(content_type.starts_with("application/json"), "{content_type}");
     let body: Value = serde_json::from_slice(&req.body).unwrap();
     assert_eq!(
         body,
@@ -106,11 +95,7 @@ async fn a_5xx_is_a_temporary_failure() {
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");
     assert!(err.to_string().contains("500"), "{err}");
     assert!(!err.to_string().contains(KEY), "{err}");
-    assert_eq!(
-        log.lock().unwrap().len(),
-        1,
-        "one attempt, no retries inside"
-    );
+    assert_eq!(log.lock().unwrap().len(), 1, "one attempt, no retries inside");
 }
 
 #[tokio::test]
@@ -138,10 +123,7 @@ async fn a_422_is_a_permanent_failure_that_says_why() {
         panic!("{err:?}")
     };
     assert!(detail.contains("422"), "{detail}");
-    assert!(
-        detail.contains("validation_error: Invalid `to` field."),
-        "{detail}"
-    );
+    assert!(detail.contains("validation_error: Invalid `to` field."), "{detail}");
     assert!(!detail.contains(KEY), "{detail}");
 }
 

@@ -1,8 +1,6 @@
 //! `MailSettings`: reading them, checking them, and keeping secrets out of `Debug`.
 
-use quarterdeck_mail::{
-    DEFAULT_RESEND_API_URL, MailSettings, ResendSettings, SmtpSettings, SmtpTls, build,
-};
+use quarterdeck_mail::{DEFAULT_RESEND_API_URL, MailSettings, ResendSettings, SmtpSettings, SmtpTls, build};
 use serde_json::json;
 
 fn smtp() -> SmtpSettings {
@@ -31,9 +29,7 @@ fn reads_each_transport_from_a_tagged_table() {
         "from": "noreply@example.com",
     }))
     .unwrap();
-    let MailSettings::Smtp(s) = s else {
-        panic!("{s:?}")
-    };
+    let MailSettings::Smtp(s) = s else { panic!("{s:?}") };
     assert_eq!(s.tls, SmtpTls::StartTls, "STARTTLS unless told otherwise");
     assert_eq!((s.username, s.password), (None, None));
 
@@ -46,9 +42,7 @@ fn reads_each_transport_from_a_tagged_table() {
             "transport": "smtp", "host": "h", "port": 465, "from": "a@b.c", "tls": name,
         }))
         .unwrap();
-        let MailSettings::Smtp(s) = s else {
-            panic!("{s:?}")
-        };
+        let MailSettings::Smtp(s) = s else { panic!("{s:?}") };
         assert_eq!(s.tls, tls);
     }
 
@@ -56,18 +50,13 @@ fn reads_each_transport_from_a_tagged_table() {
         "transport": "resend", "api_key": "re_x", "from": "a@b.c",
     }))
     .unwrap();
-    let MailSettings::Resend(s) = s else {
-        panic!("{s:?}")
-    };
+    let MailSettings::Resend(s) = s else { panic!("{s:?}") };
     assert_eq!(s.api_url, "https://api.resend.com");
 
-    let s: MailSettings =
-        serde_json::from_value(json!({ "transport": "log", "from": "a@b.c" })).unwrap();
+    let s: MailSettings = serde_json::from_value(json!({ "transport": "log", "from": "a@b.c" })).unwrap();
     assert!(matches!(s, MailSettings::Log { .. }));
 
-    assert!(
-        serde_json::from_value::<MailSettings>(json!({ "transport": "carrier-pigeon" })).is_err()
-    );
+    assert!(serde_json::from_value::<MailSettings>(json!({ "transport": "carrier-pigeon" })).is_err());
 }
 
 #[tokio::test]
@@ -77,10 +66,7 @@ async fn builds_each_transport() {
         let mailer = build(&MailSettings::Smtp(SmtpSettings { tls, ..smtp() })).unwrap();
         assert_eq!(mailer.transport(), "smtp");
     }
-    assert_eq!(
-        build(&MailSettings::Resend(resend())).unwrap().transport(),
-        "resend"
-    );
+    assert_eq!(build(&MailSettings::Resend(resend())).unwrap().transport(), "resend");
     let log = build(&MailSettings::Log {
         from: "a@b.c".to_owned(),
     })
@@ -145,11 +131,7 @@ fn refuses_settings_that_cannot_work() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output() {
-    let settings = format!(
-        "{:?} {:?}",
-        MailSettings::Smtp(smtp()),
-        MailSettings::Resend(resend())
-    );
+    let settings = format!("{:?} {:?}", MailSettings::Smtp(smtp()), MailSettings::Resend(resend()));
     assert!(!settings.contains("hunter2-smtp-secret"), "{settings}");
     assert!(!settings.contains("re_secret_key"), "{settings}");
     assert!(settings.contains("smtp.example.com"), "{settings}");

@@ -46,24 +46,13 @@ async fn invitation_reaches_maildev_with_both_bodies_and_the_link_intact() {
     assert_eq!(received.len(), 1, "{received:#?}");
     let got = &received[0];
     assert_eq!(addresses(&got["to"]), ["alice@example.com"], "{got:#}");
-    assert_eq!(
-        addresses(&got["from"]),
-        ["noreply@quarterdeck.test"],
-        "{got:#}"
-    );
+    assert_eq!(addresses(&got["from"]), ["noreply@quarterdeck.test"], "{got:#}");
     assert_eq!(got["from"][0]["name"], "Quarterdeck", "{got:#}");
-    assert_eq!(
-        got["subject"],
-        "You're invited to Acme & Sons on Quarterdeck"
-    );
+    assert_eq!(got["subject"], "You're invited to Acme & Sons on Quarterdeck");
     assert_eq!(got["subject"].as_str().unwrap(), email.subject);
 
-    let text = got["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text body: {got:#}"));
-    let html = got["html"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no HTML body: {got:#}"));
+    let text = got["text"].as_str().unwrap_or_else(|| panic!("no text body: {got:#}"));
+    let html = got["html"].as_str().unwrap_or_else(|| panic!("no HTML body: {got:#}"));
     // Both bodies arrive byte for byte (line endings aside) through the transfer encoding.
     assert_eq!(text.replace("\r\n", "\n").trim_end(), email.text.trim_end());
     assert_eq!(html.replace("\r\n", "\n").trim_end(), email.html.trim_end());
@@ -89,11 +78,7 @@ async fn a_server_that_is_down_is_a_temporary_failure() {
     let started = Instant::now();
     let err = mailer.send(&email).await.unwrap_err();
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -110,19 +95,13 @@ fn scripted_smtp(rcpt_reply: &'static str) -> (u16, JoinHandle<Vec<String>>) {
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut out = stream.try_clone().unwrap();
         let mut commands = Vec::new();
         out.write_all(b"220 scripted ESMTP\r\n").unwrap();
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            let verb = line
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
+            let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
             commands.push(verb.clone());
             let reply = match verb.as_str() {
                 "EHLO" | "HELO" => "250 scripted",

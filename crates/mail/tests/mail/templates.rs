@@ -31,26 +31,16 @@ fn both_bodies_say_who_invited_you_to_what_and_until_when() {
         email.text
     );
     assert!(
-        email
-            .text
-            .contains("This link expires on 3 July 2026 at 14:00 UTC."),
+        email.text.contains("This link expires on 3 July 2026 at 14:00 UTC."),
         "{}",
         email.text
     );
     // In HTML the `&` of the query is escaped, and a client reads it back as `&`.
     assert!(!email.html.contains(LINK), "{}", email.html);
     let html = unescape_html(&email.html);
-    assert_eq!(
-        html.matches(&format!("href=\"{LINK}\"")).count(),
-        2,
-        "{html}"
-    );
+    assert_eq!(html.matches(&format!("href=\"{LINK}\"")).count(), 2, "{html}");
     assert!(html.contains(&format!(">{LINK}</a>")), "{html}");
-    assert!(
-        email.html.contains(">Set your password</a>"),
-        "{}",
-        email.html
-    );
+    assert!(email.html.contains(">Set your password</a>"), "{}", email.html);
     assert!(email.html.starts_with("<!DOCTYPE html>"));
 }
 
@@ -71,23 +61,15 @@ fn html_escapes_names_and_text_keeps_them_as_written() {
         html.contains("<strong>Bob <script>alert(1)</script></strong>"),
         "{html}"
     );
-    assert!(
-        html.contains("<strong>Acme & \"Sons\" <b></strong>"),
-        "{html}"
-    );
+    assert!(html.contains("<strong>Acme & \"Sons\" <b></strong>"), "{html}");
     assert!(html.contains("expires on <soon>."), "{html}");
     // Plain text is not HTML: escaping it would show the entities to the reader.
     assert!(
-        email
-            .text
-            .contains("Bob <script>alert(1)</script> has invited you"),
+        email.text.contains("Bob <script>alert(1)</script> has invited you"),
         "{}",
         email.text
     );
-    assert_eq!(
-        email.subject,
-        "You're invited to Acme & \"Sons\" <b> on Quarterdeck"
-    );
+    assert_eq!(email.subject, "You're invited to Acme & \"Sons\" <b> on Quarterdeck");
 }
 
 #[test]

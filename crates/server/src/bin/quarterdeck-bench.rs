@@ -186,10 +186,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
     rows.push(Row::info("peak RSS during start-up", fmt_mib(startup_peak)));
 
     // One Argon2id hash, here, single-threaded.
-    progress(&format!(
-        "timing {} Argon2id hashes in this process",
-        cli.hash_samples
-    ));
+    progress(&format!("timing {} Argon2id hashes in this process", cli.hash_samples));
     let hash = measure_hash(cli.hash_samples.max(1)).await?;
     rows.push(Row::info(
         &format!("one Argon2id hash (m={M_COST_KIB} KiB, t={T_COST}, p={P_COST}), CPU"),
@@ -208,10 +205,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
     // Concurrent sign-ins.
     let peak_reset = server.reset_peak_rss();
     if !peak_reset {
-        notes.push(
-            "could not reset the server's VmHWM: the sign-in peak below includes start-up"
-                .to_owned(),
-        );
+        notes.push("could not reset the server's VmHWM: the sign-in peak below includes start-up".to_owned());
     }
     progress(&format!("{} concurrent sign-ins", cli.signins));
     let threads_before = server.thread_ticks();
@@ -255,11 +249,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         ));
         rows.push(Row::info("  server CPU by thread", signin_threads));
     } else {
-        rows.push(Row::miss(
-            "CPU per sign-in / one hash",
-            "no sign-in succeeded",
-            "≤ 1.2",
-        ));
+        rows.push(Row::miss("CPU per sign-in / one hash", "no sign-in succeeded", "≤ 1.2"));
     }
     rows.push(Row::check(
         &format!("peak RSS, {} concurrent sign-ins", cli.signins),
@@ -279,10 +269,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         .context("no sign-in succeeded: cannot measure the console pages")?;
 
     // Tenant creation through the console form.
-    progress(&format!(
-        "creating {} tenants through POST /tenants",
-        cli.tenants
-    ));
+    progress(&format!("creating {} tenants through POST /tenants", cli.tenants));
     let cpu_before = server.cpu_ticks()?;
     let t = create_tenants(&server, &client, cli.tenants.max(1)).await?;
     let cpu = ticks_to_duration(server.cpu_ticks()?.saturating_sub(cpu_before), tck);
@@ -305,16 +292,10 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         fmt_ms(t.latencies.iter().max().copied().unwrap_or_default()),
     ));
     if t.ok > 0 {
-        rows.push(Row::info(
-            "  server CPU per tenant creation",
-            fmt_ms(cpu / t.ok as u32),
-        ));
+        rows.push(Row::info("  server CPU per tenant creation", fmt_ms(cpu / t.ok as u32)));
     }
     if let Some(first) = t.failed.first() {
-        notes.push(format!(
-            "{} tenant creation(s) failed, e.g.: {first}",
-            t.failed.len()
-        ));
+        notes.push(format!("{} tenant creation(s) failed, e.g.: {first}", t.failed.len()));
     }
 
     // Authenticated pages.
@@ -370,10 +351,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
     let final_rss = server.status_kib("VmRSS")?;
     let final_peak = server.status_kib("VmHWM")?;
     rows.push(Row::info("RSS at the end", fmt_mib(final_rss)));
-    rows.push(Row::info(
-        "peak RSS since the sign-in burst",
-        fmt_mib(final_peak),
-    ));
+    rows.push(Row::info("peak RSS since the sign-in burst", fmt_mib(final_peak)));
 
     server.stop();
     notes.push(format!(
@@ -381,8 +359,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         machine.cores
     ));
     notes.push(
-        "a sign-in is POST /login (the GET /login for its form and cookie happens before the clock starts)"
-            .to_owned(),
+        "a sign-in is POST /login (the GET /login for its form and cookie happens before the clock starts)".to_owned(),
     );
     notes.push(
         "CPU per sign-in / one hash divides by the hash's median CPU time (its wall time on an idle machine)"
@@ -404,10 +381,7 @@ struct Server {
 
 impl Server {
     fn spawn(bin: &Path, database_url: Option<&str>) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "quarterdeck-bench-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = std::env::temp_dir().join(format!("quarterdeck-bench-{}", uuid::Uuid::new_v4().simple()));
         let data = dir.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let port = free_port()?;
@@ -439,9 +413,7 @@ impl Server {
             cmd.env("QUARTERDECK_DATABASE_URL", url);
         }
         let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
         Ok(Self {
             child,
@@ -526,10 +498,7 @@ impl Server {
             let f: Vec<&str> = rest.split_whitespace().collect();
             let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
                 + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            out.insert(
-                task.file_name().to_string_lossy().into_owned(),
-                (name, ticks),
-            );
+            out.insert(task.file_name().to_string_lossy().into_owned(), (name, ticks));
         }
         out
     }
@@ -620,19 +589,15 @@ struct HashTiming {
 /// Hash with the domain's hasher (one slot: one hash at a time), `samples` times, after one
 /// warm-up (page faults on the buffer, code paging in).
 async fn measure_hash(samples: usize) -> Result<HashTiming> {
-    let hasher = PasswordHasher::new(1, Duration::from_secs(60), &OsRandom)
-        .map_err(|e| anyhow!("building the hasher: {e}"))?;
-    let pw = NewPassword::parse("correct horse battery staple", 12, "password")
-        .map_err(|e| anyhow!("{e}"))?;
+    let hasher =
+        PasswordHasher::new(1, Duration::from_secs(60), &OsRandom).map_err(|e| anyhow!("building the hasher: {e}"))?;
+    let pw = NewPassword::parse("correct horse battery staple", 12, "password").map_err(|e| anyhow!("{e}"))?;
     let mut walls = Vec::with_capacity(samples);
     let mut cpus = Vec::with_capacity(samples);
     for i in 0..=samples {
         let cpu0 = own_cpu_ns()?;
         let t = Instant::now();
-        hasher
-            .hash(&pw, &OsRandom)
-            .await
-            .map_err(|e| anyhow!("hashing: {e}"))?;
+        hasher.hash(&pw, &OsRandom).await.map_err(|e| anyhow!("hashing: {e}"))?;
         let wall = t.elapsed();
         let cpu = Duration::from_nanos(own_cpu_ns()?.saturating_sub(cpu0));
         if i > 0 {
@@ -950,10 +915,7 @@ struct PgScratch {
 impl PgScratch {
     async fn create(admin_url: &str) -> Result<Self> {
         use sqlx::Connection;
-        let name = format!(
-            "qdbench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let name = format!("qdbench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut url = url::Url::parse(admin_url).context("--database-url is not a URL")?;
         url.set_path(&format!("/{name}"));
         let mut admin = sqlx::PgConnection::connect(admin_url)
@@ -1076,11 +1038,7 @@ impl Machine {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
-            .or_else(|| {
-                std::thread::available_parallelism()
-                    .ok()
-                    .map(|n| n.to_string())
-            })
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.to_string()))
             .unwrap_or_else(|| "?".to_owned());
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
@@ -1138,11 +1096,7 @@ fn render_report(cli: &Cli, m: &Machine, rows: &[Row], notes: &[String]) -> Stri
     };
     let mut out = String::new();
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "== Quarterdeck benchmark: backend {} ==",
-        cli.backend.name()
-    );
+    let _ = writeln!(out, "== Quarterdeck benchmark: backend {} ==", cli.backend.name());
     let _ = writeln!(
         out,
         "machine: {} core(s) (nproc), {}, {} RAM, Linux {}, load average {} at the start",

@@ -8,33 +8,76 @@ use serde_json::{Value, json};
 pub async fn token(app: &TestApp, scope: &str, tenant_id: &str) -> String {
     let page = app.get_html("/settings/tokens").await;
     let r = app
-        .post_form("/settings/tokens", &page, &[("name", "ci"), ("scope", scope), ("expires_in_days", "30"), ("tenant_id", tenant_id)])
+        .post_form(
+            "/settings/tokens",
+            &page,
+            &[
+                ("name", "ci"),
+                ("scope", scope),
+                ("expires_in_days", "30"),
+                ("tenant_id", tenant_id),
+            ],
+        )
         .await;
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
-    html.split("id=\"new-token\">").nth(1).unwrap().split('<').next().unwrap().to_owned()
+    html.split("id=\"new-token\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 pub struct Api<'a> {
     app: &'a TestApp,
     token: String,
     client: reqwest::Client,
+    doc: std::sync::OnceLock<Value>,
 }
 
 impl<'a> Api<'a> {
     pub fn new(app: &'a TestApp, token: &str) -> Self {
-        Self { app, token: token.to_owned(), client: reqwest::Client::new() }
+        Self {
+            app,
+            token: token.to_owned(),
+            client: reqwest::Client::new(),
+            doc: std::sync::OnceLock::new(),
+        }
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, self.app.url(path)).bearer_auth(&self.token);
+        let mut req = self
+            .client
+            .request(method.clone(), self.app.url(path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        // Every response the tests see must match the OpenAPI document.
+        if self.doc.get().is_none() {
+            let doc: Value = self
+                .client
+                .get(self.app.url("/v1/openapi.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let _ = self.doc.set(doc);
+        }
+        if path.starts_with("/v1/admin/")
+            && !(status == 404 && body["error"]["code"] == "not_found" && path.contains("nothing"))
+        {
+            crate::openapi::check_response(self.doc.get().unwrap(), method.as_str(), path, status, &body);
+        }
+        (status, body)
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -98,18 +98,14 @@ async fn tamper(app: &TestApp, seq: i64, force: bool) -> Result<(), sqlx::Error>
         Backend::Postgres => {
             let mut conn = pg_conn(app.pg_url.as_deref().unwrap()).await;
             if force {
-                sqlx::raw_sql(
-                    "ALTER TABLE identity.tenant_audit DISABLE TRIGGER tenant_audit_append_only",
-                )
+                sqlx::raw_sql("ALTER TABLE identity.tenant_audit DISABLE TRIGGER tenant_audit_append_only")
+                    .execute(&mut conn)
+                    .await?;
+            }
+            sqlx::query("UPDATE identity.tenant_audit SET details = '{\"name\":\"Evil\"}' WHERE seq = $1")
+                .bind(seq)
                 .execute(&mut conn)
                 .await?;
-            }
-            sqlx::query(
-                "UPDATE identity.tenant_audit SET details = '{\"name\":\"Evil\"}' WHERE seq = $1",
-            )
-            .bind(seq)
-            .execute(&mut conn)
-            .await?;
         }
     }
     Ok(())

@@ -144,9 +144,7 @@ impl TestApp {
             clock: clock.clone(),
             rng: Arc::new(OsRandom),
         };
-        let app = App::with_listener(settings.clone(), listener, deps)
-            .await
-            .unwrap();
+        let app = App::with_listener(settings.clone(), listener, deps).await.unwrap();
         let core = app.core.clone();
         let server = tokio::spawn(async move {
             app.run(std::future::pending()).await.unwrap();
@@ -180,12 +178,7 @@ impl TestApp {
     }
 
     /// POST a form with the CSRF token taken from `page`'s HTML.
-    pub async fn post_form(
-        &self,
-        path: &str,
-        page: &str,
-        fields: &[(&str, &str)],
-    ) -> reqwest::Response {
+    pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
         let token = csrf_token(page);
         let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
         form.extend_from_slice(fields);
@@ -200,10 +193,7 @@ impl TestApp {
 
     /// Create the owner (as the bootstrap settings would) and sign in with it.
     pub async fn sign_in_owner(&self) -> String {
-        self.core
-            .bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD)
-            .await
-            .unwrap();
+        self.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
         self.sign_in(OWNER_EMAIL, OWNER_PASSWORD).await
     }
 
@@ -213,12 +203,7 @@ impl TestApp {
         let r = self
             .post_form("/login", &page, &[("email", email), ("password", password)])
             .await;
-        assert_eq!(
-            r.status(),
-            303,
-            "sign-in failed: {}",
-            r.text().await.unwrap()
-        );
+        assert_eq!(r.status(), 303, "sign-in failed: {}", r.text().await.unwrap());
         self.get_html("/").await
     }
 
@@ -237,12 +222,7 @@ impl TestApp {
                 ],
             )
             .await;
-        assert_eq!(
-            r.status(),
-            303,
-            "create failed: {}",
-            r.text().await.unwrap()
-        );
+        assert_eq!(r.status(), 303, "create failed: {}", r.text().await.unwrap());
         let location = location(&r);
         location.split("created=").nth(1).unwrap().to_owned()
     }
@@ -302,10 +282,7 @@ pub fn csrf_token(html: &str) -> String {
         .to_owned()
 }
 
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the manual clock starts at the real time"
-)]
+#[expect(clippy::disallowed_methods, reason = "the manual clock starts at the real time")]
 fn real_now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -435,12 +412,7 @@ impl TenantClient {
         self.get(path).await.text().await.unwrap()
     }
 
-    pub async fn post_form(
-        &self,
-        path: &str,
-        page: &str,
-        fields: &[(&str, &str)],
-    ) -> reqwest::Response {
+    pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
         let token = csrf_token(page);
         let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
         form.extend_from_slice(fields);
@@ -464,11 +436,7 @@ impl TenantClient {
         self.post_form(
             "/register",
             &page,
-            &[
-                ("token", &token),
-                ("password", password),
-                ("confirm", password),
-            ],
+            &[("token", &token), ("password", password), ("confirm", password)],
         )
         .await
     }

@@ -7,9 +7,7 @@ use crate::{both, both_backends};
 const REASON: &str = "Onboarding Acme's first admin (ticket 42)";
 
 fn rcm(s: &mut quarterdeck::Settings) {
-    s.roles_file = Some(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/roles-rcm.toml"),
-    );
+    s.roles_file = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/roles-rcm.toml"));
 }
 
 /// Start impersonating `tid` from the console; returns the tenant-host browser, signed in.
@@ -20,11 +18,7 @@ async fn switch_to(app: &TestApp, tid: &str, slug: &str) -> TenantClient {
             || page.contains("audited under your platform user id")
     );
     let r = app
-        .post_form(
-            &format!("/tenants/{tid}/impersonate"),
-            &page,
-            &[("reason", REASON)],
-        )
+        .post_form(&format!("/tenants/{tid}/impersonate"), &page, &[("reason", REASON)])
         .await;
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
     let handoff = location(&r);
@@ -36,9 +30,7 @@ async fn switch_to(app: &TestApp, tid: &str, slug: &str) -> TenantClient {
         "{handoff}"
     );
     let tenant = app.tenant_client(slug);
-    let r = tenant
-        .get(&handoff[handoff.find("/impersonate").unwrap()..])
-        .await;
+    let r = tenant.get(&handoff[handoff.find("/impersonate").unwrap()..]).await;
     assert_eq!(r.status(), 303);
     assert_eq!(location(&r), "/portal");
     tenant
@@ -51,9 +43,7 @@ async fn add_user(tenant: &TenantClient, email: &str, role: &str, force: bool) -
     if force {
         fields.push(("force_change", "on"));
     }
-    let r = tenant
-        .post_form("/portal/settings/users/new", &form, &fields)
-        .await;
+    let r = tenant.post_form("/portal/settings/users/new", &form, &fields).await;
     assert_eq!(r.status(), 200);
     let page = r.text().await.unwrap();
     assert!(page.contains("This is the only time this password is shown"));

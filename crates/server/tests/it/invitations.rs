@@ -13,11 +13,7 @@ async fn received(maildev: &crate::maildev::Maildev, to: &str, n: usize) -> Valu
             .emails()
             .await
             .into_iter()
-            .filter(|m| {
-                m["to"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|t| t["address"] == to))
-            })
+            .filter(|m| m["to"].as_array().is_some_and(|a| a.iter().any(|t| t["address"] == to)))
             .collect();
         if mails.len() >= n {
             return mails[n - 1].clone();

@@ -12,10 +12,7 @@
 
 mod helpers;
 #[path = "../../../mail/tests/mail/maildev.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with the mail crate's tests, which use all of it"
-)]
+#[allow(dead_code, reason = "shared with the mail crate's tests, which use all of it")]
 mod maildev;
 
 mod api;
@@ -24,6 +21,7 @@ mod auth;
 mod browser;
 mod impersonation;
 mod invitations;
+mod openapi;
 mod portal;
 mod settings;
 mod setup;

@@ -16,8 +16,7 @@ both!(
 
 #[tokio::test]
 async fn the_rcm_roles_file_replaces_the_tenant_roles_and_names_tenant_admin() {
-    let file =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/roles-rcm.toml");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/roles-rcm.toml");
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.roles_file = Some(file)).await;
     app.sign_in_owner().await;
     let roles = app.get_html("/roles").await;
@@ -48,23 +47,14 @@ fn a_bad_roles_file_is_refused_with_its_name() {
         ..Default::default()
     };
     let err = s.catalog().unwrap_err().to_string();
-    assert!(
-        err.contains("roles.toml") && err.contains("admin_role"),
-        "{err}"
-    );
+    assert!(err.contains("roles.toml") && err.contains("admin_role"), "{err}");
 }
 
 #[test]
 fn a_real_transport_with_the_localhost_base_url_is_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.toml");
-    std::fs::write(
-        &path,
-        "email_transport = \"smtp\"\nsmtp_host = \"mail.example.com\"\n",
-    )
-    .unwrap();
-    let err = quarterdeck::Settings::load(Some(&path))
-        .unwrap_err()
-        .to_string();
+    std::fs::write(&path, "email_transport = \"smtp\"\nsmtp_host = \"mail.example.com\"\n").unwrap();
+    let err = quarterdeck::Settings::load(Some(&path)).unwrap_err().to_string();
     assert!(err.contains("QUARTERDECK_BASE_URL"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! `/v1/admin/audit/events`: filtered, cursor-paged; and `/export` as NDJSON.
 
-use super::{Caller, List};
+use super::Caller;
+use super::schema::{ErrorBody, EventList, EventOut};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
@@ -13,19 +14,26 @@ use quarterdeck_domain::{Error, TenantId};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::IntoParams;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// An event type, e.g. `TENANT_CREATED`.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     event_type: Option<String>,
     tenant_id: Option<String>,
+    /// Part of the actor's email.
     actor: Option<String>,
     /// RFC 3339, inclusive.
     from: Option<String>,
     /// RFC 3339, exclusive.
     to: Option<String>,
+    /// 1–500, default 50.
     limit: Option<u32>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -41,7 +49,10 @@ fn time(raw: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>, Error>
 /// The filter, limited to what this caller may see: a tenant's token sees its tenant only.
 async fn filter(state: &AppState, caller: &Caller, q: &EventsQuery, limit: u32) -> Result<AuditFilter, Error> {
     let tenant_id = match q.tenant_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(raw) => Some(raw.parse::<TenantId>().map_err(|_| Error::field("tenant_id", "invalid_id", "Not a tenant id."))?),
+        Some(raw) => Some(
+            raw.parse::<TenantId>()
+                .map_err(|_| Error::field("tenant_id", "invalid_id", "Not a tenant id."))?,
+        ),
         None => caller.0.tenant_limit(),
     };
     if let Some(t) = tenant_id {
@@ -56,7 +67,11 @@ async fn filter(state: &AppState, caller: &Caller, q: &EventsQuery, limit: u32) 
         to: time(q.to.as_deref(), "to")?,
         before_seq: match q.cursor.as_deref() {
             None | Some("") => None,
-            Some(c) => Some(c.parse().map_err(|_| Error::field("cursor", "invalid_cursor", "Use the next_cursor of the previous page."))?),
+            Some(c) => {
+                Some(c.parse().map_err(|_| {
+                    Error::field("cursor", "invalid_cursor", "Use the next_cursor of the previous page.")
+                })?)
+            }
         },
         limit,
     })
@@ -65,35 +80,57 @@ async fn filter(state: &AppState, caller: &Caller, q: &EventsQuery, limit: u32) 
 async fn read(state: &AppState, caller: &Caller, filter: &AuditFilter) -> Result<Vec<AuditEvent>, Error> {
     if caller.0.principal.tenant_id.is_some() {
         let t = filter.tenant_id.ok_or(Error::NotFound)?;
-        return state.core.tenant_events(&caller.0.principal, t, filter.before_seq, filter.limit).await.map(|events| {
-            events
-                .into_iter()
-                .filter(|e| filter.event_type.as_ref().is_none_or(|ty| *ty == e.event_type))
-                .collect()
-        });
+        return state
+            .core
+            .tenant_events(&caller.0.principal, t, filter.before_seq, filter.limit)
+            .await
+            .map(|events| {
+                events
+                    .into_iter()
+                    .filter(|e| filter.event_type.as_ref().is_none_or(|ty| *ty == e.event_type))
+                    .collect()
+            });
     }
     let auth = caller.0.principal.require::<ReadAudit>()?;
     state.core.list_events(&auth, filter).await
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<EventsQuery>) -> Result<Json<List<AuditEvent>>, ApiError> {
+/// Audit events, newest first, filtered and cursor-paged.
+#[utoipa::path(get, path = "/v1/admin/audit/events", tag = "audit", params(EventsQuery),
+    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventList>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let f = filter(&state, &caller, &q, limit + 1).await?;
     let mut items = read(&state, &caller, &f).await?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     let next_cursor = items.last().filter(|_| more).map(|e| e.seq.to_string());
-    Ok(Json(List { items, next_cursor }))
+    Ok(Json(EventList {
+        items: items.into_iter().map(EventOut::from).collect(),
+        next_cursor,
+    }))
 }
 
-/// Every matching event, oldest last, one JSON object a line.
-pub async fn export(State(state): State<AppState>, caller: Caller, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
+/// Every matching event, newest first, one JSON object a line (NDJSON).
+#[utoipa::path(get, path = "/v1/admin/audit/events/export", tag = "audit", params(EventsQuery),
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
     let mut f = filter(&state, &caller, &q, 1000).await?;
     let mut out = String::new();
     loop {
         let batch = read(&state, &caller, &f).await?;
         for e in &batch {
-            out.push_str(&serde_json::to_string(e).map_err(Error::internal)?);
+            out.push_str(&serde_json::to_string(&EventOut::from(e.clone())).map_err(Error::internal)?);
             out.push('\n');
         }
         match batch.last() {
@@ -101,7 +138,12 @@ pub async fn export(State(state): State<AppState>, caller: Caller, Query(q): Que
             _ => break,
         }
         if out.len() > 64 * 1024 * 1024 {
-            return Err(Error::field("limit", "export_too_large", "Narrow the export with from/to or tenant_id.").into());
+            return Err(Error::field(
+                "limit",
+                "export_too_large",
+                "Narrow the export with from/to or tenant_id.",
+            )
+            .into());
         }
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())

@@ -71,7 +71,10 @@ pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
         return next.run(req).await;
     };
     if let Some(retry) = limits.over(&token) {
-        return ApiError(Error::Throttled { retry_after_secs: retry }).into_response();
+        return ApiError(Error::Throttled {
+            retry_after_secs: retry,
+        })
+        .into_response();
     }
     let key = req
         .headers()
@@ -82,13 +85,23 @@ pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
         return next.run(req).await;
     };
     if key.is_empty() || key.len() > 200 {
-        return ApiError(Error::field("Idempotency-Key", "invalid_idempotency_key", "Use 1 to 200 characters.")).into_response();
+        return ApiError(Error::field(
+            "Idempotency-Key",
+            "invalid_idempotency_key",
+            "Use 1 to 200 characters.",
+        ))
+        .into_response();
     }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
         return ApiError(Error::field("_body", "body_too_large", "The body is too large.")).into_response();
     };
-    let request = format!("{} {}\n{}", parts.method, parts.uri.path(), TokenHash::of(&String::from_utf8_lossy(&bytes)).0);
+    let request = format!(
+        "{} {}\n{}",
+        parts.method,
+        parts.uri.path(),
+        TokenHash::of(&String::from_utf8_lossy(&bytes)).0
+    );
     let slot = (token, key);
     {
         let mut replies = limits.replies.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,7 +118,8 @@ pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
             if let Some(ct) = &s.content_type {
                 resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
             }
-            resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return resp;
         }
     }

@@ -9,6 +9,8 @@
 
 mod audit;
 mod limits;
+mod openapi;
+pub mod schema;
 mod tenants;
 mod users;
 
@@ -30,16 +32,29 @@ use serde::de::DeserializeOwned;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/tenants", get(tenants::list).post(tenants::create))
-        .route("/admin/tenants/{id}", get(tenants::get).patch(tenants::update).delete(tenants::delete))
+        .route(
+            "/admin/tenants/{id}",
+            get(tenants::get).patch(tenants::update).delete(tenants::delete),
+        )
         .route("/admin/tenants/{id}/status", post(tenants::set_status))
         .route("/admin/users", get(users::list).post(users::create))
-        .route("/admin/users/{id}", get(users::get).patch(users::update).delete(users::delete))
-        .route("/admin/users/{id}/roles/{role}", put(users::assign_role).delete(users::revoke_role))
+        .route(
+            "/admin/users/{id}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route(
+            "/admin/users/{id}/roles/{role}",
+            put(users::assign_role).delete(users::revoke_role),
+        )
         .route("/admin/users/{id}/invitation/resend", post(users::resend_invitation))
-        .route("/admin/users/{id}/invitation", axum::routing::delete(users::revoke_invitation))
+        .route(
+            "/admin/users/{id}/invitation",
+            axum::routing::delete(users::revoke_invitation),
+        )
         .route("/admin/invitations", get(users::invitations))
         .route("/admin/audit/events", get(audit::list))
         .route("/admin/audit/events/export", get(audit::export))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError(Error::NotFound) })
         .layer(axum::middleware::from_fn(limits::idempotency_and_rate))
 }
@@ -91,7 +106,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
         if !is_json {
-            return Err(ApiError(Error::field("_body", "unsupported_media_type", "Send a JSON body (Content-Type: application/json).")));
+            return Err(ApiError(Error::field(
+                "_body",
+                "unsupported_media_type",
+                "Send a JSON body (Content-Type: application/json).",
+            )));
         }
         let bytes = Bytes::from_request(req, state)
             .await
@@ -113,11 +132,4 @@ impl Page {
     pub fn limit(&self) -> u32 {
         self.limit.unwrap_or(50).clamp(1, 200)
     }
-}
-
-/// A page of results.
-#[derive(serde::Serialize)]
-pub struct List<T: serde::Serialize> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
 }

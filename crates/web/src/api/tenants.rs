@@ -1,6 +1,7 @@
 //! `/v1/admin/tenants`: list, get, create, update, change status, delete.
 
-use super::{Body, Caller, List, Page};
+use super::schema::{ErrorBody, TenantList, TenantOut};
+use super::{Body, Caller, Page};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
@@ -14,6 +15,7 @@ use quarterdeck_domain::tenant::{
 };
 use quarterdeck_domain::{Error, TenantId, TenantSlug, TenantStatus};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 fn id(raw: &str) -> Result<TenantId, Error> {
     raw.parse().map_err(|_| Error::NotFound)
@@ -26,41 +28,78 @@ async fn visible(state: &AppState, caller: &Caller, raw: &str) -> Result<Tenant,
     Ok(state.core.tenant(&read, tid).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Matches name or slug.
     q: Option<String>,
+    /// `active`, `read_only` or `suspended`.
     status: Option<String>,
+    /// 1–200, default 50.
     limit: Option<u32>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<List<Tenant>>, ApiError> {
+/// List tenants (a tenant-limited token sees its tenant only).
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "tenants", params(ListQuery),
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<TenantList>, ApiError> {
     let read = caller.0.principal.require::<ReadTenants>()?;
-    let page = Page { limit: q.limit, cursor: q.cursor.clone() };
+    let page = Page {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+    };
     if let Some(only) = caller.0.tenant_limit() {
         let t = state.core.tenant(&read, only).await?;
-        return Ok(Json(List { items: vec![t], next_cursor: None }));
+        return Ok(Json(TenantList {
+            items: vec![t.into()],
+            next_cursor: None,
+        }));
     }
     let offset: u32 = match page.cursor.as_deref() {
         None => 0,
-        Some(c) => c.parse().map_err(|_| Error::field("cursor", "invalid_cursor", "Use the next_cursor of the previous page."))?,
+        Some(c) => c
+            .parse()
+            .map_err(|_| Error::field("cursor", "invalid_cursor", "Use the next_cursor of the previous page."))?,
     };
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(TenantStatus::parse(s)?),
     };
-    let filter = TenantFilter { search: q.q, status, limit: page.limit(), offset };
+    let filter = TenantFilter {
+        search: q.q,
+        status,
+        limit: page.limit(),
+        offset,
+    };
     let (items, total) = state.core.list_tenants(&read, &filter).await?;
     let next = u64::from(offset) + items.len() as u64;
-    Ok(Json(List { next_cursor: (next < total).then(|| next.to_string()), items }))
+    Ok(Json(TenantList {
+        next_cursor: (next < total).then(|| next.to_string()),
+        items: items.into_iter().map(TenantOut::from).collect(),
+    }))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Tenant>, ApiError> {
-    Ok(Json(visible(&state, &caller, &raw).await?))
+/// One tenant.
+#[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "tenants", params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, body = TenantOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<TenantOut>, ApiError> {
+    Ok(Json(visible(&state, &caller, &raw).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
@@ -74,7 +113,9 @@ pub struct CreateTenant {
 fn parse_new(state: &AppState, b: &CreateTenant) -> Result<NewTenant, Error> {
     let mut p = Problems::new();
     let name = p.check(TenantName::parse(&b.name));
-    let slug = p.check(TenantSlug::parse(b.slug.as_deref().unwrap_or(&TenantSlug::suggest(&b.name))));
+    let slug = p.check(TenantSlug::parse(
+        b.slug.as_deref().unwrap_or(&TenantSlug::suggest(&b.name)),
+    ));
     let regions = &state.core.config.regions;
     let region = p.check(Region::parse(b.region.as_deref().unwrap_or(&regions[0]), regions));
     let tier = p.check(PriorityTier::parse(b.tier.as_deref().unwrap_or("standard")));
@@ -82,22 +123,38 @@ fn parse_new(state: &AppState, b: &CreateTenant) -> Result<NewTenant, Error> {
     let metadata = p.check(parse_metadata(&rows));
     p.finish()?;
     match (name, slug, region, tier, metadata) {
-        (Some(name), Some(slug), Some(region), Some(tier), Some(metadata)) => Ok(NewTenant { slug, name, region, tier, metadata }),
+        (Some(name), Some(slug), Some(region), Some(tier), Some(metadata)) => Ok(NewTenant {
+            slug,
+            name,
+            region,
+            tier,
+            metadata,
+        }),
         _ => Err(Error::internal("validation passed without values")),
     }
 }
 
-pub async fn create(State(state): State<AppState>, caller: Caller, Body(b): Body<CreateTenant>) -> Result<Response, ApiError> {
+/// Create a tenant (and its database). `slug` defaults from the name, `region` to the first
+/// configured one, `tier` to `standard`.
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "tenants", request_body = CreateTenant,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    responses((status = 201, body = TenantOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(b): Body<CreateTenant>,
+) -> Result<Response, ApiError> {
     let auth = caller.0.principal.require::<ManageTenants>()?;
     if caller.0.tenant_limit().is_some() {
         return Err(Error::Forbidden.into());
     }
     let new = parse_new(&state, &b)?;
     let t = state.core.create_tenant(&auth, new).await?;
-    Ok((StatusCode::CREATED, Json(t)).into_response())
+    Ok((StatusCode::CREATED, Json(TenantOut::from(t))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     name: Option<String>,
@@ -107,12 +164,16 @@ pub struct UpdateTenant {
     metadata: Option<Metadata>,
 }
 
+/// Update name, region, tier or metadata (`TENANT_METADATA_UPDATED` with a diff per key).
+#[utoipa::path(patch, path = "/v1/admin/tenants/{id}", tag = "tenants", request_body = UpdateTenant, params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, body = TenantOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
     Body(b): Body<UpdateTenant>,
-) -> Result<Json<Tenant>, ApiError> {
+) -> Result<Json<TenantOut>, ApiError> {
     let auth = caller.0.principal.require::<ManageTenants>()?;
     let current = visible(&state, &caller, &raw).await?;
     let mut p = Problems::new();
@@ -129,17 +190,34 @@ pub async fn update(
         None => Some(current.tier),
     };
     let metadata = match &b.metadata {
-        Some(m) => p.check(parse_metadata(&m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>())),
+        Some(m) => p.check(parse_metadata(
+            &m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>(),
+        )),
         None => Some(current.metadata.clone()),
     };
     p.finish()?;
     let (Some(name), Some(region), Some(tier), Some(metadata)) = (name, region, tier, metadata) else {
         return Err(Error::internal("validation passed without values").into());
     };
-    Ok(Json(state.core.update_tenant(&auth, current.id, TenantEdit { name, region, tier, metadata }).await?))
+    Ok(Json(
+        state
+            .core
+            .update_tenant(
+                &auth,
+                current.id,
+                TenantEdit {
+                    name,
+                    region,
+                    tier,
+                    metadata,
+                },
+            )
+            .await?
+            .into(),
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStatus {
     status: String,
@@ -147,21 +225,42 @@ pub struct SetStatus {
     reason: String,
 }
 
+/// Change the status: `active`, `read_only` or `suspended`.
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/status", tag = "tenants", request_body = SetStatus, params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, body = TenantOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn set_status(
     State(state): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
     Body(b): Body<SetStatus>,
-) -> Result<Json<Tenant>, ApiError> {
+) -> Result<Json<TenantOut>, ApiError> {
     let auth = caller.0.principal.require::<ManageTenants>()?;
     let current = visible(&state, &caller, &raw).await?;
     let status = TenantStatus::parse(&b.status)?;
-    Ok(Json(state.core.set_tenant_status(&auth, current.id, status, &b.reason).await?))
+    Ok(Json(
+        state
+            .core
+            .set_tenant_status(&auth, current.id, status, &b.reason)
+            .await?
+            .into(),
+    ))
 }
 
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+/// Delete a tenant: out of service at once, its database dropped after the retention period.
+#[utoipa::path(delete, path = "/v1/admin/tenants/{id}", tag = "tenants", params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let auth = caller.0.principal.require::<ManageTenants>()?;
     let current = visible(&state, &caller, &raw).await?;
-    state.core.delete_tenant(&auth, current.id, current.slug.as_str()).await?;
+    state
+        .core
+        .delete_tenant(&auth, current.id, current.slug.as_str())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

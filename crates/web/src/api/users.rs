@@ -2,6 +2,7 @@
 //! and invitations. The same domain operations as the console, so the same rules and events,
 //! with the token's id in each event.
 
+use super::schema::{CreatedUser, ErrorBody, UserList, UserOut};
 use super::{Body, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -9,16 +10,20 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use quarterdeck_domain::core::{InviteRequest, NewUserRequest, UserView};
-use quarterdeck_domain::user::{Directory, InvitationState, User, UserStatus};
+use quarterdeck_domain::core::{InviteRequest, NewUserRequest};
+use quarterdeck_domain::user::{Directory, UserStatus};
 use quarterdeck_domain::{Error, TenantId, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 /// Which directory a call is about: `tenant_id` given → that tenant's users; else the platform's
 /// (a tenant's token always means its tenant).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Where {
+    /// The tenant whose users these are; omitted: the platform's users (or, for a tenant's
+    /// token, its tenant's).
     tenant_id: Option<String>,
 }
 
@@ -42,38 +47,44 @@ fn user_id(raw: &str) -> Result<UserId, Error> {
     raw.parse().map_err(|_| Error::NotFound)
 }
 
-/// A user as the API shows them.
-#[derive(Serialize)]
-pub struct UserOut {
-    #[serde(flatten)]
-    user: User,
-    invitation: Option<InvitationState>,
-}
-
-impl From<UserView> for UserOut {
-    fn from(v: UserView) -> Self {
-        Self { user: v.user, invitation: v.invitation }
-    }
-}
-
-#[derive(Serialize)]
-pub struct Users {
-    items: Vec<UserOut>,
-    next_cursor: Option<String>,
-}
-
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(w): Query<Where>) -> Result<Json<Users>, ApiError> {
+/// List users.
+#[utoipa::path(get, path = "/v1/admin/users", tag = "users", params(Where),
+    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(w): Query<Where>,
+) -> Result<Json<UserList>, ApiError> {
     let dir = directory(&caller, &w)?;
     let users = state.core.users(&caller.0.principal, dir).await?;
-    Ok(Json(Users { items: users.into_iter().map(UserOut::from).collect(), next_cursor: None }))
+    Ok(Json(UserList {
+        items: users.into_iter().map(UserOut::from).collect(),
+        next_cursor: None,
+    }))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<Json<UserOut>, ApiError> {
+/// One user.
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id"), Where),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(w): Query<Where>,
+) -> Result<Json<UserOut>, ApiError> {
     let dir = directory(&caller, &w)?;
-    Ok(Json(state.core.user_view(&caller.0.principal, dir, user_id(&id)?).await?.into()))
+    Ok(Json(
+        state
+            .core
+            .user_view(&caller.0.principal, dir, user_id(&id)?)
+            .await?
+            .into(),
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Delivery {
     /// Email an invitation link (the default).
@@ -82,7 +93,7 @@ pub enum Delivery {
     OneTimePassword,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     email: String,
@@ -95,16 +106,20 @@ pub struct CreateUser {
     force_password_change: Option<bool>,
 }
 
-#[derive(Serialize)]
-pub struct Created {
-    user: User,
-    /// Only with `delivery: one_time_password`; never returned again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    one_time_password: Option<String>,
-}
-
-pub async fn create(State(state): State<AppState>, caller: Caller, Body(b): Body<CreateUser>) -> Result<Response, ApiError> {
-    let w = Where { tenant_id: b.tenant_id.clone() };
+/// Create a user: by invitation (`USER_INVITED`, the link goes by email) or with a one-time
+/// password returned once (`USER_CREATED`, tenant users only).
+#[utoipa::path(post, path = "/v1/admin/users", tag = "users", request_body = CreateUser,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    responses((status = 201, body = CreatedUser), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(b): Body<CreateUser>,
+) -> Result<Response, ApiError> {
+    let w = Where {
+        tenant_id: b.tenant_id.clone(),
+    };
     let dir = directory(&caller, &w)?;
     let by = &caller.0.principal;
     let (user, otp) = match b.delivery.unwrap_or(Delivery::Invitation) {
@@ -119,7 +134,9 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Body(b): Body
         }
         Delivery::OneTimePassword => {
             let [role] = b.roles.as_slice() else {
-                return Err(Error::field("roles", "one_role", "With a one-time password, give exactly one role.").into());
+                return Err(
+                    Error::field("roles", "one_role", "With a one-time password, give exactly one role.").into(),
+                );
             };
             let req = NewUserRequest {
                 email: b.email,
@@ -131,10 +148,17 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Body(b): Body
             (user, Some(otp))
         }
     };
-    Ok((StatusCode::CREATED, Json(Created { user, one_time_password: otp })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedUser {
+            user: user.into(),
+            one_time_password: otp,
+        }),
+    )
+        .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// `ACTIVE` or `SUSPENDED`.
@@ -143,6 +167,10 @@ pub struct UpdateUser {
     roles: Option<Vec<String>>,
 }
 
+/// Suspend or reactivate (`status`), or replace the roles.
+#[utoipa::path(patch, path = "/v1/admin/users/{id}", tag = "users", request_body = UpdateUser, params(("id" = Uuid, Path, description = "User id"), Where),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -171,13 +199,29 @@ pub async fn update(
     Ok(Json(state.core.user_view(by, dir, id).await?.into()))
 }
 
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<StatusCode, ApiError> {
+/// Delete a user: gone from sign-in at once (`USER_DELETED`).
+#[utoipa::path(delete, path = "/v1/admin/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id"), Where),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(w): Query<Where>,
+) -> Result<StatusCode, ApiError> {
     let dir = directory(&caller, &w)?;
     state.core.delete_user(&caller.0.principal, dir, user_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn change_role(state: &AppState, caller: &Caller, id: &str, role: &str, w: &Where, assign: bool) -> Result<Json<UserOut>, ApiError> {
+async fn change_role(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    role: &str,
+    w: &Where,
+    assign: bool,
+) -> Result<Json<UserOut>, ApiError> {
     let dir = directory(caller, w)?;
     let id = user_id(id)?;
     let by = &caller.0.principal;
@@ -193,6 +237,10 @@ async fn change_role(state: &AppState, caller: &Caller, id: &str, role: &str, w:
     Ok(Json(state.core.user_view(by, dir, id).await?.into()))
 }
 
+/// Assign a role (`USER_ROLE_ASSIGNED`).
+#[utoipa::path(put, path = "/v1/admin/users/{id}/roles/{role}", tag = "role assignments", params(("id" = Uuid, Path, description = "User id"), ("role" = String, Path, description = "Role name"), Where),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn assign_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,6 +250,10 @@ pub async fn assign_role(
     change_role(&state, &caller, &id, &role, &w, true).await
 }
 
+/// Revoke a role (`USER_ROLE_REVOKED`).
+#[utoipa::path(delete, path = "/v1/admin/users/{id}/roles/{role}", tag = "role assignments", params(("id" = Uuid, Path, description = "User id"), ("role" = String, Path, description = "Role name"), Where),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn revoke_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -211,7 +263,15 @@ pub async fn revoke_role(
     change_role(&state, &caller, &id, &role, &w, false).await
 }
 
-pub async fn invitations(State(state): State<AppState>, caller: Caller, Query(w): Query<Where>) -> Result<Json<Users>, ApiError> {
+/// Pending invitations (users still `INVITED`), with their delivery state.
+#[utoipa::path(get, path = "/v1/admin/invitations", tag = "invitations", params(Where),
+    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn invitations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(w): Query<Where>,
+) -> Result<Json<UserList>, ApiError> {
     let dir = directory(&caller, &w)?;
     let users = state.core.users(&caller.0.principal, dir).await?;
     let items = users
@@ -219,18 +279,42 @@ pub async fn invitations(State(state): State<AppState>, caller: Caller, Query(w)
         .filter(|v| v.user.status == UserStatus::Invited)
         .map(UserOut::from)
         .collect();
-    Ok(Json(Users { items, next_cursor: None }))
+    Ok(Json(UserList {
+        items,
+        next_cursor: None,
+    }))
 }
 
-pub async fn resend_invitation(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<Json<UserOut>, ApiError> {
+/// Resend: a new link; the old one dies (`INVITATION_RESENT`).
+#[utoipa::path(post, path = "/v1/admin/users/{id}/invitation/resend", tag = "invitations", params(("id" = Uuid, Path, description = "User id"), Where),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resend_invitation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(w): Query<Where>,
+) -> Result<Json<UserOut>, ApiError> {
     let dir = directory(&caller, &w)?;
     let id = user_id(&id)?;
     state.core.resend_invitation(&caller.0.principal, dir, id).await?;
     Ok(Json(state.core.user_view(&caller.0.principal, dir, id).await?.into()))
 }
 
-pub async fn revoke_invitation(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, Query(w): Query<Where>) -> Result<StatusCode, ApiError> {
+/// Revoke: the link dies (`INVITATION_REVOKED`).
+#[utoipa::path(delete, path = "/v1/admin/users/{id}/invitation", tag = "invitations", params(("id" = Uuid, Path, description = "User id"), Where),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(w): Query<Where>,
+) -> Result<StatusCode, ApiError> {
     let dir = directory(&caller, &w)?;
-    state.core.revoke_invitation(&caller.0.principal, dir, user_id(&id)?).await?;
+    state
+        .core
+        .revoke_invitation(&caller.0.principal, dir, user_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

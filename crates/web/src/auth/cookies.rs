@@ -17,10 +17,7 @@ pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn cookie(config: &WebConfig, name: &str, value: &str, max_age: Option<i64>) -> String {
-    let mut c = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax",
-        config.cookie_name(name)
-    );
+    let mut c = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", config.cookie_name(name));
     if config.secure() {
         c.push_str("; Secure");
     }
@@ -49,8 +46,7 @@ pub fn anon_csrf_token(
 ) -> (String, Option<String>) {
     if let Some(v) = read_cookie(headers, &config.cookie_name(super::ANON_CSRF_COOKIE))
         && v.len() == 43
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return (v, None);
     }

@@ -82,8 +82,7 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
         .map(|(_, v)| v.into_owned());
     match sent {
         Some(sent) if constant_time_eq(&sent, &expected) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+            next.run(Request::from_parts(parts, Body::from(bytes))).await
         }
         _ => refuse(),
     }

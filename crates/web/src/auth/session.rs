@@ -24,12 +24,10 @@ pub struct MaybeSession(pub Option<SignedIn>);
 pub async fn load_session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let name = state.config.cookie_name(SESSION_COOKIE);
     let signed_in = match read_cookie(req.headers(), &name) {
-        Some(v) if !v.is_empty() && v.len() <= 128 => {
-            match state.core.session(site_dir(&req), &v).await {
-                Ok(s) => s,
-                Err(e) => return HtmlError(e).into_response(),
-            }
-        }
+        Some(v) if !v.is_empty() && v.len() <= 128 => match state.core.session(site_dir(&req), &v).await {
+            Ok(s) => s,
+            Err(e) => return HtmlError(e).into_response(),
+        },
         _ => None,
     };
     req.extensions_mut().insert(MaybeSession(signed_in));
@@ -51,10 +49,7 @@ pub struct CurrentSession(pub SignedIn);
 impl FromRequestParts<AppState> for CurrentSession {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
         if !matches!(parts.extensions.get::<Site>(), Some(Site::Base)) {
             return Err(HtmlError(quarterdeck_domain::Error::NotFound).into_response());
         }
@@ -71,23 +66,17 @@ pub struct PortalSession(pub SignedIn, pub Tenant);
 impl FromRequestParts<AppState> for PortalSession {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(Site::Tenant(t)) = parts.extensions.get::<Site>() else {
             return Err(HtmlError(quarterdeck_domain::Error::NotFound).into_response());
         };
         match parts.extensions.get::<MaybeSession>() {
-            Some(MaybeSession(Some(s)))
-                if s.session.must_change_password && parts.uri.path() != "/portal/password" =>
-            {
+            Some(MaybeSession(Some(s))) if s.session.must_change_password && parts.uri.path() != "/portal/password" => {
                 // Signed in with a one-time password: nothing else until it is changed.
                 if parts.method == axum::http::Method::GET {
                     Err(Redirect::to("/portal/password").into_response())
                 } else {
-                    Err(HtmlError(quarterdeck_domain::Error::PasswordChangeRequired)
-                        .into_response())
+                    Err(HtmlError(quarterdeck_domain::Error::PasswordChangeRequired).into_response())
                 }
             }
             Some(MaybeSession(Some(s))) => Ok(Self(s.clone(), (**t).clone())),
@@ -115,12 +104,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
     }
 }
 

@@ -112,10 +112,7 @@ pub async fn list(
     if !tenant.is_empty() {
         filter.tenant_id = match tenant.parse::<TenantId>() {
             Ok(id) => Some(id),
-            Err(_) => match (
-                TenantSlug::parse(tenant),
-                s.principal.require::<ReadTenants>(),
-            ) {
+            Err(_) => match (TenantSlug::parse(tenant), s.principal.require::<ReadTenants>()) {
                 (Ok(slug), Ok(_)) => match state.core.store.tenant_by_slug(&slug).await? {
                     Some(t) => Some(t.id),
                     None => {
@@ -135,14 +132,7 @@ pub async fn list(
             filter.from = from.map(|d| d.midnight().assume_utc());
             filter.to = to.map(|d| d.midnight().assume_utc() + Duration::days(1));
         }
-        (Err(e), _) | (_, Err(e)) => {
-            problem = Some(
-                e.fields()
-                    .first()
-                    .map(|f| f.message.clone())
-                    .unwrap_or_default(),
-            )
-        }
+        (Err(e), _) | (_, Err(e)) => problem = Some(e.fields().first().map(|f| f.message.clone()).unwrap_or_default()),
     }
     let mut events = state.core.list_events(&auth, &filter).await?;
     let has_more = events.len() > PAGE_SIZE as usize;
@@ -156,18 +146,13 @@ pub async fn list(
     ])
     .unwrap_or_default();
     let next_page = match events.last() {
-        Some(last) if has_more => {
-            Some(format!("/audit?{query_without_cursor}&before={}", last.seq))
-        }
+        Some(last) if has_more => Some(format!("/audit?{query_without_cursor}&before={}", last.seq)),
         _ => None,
     };
     let first_page = q.before.map(|_| format!("/audit?{query_without_cursor}"));
     Ok(render(&AuditPage {
         chrome: Chrome::console(&s, "audit"),
-        types: options(
-            EventType::ALL.iter().map(|t| (t.as_str(), t.as_str())),
-            &q.event_type,
-        ),
+        types: options(EventType::ALL.iter().map(|t| (t.as_str(), t.as_str())), &q.event_type),
         q_tenant: q.tenant,
         q_actor: q.actor,
         q_from: q.from,

@@ -3,9 +3,7 @@
 //! opens a fresh session there, and "Stop impersonating" (`POST /impersonation/stop`) ends it
 //! and returns to the tenant's page in the console.
 
-use crate::auth::{
-    CurrentSession, MaybeSession, PortalSession, Site, clear_session_cookie, session_cookie,
-};
+use crate::auth::{CurrentSession, MaybeSession, PortalSession, Site, clear_session_cookie, session_cookie};
 use crate::error::HtmlError;
 use crate::state::AppState;
 use axum::Form;
@@ -28,12 +26,7 @@ pub async fn start(
     Form(f): Form<StartForm>,
 ) -> Result<Response, HtmlError> {
     let tenant_id: TenantId = id.parse().map_err(|_| Error::NotFound)?;
-    let tenant = state
-        .core
-        .store
-        .tenant(tenant_id)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let tenant = state.core.store.tenant(tenant_id).await?.ok_or(Error::NotFound)?;
     let handoff = state
         .core
         .start_impersonation(&s.principal, tenant.id, &f.reason)
@@ -60,11 +53,7 @@ pub async fn accept(
     };
     let (secret, _) = state.core.accept_impersonation(tenant.id, &q.token).await?;
     if let Some(old) = previous {
-        state
-            .core
-            .store
-            .delete_session(&old.session.id_hash)
-            .await?;
+        state.core.store.delete_session(&old.session.id_hash).await?;
     }
     let mut resp = Redirect::to("/portal").into_response();
     if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {
@@ -73,10 +62,7 @@ pub async fn accept(
     Ok(resp)
 }
 
-pub async fn stop(
-    State(state): State<AppState>,
-    PortalSession(s, _): PortalSession,
-) -> Result<Response, HtmlError> {
+pub async fn stop(State(state): State<AppState>, PortalSession(s, _): PortalSession) -> Result<Response, HtmlError> {
     let tenant = state.core.stop_impersonation(&s).await?;
     let mut back = state.config.base_url.clone();
     back.set_path(&format!("/tenants/{tenant}"));

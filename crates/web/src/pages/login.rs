@@ -3,8 +3,7 @@
 
 use super::{Chrome, render};
 use crate::auth::{
-    MaybeSession, PeerAddr, Site, anon_csrf_token, clear_session_cookie, client_info, safe_next,
-    session_cookie,
+    MaybeSession, PeerAddr, Site, anon_csrf_token, clear_session_cookie, client_info, safe_next, session_cookie,
 };
 use crate::error::HtmlError;
 use crate::state::AppState;
@@ -78,13 +77,7 @@ pub async fn form(
         return Redirect::to(&landing(&site, q.next.as_deref())).into_response();
     }
     let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
-    let mut p = page(
-        &state,
-        &site,
-        token,
-        String::new(),
-        safe_next(q.next.as_deref()),
-    );
+    let mut p = page(&state, &site, token, String::new(), safe_next(q.next.as_deref()));
     p.notice = if q.setup.is_some() {
         Some("Your owner account is ready. Sign in with it.")
     } else if q.registered.is_some() {
@@ -129,12 +122,7 @@ pub async fn submit(
             }
             resp
         }
-        Err(
-            e @ (Error::InvalidCredentials
-            | Error::Throttled { .. }
-            | Error::Busy
-            | Error::TenantSuspended),
-        ) => {
+        Err(e @ (Error::InvalidCredentials | Error::Throttled { .. } | Error::Busy | Error::TenantSuspended)) => {
             let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
             let status = crate::error::status_of(&e);
             let mut p = page(
@@ -157,10 +145,7 @@ pub async fn submit(
     }
 }
 
-pub async fn logout(
-    State(state): State<AppState>,
-    MaybeSession(session): MaybeSession,
-) -> Response {
+pub async fn logout(State(state): State<AppState>, MaybeSession(session): MaybeSession) -> Response {
     if let Some(s) = session
         && let Err(e) = state.core.sign_out(&s).await
     {

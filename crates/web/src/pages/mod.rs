@@ -67,10 +67,7 @@ impl Errors {
         Self(f.to_vec())
     }
     pub fn get(&self, field: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|e| e.field == field)
-            .map(|e| e.message.as_str())
+        self.0.iter().find(|e| e.field == field).map(|e| e.message.as_str())
     }
     pub fn has(&self, field: &str) -> bool {
         self.get(field).is_some()
@@ -89,10 +86,8 @@ impl Errors {
 }
 
 pub fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
-    ))
-    .unwrap_or_default()
+    t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"))
+        .unwrap_or_default()
 }
 
 #[derive(Template)]
@@ -116,10 +111,7 @@ pub struct Opt {
     pub selected: bool,
 }
 
-pub fn options<'a>(
-    items: impl IntoIterator<Item = (&'a str, &'a str)>,
-    selected: &str,
-) -> Vec<Opt> {
+pub fn options<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>, selected: &str) -> Vec<Opt> {
     items
         .into_iter()
         .map(|(value, label)| Opt {

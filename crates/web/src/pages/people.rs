@@ -65,12 +65,7 @@ pub struct RoleOpt {
 }
 
 /// The roles `by` may offer for `scope`, with `selected` checked.
-pub fn role_options(
-    catalog: &Catalog,
-    by: &Principal,
-    scope: Option<Scope>,
-    selected: &[String],
-) -> Vec<RoleOpt> {
+pub fn role_options(catalog: &Catalog, by: &Principal, scope: Option<Scope>, selected: &[String]) -> Vec<RoleOpt> {
     catalog
         .roles()
         .iter()
@@ -122,8 +117,7 @@ pub async fn act(
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let done = match action {
         "roles" => {
-            core.set_user_roles(by, dir, id, &all(pairs, "roles"))
-                .await?;
+            core.set_user_roles(by, dir, id, &all(pairs, "roles")).await?;
             "roles"
         }
         "suspend" => {

@@ -67,16 +67,8 @@ pub async fn dashboard(
     State(state): State<AppState>,
     PortalSession(s, t): PortalSession,
 ) -> Result<Response, HtmlError> {
-    let users = state
-        .core
-        .users(&s.principal, Directory::Tenant(t.id))
-        .await?;
-    let count = |st: &str| {
-        users
-            .iter()
-            .filter(|u| u.user.status.as_str() == st)
-            .count()
-    };
+    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
+    let count = |st: &str| users.iter().filter(|u| u.user.status.as_str() == st).count();
     let events = match state.core.tenant_events(&s.principal, t.id, None, 8).await {
         Ok(ev) => Some(ev.iter().map(EventRow::from).collect()),
         Err(Error::Forbidden) => None,
@@ -98,15 +90,9 @@ pub struct TeamPage {
     pub users: Vec<UserRow>,
 }
 
-pub async fn team(
-    State(state): State<AppState>,
-    PortalSession(s, t): PortalSession,
-) -> Result<Response, HtmlError> {
+pub async fn team(State(state): State<AppState>, PortalSession(s, t): PortalSession) -> Result<Response, HtmlError> {
     let now = state.core.clock.now();
-    let users = state
-        .core
-        .users(&s.principal, Directory::Tenant(t.id))
-        .await?;
+    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
     Ok(render(&TeamPage {
         chrome: PortalChrome::new(&s, &t, "team"),
         users: users.iter().map(|v| UserRow::from_view(v, now)).collect(),
@@ -137,21 +123,12 @@ pub async fn invite_form(
     if !s.principal.can(&Capability::TenantUsersManage) {
         return Err(Error::Forbidden.into());
     }
-    let selected: Vec<String> = if q.role.is_empty() {
-        vec![]
-    } else {
-        vec![q.role]
-    };
+    let selected: Vec<String> = if q.role.is_empty() { vec![] } else { vec![q.role] };
     Ok(render(&InvitePage {
         chrome: PortalChrome::new(&s, &t, "team"),
         email: String::new(),
         name: String::new(),
-        roles: role_options(
-            state.core.catalog(),
-            &s.principal,
-            Some(Scope::Tenant),
-            &selected,
-        ),
+        roles: role_options(state.core.catalog(), &s.principal, Some(Scope::Tenant), &selected),
         errors: Errors::default(),
     }))
 }
@@ -164,19 +141,12 @@ pub async fn invite(
     // Always the caller's own tenant: a tenant_id in the form is ignored by the domain.
     let req = people::invite_request(&pairs);
     match state.core.invite(&s.principal, req.clone()).await {
-        Ok(user) => {
-            Ok(Redirect::to(&format!("/portal/users/{}?done=invited", user.id)).into_response())
-        }
+        Ok(user) => Ok(Redirect::to(&format!("/portal/users/{}?done=invited", user.id)).into_response()),
         Err(Error::Validation(fields)) => Ok((
             StatusCode::UNPROCESSABLE_ENTITY,
             render(&InvitePage {
                 chrome: PortalChrome::new(&s, &t, "team"),
-                roles: role_options(
-                    state.core.catalog(),
-                    &s.principal,
-                    Some(Scope::Tenant),
-                    &req.roles,
-                ),
+                roles: role_options(state.core.catalog(), &s.principal, Some(Scope::Tenant), &req.roles),
                 email: req.email,
                 name: req.name,
                 errors: Errors::from_fields(&fields),
@@ -210,19 +180,14 @@ pub async fn user(
     Query(q): Query<DoneQuery>,
 ) -> Result<Response, HtmlError> {
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
-    let view = state
-        .core
-        .user_view(&s.principal, Directory::Tenant(t.id), id)
-        .await?;
+    let view = state.core.user_view(&s.principal, Directory::Tenant(t.id), id).await?;
     let can_manage = s.principal.can(&Capability::TenantUsersManage)
         && view.user.id != s.user.id
-        && view.user.roles.iter().all(|r| {
-            state
-                .core
-                .catalog()
-                .role(r)
-                .is_none_or(|r| s.principal.may_grant(r))
-        });
+        && view
+            .user
+            .roles
+            .iter()
+            .all(|r| state.core.catalog().role(r).is_none_or(|r| s.principal.may_grant(r)));
     Ok(render(&UserPage {
         chrome: PortalChrome::new(&s, &t, "team"),
         u: UserRow::from_view(&view, state.core.clock.now()),
@@ -276,10 +241,7 @@ pub async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, HtmlError> {
     let page = super::audit::PAGE_SIZE;
-    let mut events = state
-        .core
-        .tenant_events(&s.principal, t.id, q.before, page + 1)
-        .await?;
+    let mut events = state.core.tenant_events(&s.principal, t.id, q.before, page + 1).await?;
     let more = events.len() > page as usize;
     events.truncate(page as usize);
     let next_page = events

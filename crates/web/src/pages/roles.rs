@@ -24,10 +24,7 @@ pub struct RolesPage {
     pub roles: Vec<RoleRow>,
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    CurrentSession(s): CurrentSession,
-) -> Result<Response, HtmlError> {
+pub async fn list(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
     s.principal.require::<ReadTenants>()?;
     let catalog = state.core.catalog();
     let roles = catalog

@@ -58,13 +58,8 @@ pub async fn show(
 ) -> Response {
     let mut p = page(&state, &s);
     p.notice = match q.done.as_deref() {
-        Some("password") => {
-            Some("Password changed. Your other sessions were signed out.".to_owned())
-        }
-        Some("sessions") => Some(format!(
-            "Signed out of {} other session(s).",
-            q.ended.unwrap_or(0)
-        )),
+        Some("password") => Some("Password changed. Your other sessions were signed out.".to_owned()),
+        Some("sessions") => Some(format!("Signed out of {} other session(s).", q.ended.unwrap_or(0))),
         _ => None,
     };
     render(&p)

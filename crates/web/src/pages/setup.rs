@@ -29,18 +29,11 @@ pub struct SetupQuery {
     token: String,
 }
 
-pub async fn form(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<SetupQuery>,
-) -> Response {
+pub async fn form(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<SetupQuery>) -> Response {
     match state.core.setup_token_valid(&q.token).await {
         Ok(true) => {}
         Ok(false) => {
-            return HtmlError(Error::LinkInvalid(
-                "This setup link is invalid, spent or expired.",
-            ))
-            .into_response();
+            return HtmlError(Error::LinkInvalid("This setup link is invalid, spent or expired.")).into_response();
         }
         Err(e) => return HtmlError(e).into_response(),
     }
@@ -74,11 +67,7 @@ pub struct SetupForm {
     confirm: String,
 }
 
-pub async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<SetupForm>,
-) -> Response {
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, Form(f): Form<SetupForm>) -> Response {
     match state
         .core
         .setup_owner(&f.token, &f.email, &f.name, &f.password, &f.confirm)

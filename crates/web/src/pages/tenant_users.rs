@@ -26,18 +26,12 @@ pub struct UsersPage {
     pub users: Vec<UserRow>,
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    PortalSession(s, t): PortalSession,
-) -> Result<Response, HtmlError> {
+pub async fn list(State(state): State<AppState>, PortalSession(s, t): PortalSession) -> Result<Response, HtmlError> {
     if !s.principal.can(&Capability::TenantUsersManage) {
         return Err(Error::Forbidden.into());
     }
     let now = state.core.clock.now();
-    let users = state
-        .core
-        .users(&s.principal, Directory::Tenant(t.id))
-        .await?;
+    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
     Ok(render(&UsersPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
         users: users.iter().map(|v| UserRow::from_view(v, now)).collect(),
@@ -67,12 +61,7 @@ pub async fn add_form(
         chrome: PortalChrome::new(&s, &t, "settings"),
         email: String::new(),
         name: String::new(),
-        roles: role_options(
-            state.core.catalog(),
-            &s.principal,
-            Some(Scope::Tenant),
-            &[admin],
-        ),
+        roles: role_options(state.core.catalog(), &s.principal, Some(Scope::Tenant), &[admin]),
         force_change: true,
         errors: Errors::default(),
     }))
@@ -114,7 +103,11 @@ pub async fn add(
         role: f.role.clone(),
         force_change,
     };
-    match state.core.add_user_with_password(&s.principal, Directory::Tenant(t.id), req).await {
+    match state
+        .core
+        .add_user_with_password(&s.principal, Directory::Tenant(t.id), req)
+        .await
+    {
         Ok((user, password)) => Ok(render(&OneTimePasswordPage {
             chrome: PortalChrome::new(&s, &t, "settings"),
             email: user.email.to_string(),
@@ -152,12 +145,7 @@ pub async fn reset(
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let dir = Directory::Tenant(t.id);
     let password = state.core.reset_password(&s.principal, dir, id).await?;
-    let user = state
-        .core
-        .store
-        .user(dir, id)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let user = state.core.store.user(dir, id).await?.ok_or(Error::NotFound)?;
     Ok(render(&OneTimePasswordPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
         email: user.email.to_string(),
@@ -179,10 +167,7 @@ pub struct ChangePage {
     pub errors: Errors,
 }
 
-pub async fn change_form(
-    State(state): State<AppState>,
-    PortalSession(s, _): PortalSession,
-) -> Response {
+pub async fn change_form(State(state): State<AppState>, PortalSession(s, _): PortalSession) -> Response {
     render(&ChangePage {
         chrome: Chrome::signed_out(s.session.csrf_token.clone()),
         email: s.user.email.to_string(),
@@ -204,11 +189,7 @@ pub async fn change(
     PortalSession(s, _): PortalSession,
     Form(f): Form<ChangeForm>,
 ) -> Result<Response, HtmlError> {
-    match state
-        .core
-        .change_forced_password(&s, &f.new_password, &f.confirm)
-        .await
-    {
+    match state.core.change_forced_password(&s, &f.new_password, &f.confirm).await {
         Ok(secret) => {
             let mut resp = Redirect::to("/portal").into_response();
             if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {

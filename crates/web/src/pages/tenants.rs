@@ -102,8 +102,7 @@ pub async fn list(
         .unwrap_or(u32::MAX)
         .max(1);
     let link = |p: u32| {
-        let qs = serde_urlencoded::to_string([("q", q.q.as_str()), ("status", q.status.as_str())])
-            .unwrap_or_default();
+        let qs = serde_urlencoded::to_string([("q", q.q.as_str()), ("status", q.status.as_str())]).unwrap_or_default();
         format!("/tenants?{qs}&page={p}")
     };
     let created_toast = match q.created.as_deref().map(str::parse::<TenantId>) {
@@ -147,10 +146,7 @@ pub struct NewPage {
 }
 
 fn tier_options(selected: &str) -> Vec<Opt> {
-    options(
-        PriorityTier::ALL.iter().map(|t| (t.as_str(), t.label())),
-        selected,
-    )
+    options(PriorityTier::ALL.iter().map(|t| (t.as_str(), t.label())), selected)
 }
 
 fn region_options(regions: &[String], selected: &str) -> Vec<Opt> {
@@ -158,24 +154,12 @@ fn region_options(regions: &[String], selected: &str) -> Vec<Opt> {
 }
 
 fn status_options(selected: &str) -> Vec<Opt> {
-    options(
-        TenantStatus::ALL.iter().map(|s| (s.as_str(), s.label())),
-        selected,
-    )
+    options(TenantStatus::ALL.iter().map(|s| (s.as_str(), s.label())), selected)
 }
 
-pub async fn new_form(
-    State(state): State<AppState>,
-    CurrentSession(s): CurrentSession,
-) -> Result<Response, HtmlError> {
+pub async fn new_form(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
     s.principal.require::<ManageTenants>()?;
-    let region = state
-        .core
-        .config
-        .regions
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let region = state.core.config.regions.first().cloned().unwrap_or_default();
     Ok(render(&NewPage {
         chrome: Chrome::console(&s, "tenants"),
         name: String::new(),
@@ -283,11 +267,7 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
         updated: fmt_time(t.updated_at),
         can_manage: s.principal.can(&Capability::TenantsManage),
         name: t.name.as_str().to_owned(),
-        metadata: t
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        metadata: t.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         regions: region_options(regions, t.region.as_str()),
         tiers: tier_options(t.tier.as_str()),
         statuses: status_options(t.status.as_str()),
@@ -308,10 +288,7 @@ async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPag
     let now = state.core.clock.now();
     page.team = state
         .core
-        .users(
-            &s.principal,
-            quarterdeck_domain::user::Directory::Tenant(t.id),
-        )
+        .users(&s.principal, quarterdeck_domain::user::Directory::Tenant(t.id))
         .await?
         .iter()
         .map(|v| super::people::UserRow::from_view(v, now))
@@ -356,21 +333,12 @@ pub async fn update(
     let read = s.principal.require::<ReadTenants>()?;
     let id = tenant_id(&id)?;
     let current = state.core.tenant(&read, id).await?;
-    let keys = pairs
-        .iter()
-        .filter(|(k, _)| k == "meta_key")
-        .map(|(_, v)| v.clone());
-    let values = pairs
-        .iter()
-        .filter(|(k, _)| k == "meta_value")
-        .map(|(_, v)| v.clone());
+    let keys = pairs.iter().filter(|(k, _)| k == "meta_key").map(|(_, v)| v.clone());
+    let values = pairs.iter().filter(|(k, _)| k == "meta_value").map(|(_, v)| v.clone());
     let rows: Vec<(String, String)> = keys.zip(values).collect();
     let mut p = Problems::new();
     let name = p.check(TenantName::parse(field(&pairs, "name")));
-    let region = p.check(Region::parse(
-        field(&pairs, "region"),
-        &state.core.config.regions,
-    ));
+    let region = p.check(Region::parse(field(&pairs, "region"), &state.core.config.regions));
     let tier = p.check(PriorityTier::parse(field(&pairs, "tier")));
     let metadata = p.check(parse_metadata(&rows));
     let result = match (p.finish(), name, region, tier, metadata) {

@@ -78,8 +78,21 @@ async fn panel(
     let tokens = state.core.tokens(s).await?;
     let tenants = match (s.user.tenant_id, s.principal.require::<ReadTenants>()) {
         (None, Ok(read)) => {
-            let (list, _) = state.core.list_tenants(&read, &TenantFilter { limit: 1000, ..Default::default() }).await?;
-            let mut opts = vec![Opt { value: String::new(), label: "All tenants I may reach".to_owned(), selected: form.tenant_id.is_empty() }];
+            let (list, _) = state
+                .core
+                .list_tenants(
+                    &read,
+                    &TenantFilter {
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut opts = vec![Opt {
+                value: String::new(),
+                label: "All tenants I may reach".to_owned(),
+                selected: form.tenant_id.is_empty(),
+            }];
             opts.extend(list.iter().map(|t| Opt {
                 value: t.id.to_string(),
                 label: format!("{} ({})", t.name.as_str(), t.slug),
@@ -96,7 +109,10 @@ async fn panel(
                 id: t.id.to_string(),
                 name: t.name.clone(),
                 scope: t.scope.as_str(),
-                tenant: t.restrict_tenant_id.map(|t| t.to_string()).unwrap_or_else(|| "—".to_owned()),
+                tenant: t
+                    .restrict_tenant_id
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "—".to_owned()),
                 created: fmt_time(t.created_at),
                 last_used: t.last_used_at.map(fmt_time).unwrap_or_else(|| "never".to_owned()),
                 expires: fmt_time(t.expires_at),
@@ -118,7 +134,11 @@ async fn panel(
 }
 
 fn default_form() -> NewTokenForm {
-    NewTokenForm { scope: "read".to_owned(), expires_in_days: "30".to_owned(), ..Default::default() }
+    NewTokenForm {
+        scope: "read".to_owned(),
+        expires_in_days: "30".to_owned(),
+        ..Default::default()
+    }
 }
 
 fn request(f: &NewTokenForm) -> NewTokenRequest {
@@ -134,48 +154,112 @@ fn request(f: &NewTokenForm) -> NewTokenRequest {
 
 pub async fn console(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
     let panel = panel(&state, &s, default_form(), Errors::default(), None, "/settings/tokens").await?;
-    Ok(render(&ConsoleTokensPage { chrome: Chrome::console(&s, "settings"), panel }))
+    Ok(render(&ConsoleTokensPage {
+        chrome: Chrome::console(&s, "settings"),
+        panel,
+    }))
 }
 
-pub async fn console_create(State(state): State<AppState>, CurrentSession(s): CurrentSession, Form(f): Form<NewTokenForm>) -> Result<Response, HtmlError> {
+pub async fn console_create(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+    Form(f): Form<NewTokenForm>,
+) -> Result<Response, HtmlError> {
     let (status, form, errors, secret) = match state.core.create_token(&s, request(&f)).await {
-        Ok((_, secret)) => (StatusCode::OK, default_form(), Errors::default(), Some(secret.expose().to_owned())),
+        Ok((_, secret)) => (
+            StatusCode::OK,
+            default_form(),
+            Errors::default(),
+            Some(secret.expose().to_owned()),
+        ),
         Err(Error::Validation(fields)) => (StatusCode::UNPROCESSABLE_ENTITY, f, Errors::from_fields(&fields), None),
         Err(e) => return Err(e.into()),
     };
     let panel = panel(&state, &s, form, errors, secret, "/settings/tokens").await?;
-    Ok((status, render(&ConsoleTokensPage { chrome: Chrome::console(&s, "settings"), panel })).into_response())
+    Ok((
+        status,
+        render(&ConsoleTokensPage {
+            chrome: Chrome::console(&s, "settings"),
+            panel,
+        }),
+    )
+        .into_response())
 }
 
-pub async fn console_revoke(State(state): State<AppState>, CurrentSession(s): CurrentSession, Path(id): Path<String>) -> Result<Response, HtmlError> {
-    state.core.revoke_token(&s, id.parse().map_err(|_| Error::NotFound)?).await?;
+pub async fn console_revoke(
+    State(state): State<AppState>,
+    CurrentSession(s): CurrentSession,
+    Path(id): Path<String>,
+) -> Result<Response, HtmlError> {
+    state
+        .core
+        .revoke_token(&s, id.parse().map_err(|_| Error::NotFound)?)
+        .await?;
     Ok(Redirect::to("/settings/tokens").into_response())
 }
 
 // ---- portal ---------------------------------------------------------------------------------
 
 fn portal_admin(s: &SignedIn) -> Result<(), Error> {
-    if s.principal.can(&Capability::TenantUsersManage) { Ok(()) } else { Err(Error::Forbidden) }
+    if s.principal.can(&Capability::TenantUsersManage) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden)
+    }
 }
 
 pub async fn portal(State(state): State<AppState>, PortalSession(s, t): PortalSession) -> Result<Response, HtmlError> {
     portal_admin(&s)?;
-    let panel = panel(&state, &s, default_form(), Errors::default(), None, "/portal/settings/tokens").await?;
-    Ok(render(&PortalTokensPage { chrome: PortalChrome::new(&s, &t, "tokens"), panel }))
+    let panel = panel(
+        &state,
+        &s,
+        default_form(),
+        Errors::default(),
+        None,
+        "/portal/settings/tokens",
+    )
+    .await?;
+    Ok(render(&PortalTokensPage {
+        chrome: PortalChrome::new(&s, &t, "tokens"),
+        panel,
+    }))
 }
 
-pub async fn portal_create(State(state): State<AppState>, PortalSession(s, t): PortalSession, Form(f): Form<NewTokenForm>) -> Result<Response, HtmlError> {
+pub async fn portal_create(
+    State(state): State<AppState>,
+    PortalSession(s, t): PortalSession,
+    Form(f): Form<NewTokenForm>,
+) -> Result<Response, HtmlError> {
     portal_admin(&s)?;
     let (status, form, errors, secret) = match state.core.create_token(&s, request(&f)).await {
-        Ok((_, secret)) => (StatusCode::OK, default_form(), Errors::default(), Some(secret.expose().to_owned())),
+        Ok((_, secret)) => (
+            StatusCode::OK,
+            default_form(),
+            Errors::default(),
+            Some(secret.expose().to_owned()),
+        ),
         Err(Error::Validation(fields)) => (StatusCode::UNPROCESSABLE_ENTITY, f, Errors::from_fields(&fields), None),
         Err(e) => return Err(e.into()),
     };
     let panel = panel(&state, &s, form, errors, secret, "/portal/settings/tokens").await?;
-    Ok((status, render(&PortalTokensPage { chrome: PortalChrome::new(&s, &t, "tokens"), panel })).into_response())
+    Ok((
+        status,
+        render(&PortalTokensPage {
+            chrome: PortalChrome::new(&s, &t, "tokens"),
+            panel,
+        }),
+    )
+        .into_response())
 }
 
-pub async fn portal_revoke(State(state): State<AppState>, PortalSession(s, _): PortalSession, Path(id): Path<String>) -> Result<Response, HtmlError> {
-    state.core.revoke_token(&s, id.parse().map_err(|_| Error::NotFound)?).await?;
+pub async fn portal_revoke(
+    State(state): State<AppState>,
+    PortalSession(s, _): PortalSession,
+    Path(id): Path<String>,
+) -> Result<Response, HtmlError> {
+    state
+        .core
+        .revoke_token(&s, id.parse().map_err(|_| Error::NotFound)?)
+        .await?;
     Ok(Redirect::to("/portal/settings/tokens").into_response())
 }

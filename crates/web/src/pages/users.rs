@@ -237,27 +237,17 @@ async fn user_page(
         Directory::Tenant(t) => format!("/tenants/{t}/users/{id}"),
     };
     let can_manage = s.principal.can(&Capability::UsersManage)
-        && view.user.roles.iter().all(|r| {
-            state
-                .core
-                .catalog()
-                .role(r)
-                .is_none_or(|r| s.principal.may_grant(r))
-        });
+        && view
+            .user
+            .roles
+            .iter()
+            .all(|r| state.core.catalog().role(r).is_none_or(|r| s.principal.may_grant(r)));
     Ok(render(&UserPage {
         chrome: Chrome::console(s, "users"),
         u: UserRow::from_view(&view, state.core.clock.now()),
         tenant_name: tenant.as_ref().map(|t| t.name.as_str().to_owned()),
-        tenant_id: tenant
-            .as_ref()
-            .map(|t| t.id.to_string())
-            .unwrap_or_default(),
-        roles: role_options(
-            state.core.catalog(),
-            &s.principal,
-            Some(scope),
-            &view.user.roles,
-        ),
+        tenant_id: tenant.as_ref().map(|t| t.id.to_string()).unwrap_or_default(),
+        roles: role_options(state.core.catalog(), &s.principal, Some(scope), &view.user.roles),
         can_manage,
         action_base,
         notice: people::done_message(done),
@@ -316,14 +306,5 @@ pub async fn act_tenant_user(
     let dir = tenant_dir(&tid)?;
     let back = format!("/tenants/{tid}/users/{id}");
     let gone = format!("/tenants/{tid}");
-    Ok(people::act(
-        &state.core,
-        &s.principal,
-        dir,
-        &id,
-        &action,
-        &pairs,
-        (&back, &gone),
-    )
-    .await?)
+    Ok(people::act(&state.core, &s.principal, dir, &id, &action, &pairs, (&back, &gone)).await?)
 }
