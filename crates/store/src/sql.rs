@@ -476,6 +476,18 @@ macro_rules! impl_store {
                 for e in events {
                     Self::append_in(&mut control, e).await?;
                 }
+                if let Directory::Tenant(t) = dir {
+                    // The tenant's status, read under the audit lock that every audited write
+                    // takes: a write cannot slip in after a concurrent suspension commits.
+                    let row = sqlx::query("SELECT status FROM tenant WHERE id = $1 AND deleted_at IS NULL")
+                        .bind(t.0)
+                        .fetch_optional(&mut *control)
+                        .await
+                        .map_err(db_err)?
+                        .ok_or(Error::NotFound)?;
+                    let status: String = row.try_get("status").map_err(db_err)?;
+                    TenantStatus::parse(&status)?.check_writable()?;
+                }
                 let tenant = match dir {
                     Directory::Platform => None,
                     Directory::Tenant(_) => Some(self.dir_pool(dir).await?.begin().await.map_err(db_err)?),

@@ -438,3 +438,42 @@ both!(
         assert!(invited.details["tenant_id"].is_null());
     }
 );
+
+both!(
+    async fn nothing_commits_in_a_tenant_after_its_suspension_even_with_writes_in_flight(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let owner = app.core.store.user_by_email(quarterdeck_domain::user::Directory::Platform, &quarterdeck_domain::EmailAddress::parse(OWNER_EMAIL).unwrap()).await.unwrap().unwrap().0;
+        let principal = app.core.principal_of(&owner);
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let core = app.core.clone();
+            let p = principal.clone();
+            let tid = tid.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = quarterdeck_domain::core::InviteRequest {
+                    email: format!("u{i}@acme.example"),
+                    name: String::new(),
+                    roles: vec!["viewer".into()],
+                    tenant_id: tid,
+                };
+                core.invite(&p, req).await.is_ok()
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let page = app.get_html(&format!("/tenants/{tid}")).await;
+        assert_eq!(app.post_form(&format!("/tenants/{tid}/status"), &page, &[("status", "suspended")]).await.status(), 303);
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                ok += 1;
+            }
+        }
+        let suspended = app.events_of("TENANT_STATUS_CHANGED").await[0].seq;
+        let invited = app.events_of("USER_INVITED").await;
+        assert_eq!(invited.len(), ok);
+        assert!(invited.iter().all(|e| e.seq < suspended), "an invitation committed after the suspension");
+        let users = app.core.store.list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap();
+        assert_eq!(users.len(), ok, "no user without its event");
+    }
+);
