@@ -78,6 +78,22 @@ pub fn role_options(catalog: &Catalog, by: &Principal, scope: Option<Scope>, sel
         .collect()
 }
 
+/// Whether `by` may act on `user` from a user page: manages users, is not looking at themselves,
+/// and could grant every role the user holds.
+pub fn may_act_on(
+    catalog: &Catalog,
+    by: &Principal,
+    manage: &quarterdeck_domain::role::Capability,
+    user: &quarterdeck_domain::user::User,
+) -> bool {
+    by.can(manage)
+        && user.id != by.user_id
+        && user
+            .roles
+            .iter()
+            .all(|r| catalog.role(r).is_none_or(|r| by.may_grant(r)))
+}
+
 /// Parses an invite or roles form (repeated `roles` fields) into its pairs.
 pub fn field<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
     pairs

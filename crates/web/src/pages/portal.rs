@@ -181,13 +181,12 @@ pub async fn user(
 ) -> Result<Response, HtmlError> {
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let view = state.core.user_view(&s.principal, Directory::Tenant(t.id), id).await?;
-    let can_manage = s.principal.can(&Capability::TenantUsersManage)
-        && view.user.id != s.user.id
-        && view
-            .user
-            .roles
-            .iter()
-            .all(|r| state.core.catalog().role(r).is_none_or(|r| s.principal.may_grant(r)));
+    let can_manage = people::may_act_on(
+        state.core.catalog(),
+        &s.principal,
+        &Capability::TenantUsersManage,
+        &view.user,
+    );
     Ok(render(&UserPage {
         chrome: PortalChrome::new(&s, &t, "team"),
         u: UserRow::from_view(&view, state.core.clock.now()),

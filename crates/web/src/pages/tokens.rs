@@ -150,6 +150,27 @@ fn request(f: &NewTokenForm) -> NewTokenRequest {
     }
 }
 
+/// Create a token from the form: the panel with the new token shown once, or with the form's
+/// field messages.
+async fn create(
+    state: &AppState,
+    s: &SignedIn,
+    f: NewTokenForm,
+    action: &'static str,
+) -> Result<(StatusCode, TokensPanel), Error> {
+    let (status, form, errors, secret) = match state.core.create_token(s, request(&f)).await {
+        Ok((_, secret)) => (
+            StatusCode::OK,
+            default_form(),
+            Errors::default(),
+            Some(secret.expose().to_owned()),
+        ),
+        Err(Error::Validation(fields)) => (StatusCode::UNPROCESSABLE_ENTITY, f, Errors::from_fields(&fields), None),
+        Err(e) => return Err(e),
+    };
+    Ok((status, panel(state, s, form, errors, secret, action).await?))
+}
+
 // ---- console --------------------------------------------------------------------------------
 
 pub async fn console(State(state): State<AppState>, CurrentSession(s): CurrentSession) -> Result<Response, HtmlError> {
@@ -165,17 +186,7 @@ pub async fn console_create(
     CurrentSession(s): CurrentSession,
     Form(f): Form<NewTokenForm>,
 ) -> Result<Response, HtmlError> {
-    let (status, form, errors, secret) = match state.core.create_token(&s, request(&f)).await {
-        Ok((_, secret)) => (
-            StatusCode::OK,
-            default_form(),
-            Errors::default(),
-            Some(secret.expose().to_owned()),
-        ),
-        Err(Error::Validation(fields)) => (StatusCode::UNPROCESSABLE_ENTITY, f, Errors::from_fields(&fields), None),
-        Err(e) => return Err(e.into()),
-    };
-    let panel = panel(&state, &s, form, errors, secret, "/settings/tokens").await?;
+    let (status, panel) = create(&state, &s, f, "/settings/tokens").await?;
     Ok((
         status,
         render(&ConsoleTokensPage {
@@ -231,17 +242,7 @@ pub async fn portal_create(
     Form(f): Form<NewTokenForm>,
 ) -> Result<Response, HtmlError> {
     portal_admin(&s)?;
-    let (status, form, errors, secret) = match state.core.create_token(&s, request(&f)).await {
-        Ok((_, secret)) => (
-            StatusCode::OK,
-            default_form(),
-            Errors::default(),
-            Some(secret.expose().to_owned()),
-        ),
-        Err(Error::Validation(fields)) => (StatusCode::UNPROCESSABLE_ENTITY, f, Errors::from_fields(&fields), None),
-        Err(e) => return Err(e.into()),
-    };
-    let panel = panel(&state, &s, form, errors, secret, "/portal/settings/tokens").await?;
+    let (status, panel) = create(&state, &s, f, "/portal/settings/tokens").await?;
     Ok((
         status,
         render(&PortalTokensPage {

@@ -236,12 +236,7 @@ async fn user_page(
         Directory::Platform => format!("/users/{id}"),
         Directory::Tenant(t) => format!("/tenants/{t}/users/{id}"),
     };
-    let can_manage = s.principal.can(&Capability::UsersManage)
-        && view
-            .user
-            .roles
-            .iter()
-            .all(|r| state.core.catalog().role(r).is_none_or(|r| s.principal.may_grant(r)));
+    let can_manage = people::may_act_on(state.core.catalog(), &s.principal, &Capability::UsersManage, &view.user);
     Ok(render(&UserPage {
         chrome: Chrome::console(s, "users"),
         u: UserRow::from_view(&view, state.core.clock.now()),
