@@ -98,6 +98,7 @@ both!(
         assert!(list.contains("ci") && list.contains("read_write"));
         let created = &app.events_of("PAT_CREATED").await[0];
         assert!(!created.details.to_string().contains(&t));
+        assert!(!logs_contain(&t[7..]), "a token was logged");
 
         let api = Api::new(&app, &t);
         let (s, body) = api.get("/v1/admin/tenants").await;
@@ -336,5 +337,88 @@ both!(
         let r = app.post_form("/settings/tokens", &page, &[("name", ""), ("scope", "admin"), ("expires_in_days", "5")]).await;
         assert_eq!(r.status(), 422);
         assert!(app.events_of("PAT_CREATED").await.is_empty());
+    }
+);
+
+both!(
+    async fn every_endpoint_answers_and_audits_through_the_same_domain_operations(app) {
+        app.sign_in_owner().await;
+        let api = Api::new(&app, &token(&app, "read_write", "").await);
+        use reqwest::Method as M;
+        let (_, t) = api.post("/v1/admin/tenants", json!({"name": "Acme", "slug": "acme", "metadata": {"plan": "gold"}})).await;
+        let tid = t["id"].as_str().unwrap().to_owned();
+        assert_eq!(t["metadata"]["plan"], "gold");
+        // PATCH metadata: a diff per key.
+        let (s, t) = api.call(M::PATCH, &format!("/v1/admin/tenants/{tid}"), Some(json!({"metadata": {"plan": "platinum"}, "tier": "critical"}))).await;
+        assert_eq!(s, 200, "{t}");
+        assert_eq!(t["tier"], "critical");
+        let diff = &app.events_of("TENANT_METADATA_UPDATED").await[0].details["changes"];
+        assert_eq!(diff["metadata.plan"], json!({"old": "gold", "new": "platinum"}));
+        let (s, _) = api.call(M::PATCH, &format!("/v1/admin/tenants/{tid}"), Some(json!({"tier": "platinum"}))).await;
+        assert_eq!(s, 422);
+        // Status.
+        let (s, t) = api.post(&format!("/v1/admin/tenants/{tid}/status"), json!({"status": "read_only", "reason": "audit"})).await;
+        assert_eq!((s, t["status"].as_str()), (200, Some("read_only")));
+        let (s, e) = api.post("/v1/admin/users", json!({"email": "a@acme.example", "roles": ["admin"], "tenant_id": tid})).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (403, Some("tenant_read_only")), "writes follow the tenant's status");
+        api.post(&format!("/v1/admin/tenants/{tid}/status"), json!({"status": "active"})).await;
+        // Users: create, get, suspend, reactivate, invitation resend and revoke.
+        let (_, c) = api.post("/v1/admin/users", json!({"email": "a@acme.example", "name": "Ada", "roles": ["admin"], "tenant_id": tid})).await;
+        let uid = c["user"]["id"].as_str().unwrap().to_owned();
+        let (s, u) = api.get(&format!("/v1/admin/users/{uid}?tenant_id={tid}")).await;
+        assert_eq!((s, u["invitation"]["spent"].as_bool()), (200, Some(false)));
+        let (s, _) = api.post(&format!("/v1/admin/users/{uid}/invitation/resend?tenant_id={tid}"), json!({})).await;
+        assert_eq!(s, 200);
+        assert_eq!(app.events_of("INVITATION_RESENT").await.len(), 1);
+        let (s, _) = api.call(M::DELETE, &format!("/v1/admin/users/{uid}/invitation?tenant_id={tid}"), None).await;
+        assert_eq!(s, 204);
+        assert_eq!(app.events_of("INVITATION_REVOKED").await.len(), 1);
+        let (_, c) = api
+            .post("/v1/admin/users", json!({"email": "b@acme.example", "roles": ["viewer"], "tenant_id": tid, "delivery": "one_time_password", "force_password_change": false}))
+            .await;
+        let bob = c["user"]["id"].as_str().unwrap().to_owned();
+        let (s, u) = api.call(M::PATCH, &format!("/v1/admin/users/{bob}?tenant_id={tid}"), Some(json!({"status": "SUSPENDED"}))).await;
+        assert_eq!((s, u["status"].as_str()), (200, Some("SUSPENDED")));
+        let (s, u) = api.call(M::PATCH, &format!("/v1/admin/users/{bob}?tenant_id={tid}"), Some(json!({"status": "ACTIVE", "roles": ["developer"]}))).await;
+        assert_eq!((s, u["status"].as_str()), (200, Some("ACTIVE")));
+        assert_eq!(u["roles"], json!(["developer"]));
+        let (s, _) = api.call(M::PATCH, &format!("/v1/admin/users/{bob}?tenant_id={tid}"), Some(json!({"status": "DELETED"}))).await;
+        assert_eq!(s, 422);
+        let (s, _) = api.post("/v1/admin/users", json!({"email": "c@acme.example", "roles": ["viewer", "developer"], "tenant_id": tid, "delivery": "one_time_password"})).await;
+        assert_eq!(s, 422, "one role with a one-time password");
+        assert_eq!(app.events_of("USER_SUSPENDED").await.len(), 1);
+        assert_eq!(app.events_of("USER_REACTIVATED").await.len(), 1);
+        // Paging errors and the platform's users.
+        assert_eq!(api.get("/v1/admin/tenants?cursor=abc").await.0, 422);
+        assert_eq!(api.get("/v1/admin/audit/events?from=yesterday").await.0, 422);
+        let (s, users) = api.get("/v1/admin/users").await;
+        assert_eq!(s, 200);
+        assert_eq!(users["items"][0]["email"], OWNER_EMAIL);
+        // Delete the tenant.
+        let (s, _) = api.call(M::DELETE, &format!("/v1/admin/tenants/{tid}"), None).await;
+        assert_eq!(s, 204);
+        assert_eq!(api.get(&format!("/v1/admin/tenants/{tid}")).await.0, 404);
+        let deleted = &app.events_of("TENANT_DELETED").await[0];
+        assert!(deleted.details["token_id"].is_string());
+    }
+);
+
+both!(
+    async fn a_rate_limited_token_gets_429_with_retry_after(app) {
+        app.sign_in_owner().await;
+        let t = token(&app, "read", "").await;
+        let c = reqwest::Client::new();
+        let mut limited = None;
+        for _ in 0..320 {
+            let r = c.get(app.url("/v1/admin/tenants")).bearer_auth(&t).send().await.unwrap();
+            if r.status() == 429 {
+                limited = Some(r);
+                break;
+            }
+        }
+        let r = limited.expect("no 429 after 320 requests in a minute");
+        assert!(r.headers().get("retry-after").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "too_many_attempts");
     }
 );

@@ -303,6 +303,7 @@ both!(
         assert_eq!(r.status(), 200);
         let new_otp = otp_in(&r.text().await.unwrap());
         assert_ne!(new_otp, otp);
+        assert!(!logs_contain(&otp) && !logs_contain(&new_otp), "a one-time password was logged");
         assert_eq!(a.get("/portal").await.status(), 303, "their sessions ended");
         assert_eq!(app.tenant_client("acme").sign_in("a@acme.example", "my own long passphrase").await.status(), 401, "the old password is dead");
         assert_eq!(app.tenant_client("acme").sign_in("a@acme.example", &new_otp).await.status(), 303);

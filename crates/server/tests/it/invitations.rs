@@ -57,6 +57,8 @@ both_backends!(
         assert!(text.contains(OWNER_EMAIL) && text.contains("Acme Corp"), "who invited, to which organisation: {text}");
         let link = link_in(text);
         assert!(link.starts_with(&format!("http://acme.localhost:{}/register?token=qd_inv_", app.port())), "{link}");
+        let token = link.split("token=").nth(1).unwrap();
+        assert!(!logs_contain(token), "with SMTP, the invitation token is in no log");
         assert!(mail["html"].as_str().unwrap().contains("Set your password"));
         // The Team section shows it delivered.
         let team = app.get_html(&format!("/tenants/{tid}")).await;
@@ -358,6 +360,7 @@ both_backends!(
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         let page = app.get_html(&format!("/tenants/{tid}")).await;
         assert!(page.contains("not delivered yet"), "{page}");
+        assert!(logs_contain("email delivery failed; will retry"), "the log capture works (and the worker says why)");
         assert_eq!(app.outbox().await.len(), 1);
 
         // The server comes back; once the back-off passes, the email goes out exactly once.
