@@ -2,7 +2,11 @@
 //! from outside, the way an operator would see it: time to ready, idle memory, sign-ins under a
 //! burst of concurrent clients (throughput, server CPU per sign-in against one Argon2id hash
 //! measured here, peak memory), an authenticated page (requests per second, server CPU per
-//! request) and tenant creation through the console form (latency p50/p99).
+//! request), tenant creation through the console form (latency p50/p99), invitations into one
+//! tenant through the Automation API (per second, p50/p99, server CPU per invitation; tokens made
+//! with `quarterdeck tokens create`, one per 250 requests) and the invitees' registrations from
+//! the links left pending in the outbox (per second, p50/p99, server CPU per registration against
+//! one hash).
 //!
 //! Server CPU is read from `/proc/<pid>/stat` (utime + stime) before and after each phase;
 //! memory from `/proc/<pid>/status` (VmRSS, VmHWM). Linux only.
@@ -17,16 +21,26 @@ use quarterdeck_domain::token::OsRandom;
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, watch};
 
 const OWNER_EMAIL: &str = "bench-owner@example.com";
 const OWNER_PASSWORD: &str = "bench-owner-password-1234";
+/// The password each invitee registers with.
+const INVITEE_PASSWORD: &str = "bench-invitee-password-1234";
+/// The outbox worker's poll interval for the whole run: one tick at start-up, then none.
+const OUTBOX_POLL_MS: u64 = 3_600_000;
+/// The Automation API allows a token this many requests a minute (then 429 + Retry-After).
+const API_LIMIT_PER_MINUTE: usize = 300;
+/// Requests sent with one token: a token is created per this many, well under its limit.
+const REQUESTS_PER_TOKEN: usize = 250;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -79,6 +93,15 @@ struct Cli {
     /// Concurrent requests on the authenticated page.
     #[arg(long, default_value_t = 8)]
     page_concurrency: usize,
+    /// Users invited into one tenant through the Automation API (then registered); 0 skips both.
+    #[arg(long, default_value_t = 200)]
+    invitations: usize,
+    /// Concurrent invitations (`POST /v1/admin/users`).
+    #[arg(long, default_value_t = 8)]
+    invite_concurrency: usize,
+    /// Concurrent registrations (`POST /register`).
+    #[arg(long, default_value_t = 8)]
+    register_concurrency: usize,
     /// Argon2id hashes measured in this process (the median is the reference).
     #[arg(long, default_value_t = 10)]
     hash_samples: usize,
@@ -348,6 +371,98 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         }
     }
 
+    // Invitations through the Automation API, into the first tenant, then their registrations.
+    if cli.invitations > 0
+        && let Some(slug) = t.first.as_deref()
+    {
+        progress(&format!(
+            "inviting {} users into {slug} through POST /v1/admin/users, {} concurrent",
+            cli.invitations, cli.invite_concurrency
+        ));
+        let inv = invite_users(&server, tck, slug, cli.invitations, cli.invite_concurrency).await?;
+        let b = &inv.batch;
+        rows.push(Row::info(
+            &format!(
+                "invitations: {} into one tenant, {} concurrent, {} token(s)",
+                cli.invitations, cli.invite_concurrency, inv.tokens
+            ),
+            b.counts(),
+        ));
+        rows.push(Row::info("invitations per second", b.rate()));
+        rows.push(Row::info("  invitation latency p50 / p99 / max", b.latency()));
+        if b.ok > 0 {
+            rows.push(Row::info("  server CPU per invitation", fmt_ms(b.cpu / b.ok as u32)));
+            rows.push(Row::info("  server CPU by thread", b.by_thread.clone()));
+        }
+        if b.throttled > 0 {
+            notes.push(format!(
+                "{} invitation(s) got 429 (Retry-After up to {} s) despite one token per {REQUESTS_PER_TOKEN} requests",
+                b.throttled,
+                b.retry_after.map_or("?".to_owned(), |s| s.to_string())
+            ));
+        }
+        if let Some(first) = b.failed.first() {
+            notes.push(format!("{} invitation(s) failed, e.g.: {first}", b.failed.len()));
+        }
+
+        progress(&format!(
+            "registering the invitees from the outbox links, {} concurrent",
+            cli.register_concurrency
+        ));
+        let reg = register_users(&server, tck, database_url, slug, cli.register_concurrency).await?;
+        let b = &reg.batch;
+        rows.push(Row::info(
+            &format!(
+                "registrations: {} outbox links, {} concurrent",
+                reg.links, cli.register_concurrency
+            ),
+            b.counts(),
+        ));
+        rows.push(Row::info("registrations per second", b.rate()));
+        rows.push(Row::info("  registration latency p50 / p99 / max", b.latency()));
+        if b.ok > 0 {
+            let per = b.cpu / b.ok as u32;
+            rows.push(Row::info("  server CPU per registration", fmt_ms(per)));
+            rows.push(Row::info(
+                "  CPU per registration / one hash",
+                format!("{:.2}", per.as_secs_f64() / hash.cpu.as_secs_f64()),
+            ));
+            rows.push(Row::info("  server CPU by thread", b.by_thread.clone()));
+        }
+        rows.push(Row::info(
+            "  GET of the link (form + cookie) p50 / p99",
+            format!(
+                "{} / {}",
+                fmt_ms(percentile(&reg.forms, 0.50)),
+                fmt_ms(percentile(&reg.forms, 0.99))
+            ),
+        ));
+        if reg.links != inv.batch.ok {
+            notes.push(format!(
+                "{} invitation(s) succeeded but {} registration link(s) were pending in the outbox",
+                inv.batch.ok, reg.links
+            ));
+        }
+        if let Some(first) = b.failed.first() {
+            notes.push(format!("{} registration(s) failed, e.g.: {first}", b.failed.len()));
+        }
+        notes.push(format!(
+            "an invitation is POST /v1/admin/users with a bearer token made beforehand by `quarterdeck tokens create` \
+             (read_write; one per {REQUESTS_PER_TOKEN} requests, the limit being {API_LIMIT_PER_MINUTE} a minute per token)"
+        ));
+        notes.push(format!(
+            "the server runs with QUARTERDECK_OUTBOX_POLL_MS={OUTBOX_POLL_MS}, so invitation emails stay pending: \
+             the CPU per invitation leaves out delivering its email"
+        ));
+        notes.push(
+            "a registration is POST /register on the tenant's host with the link's token (the GET of the link for \
+             its form and cookie happens before the clock starts); it hashes one password"
+                .to_owned(),
+        );
+    } else if cli.invitations > 0 {
+        notes.push("no tenant was created: invitations and registrations skipped".to_owned());
+    }
+
     let final_rss = server.status_kib("VmRSS")?;
     let final_peak = server.status_kib("VmHWM")?;
     rows.push(Row::info("RSS at the end", fmt_mib(final_rss)));
@@ -373,7 +488,12 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
 struct Server {
     child: Child,
     pid: u32,
+    bin: PathBuf,
     dir: PathBuf,
+    /// `QUARTERDECK_DATA_DIR` (SQLite: `control.db` is here).
+    data: PathBuf,
+    /// The `QUARTERDECK_*` settings it runs with (for the CLI too).
+    env: Vec<(&'static str, OsString)>,
     log: PathBuf,
     base: String,
     started: Instant,
@@ -391,38 +511,56 @@ impl Server {
         let out = File::create(&log)?;
         let err = out.try_clone()?;
 
-        let mut cmd = Command::new(bin);
+        let mut env: Vec<(&'static str, OsString)> = vec![
+            ("QUARTERDECK_LISTEN", addr.to_string().into()),
+            ("QUARTERDECK_BASE_URL", base.clone().into()),
+            ("QUARTERDECK_DATA_DIR", data.clone().into()),
+            ("QUARTERDECK_BOOTSTRAP_OWNER_EMAIL", OWNER_EMAIL.into()),
+            ("QUARTERDECK_BOOTSTRAP_OWNER_PASSWORD", OWNER_PASSWORD.into()),
+            // The outbox worker ticks once at start-up, then idles: the invitation emails stay
+            // pending in the outbox, where the registration phase reads their links.
+            ("QUARTERDECK_OUTBOX_POLL_MS", OUTBOX_POLL_MS.to_string().into()),
+        ];
+        if let Some(url) = database_url {
+            env.push(("QUARTERDECK_DATABASE_URL", url.into()));
+        }
+        let mut cmd = settings_command(bin, &dir, &env);
         cmd.arg("serve")
-            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        // Only the settings chosen here: nothing inherited from the caller's environment.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("QUARTERDECK_") || k == "RUST_LOG" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("QUARTERDECK_LISTEN", addr.to_string())
-            .env("QUARTERDECK_BASE_URL", &base)
-            .env("QUARTERDECK_DATA_DIR", &data)
-            .env("QUARTERDECK_BOOTSTRAP_OWNER_EMAIL", OWNER_EMAIL)
-            .env("QUARTERDECK_BOOTSTRAP_OWNER_PASSWORD", OWNER_PASSWORD);
-        if let Some(url) = database_url {
-            cmd.env("QUARTERDECK_DATABASE_URL", url);
-        }
         let started = Instant::now();
         let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
         Ok(Self {
             child,
             pid,
+            bin: bin.to_owned(),
             dir,
+            data,
+            env,
             log,
             base,
             started,
         })
+    }
+
+    /// Run `quarterdeck <args>` with the server's settings; its standard output.
+    async fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = settings_command(&self.bin, &self.dir, &self.env);
+        cmd.args(args).stdin(Stdio::null());
+        let what = format!("quarterdeck {}", args.join(" "));
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .with_context(|| format!("running {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Poll GET /healthz until it answers 200; the time since spawning.
@@ -462,8 +600,23 @@ impl Server {
             .build()?)
     }
 
+    /// A client with a cookie jar for the tenant host `{slug}.localhost`.
+    fn tenant_client(&self, slug: &str, timeout: Duration) -> Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(Policy::none())
+            .resolve(&format!("{slug}.localhost"), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .timeout(timeout)
+            .build()?)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The origin of a tenant's host: `http://{slug}.localhost:{port}`.
+    fn tenant_origin(&self, slug: &str) -> String {
+        self.base.replacen("://", &format!("://{slug}."), 1)
     }
 
     fn cpu_ticks(&self) -> Result<u64> {
@@ -539,6 +692,21 @@ impl Drop for Server {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `bin` in `dir` with exactly the settings `env` (nothing `QUARTERDECK_*` inherited from the
+/// caller's environment).
+fn settings_command(bin: &Path, dir: &Path, env: &[(&'static str, OsString)]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("QUARTERDECK_") || k == "RUST_LOG" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
 }
 
 fn free_port() -> Result<u16> {
@@ -627,7 +795,8 @@ struct SignIns {
 enum Outcome {
     Ok,
     Busy,
-    Throttled,
+    /// 429, with its Retry-After in seconds.
+    Throttled(Option<u64>),
     Failed(String),
 }
 
@@ -668,7 +837,7 @@ async fn sign_in_burst(server: &Server, n: usize) -> Result<SignIns> {
                 }
             }
             Outcome::Busy => out.busy += 1,
-            Outcome::Throttled => out.throttled += 1,
+            Outcome::Throttled(_) => out.throttled += 1,
             Outcome::Failed(e) => out.failed.push(e),
         }
     }
@@ -703,6 +872,7 @@ async fn post_login(client: &reqwest::Client, url: &str, token: &str) -> Outcome
         Err(e) => return Outcome::Failed(format!("POST /login: {e}")),
     };
     let status = r.status();
+    let retry = retry_after(&r);
     let has_session = r
         .headers()
         .get_all(reqwest::header::SET_COOKIE)
@@ -713,9 +883,17 @@ async fn post_login(client: &reqwest::Client, url: &str, token: &str) -> Outcome
     match status {
         StatusCode::SEE_OTHER if has_session => Outcome::Ok,
         StatusCode::SERVICE_UNAVAILABLE => Outcome::Busy,
-        StatusCode::TOO_MANY_REQUESTS => Outcome::Throttled,
+        StatusCode::TOO_MANY_REQUESTS => Outcome::Throttled(retry),
         s => Outcome::Failed(format!("POST /login: status {s}")),
     }
+}
+
+/// A response's Retry-After in seconds, if any.
+fn retry_after(r: &reqwest::Response) -> Option<u64> {
+    r.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The value of the double-quoted attribute that `marker` ends just inside of.
@@ -730,6 +908,8 @@ fn attr_after<'a>(html: &'a str, marker: &str) -> Option<&'a str> {
 #[derive(Default)]
 struct Created {
     ok: usize,
+    /// The slug of the first tenant created.
+    first: Option<String>,
     failed: Vec<String>,
     latencies: Vec<Duration>,
 }
@@ -786,11 +966,319 @@ async fn create_tenants(server: &Server, client: &reqwest::Client, n: usize) -> 
             Ok(()) => {
                 out.ok += 1;
                 out.latencies.push(latency);
+                out.first.get_or_insert(slug);
             }
             Err(e) => out.failed.push(e),
         }
     }
     Ok(out)
+}
+
+// ---- invitations and registrations --------------------------------------------------------
+
+/// A batch of requests, `concurrency` at a time, and the server's CPU meanwhile.
+#[derive(Default)]
+struct Batch {
+    ok: usize,
+    busy: usize,
+    throttled: usize,
+    /// The largest Retry-After of the 429s.
+    retry_after: Option<u64>,
+    failed: Vec<String>,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    cpu: Duration,
+    by_thread: String,
+}
+
+impl Batch {
+    fn counts(&self) -> String {
+        format!(
+            "{} ok, {} × 503, {} × 429, {} other",
+            self.ok,
+            self.busy,
+            self.throttled,
+            self.failed.len()
+        )
+    }
+
+    fn latency(&self) -> String {
+        format!(
+            "{} / {} / {}",
+            fmt_ms(percentile(&self.latencies, 0.50)),
+            fmt_ms(percentile(&self.latencies, 0.99)),
+            fmt_ms(self.latencies.iter().max().copied().unwrap_or_default())
+        )
+    }
+
+    fn rate(&self) -> String {
+        format!("{:.1} /s", self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9))
+    }
+}
+
+/// Run `job(0)` … `job(n - 1)` from `concurrency` workers; latencies of the successes.
+async fn run_batch<F, Fut>(server: &Server, tck: u64, n: usize, concurrency: usize, job: F) -> Result<Batch>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads_before = server.thread_ticks();
+    let cpu_before = server.cpu_ticks()?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.clamp(1, n.max(1)) {
+        let job = job.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                let outcome = job(i).await;
+                done.push((outcome, t.elapsed()));
+            }
+            done
+        }));
+    }
+    let mut out = Batch::default();
+    for task in tasks {
+        for (outcome, latency) in task.await? {
+            match outcome {
+                Outcome::Ok => {
+                    out.ok += 1;
+                    out.latencies.push(latency);
+                }
+                Outcome::Busy => out.busy += 1,
+                Outcome::Throttled(retry) => {
+                    out.throttled += 1;
+                    out.retry_after = out.retry_after.max(retry);
+                }
+                Outcome::Failed(e) => out.failed.push(e),
+            }
+        }
+    }
+    out.elapsed = t0.elapsed();
+    let cpu_ticks = server.cpu_ticks()?.saturating_sub(cpu_before);
+    out.cpu = ticks_to_duration(cpu_ticks, tck);
+    out.by_thread = thread_shares(&threads_before, &server.thread_ticks(), cpu_ticks);
+    Ok(out)
+}
+
+/// What a response means: `ok` when it is the expected one; 503, 429 as such; else a failure
+/// with the start of the body.
+async fn outcome_of(sent: reqwest::Result<reqwest::Response>, what: &str, ok: bool) -> Outcome {
+    let r = match sent {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("{what}: {e}")),
+    };
+    let status = r.status();
+    let retry = retry_after(&r);
+    let body = r.text().await.unwrap_or_default();
+    match status {
+        _ if ok => Outcome::Ok,
+        StatusCode::SERVICE_UNAVAILABLE => Outcome::Busy,
+        StatusCode::TOO_MANY_REQUESTS => Outcome::Throttled(retry),
+        s => Outcome::Failed(format!(
+            "{what}: status {s}: {}",
+            body.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
+/// Read-write tokens for the Automation API, made with `quarterdeck tokens create` (as an
+/// operator would), one per [`REQUESTS_PER_TOKEN`] requests.
+async fn create_tokens(server: &Server, requests: usize) -> Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    for k in 1..=requests.div_ceil(REQUESTS_PER_TOKEN).max(1) {
+        let name = format!("bench-{k}");
+        let out = server
+            .cli(&[
+                "tokens",
+                "create",
+                "--email",
+                OWNER_EMAIL,
+                "--name",
+                &name,
+                "--scope",
+                "read_write",
+                "--days",
+                "1",
+            ])
+            .await?;
+        let token = out
+            .lines()
+            .map(str::trim)
+            .rfind(|l| l.starts_with("qd_pat_"))
+            .with_context(|| format!("`quarterdeck tokens create` printed no token: {out}"))?;
+        tokens.push(token.to_owned());
+    }
+    Ok(tokens)
+}
+
+/// The id of the tenant `slug`, through `GET /v1/admin/tenants`.
+async fn tenant_id(server: &Server, client: &reqwest::Client, token: &str, slug: &str) -> Result<String> {
+    let r = client
+        .get(server.url("/v1/admin/tenants"))
+        .query(&[("q", slug), ("limit", "200")])
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = r.status();
+    if status != StatusCode::OK {
+        bail!(
+            "GET /v1/admin/tenants: status {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let list: serde_json::Value = r.json().await?;
+    list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|t| t["slug"] == slug))
+        .and_then(|t| t["id"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("tenant {slug} not in GET /v1/admin/tenants"))
+}
+
+struct Invitations {
+    batch: Batch,
+    tokens: usize,
+}
+
+/// Invite `n` users as `admin` into the tenant `slug` through `POST /v1/admin/users`.
+async fn invite_users(server: &Server, tck: u64, slug: &str, n: usize, concurrency: usize) -> Result<Invitations> {
+    // Request 0 looks the tenant up; requests 1..=n invite.
+    let tokens = Arc::new(create_tokens(server, n + 1).await?);
+    let client = server.client(false, Duration::from_secs(60))?;
+    let tenant = tenant_id(server, &client, &tokens[0], slug).await?;
+    let url = server.url("/v1/admin/users");
+    let count = tokens.len();
+    let batch = run_batch(server, tck, n, concurrency, move |i| {
+        let token = tokens[(i + 1) / REQUESTS_PER_TOKEN].clone();
+        let body = serde_json::json!({
+            "email": format!("bench-invitee-{i:04}@example.com"),
+            "roles": ["admin"],
+            "tenant_id": tenant,
+        });
+        let sent = client.post(&url).bearer_auth(token).json(&body).send();
+        async move {
+            let sent = sent.await;
+            let ok = sent.as_ref().is_ok_and(|r| r.status() == StatusCode::CREATED);
+            outcome_of(sent, "POST /v1/admin/users", ok).await
+        }
+    })
+    .await?;
+    Ok(Invitations { batch, tokens: count })
+}
+
+/// The registration links of the pending emails in the outbox that point at `origin`.
+async fn pending_links(server: &Server, database_url: Option<&str>, origin: &str) -> Result<Vec<String>> {
+    use sqlx::Connection;
+    let bodies: Vec<String> = match database_url {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await?;
+            let v = sqlx::query_scalar("SELECT body_text FROM identity.outbox WHERE status = 'pending'")
+                .fetch_all(&mut c)
+                .await?;
+            c.close().await?;
+            v
+        }
+        None => {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(server.data.join("control.db"))
+                .busy_timeout(Duration::from_secs(10));
+            let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
+            let v = sqlx::query_scalar("SELECT body_text FROM outbox WHERE status = 'pending'")
+                .fetch_all(&mut c)
+                .await?;
+            c.close().await?;
+            v
+        }
+    };
+    let prefix = format!("{origin}/register?token=");
+    Ok(bodies
+        .iter()
+        .filter_map(|b| {
+            let rest = &b[b.find(&prefix)?..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>' | ')'))
+                .unwrap_or(rest.len());
+            Some(rest[..end].to_owned())
+        })
+        .collect())
+}
+
+struct Registrations {
+    links: usize,
+    forms: Vec<Duration>,
+    batch: Batch,
+}
+
+/// Register every invitee whose link is pending in the outbox: GET the link (form and
+/// `qd_csrf` cookie; not timed), then `POST /register`, `concurrency` at a time.
+async fn register_users(
+    server: &Server,
+    tck: u64,
+    database_url: Option<&str>,
+    slug: &str,
+    concurrency: usize,
+) -> Result<Registrations> {
+    let origin = server.tenant_origin(slug);
+    let links = pending_links(server, database_url, &origin).await?;
+    let client = server.tenant_client(slug, Duration::from_secs(120))?;
+    let mut forms = Vec::with_capacity(links.len());
+    let mut posts = Vec::with_capacity(links.len());
+    for link in &links {
+        let t = Instant::now();
+        let r = client.get(link).send().await?;
+        let status = r.status();
+        let html = r.text().await?;
+        forms.push(t.elapsed());
+        if status != StatusCode::OK {
+            bail!("GET {origin}/register?token=…: status {status}");
+        }
+        let field = |name: &str| {
+            attr_after(&html, &format!("name=\"{name}\" value=\""))
+                .map(str::to_owned)
+                .with_context(|| format!("no {name} field in the registration form"))
+        };
+        posts.push((field("csrf_token")?, field("token")?));
+    }
+    let url = format!("{origin}/register");
+    let posts = Arc::new(posts);
+    let batch = run_batch(server, tck, links.len(), concurrency, move |i| {
+        let (csrf, token) = &posts[i];
+        let sent = client
+            .post(&url)
+            .form(&[
+                ("csrf_token", csrf.as_str()),
+                ("token", token.as_str()),
+                ("password", INVITEE_PASSWORD),
+                ("confirm", INVITEE_PASSWORD),
+            ])
+            .send();
+        async move {
+            let sent = sent.await;
+            let ok = sent.as_ref().is_ok_and(|r| {
+                r.status() == StatusCode::SEE_OTHER
+                    && r.headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|l| l.starts_with("/login?registered"))
+            });
+            outcome_of(sent, "POST /register", ok).await
+        }
+    })
+    .await?;
+    Ok(Registrations {
+        links: links.len(),
+        forms,
+        batch,
+    })
 }
 
 // ---- authenticated pages ------------------------------------------------------------------
