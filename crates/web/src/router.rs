@@ -15,7 +15,7 @@ use crate::{assets, pages};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -84,7 +84,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
         .layer(from_fn_with_state(state.clone(), resolve_site))
-        .layer(from_fn(security_headers))
+        .layer(from_fn_with_state(content_security_policy(&state), security_headers))
         .with_state(state)
 }
 
@@ -94,16 +94,25 @@ async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
+/// The CSP, made once. Browsers apply `form-action` to the redirects that follow a form
+/// submission too: "Switch to tenant" posts on the base host and lands on the tenant's host,
+/// "Stop impersonating" the other way round, so both the base origin and the tenant hosts are
+/// allowed as form targets (CSRF protection still guards every one of them).
+fn content_security_policy(state: &AppState) -> HeaderValue {
+    let links = &state.core.config.links;
+    let csp = format!(
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self' {s}://{h} {s}://*.{h}; object-src 'none'",
+        s = links.scheme,
+        h = links.host,
+    );
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'; form-action 'self'"))
+}
+
+async fn security_headers(State(csp): State<HeaderValue>, req: Request, next: Next) -> Response {
     let is_static = req.uri().path().starts_with("/static/");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

@@ -418,13 +418,13 @@ pub struct NewUserRequest {
 }
 
 /// The alphabet of generated one-time passwords: no look-alikes, no whitespace.
-const OTP_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+const OTP_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjkmnpqrstuvwxyz23456789";
 
 impl Core {
     fn generate_otp(&self) -> String {
         let mut bytes = [0u8; 20];
         self.rng.fill(&mut bytes);
-        // 20 characters from 56: ~116 bits. Rejection is not needed for a password (the tiny
+        // 20 characters from 55: ~115 bits. Rejection is not needed for a password (the tiny
         // bias of `% 56` costs well under a bit).
         bytes
             .iter()
