@@ -211,6 +211,17 @@ both!(
         assert_eq!(s, 422, "{e}");
         let r = reqwest::Client::new().post(app.url("/v1/admin/tenants")).bearer_auth(&api.token).body("{").header("content-type", "application/json").send().await.unwrap();
         assert_eq!(r.status(), 422);
+        // An array is not a body (serde would fill the struct field by field).
+        let (s, e) = api.post("/v1/admin/tenants", json!(["Array Corp", "array-corp", null, "critical", {}])).await;
+        assert_eq!((s, e["error"]["fields"][0]["code"].as_str()), (422, Some("invalid_body")));
+        // Query strings: unknown or malformed parameters are a JSON 422, limits are not clamped.
+        for q in ["x=1", "limit=abc", "limit=-1", "limit=0", "limit=201", "limit=4294967296"] {
+            let (s, e) = api.get(&format!("/v1/admin/tenants?{q}")).await;
+            assert_eq!(s, 422, "{q}: {e}");
+            assert!(e["error"]["code"].is_string(), "{q}");
+        }
+        assert_eq!(api.get("/v1/admin/tenants?cursor=").await.0, 200, "an empty cursor is the first page");
+        assert_eq!(api.get("/v1/admin/audit/events?limit=501").await.0, 422);
         let (s, _) = api.get("/v1/admin/tenants/not-an-id").await;
         assert_eq!(s, 404);
         let (s, e) = api.get("/v1/admin/nothing-here").await;

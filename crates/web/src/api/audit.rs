@@ -1,11 +1,11 @@
 //! `/v1/admin/audit/events`: filtered, cursor-paged; and `/export` as NDJSON.
 
-use super::Caller;
 use super::schema::{ErrorBody, EventList, EventOut};
+use super::{Caller, Query, limit};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use quarterdeck_domain::access::ReadAudit;
@@ -32,6 +32,7 @@ pub struct EventsQuery {
     /// RFC 3339, exclusive.
     to: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
@@ -104,7 +105,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit(q.limit, 50, 500)?;
     let f = filter(&state, &caller, &q, limit + 1).await?;
     let mut items = read(&state, &caller, &f).await?;
     let more = items.len() > limit as usize;
@@ -116,15 +117,42 @@ pub async fn list(
     }))
 }
 
+/// The export's filters: those of the list, without paging.
+#[derive(Deserialize, Default, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// An event type, e.g. `TENANT_CREATED`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    tenant_id: Option<String>,
+    /// Part of the actor's email.
+    actor: Option<String>,
+    /// RFC 3339, inclusive.
+    from: Option<String>,
+    /// RFC 3339, exclusive.
+    to: Option<String>,
+}
+
 /// Every matching event, newest first, one JSON object a line (NDJSON).
-#[utoipa::path(get, path = "/v1/admin/audit/events/export", tag = "audit", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/admin/audit/events/export", tag = "audit", params(ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<EventsQuery>,
+    Query(x): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
+    let q = EventsQuery {
+        event_type: x.event_type,
+        tenant_id: x.tenant_id,
+        actor: x.actor,
+        from: x.from,
+        to: x.to,
+        limit: None,
+        cursor: None,
+    };
     let mut f = filter(&state, &caller, &q, 1000).await?;
     let mut out = String::new();
     loop {

@@ -115,21 +115,43 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError(Error::field("_body", "body_too_large", "The body is too large.")))?;
+        // serde fills a struct from a JSON array too, field by field: only objects are bodies.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError(Error::field(
+                "_body",
+                "invalid_body",
+                "The body must be a JSON object.",
+            )));
+        }
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())))
     }
 }
 
-/// `limit` and `cursor` of a list call.
-#[derive(serde::Deserialize, Default)]
-pub struct Page {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
+/// Query parameters, refusing unknown or malformed ones with a JSON 422 (not axum's plain 400).
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(raw)
+            .map(Query)
+            .map_err(|e| ApiError(Error::field("_query", "invalid_query", e.to_string())))
+    }
 }
 
-impl Page {
-    pub fn limit(&self) -> u32 {
-        self.limit.unwrap_or(50).clamp(1, 200)
+/// A `limit` within `1..=max`, or a 422 naming the range (never silently clamped).
+pub fn limit(value: Option<u32>, default: u32, max: u32) -> Result<u32, Error> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(Error::field(
+            "limit",
+            "invalid_limit",
+            format!("Use a limit from 1 to {max}."),
+        )),
     }
 }

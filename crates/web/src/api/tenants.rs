@@ -1,11 +1,11 @@
 //! `/v1/admin/tenants`: list, get, create, update, change status, delete.
 
 use super::schema::{ErrorBody, TenantList, TenantOut};
-use super::{Body, Caller, Page};
+use super::{Body, Caller, Query, limit};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use quarterdeck_domain::access::{ManageTenants, ReadTenants};
@@ -37,6 +37,7 @@ pub struct ListQuery {
     /// `active`, `read_only` or `suspended`.
     status: Option<String>,
     /// 1–200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
@@ -52,10 +53,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<TenantList>, ApiError> {
     let read = caller.0.principal.require::<ReadTenants>()?;
-    let page = Page {
-        limit: q.limit,
-        cursor: q.cursor.clone(),
-    };
+    let page_size = limit(q.limit, 50, 200)?;
     if let Some(only) = caller.0.tenant_limit() {
         let t = state.core.tenant(&read, only).await?;
         return Ok(Json(TenantList {
@@ -63,8 +61,8 @@ pub async fn list(
             next_cursor: None,
         }));
     }
-    let offset: u32 = match page.cursor.as_deref() {
-        None => 0,
+    let offset: u32 = match q.cursor.as_deref() {
+        None | Some("") => 0,
         Some(c) => c
             .parse()
             .map_err(|_| Error::field("cursor", "invalid_cursor", "Use the next_cursor of the previous page."))?,
@@ -76,7 +74,7 @@ pub async fn list(
     let filter = TenantFilter {
         search: q.q,
         status,
-        limit: page.limit(),
+        limit: page_size,
         offset,
     };
     let (items, total) = state.core.list_tenants(&read, &filter).await?;

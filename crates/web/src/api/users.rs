@@ -3,11 +3,11 @@
 //! with the token's id in each event.
 
 use super::schema::{CreatedUser, ErrorBody, UserList, UserOut};
-use super::{Body, Caller};
+use super::{Body, Caller, Query};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use quarterdeck_domain::core::{InviteRequest, NewUserRequest};
@@ -49,7 +49,7 @@ fn user_id(raw: &str) -> Result<UserId, Error> {
 
 /// List users.
 #[utoipa::path(get, path = "/v1/admin/users", tag = "users", params(Where),
-    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -66,7 +66,7 @@ pub async fn list(
 
 /// One user.
 #[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id"), Where),
-    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
@@ -201,7 +201,7 @@ pub async fn update(
 
 /// Delete a user: gone from sign-in at once (`USER_DELETED`).
 #[utoipa::path(delete, path = "/v1/admin/users/{id}", tag = "users", params(("id" = Uuid, Path, description = "User id"), Where),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -265,7 +265,7 @@ pub async fn revoke_role(
 
 /// Pending invitations (users still `INVITED`), with their delivery state.
 #[utoipa::path(get, path = "/v1/admin/invitations", tag = "invitations", params(Where),
-    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn invitations(
     State(state): State<AppState>,
@@ -287,7 +287,7 @@ pub async fn invitations(
 
 /// Resend: a new link; the old one dies (`INVITATION_RESENT`).
 #[utoipa::path(post, path = "/v1/admin/users/{id}/invitation/resend", tag = "invitations", params(("id" = Uuid, Path, description = "User id"), Where),
-    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn resend_invitation(
     State(state): State<AppState>,
@@ -303,7 +303,7 @@ pub async fn resend_invitation(
 
 /// Revoke: the link dies (`INVITATION_REVOKED`).
 #[utoipa::path(delete, path = "/v1/admin/users/{id}/invitation", tag = "invitations", params(("id" = Uuid, Path, description = "User id"), Where),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke_invitation(
     State(state): State<AppState>,
