@@ -21,6 +21,9 @@ use quarterdeck_domain::store::Store;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Held while an audited write transaction is open (see `begin_audited`).
+pub(crate) type WriterPermit = tokio::sync::OwnedMutexGuard<()>;
+
 /// Where the data lives.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {

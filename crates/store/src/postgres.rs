@@ -75,6 +75,11 @@ impl PgStore {
         })
     }
 
+    /// PostgreSQL queues writers itself (the audit head's row lock).
+    async fn writer_permit(&self) -> Option<crate::WriterPermit> {
+        None
+    }
+
     fn db_name(&self, id: TenantId) -> String {
         format!("{}_t_{}", self.prefix, id.0.simple())
     }

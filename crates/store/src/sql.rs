@@ -26,6 +26,7 @@ macro_rules! impl_store {
         use quarterdeck_domain::user::{Credential, Delivery, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
         use sqlx::types::Json;
         use sqlx::{Pool, Row, Transaction};
+        use $crate::WriterPermit;
         use time::OffsetDateTime;
         use uuid::Uuid;
 
@@ -96,10 +97,15 @@ macro_rules! impl_store {
             /// Begin a write transaction whose first statement appends `event` to the chain.
             /// Updating the chain head first takes the write lock at once (SQLite) or the head
             /// row's lock (PostgreSQL): audited writers are serialised and the chain cannot fork.
-            async fn begin_audited(&self, event: &NewEvent) -> Result<Transaction<'static, $Db>> {
+            ///
+            /// The writer permit (SQLite: one audited writer at a time, queued fairly in the
+            /// process instead of in SQLite's sleeping busy handler) is held until it is dropped,
+            /// after the commit.
+            async fn begin_audited(&self, event: &NewEvent) -> Result<(Transaction<'static, $Db>, Option<WriterPermit>)> {
+                let permit = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
                 Self::append_in(&mut tx, event).await?;
-                Ok(tx)
+                Ok((tx, permit))
             }
 
             /// Append one more event inside an audited transaction.
@@ -263,7 +269,7 @@ macro_rules! impl_store {
             async fn create_tenant(&self, tenant: &Tenant, event: NewEvent) -> Result<()> {
                 let db_name = self.provision_tenant_db(tenant.id).await?;
                 let result = async {
-                    let mut tx = self.begin_audited(&event).await?;
+                    let (mut tx, _writer) = self.begin_audited(&event).await?;
                     sqlx::query(
                         "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -363,7 +369,7 @@ macro_rules! impl_store {
             }
 
             async fn update_tenant(&self, t: &Tenant, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query(
                     "UPDATE tenant SET name = $2, region = $3, tier = $4, metadata = $5, status = $6, updated_at = $7 \
                      WHERE id = $1 AND deleted_at IS NULL",
@@ -385,7 +391,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_tenant(&self, id: TenantId, at: OffsetDateTime, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query("UPDATE tenant SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
                     .bind(id.0)
                     .bind(enc_ts(at))
@@ -451,6 +457,7 @@ macro_rules! impl_store {
         struct DirTx {
             control: Transaction<'static, $Db>,
             tenant: Option<Transaction<'static, $Db>>,
+            _writer: Option<WriterPermit>,
         }
 
         impl DirTx {
@@ -472,6 +479,7 @@ macro_rules! impl_store {
 
         impl $Store {
             async fn begin_dir(&self, dir: Directory, events: &[NewEvent]) -> Result<DirTx> {
+                let writer = self.writer_permit().await;
                 let mut control = self.pool.begin().await.map_err(db_err)?;
                 for e in events {
                     Self::append_in(&mut control, e).await?;
@@ -492,7 +500,7 @@ macro_rules! impl_store {
                     Directory::Platform => None,
                     Directory::Tenant(_) => Some(self.dir_pool(dir).await?.begin().await.map_err(db_err)?),
                 };
-                Ok(DirTx { control, tenant })
+                Ok(DirTx { control, tenant, _writer: writer })
             }
         }
 
@@ -524,7 +532,7 @@ macro_rules! impl_store {
                     Some(t) => insert_user(t, user, credential, invitation).await?,
                     None => insert_user(&mut tx.control, user, credential, invitation).await?,
                 }
-                let DirTx { control, tenant } = tx;
+                let DirTx { control, tenant, _writer } = tx;
                 if let Some(t) = tenant {
                     t.commit().await.map_err(db_err)?;
                     if let Err(e) = control.commit().await {
@@ -819,7 +827,7 @@ macro_rules! impl_store {
                 password_hash: &str,
                 event: NewEvent,
             ) -> Result<bool> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let spent = sqlx::query("DELETE FROM setup_token WHERE token_hash = $1 AND expires_at > $2")
                     .bind(hash.as_str())
                     .bind(enc_ts(now))
@@ -923,7 +931,7 @@ macro_rules! impl_store {
         #[async_trait::async_trait]
         impl AuditStore for $Store {
             async fn append_event(&self, event: NewEvent) -> Result<()> {
-                let tx = self.begin_audited(&event).await?;
+                let (tx, _writer) = self.begin_audited(&event).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -1061,7 +1069,7 @@ macro_rules! impl_store {
         #[async_trait::async_trait]
         impl ImpersonationStore for $Store {
             async fn start_impersonation(&self, imp: &Impersonation, handoff: &TokenHash, handoff_expires_at: OffsetDateTime, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 sqlx::query(
                     "INSERT INTO impersonation (id, impersonator_id, impersonator_email, tenant_id, reason, started_at, expires_at, handoff_hash, handoff_expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -1104,7 +1112,7 @@ macro_rules! impl_store {
             }
 
             async fn end_impersonation(&self, id: Uuid, at: OffsetDateTime, reason: &str, event: NewEvent) -> Result<bool> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query("UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL")
                     .bind(id)
                     .bind(enc_ts(at))
@@ -1144,7 +1152,7 @@ macro_rules! impl_store {
         #[async_trait::async_trait]
         impl TokenStore for $Store {
             async fn create_pat(&self, pat: &PersonalAccessToken, hash: &TokenHash, event: NewEvent) -> Result<()> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 sqlx::query(
                     "INSERT INTO personal_access_token (id, token_hash, name, scope, owner_id, owner_email, owner_tenant_id, restrict_tenant_id, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -1178,7 +1186,7 @@ macro_rules! impl_store {
             }
 
             async fn revoke_pat(&self, id: Uuid, owner: UserId, at: OffsetDateTime, event: NewEvent) -> Result<bool> {
-                let mut tx = self.begin_audited(&event).await?;
+                let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query("UPDATE personal_access_token SET revoked_at = $3 WHERE id = $1 AND owner_id = $2 AND revoked_at IS NULL")
                     .bind(id)
                     .bind(owner.0)

@@ -27,6 +27,9 @@ fn dec_ts(micros: Ts) -> time::OffsetDateTime {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One audited writer at a time on the control database, queued here (fairly, without
+    /// sleeping) rather than in SQLite's busy handler.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     data_dir: PathBuf,
     tenants: PoolCache<Sqlite>,
 }
@@ -58,9 +61,14 @@ impl SqliteStore {
         CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
         Ok(Self {
             pool,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             data_dir: data_dir.to_owned(),
             tenants: PoolCache::new(limits),
         })
+    }
+
+    async fn writer_permit(&self) -> Option<crate::WriterPermit> {
+        Some(self.writer.clone().lock_owned().await)
     }
 
     fn tenant_path(&self, id: TenantId) -> PathBuf {
