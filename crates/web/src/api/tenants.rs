@@ -35,6 +35,7 @@ pub struct ListQuery {
     /// Matches name or slug.
     q: Option<String>,
     /// `active`, `read_only` or `suspended`.
+    #[param(pattern = "^(active|read_only|suspended)?$")]
     status: Option<String>,
     /// 1–200, default 50.
     #[param(minimum = 1, maximum = 200)]
@@ -100,9 +101,14 @@ pub async fn get(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// A DNS label; derived from the name when omitted. Immutable.
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     slug: Option<String>,
+    /// One of the configured regions; the first when omitted.
     region: Option<String>,
+    #[schema(pattern = "^(standard|high|critical)$")]
     tier: Option<String>,
     #[serde(default)]
     metadata: Metadata,
@@ -155,8 +161,10 @@ pub async fn create(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
     region: Option<String>,
+    #[schema(pattern = "^(standard|high|critical)$")]
     tier: Option<String>,
     /// Replaces the metadata (send the whole map).
     metadata: Option<Metadata>,
@@ -218,8 +226,10 @@ pub async fn update(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStatus {
+    #[schema(pattern = "^(active|read_only|suspended)$")]
     status: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     reason: String,
 }
 

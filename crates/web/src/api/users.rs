@@ -24,6 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 pub struct Where {
     /// The tenant whose users these are; omitted: the platform's users (or, for a tenant's
     /// token, its tenant's).
+    #[param(format = Uuid)]
     tenant_id: Option<String>,
 }
 
@@ -96,10 +97,15 @@ pub enum Delivery {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     name: String,
+    #[schema(min_items = 1)]
     roles: Vec<String>,
+    /// The tenant to create the user in; omitted: a platform user.
+    #[schema(format = Uuid)]
     tenant_id: Option<String>,
     delivery: Option<Delivery>,
     /// With a one-time password: must they change it at first sign-in (default true)?
@@ -162,8 +168,10 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// `ACTIVE` or `SUSPENDED`.
+    #[schema(pattern = "^(ACTIVE|SUSPENDED)$")]
     status: Option<String>,
     /// Replace the roles.
+    #[schema(min_items = 1)]
     roles: Option<Vec<String>>,
 }
 
