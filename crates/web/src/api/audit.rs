@@ -24,15 +24,12 @@ pub struct EventsQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     event_type: Option<String>,
-    #[param(format = Uuid)]
     tenant_id: Option<String>,
     /// Part of the actor's email.
     actor: Option<String>,
     /// RFC 3339, inclusive.
-    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339, exclusive.
-    #[param(format = DateTime)]
     to: Option<String>,
     /// 1–500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -129,15 +126,12 @@ pub struct ExportQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     event_type: Option<String>,
-    #[param(format = Uuid)]
     tenant_id: Option<String>,
     /// Part of the actor's email.
     actor: Option<String>,
     /// RFC 3339, inclusive.
-    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339, exclusive.
-    #[param(format = DateTime)]
     to: Option<String>,
 }
 

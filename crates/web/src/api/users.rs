@@ -24,7 +24,6 @@ use utoipa::{IntoParams, ToSchema};
 pub struct Where {
     /// The tenant whose users these are; omitted: the platform's users (or, for a tenant's
     /// token, its tenant's).
-    #[param(format = Uuid)]
     tenant_id: Option<String>,
 }
 
@@ -104,8 +103,7 @@ pub struct CreateUser {
     name: String,
     #[schema(min_items = 1)]
     roles: Vec<String>,
-    /// The tenant to create the user in; omitted: a platform user.
-    #[schema(format = Uuid)]
+    /// The tenant to create the user in (its id); omitted or empty: a platform user.
     tenant_id: Option<String>,
     delivery: Option<Delivery>,
     /// With a one-time password: must they change it at first sign-in (default true)?
