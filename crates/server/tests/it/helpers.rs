@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 
 pub const OWNER_EMAIL: &str = "owner@example.com";
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
+/// The password tenant admins made by `TestApp::tenant_admin` choose.
+pub const ADMIN_PASSWORD: &str = "a long and lovely passphrase";
 
 /// Write one async test body once; run it on both backends.
 ///
@@ -180,16 +182,7 @@ impl TestApp {
 
     /// POST a form with the CSRF token taken from `page`'s HTML.
     pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-        let token = csrf_token(page);
-        let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
-        form.extend_from_slice(fields);
-        self.client
-            .post(self.url(path))
-            .header("origin", &self.base_url)
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        post_form(&self.client, &self.url(path), &self.base_url, page, fields).await
     }
 
     /// Create the owner (as the bootstrap settings would) and sign in with it.
@@ -271,6 +264,26 @@ pub fn set_cookies(headers: &HeaderMap) -> Vec<String> {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect()
+}
+
+/// POST a form from `origin` with the CSRF token taken from `page`'s HTML.
+async fn post_form(
+    client: &reqwest::Client,
+    url: &str,
+    origin: &str,
+    page: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let token = csrf_token(page);
+    let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
+    form.extend_from_slice(fields);
+    client
+        .post(url)
+        .header("origin", origin)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The first `csrf_token` hidden field's value in a page.
@@ -371,6 +384,16 @@ impl TestApp {
         link_in(&mail.text)
     }
 
+    /// Invite `email` as admin of the tenant `tid` (host `slug`), register with the emailed
+    /// link and sign in there; returns that browser.
+    pub async fn tenant_admin(&self, tid: &str, slug: &str, email: &str) -> TenantClient {
+        self.invite(email, tid, &["admin"]).await;
+        let c = self.tenant_client(slug);
+        c.register(&self.invitation_link(email).await, ADMIN_PASSWORD).await;
+        c.sign_in(email, ADMIN_PASSWORD).await;
+        c
+    }
+
     /// Invite through the console form; returns the response.
     pub async fn invite(&self, email: &str, tenant_id: &str, roles: &[&str]) -> reqwest::Response {
         let page = self.get_html("/users/new").await;
@@ -414,16 +437,7 @@ impl TenantClient {
     }
 
     pub async fn post_form(&self, path: &str, page: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-        let token = csrf_token(page);
-        let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
-        form.extend_from_slice(fields);
-        self.client
-            .post(self.url(path))
-            .header("origin", &self.origin)
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        post_form(&self.client, &self.url(path), &self.origin, page, fields).await
     }
 
     /// Open a registration link (any host in it is replaced by this client's) and set the

@@ -235,10 +235,7 @@ both!(
         assert!(app.events_of("USER_INVITED").await.is_empty());
 
         // A tenant admin …
-        app.invite("ada@acme.example", &tid, &["admin"]).await;
-        let acme = app.tenant_client("acme");
-        acme.register(&app.invitation_link("ada@acme.example").await, "a long and lovely passphrase").await;
-        acme.sign_in("ada@acme.example", "a long and lovely passphrase").await;
+        let acme = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
         let form = acme.get_html("/portal/team/invite").await;
         let before = app.event_types().await.len();
         // … cannot grant a platform role,
@@ -281,10 +278,7 @@ both!(
     async fn a_suspended_tenants_users_cannot_sign_in_and_their_sessions_die(app) {
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
-        app.invite("ada@acme.example", &tid, &["admin"]).await;
-        let acme = app.tenant_client("acme");
-        acme.register(&app.invitation_link("ada@acme.example").await, "a long and lovely passphrase").await;
-        acme.sign_in("ada@acme.example", "a long and lovely passphrase").await;
+        let acme = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
         assert_eq!(acme.get("/portal").await.status(), 200);
 
         let page = app.get_html(&format!("/tenants/{tid}")).await;
@@ -302,10 +296,7 @@ both!(
     async fn a_read_only_tenant_refuses_writes_with_the_reason(app) {
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
-        app.invite("ada@acme.example", &tid, &["admin"]).await;
-        let acme = app.tenant_client("acme");
-        acme.register(&app.invitation_link("ada@acme.example").await, "a long and lovely passphrase").await;
-        acme.sign_in("ada@acme.example", "a long and lovely passphrase").await;
+        let acme = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
         let page = app.get_html(&format!("/tenants/{tid}")).await;
         app.post_form(&format!("/tenants/{tid}/status"), &page, &[("status", "read_only")]).await;
 
