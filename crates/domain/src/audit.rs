@@ -40,10 +40,14 @@ pub enum EventType {
     ImpersonationEnded,
     PatCreated,
     PatRevoked,
+    IdentityProviderConfigured,
+    IdentityProviderDeleted,
+    UserProvisioned,
+    UserLinked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 29] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -69,6 +73,10 @@ impl EventType {
         Self::ImpersonationEnded,
         Self::PatCreated,
         Self::PatRevoked,
+        Self::IdentityProviderConfigured,
+        Self::IdentityProviderDeleted,
+        Self::UserProvisioned,
+        Self::UserLinked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +106,10 @@ impl EventType {
             Self::ImpersonationEnded => "IMPERSONATION_ENDED",
             Self::PatCreated => "PAT_CREATED",
             Self::PatRevoked => "PAT_REVOKED",
+            Self::IdentityProviderConfigured => "IDENTITY_PROVIDER_CONFIGURED",
+            Self::IdentityProviderDeleted => "IDENTITY_PROVIDER_DELETED",
+            Self::UserProvisioned => "USER_PROVISIONED",
+            Self::UserLinked => "USER_LINKED",
         }
     }
 

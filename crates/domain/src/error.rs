@@ -57,6 +57,13 @@ pub enum Error {
     /// 403: the tenant is suspended.
     #[error("This tenant is suspended: sign-in and changes are not allowed.")]
     TenantSuspended,
+    /// 403: the organisation signs in with single sign-on only (no passwords, no `/register`,
+    /// no one-time passwords).
+    #[error("This organisation signs in with single sign-on: passwords are not used here.")]
+    SsoOnly,
+    /// 401: single sign-on did not sign anyone in; the reason is one of [`SSO_REASONS`].
+    #[error("{}", sso_message(.0))]
+    SsoFailed(&'static str),
     /// 409: the change conflicts with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -90,6 +97,8 @@ impl Error {
             Error::TenantSuspended => "tenant_suspended",
             Error::Conflict { code, .. } => code,
             Error::LinkInvalid(_) => "link_invalid",
+            Error::SsoOnly => "sso_only",
+            Error::SsoFailed(_) => "sso_failed",
             Error::Throttled { .. } => "too_many_attempts",
             Error::Busy => "busy",
             Error::Internal(_) => "internal",
@@ -153,4 +162,50 @@ impl Problems {
             Err(Error::Validation(self.0))
         }
     }
+}
+
+/// Why a single sign-on attempt signed nobody in (the audit event's `reason`). The protocol's
+/// own finding (a bad signature, the wrong audience) goes to the audit trail and the log as
+/// `detail`; the person is told only what they can act on.
+pub const SSO_REASONS: &[(&str, &str)] = &[
+    (
+        "attempt_invalid",
+        "This sign-in has expired or was already used. Start again.",
+    ),
+    ("not_configured", "Single sign-on is not set up here."),
+    (
+        "provider_error",
+        "The identity provider did not complete the sign-in. Try again, or ask your administrator.",
+    ),
+    (
+        "invalid_response",
+        "The identity provider's answer could not be verified, so nobody was signed in.",
+    ),
+    (
+        "replayed",
+        "This sign-in answer was used before, so nobody was signed in. Start again.",
+    ),
+    (
+        "email_not_verified",
+        "Your identity provider has not verified your email address, so it cannot be linked to an account here.",
+    ),
+    (
+        "not_provisioned",
+        "There is no account for you here yet. Ask an administrator of your organisation to add you.",
+    ),
+    (
+        "user_suspended",
+        "Your account is suspended. Ask an administrator of your organisation.",
+    ),
+    (
+        "other_tenant",
+        "This account belongs to another organisation: sign in at its own address.",
+    ),
+];
+
+fn sso_message(reason: &str) -> &'static str {
+    SSO_REASONS
+        .iter()
+        .find(|(r, _)| *r == reason)
+        .map_or("Single sign-on did not work. Try again.", |(_, m)| m)
 }

@@ -18,6 +18,7 @@ pub mod password;
 pub mod pat;
 pub mod role;
 pub mod session;
+pub mod sso;
 pub mod store;
 pub mod tenant;
 pub mod throttle;

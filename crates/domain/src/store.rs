@@ -11,6 +11,7 @@ use crate::impersonation::Impersonation;
 use crate::mail::Email;
 use crate::pat::PersonalAccessToken;
 use crate::session::Session;
+use crate::sso::{ExternalLogin, IdentityProvider, SsoAttempt, SsoHandoff};
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
 use crate::token::TokenHash;
 use crate::user::{Credential, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
@@ -196,9 +197,49 @@ pub trait TokenStore: Send + Sync {
     async fn touch_pat(&self, id: uuid::Uuid, at: OffsetDateTime) -> Result<()>;
 }
 
+#[async_trait]
+pub trait SsoStore: Send + Sync {
+    /// Create or replace the provider of its directory, with its event.
+    async fn put_identity_provider(&self, provider: &IdentityProvider, event: NewEvent) -> Result<()>;
+    async fn identity_provider(&self, dir: Directory) -> Result<Option<IdentityProvider>>;
+    /// Remove the directory's provider (linked identities stay, unused); `false` if none.
+    async fn delete_identity_provider(&self, dir: Directory, event: NewEvent) -> Result<bool>;
+    async fn put_sso_attempt(&self, attempt: &SsoAttempt) -> Result<()>;
+    /// Spend an attempt: the live one with this state, once.
+    async fn take_sso_attempt(&self, state: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoAttempt>>;
+    /// Record a SAML assertion id as used; `false` if it was used before (a replay).
+    async fn record_assertion_id(&self, provider: uuid::Uuid, id: &str, expires_at: OffsetDateTime) -> Result<bool>;
+    /// The user of `dir` an external identity is linked to.
+    async fn user_by_identity(&self, dir: Directory, issuer: &str, subject: &str) -> Result<Option<User>>;
+    /// Link an external identity to an existing user; an INVITED user becomes ACTIVE (their
+    /// invitation spent) in the same step.
+    async fn link_identity(
+        &self,
+        dir: Directory,
+        user: UserId,
+        provider: uuid::Uuid,
+        login: &ExternalLogin,
+        at: OffsetDateTime,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// Create an ACTIVE user (no password) with its roles and its external identity.
+    async fn provision_user(
+        &self,
+        user: &User,
+        provider: uuid::Uuid,
+        login: &ExternalLogin,
+        event: NewEvent,
+    ) -> Result<()>;
+    async fn touch_identity(&self, dir: Directory, issuer: &str, subject: &str, at: OffsetDateTime) -> Result<()>;
+    async fn put_sso_handoff(&self, handoff: &SsoHandoff) -> Result<()>;
+    async fn take_sso_handoff(&self, token: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoHandoff>>;
+    /// Forget expired attempts, handoffs and assertion ids (housekeeping).
+    async fn delete_expired_sso(&self, now: OffsetDateTime) -> Result<u64>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
-    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore + TokenStore
+    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore + TokenStore + SsoStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

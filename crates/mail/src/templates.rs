@@ -73,6 +73,71 @@ pub fn invitation_email(to: &str, inviter: &str, organisation: &str, link: &str,
     }
 }
 
+#[derive(Template)]
+#[template(path = "sso_notice.txt")]
+struct SsoNoticeText<'a> {
+    inviter: &'a str,
+    organisation: &'a str,
+    link: &'a str,
+    provider: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "sso_notice.html")]
+struct SsoNoticeHtml<'a> {
+    inviter: &'a str,
+    organisation: &'a str,
+    link: &'a str,
+    provider: &'a str,
+}
+
+/// What an organisation that signs in with single sign-on only sends instead of an invitation:
+/// where to sign in and with which provider. It carries no token (there is no password to set).
+pub fn sso_notice_email(to: &str, inviter: &str, organisation: &str, link: &str, provider: &str) -> Email {
+    let (inviter, organisation, link, provider) = (
+        one_line(inviter),
+        one_line(organisation),
+        one_line(link),
+        one_line(provider),
+    );
+    let (inviter, organisation, link, provider) = (
+        inviter.as_str(),
+        organisation.as_str(),
+        link.as_str(),
+        provider.as_str(),
+    );
+    let fallback =
+        || format!("{inviter} has added you to {organisation} on Quarterdeck.\n\nSign in with {provider}: {link}\n");
+    let text = SsoNoticeText {
+        inviter,
+        organisation,
+        link,
+        provider,
+    }
+    .render()
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering sso_notice.txt failed");
+        fallback()
+    });
+    let html = SsoNoticeHtml {
+        inviter,
+        organisation,
+        link,
+        provider,
+    }
+    .render()
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering sso_notice.html failed");
+        format!("<pre>{}</pre>", escape_html(&fallback()))
+    });
+    Email {
+        to: one_line(to),
+        subject: format!("You've been added to {organisation} on Quarterdeck"),
+        text,
+        html,
+    }
+}
+
 /// `s` with each run of control characters (newlines, tabs, ...) made one space, trimmed.
 fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

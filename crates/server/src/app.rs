@@ -81,6 +81,8 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
             },
         },
         render_invitation: quarterdeck_mail::invitation_email,
+        render_sso_notice: quarterdeck_mail::sso_notice_email,
+        secret_key: settings.secret_key(&*deps.rng)?,
     };
     Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
 }
@@ -129,6 +131,7 @@ impl App {
         let router = quarterdeck_web::router(AppState {
             core: core.clone(),
             config: Arc::new(web),
+            sso: Arc::default(),
         });
         Ok(Self {
             core,
@@ -183,6 +186,9 @@ async fn housekeeping(core: Arc<Core>, settings: Settings) {
         let idle = time::Duration::minutes(i64::from(settings.session_idle_minutes));
         if let Err(e) = core.store.delete_expired_sessions(now - idle, now).await {
             tracing::warn!(error = %e, "session clean-up failed");
+        }
+        if let Err(e) = core.store.delete_expired_sso(now).await {
+            tracing::warn!(error = %e, "single sign-on clean-up failed");
         }
         match core.purge_deleted_tenants().await {
             Ok(ids) if !ids.is_empty() => tracing::info!(

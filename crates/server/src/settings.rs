@@ -70,6 +70,10 @@ pub struct Settings {
     pub resend_api_url: String,
     /// How often the worker looks for email to deliver, in milliseconds.
     pub outbox_poll_ms: u64,
+    /// The key identity providers' client secrets are sealed with (64 hex characters or 32
+    /// bytes in base64). Unset: `{data_dir}/secret.key`, made on first start.
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -108,6 +112,8 @@ impl Default for Settings {
             resend_api_key_file: None,
             resend_api_url: "https://api.resend.com".to_owned(),
             outbox_poll_ms: 1000,
+            secret_key: None,
+            secret_key_file: None,
         }
     }
 }
@@ -150,6 +156,8 @@ pub const KEYS: &[(&str, bool)] = &[
     ("resend_api_key_file", false),
     ("resend_api_url", false),
     ("outbox_poll_ms", false),
+    ("secret_key", true),
+    ("secret_key_file", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -199,6 +207,7 @@ impl Settings {
             "bootstrap_owner_password",
         )?;
         s.smtp_password = secret_from(s.smtp_password.take(), s.smtp_password_file.as_deref(), "smtp_password")?;
+        s.secret_key = secret_from(s.secret_key.take(), s.secret_key_file.as_deref(), "secret_key")?;
         s.resend_api_key = secret_from(
             s.resend_api_key.take(),
             s.resend_api_key_file.as_deref(),
@@ -321,6 +330,41 @@ impl Settings {
             })
             .map(|k| format!("QUARTERDECK_{k}"))
             .collect()
+    }
+
+    /// The key that seals identity providers' client secrets: `secret_key` (or its file), else
+    /// `{data_dir}/secret.key`, created (owner-only) with a new random key on first use.
+    pub fn secret_key(
+        &self,
+        rng: &dyn quarterdeck_domain::token::Random,
+    ) -> Result<quarterdeck_domain::sso::SecretKey> {
+        use quarterdeck_domain::sso::SecretKey;
+        let invalid =
+            |from: &str| anyhow::anyhow!("{from}: not a secret key (64 hex characters, or 32 bytes in base64)");
+        if let Some(text) = &self.secret_key {
+            return SecretKey::parse(text).ok_or_else(|| invalid("secret_key (QUARTERDECK_SECRET_KEY)"));
+        }
+        let path = self.data_dir.join("secret.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => SecretKey::parse(&text).ok_or_else(|| invalid(&path.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SecretKey::generate(rng);
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("creating the data directory {}", self.data_dir.display()))?;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tracing::info!(path = %path.display(), "created the secret key that seals identity providers' client secrets");
+                Ok(key)
+            }
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
     }
 
     /// The effective settings, secrets masked, for the Settings page.

@@ -10,6 +10,7 @@
 mod pools;
 mod postgres;
 mod sql;
+mod sql_sso;
 mod sqlite;
 
 pub use pools::PoolLimits;
@@ -57,6 +58,13 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
             let text = format!("{} {}", db.message(), db.constraint().unwrap_or_default());
             if text.contains("slug") {
                 return Error::field("slug", "slug_taken", "This slug is already in use; choose another.");
+            }
+            if text.contains("user_identity") {
+                return Error::field(
+                    "subject",
+                    "identity_taken",
+                    "This identity is already linked to an account.",
+                );
             }
             if text.contains("email") {
                 return Error::field("email", "email_taken", "A user with this email already exists.");

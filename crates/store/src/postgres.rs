@@ -199,6 +199,7 @@ impl PgStore {
 }
 
 crate::sql::impl_store!(PgStore, Postgres);
+crate::sql_sso::impl_sso_store!(PgStore, Postgres);
 
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -504,6 +504,51 @@ macro_rules! impl_store {
             }
         }
 
+        impl $Store {
+            /// Insert a user with its roles, password or invitation (its email queued) or
+            /// external identity, and its event. For a tenant user the tenant database commits
+            /// first; if the control database's commit (the event) then fails, the user is
+            /// taken back out, so nothing is half-written.
+            async fn insert_user_with(
+                &self,
+                user: &User,
+                credential: Option<&Credential>,
+                invitation: Option<&NewInvitation>,
+                identity: Option<(Uuid, &quarterdeck_domain::sso::ExternalLogin)>,
+                event: NewEvent,
+            ) -> Result<()> {
+                let dir = user.directory();
+                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
+                if let Some(inv) = invitation {
+                    Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
+                }
+                match &mut tx.tenant {
+                    Some(t) => insert_user(t, user, credential, invitation).await?,
+                    None => insert_user(&mut tx.control, user, credential, invitation).await?,
+                }
+                if let Some((provider, login)) = identity {
+                    insert_identity(tx.users(), user.id, provider, login, user.created_at).await?;
+                }
+                let DirTx { control, tenant, _writer } = tx;
+                if let Some(t) = tenant {
+                    t.commit().await.map_err(db_err)?;
+                    if let Err(e) = control.commit().await {
+                        // The user committed in the tenant database but its event and email did
+                        // not: take the user back out, so nothing is half-written.
+                        let pool = self.dir_pool(dir).await?;
+                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&pool).await {
+                            tracing::error!(user_id = %user.id, error = %undo, "could not undo a user whose audit event failed");
+                        }
+                        return Err(db_err(e));
+                    }
+                    Ok(())
+                } else {
+                    control.commit().await.map_err(db_err)
+                }
+            }
+
+        }
+
         #[async_trait::async_trait]
         impl UserStore for $Store {
             async fn owner_exists(&self) -> Result<bool> {
@@ -523,31 +568,7 @@ macro_rules! impl_store {
                 invitation: Option<&NewInvitation>,
                 event: NewEvent,
             ) -> Result<()> {
-                let dir = user.directory();
-                let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
-                if let Some(inv) = invitation {
-                    Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
-                }
-                match &mut tx.tenant {
-                    Some(t) => insert_user(t, user, credential, invitation).await?,
-                    None => insert_user(&mut tx.control, user, credential, invitation).await?,
-                }
-                let DirTx { control, tenant, _writer } = tx;
-                if let Some(t) = tenant {
-                    t.commit().await.map_err(db_err)?;
-                    if let Err(e) = control.commit().await {
-                        // The user committed in the tenant database but its event and email did
-                        // not: take the user back out, so nothing is half-written.
-                        let pool = self.dir_pool(dir).await?;
-                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&pool).await {
-                            tracing::error!(user_id = %user.id, error = %undo, "could not undo a user whose audit event failed");
-                        }
-                        return Err(db_err(e));
-                    }
-                    Ok(())
-                } else {
-                    control.commit().await.map_err(db_err)
-                }
+                self.insert_user_with(user, credential, invitation, None, event).await
             }
 
             async fn user_by_email(&self, dir: Directory, email: &EmailAddress) -> Result<Option<(User, Option<StoredCredential>)>> {
@@ -698,6 +719,7 @@ macro_rules! impl_store {
             async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()> {
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
                 sqlx::query("DELETE FROM invitation WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
+                sqlx::query("DELETE FROM user_identity WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
                 sqlx::query("DELETE FROM user_role WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
                 let done = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
                 if done.rows_affected() != 1 {

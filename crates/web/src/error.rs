@@ -18,7 +18,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::PasswordChangeRequired
         | Error::InsufficientScope
         | Error::TenantReadOnly
-        | Error::TenantSuspended => StatusCode::FORBIDDEN,
+        | Error::TenantSuspended
+        | Error::SsoOnly => StatusCode::FORBIDDEN,
+        Error::SsoFailed(_) => StatusCode::UNAUTHORIZED,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::LinkInvalid(_) => StatusCode::GONE,
         Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod pages;
 mod router;
+mod sso;
 mod state;
 
 pub use router::router;

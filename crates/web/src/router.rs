@@ -7,8 +7,8 @@
 use crate::auth::{csrf_guard, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, tenant_users, tenants, tokens,
-    users,
+    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, sso, sso_settings, tenant_users,
+    tenants, tokens, users,
 };
 use crate::state::AppState;
 use crate::{assets, pages};
@@ -26,6 +26,12 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(login::logout))
         .route("/setup", get(setup::form).post(setup::submit))
         .route("/register", get(register::form).post(register::submit))
+        // Single sign-on (base host: the platform's provider; tenant hosts: the tenant's)
+        .route("/sso/start", get(sso::start))
+        .route("/sso/oidc/callback", get(sso::oidc_callback))
+        .route("/sso/saml/acs", post(sso::saml_acs))
+        .route("/sso/saml/finish", get(sso::saml_finish))
+        .route("/sso/handoff", get(sso::handoff))
         // Console (base host)
         .route("/", get(dashboard::home))
         .route("/tenants", get(tenants::list).post(tenants::create))
@@ -48,6 +54,11 @@ pub fn router(state: AppState) -> Router {
         .route("/settings/sessions/revoke", post(settings::end_other_sessions))
         .route("/settings/tokens", get(tokens::console).post(tokens::console_create))
         .route("/settings/tokens/{id}/revoke", post(tokens::console_revoke))
+        .route(
+            "/settings/sso",
+            get(sso_settings::console).post(sso_settings::console_save),
+        )
+        .route("/settings/sso/delete", post(sso_settings::console_delete))
         // Portal (tenant hosts)
         .route("/portal", get(portal::dashboard))
         .route("/portal/team", get(portal::team))
@@ -66,6 +77,11 @@ pub fn router(state: AppState) -> Router {
             get(tokens::portal).post(tokens::portal_create),
         )
         .route("/portal/settings/tokens/{id}/revoke", post(tokens::portal_revoke))
+        .route(
+            "/portal/settings/sso",
+            get(sso_settings::portal).post(sso_settings::portal_save),
+        )
+        .route("/portal/settings/sso/delete", post(sso_settings::portal_delete))
         .route(
             "/portal/password",
             get(tenant_users::change_form).post(tenant_users::change),

@@ -56,4 +56,6 @@ impl WebConfig {
 pub struct AppState {
     pub core: Arc<Core>,
     pub config: Arc<WebConfig>,
+    /// The single sign-on protocols (OIDC relying party, SAML service provider).
+    pub sso: Arc<crate::sso::SsoProtocols>,
 }

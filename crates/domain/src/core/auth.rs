@@ -9,7 +9,7 @@ use crate::password::NewPassword;
 use crate::session::Session;
 use crate::tenant::TenantStatus;
 use crate::token::{Secret, TokenHash};
-use crate::user::{Directory, UserStatus};
+use crate::user::{Directory, User, UserStatus};
 use serde_json::json;
 
 impl Core {
@@ -46,6 +46,9 @@ impl Core {
             return Err(Error::Throttled { retry_after_secs });
         }
 
+        // In an SSO-only directory no password signs anyone in; the answer (and the work
+        // before it) is the same as for a wrong password.
+        let passwords_allowed = self.sign_in_mode(dir).await?.allows_passwords();
         let found = match EmailAddress::parse(email) {
             Ok(e) => self.store.user_by_email(dir, &e).await?,
             Err(_) => None,
@@ -63,7 +66,9 @@ impl Core {
         let must_change = stored.is_some_and(|c| c.must_change || c.is_otp());
         let was_otp = stored.is_some_and(|c| c.is_otp());
         let user = match found {
-            Some((user, Some(_))) if verified && usable && user.status == UserStatus::Active => user,
+            Some((user, Some(_))) if verified && usable && passwords_allowed && user.status == UserStatus::Active => {
+                user
+            }
             found => {
                 self.account_throttle.record_failure(&account_key, now);
                 self.address_throttle.record_failure(&address_key, now);
@@ -76,7 +81,10 @@ impl Core {
                     EventType::SignInFailed,
                     &actor,
                     dir.tenant_id(),
-                    json!({ "email": typed, "reason": "invalid_credentials", "ip": client.ip }),
+                    json!({
+                        "email": typed, "ip": client.ip,
+                        "reason": if passwords_allowed { "invalid_credentials" } else { "sso_only" },
+                    }),
                 );
                 self.store.append_event(event).await?;
                 return Err(Error::InvalidCredentials);
@@ -87,6 +95,22 @@ impl Core {
             self.store.mark_otp_used(dir, user.id, now).await?;
         }
 
+        self.start_session(dir, &user, must_change, client, json!({ "method": "password" }))
+            .await
+    }
+
+    /// A new session for `user` on the host of `dir` (a new id, whatever the client had), with
+    /// `SIGN_IN_SUCCEEDED` (`details` say how: password or single sign-on).
+    pub(crate) async fn start_session(
+        &self,
+        dir: Directory,
+        user: &User,
+        must_change: bool,
+        client: &ClientInfo,
+        mut details: serde_json::Value,
+    ) -> Result<(Secret, SignedIn)> {
+        let now = self.clock.now();
+        let tenant = self.tenant_of(dir).await?;
         let secret = Secret::generate(&*self.rng, "");
         let csrf = Secret::generate(&*self.rng, "");
         let session = Session {
@@ -103,20 +127,17 @@ impl Core {
             must_change_password: must_change,
         };
         self.store.create_session(&session).await?;
-        let principal = self.principal_of(&user);
-        let event = self.new_event(
-            EventType::SignInSucceeded,
-            &principal.actor(),
-            dir.tenant_id(),
-            json!({ "user_id": user.id, "ip": client.ip }),
-        );
+        let principal = self.principal_of(user);
+        details["user_id"] = json!(user.id);
+        details["ip"] = json!(client.ip);
+        let event = self.new_event(EventType::SignInSucceeded, &principal.actor(), dir.tenant_id(), details);
         self.store.append_event(event).await?;
         Ok((
             secret,
             SignedIn {
                 session,
                 principal,
-                user,
+                user: user.clone(),
                 tenant,
                 impersonation: None,
             },

@@ -6,11 +6,13 @@ mod auth;
 mod impersonation;
 mod outbox;
 mod setup;
+mod sso;
 mod tenants;
 mod tokens;
 mod users;
 
 pub use outbox::MAX_ATTEMPTS;
+pub use sso::{ProviderDraft, SsoOutcome, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
 pub use users::{InviteRequest, NewUserRequest, UserView};
 
@@ -33,6 +35,9 @@ use time::Duration;
 
 /// Renders the invitation email: (to, inviter, organisation, link, expires) → the message.
 pub type RenderInvitation = fn(&str, &str, &str, &str, &str) -> Email;
+/// Renders the notice an SSO-only organisation sends instead: (to, inviter, organisation,
+/// sign-in link, identity provider's name) → the message.
+pub type RenderSsoNotice = fn(&str, &str, &str, &str, &str) -> Email;
 
 /// How links in emails are built: from the configured base URL, never from a request.
 #[derive(Clone, Debug)]
@@ -69,6 +74,9 @@ pub struct CoreConfig {
     pub catalog: Catalog,
     pub links: Links,
     pub render_invitation: RenderInvitation,
+    pub render_sso_notice: RenderSsoNotice,
+    /// Seals the client secrets of identity providers.
+    pub secret_key: crate::sso::SecretKey,
 }
 
 fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &str) -> Email {
@@ -76,6 +84,16 @@ fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &st
     Email {
         to: to.to_owned(),
         subject: format!("You're invited to {org}"),
+        html: text.clone(),
+        text,
+    }
+}
+
+fn plain_sso_notice(to: &str, inviter: &str, org: &str, link: &str, provider: &str) -> Email {
+    let text = format!("{inviter} added you to {org}.\n\nSign in with {provider}: {link}\n");
+    Email {
+        to: to.to_owned(),
+        subject: format!("You've been added to {org}"),
         html: text.clone(),
         text,
     }
@@ -101,6 +119,8 @@ impl Default for CoreConfig {
                 host: "localhost:8090".to_owned(),
             },
             render_invitation: plain_invitation,
+            render_sso_notice: plain_sso_notice,
+            secret_key: crate::sso::SecretKey::from_bytes([0; 32]),
         }
     }
 }

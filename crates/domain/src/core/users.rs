@@ -14,6 +14,7 @@ use crate::error::{Error, FieldError, Problems, Result};
 use crate::ids::{TenantId, UserId};
 use crate::password::NewPassword;
 use crate::role::{Capability, Scope};
+use crate::sso::SignInMode;
 use crate::tenant::Tenant;
 use crate::token::{Secret, TokenHash};
 use crate::user::{Directory, InvitationState, NewInvitation, User, UserStatus, parse_display_name};
@@ -111,8 +112,10 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// A new invitation token for `user`, with its email rendered.
-    fn new_invitation(&self, by: &Principal, user: &User, tenant: Option<&Tenant>) -> NewInvitation {
+    /// A new invitation token for `user`, with its email rendered. In a directory that signs
+    /// in with single sign-on only, the email is a notice saying where and how to sign in: it
+    /// carries no link to `/register` (which is off there).
+    async fn new_invitation(&self, by: &Principal, user: &User, tenant: Option<&Tenant>) -> Result<NewInvitation> {
         let secret = Secret::generate(&*self.rng, "qd_inv_");
         let now = self.clock.now();
         let expires_at = now + self.config.invitation_ttl;
@@ -121,19 +124,28 @@ impl Core {
         let org = tenant
             .map(|t| t.name.as_str())
             .unwrap_or("the Quarterdeck platform team");
-        let email = (self.config.render_invitation)(
-            user.email.as_str(),
-            by.email.as_str(),
-            org,
-            &link,
-            &self.expires_text(expires_at),
-        );
-        NewInvitation {
+        let email = match self.store.identity_provider(user.directory()).await? {
+            Some(p) if p.mode == SignInMode::SsoOnly => (self.config.render_sso_notice)(
+                user.email.as_str(),
+                by.email.as_str(),
+                org,
+                &format!("{origin}/login"),
+                &p.display_name,
+            ),
+            _ => (self.config.render_invitation)(
+                user.email.as_str(),
+                by.email.as_str(),
+                org,
+                &link,
+                &self.expires_text(expires_at),
+            ),
+        };
+        Ok(NewInvitation {
             token_hash: secret.hash(),
             created_at: now,
             expires_at,
             email,
-        }
+        })
     }
 
     /// Invite a user: created `INVITED` with a single-use token valid for the invitation TTL,
@@ -175,7 +187,7 @@ impl Core {
             tenant_id: dir.tenant_id(),
             created_at: self.clock.now(),
         };
-        let invitation = self.new_invitation(by, &user, tenant.as_ref());
+        let invitation = self.new_invitation(by, &user, tenant.as_ref()).await?;
         let event = self.new_event(
             EventType::UserInvited,
             &by.actor(),
@@ -313,7 +325,7 @@ impl Core {
                 message: "This user has already registered.".to_owned(),
             });
         }
-        let invitation = self.new_invitation(by, &user, tenant.as_ref());
+        let invitation = self.new_invitation(by, &user, tenant.as_ref()).await?;
         let event = self.new_event(
             EventType::InvitationResent,
             &by.actor(),
@@ -358,6 +370,7 @@ impl Core {
         {
             t.status.check_writable()?;
         }
+        self.passwords_allowed(dir).await?;
         self.store
             .invited_user(dir, &TokenHash::of(token), self.clock.now())
             .await?
@@ -462,6 +475,7 @@ impl Core {
             ));
         };
         self.may_manage(by, dir).await?;
+        self.passwords_allowed(dir).await?;
         let mut p = Problems::new();
         let email = p.check(EmailAddress::parse(&req.email));
         let name = p.check(parse_display_name(&req.name));
@@ -514,6 +528,7 @@ impl Core {
                 message: "This user has not registered yet: resend the invitation instead.".to_owned(),
             });
         }
+        self.passwords_allowed(dir).await?;
         let (otp, credential) = self.otp_credential(true).await?;
         let event = self.new_event(
             EventType::PasswordReset,

@@ -14,6 +14,10 @@ mod helpers;
 #[path = "../../../mail/tests/mail/maildev.rs"]
 #[allow(dead_code, reason = "shared with the mail crate's tests, which use all of it")]
 mod maildev;
+#[path = "../../../sso/tests/peer/mock_op.rs"]
+mod mock_op;
+#[path = "../../../sso/tests/peer/oidc_provider.rs"]
+mod oidc_provider;
 
 mod api;
 mod audit;
@@ -25,5 +29,6 @@ mod openapi;
 mod portal;
 mod settings;
 mod setup;
+mod sso;
 mod storage;
 mod tenants;

@@ -55,3 +55,14 @@ pub fn anon_csrf_token(
     let set = cookie(config, super::ANON_CSRF_COOKIE, &value, None);
     (value, Some(set))
 }
+
+/// The cookie that binds a single sign-on attempt to the browser that started it (10 minutes).
+pub fn sso_binding_cookie(config: &WebConfig, value: &str) -> String {
+    cookie(config, SSO_BINDING_COOKIE, value, Some(600))
+}
+
+pub fn clear_sso_binding_cookie(config: &WebConfig) -> String {
+    cookie(config, SSO_BINDING_COOKIE, "", Some(0))
+}
+
+pub const SSO_BINDING_COOKIE: &str = "qd_sso";

@@ -22,8 +22,8 @@ use quarterdeck_domain::token::constant_time_eq;
 
 pub const ANON_CSRF_COOKIE: &str = "qd_csrf";
 
-/// Largest form body accepted (the console's forms are small).
-const MAX_FORM_BYTES: usize = 64 * 1024;
+/// Largest form body accepted (the console's forms are small; pasted SAML metadata is not).
+const MAX_FORM_BYTES: usize = 512 * 1024;
 
 fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -31,7 +31,10 @@ fn is_safe(m: &Method) -> bool {
 
 pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // The Automation API takes bearer tokens only and ignores cookies: nothing to forge.
-    if is_safe(req.method()) || req.uri().path().starts_with("/v1/") {
+    // The SAML ACS takes the identity provider's cross-site POST: the signed assertion, its
+    // InResponseTo and the single-use RelayState protect it, and the browser's cookie-bound
+    // GET that follows decides who signs in (see pages/sso.rs).
+    if is_safe(req.method()) || req.uri().path().starts_with("/v1/") || req.uri().path() == "/sso/saml/acs" {
         return next.run(req).await;
     }
     let refuse = || HtmlError(Error::CsrfRejected).into_response();

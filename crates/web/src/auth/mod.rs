@@ -5,7 +5,10 @@ mod csrf;
 mod session;
 mod site;
 
-pub use cookies::{anon_csrf_token, clear_session_cookie, session_cookie};
+pub use cookies::{
+    SSO_BINDING_COOKIE, anon_csrf_token, clear_session_cookie, clear_sso_binding_cookie, read_cookie, session_cookie,
+    sso_binding_cookie,
+};
 pub use csrf::{ANON_CSRF_COOKIE, csrf_guard};
 pub use session::{
     CurrentSession, MaybeSession, PeerAddr, PortalSession, SESSION_COOKIE, client_info, load_session, safe_next,

@@ -27,6 +27,10 @@ pub struct LoginPage {
     pub organisation: Option<String>,
     /// Example organisation address, for the base host's guidance.
     pub org_example: String,
+    /// The identity provider's button text, when the site offers single sign-on.
+    pub sso: Option<String>,
+    /// Whether the email and password form is shown (not in an SSO-only directory).
+    pub passwords: bool,
 }
 
 #[derive(Deserialize)]
@@ -44,8 +48,12 @@ fn landing(site: &Site, next: Option<&str>) -> String {
     }
 }
 
-fn page(state: &AppState, site: &Site, token: String, email: String, next: String) -> LoginPage {
+async fn page(state: &AppState, site: &Site, token: String, email: String, next: String) -> LoginPage {
+    // If the provider cannot be read, the page still offers what it can: passwords.
+    let offer = state.core.sso_offer(site.directory()).await.ok().flatten();
     LoginPage {
+        passwords: offer.as_ref().is_none_or(|p| p.mode.allows_passwords()),
+        sso: offer.map(|p| p.display_name),
         chrome: Chrome::signed_out(token),
         email,
         next,
@@ -77,7 +85,7 @@ pub async fn form(
         return Redirect::to(&landing(&site, q.next.as_deref())).into_response();
     }
     let (token, set_cookie) = anon_csrf_token(&state.config, &headers, &*state.core.rng);
-    let mut p = page(&state, &site, token, String::new(), safe_next(q.next.as_deref()));
+    let mut p = page(&state, &site, token, String::new(), safe_next(q.next.as_deref())).await;
     p.notice = if q.setup.is_some() {
         Some("Your owner account is ready. Sign in with it.")
     } else if q.registered.is_some() {
@@ -131,7 +139,8 @@ pub async fn submit(
                 token,
                 f.email.trim().chars().take(254).collect(),
                 safe_next(f.next.as_deref()),
-            );
+            )
+            .await;
             p.error = Some(e.to_string());
             let mut resp = with_cookie((status, render(&p)).into_response(), set_cookie);
             if let Error::Throttled { retry_after_secs } = e
@@ -143,6 +152,14 @@ pub async fn submit(
         }
         Err(other) => HtmlError(other).into_response(),
     }
+}
+
+/// The sign-in page with an error (a refused single sign-on), with the error's status.
+pub async fn error_page(state: &AppState, site: &Site, headers: &HeaderMap, e: &Error) -> Response {
+    let (token, set_cookie) = anon_csrf_token(&state.config, headers, &*state.core.rng);
+    let mut p = page(state, site, token, String::new(), "/".to_owned()).await;
+    p.error = Some(e.to_string());
+    with_cookie((crate::error::status_of(e), render(&p)).into_response(), set_cookie)
 }
 
 pub async fn logout(State(state): State<AppState>, MaybeSession(session): MaybeSession) -> Response {

@@ -10,6 +10,8 @@ pub mod register;
 pub mod roles;
 pub mod settings;
 pub mod setup;
+pub mod sso;
+pub mod sso_settings;
 pub mod tenant_users;
 pub mod tenants;
 pub mod tokens;
