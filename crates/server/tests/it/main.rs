@@ -18,11 +18,15 @@ mod maildev;
 mod mock_op;
 #[path = "../../../sso/tests/peer/oidc_provider.rs"]
 mod oidc_provider;
+#[cfg(feature = "saml")]
+#[path = "../../../saml/tests/peer/saml_idp.rs"]
+mod saml_idp;
 
 mod api;
 mod audit;
 mod auth;
 mod browser;
+mod browser_sso;
 mod impersonation;
 mod invitations;
 mod openapi;
@@ -30,5 +34,7 @@ mod portal;
 mod settings;
 mod setup;
 mod sso;
+#[cfg(feature = "saml")]
+mod sso_saml;
 mod storage;
 mod tenants;

@@ -175,7 +175,21 @@ pub async fn saml_acs(
         Err(e) => return refused(&state, &site, &headers, e).await,
     };
     let now = state.core.clock.now();
-    let answer = match verify_saml(&provider, &attempt, &f.saml_response, &endpoints(&state, &site), now) {
+    // xmlsec works under one process-wide lock: off the async workers.
+    let verified = {
+        let (provider, attempt, response, endpoints) = (
+            provider.clone(),
+            attempt.clone(),
+            f.saml_response,
+            endpoints(&state, &site),
+        );
+        tokio::task::spawn_blocking(move || verify_saml(&provider, &attempt, &response, &endpoints, now)).await
+    };
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => return HtmlError(Error::internal(format!("SAML verification task: {e}"))).into_response(),
+    };
+    let answer = match verified {
         Ok(a) => a,
         Err(r) => {
             let e = state

@@ -1,0 +1,1 @@
+//! Single sign-on in Chromium (being written).
