@@ -656,3 +656,32 @@ both!(
         let _ = acme;
     }
 );
+
+both!(
+    async fn a_read_only_tenant_signs_in_linked_users_but_links_and_provisions_nobody(app) {
+        let acme = tenant(&app, "Acme Corp", "acme").await;
+        let op = start_op(&app, &["acme"]).await;
+        configure(&acme.admin, &op.issuer, "both", true, &["viewer"]).await;
+        assert_eq!(location(&sso_sign_in(&app.tenant_client("acme"), &op, "kim@acme.test").await), "/portal");
+        app.invite("lee@acme.test", &acme.id, &["viewer"]).await;
+
+        let page = app.get_html(&format!("/tenants/{}", acme.id)).await;
+        let r = app
+            .post_form(&format!("/tenants/{}/status", acme.id), &page, &[("status", "read_only"), ("confirm", "acme")])
+            .await;
+        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+
+        // Kim is linked already: signing in changes nothing, so it works.
+        assert_eq!(location(&sso_sign_in(&app.tenant_client("acme"), &op, "kim@acme.test").await), "/portal");
+        // Linking Lee or creating Nia would be a change: refused, nothing written.
+        for who in ["lee@acme.test", "nia@acme.test"] {
+            let r = sso_sign_in(&app.tenant_client("acme"), &op, who).await;
+            assert_eq!(r.status(), 403, "{who}");
+            assert!(r.text().await.unwrap().contains("read-only"), "{who}");
+        }
+        assert_eq!(user(&app, &acme.id, "lee@acme.test").await.unwrap().status, UserStatus::Invited);
+        assert!(user(&app, &acme.id, "nia@acme.test").await.is_none());
+        assert_eq!(app.events_of("USER_PROVISIONED").await.len(), 1);
+        assert!(app.events_of("USER_LINKED").await.is_empty());
+    }
+);

@@ -24,6 +24,8 @@ use serde::Deserialize;
 pub struct UsersPage {
     pub chrome: PortalChrome,
     pub users: Vec<UserRow>,
+    /// The organisation signs in with single sign-on only: no one-time passwords here.
+    pub sso_only: bool,
 }
 
 pub async fn list(State(state): State<AppState>, PortalSession(s, t): PortalSession) -> Result<Response, HtmlError> {
@@ -32,9 +34,11 @@ pub async fn list(State(state): State<AppState>, PortalSession(s, t): PortalSess
     }
     let now = state.core.clock.now();
     let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
+    let mode = state.core.sign_in_mode(Directory::Tenant(t.id)).await?;
     Ok(render(&UsersPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
         users: users.iter().map(|v| UserRow::from_view(v, now)).collect(),
+        sso_only: !mode.allows_passwords(),
     }))
 }
 
