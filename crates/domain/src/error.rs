@@ -198,8 +198,9 @@ pub const SSO_REASONS: &[(&str, &str)] = &[
         "Your account is suspended. Ask an administrator of your organisation.",
     ),
     (
-        "other_tenant",
-        "This account belongs to another organisation: sign in at its own address.",
+        "account_exists",
+        "An account with your email address already exists here and signs in with its password. \
+         Ask an administrator of your organisation.",
     ),
 ];
 

@@ -7,7 +7,7 @@
 //! provisioned only when the provider says so.
 
 use crate::error::{Error, FieldError, Problems, Result};
-use crate::ids::{TenantId, UserId};
+use crate::ids::TenantId;
 use crate::user::Directory;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -144,7 +144,8 @@ pub struct IdentityProvider {
     pub auto_provision: bool,
     /// Roles an auto-provisioned user gets (tenant roles only).
     pub default_roles: Vec<String>,
-    /// The platform provider only: the tenant auto-provisioned users are created in.
+    /// The platform provider only: the tenant it also serves (on that tenant's host, when the
+    /// tenant has no provider of its own), where it provisions new users.
     pub default_tenant_id: Option<TenantId>,
     pub settings: ProtocolSettings,
     /// The OIDC client secret, sealed (see [`SecretKey`]).
@@ -160,12 +161,11 @@ impl IdentityProvider {
     pub fn protocol(&self) -> Protocol {
         self.settings.protocol()
     }
-    /// The directory auto-provisioned users are created in.
-    pub fn provisioning_directory(&self) -> Option<Directory> {
-        match self.tenant_id {
-            Some(t) => Some(Directory::Tenant(t)),
-            None => self.default_tenant_id.map(Directory::Tenant),
-        }
+    /// Whether this is the platform's provider serving a tenant's host (its default tenant).
+    pub fn serves_as_platform_default(&self, dir: Directory) -> bool {
+        self.tenant_id.is_none()
+            && dir != Directory::Platform
+            && self.default_tenant_id.map(Directory::Tenant) == Some(dir)
     }
 }
 
@@ -239,16 +239,6 @@ pub struct SsoAttempt {
     /// A SAML answer verified at the ACS, waiting for the browser to come back with its cookie.
     pub outcome: Option<ExternalLogin>,
     pub created_at: OffsetDateTime,
-    pub expires_at: OffsetDateTime,
-}
-
-/// A single-use ticket from the base host to a tenant host, for a user the platform's provider
-/// provisioned into its default tenant.
-#[derive(Clone, Debug)]
-pub struct SsoHandoff {
-    pub token_hash: crate::token::TokenHash,
-    pub tenant_id: TenantId,
-    pub user_id: UserId,
     pub expires_at: OffsetDateTime,
 }
 

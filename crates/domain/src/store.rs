@@ -11,7 +11,7 @@ use crate::impersonation::Impersonation;
 use crate::mail::Email;
 use crate::pat::PersonalAccessToken;
 use crate::session::Session;
-use crate::sso::{ExternalLogin, IdentityProvider, SsoAttempt, SsoHandoff};
+use crate::sso::{ExternalLogin, IdentityProvider, SsoAttempt};
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
 use crate::token::TokenHash;
 use crate::user::{Credential, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
@@ -209,8 +209,15 @@ pub trait SsoStore: Send + Sync {
     async fn take_sso_attempt(&self, state: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoAttempt>>;
     /// Record a SAML assertion id as used; `false` if it was used before (a replay).
     async fn record_assertion_id(&self, provider: uuid::Uuid, id: &str, expires_at: OffsetDateTime) -> Result<bool>;
-    /// The user of `dir` an external identity is linked to.
-    async fn user_by_identity(&self, dir: Directory, issuer: &str, subject: &str) -> Result<Option<User>>;
+    /// The user of `dir` an external identity is linked to; with `provider`, only an identity
+    /// that provider linked.
+    async fn user_by_identity(
+        &self,
+        dir: Directory,
+        issuer: &str,
+        subject: &str,
+        provider: Option<uuid::Uuid>,
+    ) -> Result<Option<User>>;
     /// Link an external identity to an existing user; an INVITED user becomes ACTIVE (their
     /// invitation spent) in the same step.
     async fn link_identity(
@@ -231,9 +238,7 @@ pub trait SsoStore: Send + Sync {
         event: NewEvent,
     ) -> Result<()>;
     async fn touch_identity(&self, dir: Directory, issuer: &str, subject: &str, at: OffsetDateTime) -> Result<()>;
-    async fn put_sso_handoff(&self, handoff: &SsoHandoff) -> Result<()>;
-    async fn take_sso_handoff(&self, token: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoHandoff>>;
-    /// Forget expired attempts, handoffs and assertion ids (housekeeping).
+    /// Forget expired attempts and assertion ids (housekeeping).
     async fn delete_expired_sso(&self, now: OffsetDateTime) -> Result<u64>;
 }
 

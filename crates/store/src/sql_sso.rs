@@ -4,7 +4,7 @@
 macro_rules! impl_sso_store {
     ($Store:ty, $Db:ty) => {
         use quarterdeck_domain::sso::{
-            ExternalLogin, IdentityProvider, ProtocolSettings, SignInMode, SsoAttempt, SsoHandoff,
+            ExternalLogin, IdentityProvider, ProtocolSettings, SignInMode, SsoAttempt,
         };
         use quarterdeck_domain::store::SsoStore;
 
@@ -177,15 +177,23 @@ macro_rules! impl_sso_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn user_by_identity(&self, dir: Directory, issuer: &str, subject: &str) -> Result<Option<User>> {
+            async fn user_by_identity(
+                &self,
+                dir: Directory,
+                issuer: &str,
+                subject: &str,
+                provider: Option<Uuid>,
+            ) -> Result<Option<User>> {
                 let pool = self.dir_pool(dir).await?;
                 let sql = format!(
-                    "SELECT {} FROM app_user u JOIN user_identity i ON i.user_id = u.id WHERE i.issuer = $1 AND i.subject = $2",
+                    "SELECT {} FROM app_user u JOIN user_identity i ON i.user_id = u.id \
+                     WHERE i.issuer = $1 AND i.subject = $2 AND ($3 IS NULL OR i.provider_id = $3)",
                     USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", ")
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(issuer)
                     .bind(subject)
+                    .bind(provider)
                     .fetch_optional(&pool)
                     .await
                     .map_err(db_err)?;
@@ -244,42 +252,9 @@ macro_rules! impl_sso_store {
                 Ok(())
             }
 
-            async fn put_sso_handoff(&self, h: &SsoHandoff) -> Result<()> {
-                sqlx::query("INSERT INTO sso_handoff (token_hash, tenant_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
-                    .bind(h.token_hash.as_str())
-                    .bind(h.tenant_id.0)
-                    .bind(h.user_id.0)
-                    .bind(enc_ts(h.expires_at))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn take_sso_handoff(&self, token: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoHandoff>> {
-                let row = sqlx::query(
-                    "DELETE FROM sso_handoff WHERE token_hash = $1 RETURNING token_hash, tenant_id, user_id, expires_at",
-                )
-                .bind(token.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
-                let Some(r) = row else { return Ok(None) };
-                let expires_at = dec_ts(r.try_get("expires_at").map_err(db_err)?);
-                if expires_at <= now {
-                    return Ok(None);
-                }
-                Ok(Some(SsoHandoff {
-                    token_hash: TokenHash(r.try_get("token_hash").map_err(db_err)?),
-                    tenant_id: TenantId(r.try_get("tenant_id").map_err(db_err)?),
-                    user_id: UserId(r.try_get("user_id").map_err(db_err)?),
-                    expires_at,
-                }))
-            }
-
             async fn delete_expired_sso(&self, now: OffsetDateTime) -> Result<u64> {
                 let mut n = 0;
-                for table in ["sso_attempt", "sso_handoff", "saml_assertion_seen"] {
+                for table in ["sso_attempt", "saml_assertion_seen"] {
                     let sql = format!("DELETE FROM {table} WHERE expires_at <= $1");
                     n += sqlx::query(sqlx::AssertSqlSafe(sql))
                         .bind(enc_ts(now))

@@ -191,7 +191,15 @@ impl SsoProtocols {
                 core.clock.now(),
             )
             .await
-            .map(ExternalLogin::from)
+            .map(|claims| {
+                let mut login = ExternalLogin::from(claims);
+                // `email_verified` speaks of the `email` claim: an address read from another
+                // claim (`upn`, `preferred_username`) is shown, never trusted to link or provision.
+                if !(o.email_claim.is_empty() || o.email_claim == "email") {
+                    login.email_verified = false;
+                }
+                login
+            })
             .map_err(|e| Refusal {
                 reason: match e {
                     OidcError::DiscoveryFailed(_)

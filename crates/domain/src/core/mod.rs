@@ -12,7 +12,7 @@ mod tokens;
 mod users;
 
 pub use outbox::MAX_ATTEMPTS;
-pub use sso::{ProviderDraft, SsoOutcome, SsoStart};
+pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
 pub use users::{InviteRequest, NewUserRequest, UserView};
 

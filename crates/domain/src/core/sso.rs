@@ -17,7 +17,7 @@ use crate::ids::{TenantId, UserId};
 use crate::role::{Capability, Scope};
 use crate::sso::{
     ExternalLogin, IdentityProvider, OidcSettings, Protocol, ProtocolSettings, ProviderForm, SamlSettings, SignInMode,
-    SsoAttempt, SsoHandoff, provider_url, required_text,
+    SsoAttempt, provider_url, required_text,
 };
 use crate::tenant::{Tenant, TenantStatus};
 use crate::token::{Secret, TokenHash};
@@ -27,8 +27,6 @@ use time::Duration;
 
 /// How long a sign-in may stay at the identity provider.
 const ATTEMPT_TTL: Duration = Duration::minutes(10);
-/// How long the handoff from the base host to a tenant's host works.
-const HANDOFF_TTL: Duration = Duration::seconds(60);
 /// The largest metadata document accepted.
 const MAX_METADATA_BYTES: usize = 256 * 1024;
 
@@ -73,23 +71,19 @@ pub struct SsoStart {
     pub saml_request_id: String,
 }
 
-/// Where a verified answer leads.
-#[derive(Debug)]
-pub enum SsoOutcome {
-    /// A session on the host the sign-in started on.
-    SignedIn(Secret, Box<SignedIn>),
-    /// The platform's provider provisioned (or found) the user in its default tenant: they
-    /// continue on that tenant's host with a single-use handoff.
-    Handoff { tenant: Tenant, token: Secret },
-}
-
 impl Core {
-    /// Who may configure `dir`'s provider: the platform's needs platform configuration rights;
-    /// a tenant's, that tenant's configuration rights (from inside the tenant).
+    /// Who may configure `dir`'s provider. A provider decides who can sign in as whom, so it
+    /// takes both configuration and user-management rights: for the platform's, platform
+    /// configuration and users (the owner); for a tenant's, that tenant's configuration and
+    /// users, from inside the tenant. Never through an impersonation or an API token.
     async fn may_configure_sso(&self, by: &Principal, dir: Directory) -> Result<Option<Tenant>> {
+        if by.impersonation_id.is_some() || by.token_id.is_some() {
+            return Err(Error::Forbidden);
+        }
         match (by.tenant_id, dir) {
-            (None, Directory::Platform) if by.can(&Capability::PlatformConfig) => {}
-            (Some(own), Directory::Tenant(t)) if own == t && by.can(&Capability::TenantConfig) => {}
+            (None, Directory::Platform) if by.can(&Capability::PlatformConfig) && by.can(&Capability::UsersManage) => {}
+            (Some(own), Directory::Tenant(t))
+                if own == t && by.can(&Capability::TenantConfig) && by.can(&Capability::TenantUsersManage) => {}
             (Some(_), _) => return Err(Error::NotFound),
             _ => return Err(Error::Forbidden),
         }
@@ -111,9 +105,18 @@ impl Core {
             .map_or(SignInMode::Password, |p| p.mode))
     }
 
-    /// The provider the sign-in page of `dir` offers, if any.
+    /// The provider the sign-in page of `dir` offers, if any: its own; for a tenant without
+    /// one, the platform's provider when this tenant is its default tenant.
     pub async fn sso_offer(&self, dir: Directory) -> Result<Option<IdentityProvider>> {
-        Ok(self.store.identity_provider(dir).await?.filter(|p| p.mode.offers_sso()))
+        match self.store.identity_provider(dir).await? {
+            Some(own) => Ok(Some(own).filter(|p| p.mode.offers_sso())),
+            None if dir == Directory::Platform => Ok(None),
+            None => Ok(self
+                .store
+                .identity_provider(Directory::Platform)
+                .await?
+                .filter(|p| p.mode.offers_sso() && p.serves_as_platform_default(dir))),
+        }
     }
 
     /// Refuse password-based steps (registration, one-time passwords) in an SSO-only directory.
@@ -220,9 +223,14 @@ impl Core {
                 let issuer = provider_url(&mut p, "issuer", &f.issuer);
                 let client_id = required_text(&mut p, "client_id", &f.client_id, 255, "the client id");
                 let secret = f.client_secret.trim();
-                let has_stored = existing
-                    .as_ref()
-                    .is_some_and(|e| e.protocol() == Protocol::Oidc && e.sealed_secret.is_some());
+                // The stored secret is only kept for the same client at the same issuer: it is
+                // never sent to a server it was not given for.
+                let has_stored = existing.as_ref().is_some_and(|e| match &e.settings {
+                    ProtocolSettings::Oidc(o) => {
+                        e.sealed_secret.is_some() && o.issuer == f.issuer.trim() && o.client_id == f.client_id.trim()
+                    }
+                    ProtocolSettings::Saml(_) => false,
+                });
                 if secret.is_empty() && !has_stored {
                     p.push(FieldError::new("client_secret", "required", "Enter the client secret."));
                 } else if secret.chars().count() > 1024 || secret.chars().any(char::is_control) {
@@ -333,8 +341,10 @@ impl Core {
         let sealed_secret = match (&draft.settings, &draft.new_secret, &draft.existing) {
             (ProtocolSettings::Saml(_), _, _) => None,
             (ProtocolSettings::Oidc(_), Some(s), _) => Some(self.config.secret_key.seal(s, id, &*self.rng)?),
-            (ProtocolSettings::Oidc(_), None, Some(e)) => e.sealed_secret.clone(),
-            (ProtocolSettings::Oidc(_), None, None) => {
+            (ProtocolSettings::Oidc(o), None, Some(e)) if matches!(&e.settings, ProtocolSettings::Oidc(old) if old.issuer == o.issuer && old.client_id == o.client_id) => {
+                e.sealed_secret.clone()
+            }
+            (ProtocolSettings::Oidc(_), None, _) => {
                 return Err(Error::field("client_secret", "required", "Enter the client secret."));
             }
         };
@@ -549,40 +559,36 @@ impl Core {
         }
     }
 
-    /// Who a verified answer signs in: the linked account, else an existing user of the
-    /// provider's directory with that verified email (linked now; an invited user becomes
-    /// active), else — only if enabled — a new user with the default roles. A suspended user,
-    /// a suspended tenant, or an unverified email signs nobody in.
+    /// Who a verified answer signs in, on the host of `dir`: the account linked to its
+    /// (issuer, subject), else an *invited* user of `dir` with that verified email (linked now,
+    /// and active), else — only if enabled, and only in a tenant — a new user with the default
+    /// roles. An existing active account is never taken over by email; a suspended user, a
+    /// suspended tenant or an unverified email signs nobody in.
     pub async fn complete_sso(
         &self,
         dir: Directory,
         provider: &IdentityProvider,
         login: ExternalLogin,
         client: &ClientInfo,
-    ) -> Result<SsoOutcome> {
+    ) -> Result<(Secret, SignedIn)> {
         let refuse = |reason: &'static str, detail: String| async move {
             self.sso_refused(dir, Some(provider), reason, &detail, client).await
         };
+        if provider.directory() != dir && !provider.serves_as_platform_default(dir) {
+            return Err(refuse("not_configured", "the provider does not serve this host".to_owned()).await);
+        }
         if login.subject.trim().is_empty() || login.issuer.trim().is_empty() {
             return Err(refuse("invalid_response", "no issuer or subject".to_owned()).await);
         }
-        // The directories this provider serves, in lookup order.
-        let mut dirs = vec![provider.directory()];
-        if let Some(t) = provider.default_tenant_id.filter(|_| provider.tenant_id.is_none()) {
-            dirs.push(Directory::Tenant(t));
-        }
-
-        // 1. A linked account.
-        let mut found: Option<(Directory, User)> = None;
-        for d in &dirs {
-            if let Some(user) = self.store.user_by_identity(*d, &login.issuer, &login.subject).await? {
-                found = Some((*d, user));
-                break;
-            }
-        }
+        // In its default tenant, the platform's provider finds only the identities it linked.
+        let only_mine = provider.serves_as_platform_default(dir).then_some(provider.id);
         let now = self.clock.now();
-        let (user_dir, user) = match found {
-            Some((d, user)) => {
+        let linked = self
+            .store
+            .user_by_identity(dir, &login.issuer, &login.subject, only_mine)
+            .await?;
+        let user = match linked {
+            Some(user) => {
                 if user.status != UserStatus::Active {
                     return Err(refuse(
                         "user_suspended",
@@ -590,12 +596,13 @@ impl Core {
                     )
                     .await);
                 }
-                self.check_tenant_for_sign_in(d, provider, client).await?;
-                self.store.touch_identity(d, &login.issuer, &login.subject, now).await?;
-                (d, user)
+                self.check_tenant_for_sign_in(dir, provider, client).await?;
+                self.store
+                    .touch_identity(dir, &login.issuer, &login.subject, now)
+                    .await?;
+                user
             }
             None => {
-                // 2. Link by verified email, within the provider's own directories only.
                 let email = match (&login.email, login.email_verified) {
                     (Some(e), true) => match EmailAddress::parse(e) {
                         Ok(e) => e,
@@ -611,72 +618,25 @@ impl Core {
                         .await);
                     }
                 };
-                let mut by_email = None;
-                for d in &dirs {
-                    if let Some((user, _)) = self.store.user_by_email(*d, &email).await? {
-                        by_email = Some((*d, user));
-                        break;
+                match self.store.user_by_email(dir, &email).await? {
+                    Some((user, _)) if user.status == UserStatus::Invited => {
+                        self.link(dir, provider, &login, user, client).await?
                     }
+                    Some((user, _)) if user.status == UserStatus::Suspended => {
+                        return Err(refuse("user_suspended", format!("user {} is suspended", user.id)).await);
+                    }
+                    Some((user, _)) => {
+                        return Err(refuse(
+                            "account_exists",
+                            format!("user {} is active and not linked to this identity", user.id),
+                        )
+                        .await);
+                    }
+                    None => self.provision(dir, provider, &login, email, client).await?,
                 }
-                match by_email {
-                    Some((d, user)) => self.link(d, provider, &login, user, client).await?,
-                    None => self.provision(provider, &login, email, client).await?,
-                }
             }
         };
-
-        if user_dir == dir {
-            let (secret, signed_in) = self
-                .start_session(dir, &user, false, client, sso_details(provider, &login))
-                .await?;
-            return Ok(SsoOutcome::SignedIn(secret, Box::new(signed_in)));
-        }
-        // The platform's provider and a user of its default tenant: on to the tenant's host.
-        let Directory::Tenant(t) = user_dir else {
-            return Err(Error::internal("a platform user outside the platform directory"));
-        };
-        let tenant = self.store.tenant(t).await?.ok_or(Error::NotFound)?;
-        let token = Secret::generate(&*self.rng, "");
-        self.store
-            .put_sso_handoff(&SsoHandoff {
-                token_hash: token.hash(),
-                tenant_id: t,
-                user_id: user.id,
-                expires_at: now + HANDOFF_TTL,
-            })
-            .await?;
-        Ok(SsoOutcome::Handoff { tenant, token })
-    }
-
-    /// Spend a handoff on the tenant's host: a session there for its user.
-    pub async fn take_sso_handoff(
-        &self,
-        dir: Directory,
-        token: &str,
-        client: &ClientInfo,
-    ) -> Result<(Secret, SignedIn)> {
-        let now = self.clock.now();
-        let handoff = match self.store.take_sso_handoff(&TokenHash::of(token), now).await? {
-            Some(h) if Directory::Tenant(h.tenant_id) == dir => h,
-            _ => {
-                return Err(self
-                    .sso_refused(dir, None, "attempt_invalid", "unknown handoff", client)
-                    .await);
-            }
-        };
-        let tenant = self.tenant_of(dir).await?;
-        if tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Suspended) {
-            return Err(Error::TenantSuspended);
-        }
-        let user = match self.store.user(dir, handoff.user_id).await? {
-            Some(u) if u.status == UserStatus::Active => u,
-            _ => {
-                return Err(self
-                    .sso_refused(dir, None, "user_suspended", "handoff user not active", client)
-                    .await);
-            }
-        };
-        self.start_session(dir, &user, false, client, json!({ "method": "sso", "handoff": true }))
+        self.start_session(dir, &user, false, client, sso_details(provider, &login))
             .await
     }
 
@@ -696,7 +656,7 @@ impl Core {
         Ok(())
     }
 
-    /// Link an existing user found by verified email; an invited user becomes active.
+    /// Link an invited user found by verified email; they become active.
     async fn link(
         &self,
         d: Directory,
@@ -704,7 +664,7 @@ impl Core {
         login: &ExternalLogin,
         user: User,
         client: &ClientInfo,
-    ) -> Result<(Directory, User)> {
+    ) -> Result<User> {
         if user.status == UserStatus::Suspended {
             return Err(self
                 .sso_refused(
@@ -748,36 +708,51 @@ impl Core {
                 "previous_status": user.status.as_str(), "status": "ACTIVE",
             }),
         );
-        self.store
+        match self
+            .store
             .link_identity(d, user.id, provider.id, login, now, event)
-            .await?;
-        let user = self.store.user(d, user.id).await?.ok_or(Error::NotFound)?;
-        Ok((d, user))
-    }
-
-    /// Create a user for someone unknown, if the provider allows it.
-    async fn provision(
-        &self,
-        provider: &IdentityProvider,
-        login: &ExternalLogin,
-        email: EmailAddress,
-        client: &ClientInfo,
-    ) -> Result<(Directory, User)> {
-        let host_dir = provider.directory();
-        let target = match provider.provisioning_directory() {
-            Some(d) if provider.auto_provision && !provider.default_roles.is_empty() => d,
-            _ => {
+            .await
+        {
+            Ok(()) => {}
+            // Suspended or deleted meanwhile (the suspension wins), or linked by a concurrent
+            // answer: nobody is signed in, nothing was written.
+            Err(Error::NotFound | Error::Validation(_)) => {
                 return Err(self
                     .sso_refused(
-                        host_dir,
+                        d,
                         Some(provider),
-                        "not_provisioned",
-                        "no account and auto-provisioning is off",
+                        "attempt_invalid",
+                        "the user changed during sign-in",
                         client,
                     )
                     .await);
             }
-        };
+            Err(e) => return Err(e),
+        }
+        self.store.user(d, user.id).await?.ok_or(Error::NotFound)
+    }
+
+    /// Create a user of the tenant `target` for someone unknown, if the provider allows it
+    /// (never a platform user).
+    async fn provision(
+        &self,
+        target: Directory,
+        provider: &IdentityProvider,
+        login: &ExternalLogin,
+        email: EmailAddress,
+        client: &ClientInfo,
+    ) -> Result<User> {
+        if !provider.auto_provision || provider.default_roles.is_empty() || target == Directory::Platform {
+            return Err(self
+                .sso_refused(
+                    target,
+                    Some(provider),
+                    "not_provisioned",
+                    "no account and auto-provisioning is off",
+                    client,
+                )
+                .await);
+        }
         // Only tenant roles, whatever is stored.
         let roles = match self.catalog().parse_roles(&provider.default_roles) {
             Ok((Scope::Tenant, roles)) => roles,
@@ -815,7 +790,7 @@ impl Core {
             }),
         );
         match self.store.provision_user(&user, provider.id, login, event).await {
-            Ok(()) => Ok((target, user)),
+            Ok(()) => Ok(user),
             // Someone took the email (or the identity) a moment ago: nothing was written.
             Err(Error::Validation(_)) => Err(self
                 .sso_refused(

@@ -267,7 +267,7 @@ pub fn set_cookies(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// POST a form from `origin` with the CSRF token taken from `page`'s HTML.
-async fn post_form(
+pub async fn post_form(
     client: &reqwest::Client,
     url: &str,
     origin: &str,

@@ -437,7 +437,26 @@ both!(
         let stored = app.core.store.identity_provider(dir(&acme.id)).await.unwrap().unwrap();
         assert_eq!(app.core.client_secret(&stored).unwrap(), CLIENT_SECRET);
 
-        // A viewer may not see or change it; another tenant's admin has their own page.
+        // Another issuer with the stored secret: the secret must be typed again.
+        let page = acme.admin.get_html("/portal/settings/sso").await;
+        let r = acme
+            .admin
+            .post_form(
+                "/portal/settings/sso",
+                &page,
+                &[
+                    ("protocol", "oidc"),
+                    ("mode", "both"),
+                    ("display_name", "Acme SSO"),
+                    ("issuer", "https://attacker.example"),
+                    ("client_id", CLIENT_ID),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 422);
+        assert!(r.text().await.unwrap().contains("Enter the client secret."));
+
+        // Another tenant's admin has their own page.
         let beta = app.create_tenant("Beta Inc", "beta").await;
         let beta_admin = app.tenant_admin(&beta, "beta", "admin@beta.test").await;
         let beta_page = beta_admin.get_html("/portal/settings/sso").await;
@@ -502,26 +521,13 @@ both!(
         assert_eq!(ops.status, UserStatus::Active);
         assert_eq!(ops.roles, vec!["billing-admin"], "linking never changes roles");
 
-        // Someone unknown: created in the default tenant with tenant roles, handed to its host.
+        // Someone unknown on the console: never made a platform user.
         let r = browser.get(app.url("/sso/start")).send().await.unwrap();
         let cookie = set_cookies(r.headers()).into_iter().find(|c| c.starts_with("qd_sso=")).unwrap();
         let cookie = cookie.split(';').next().unwrap().to_owned();
         let back = op.sign_in(&location(&r).parse().unwrap(), "newbie@corp.test").await;
-        let r = browser
-            .get(app.url(&path_of(&back)))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        let handoff: url::Url = location(&r).parse().unwrap();
-        assert_eq!(handoff.host_str(), Some("acme.localhost"));
-        assert_eq!(handoff.path(), "/sso/handoff");
-        let on_acme = app.tenant_client("acme");
-        let r = on_acme.get(&path_of(&handoff)).await;
-        assert_eq!(location(&r), "/portal");
-        assert_eq!(on_acme.get("/portal").await.status(), 200);
-        let newbie = user(&app, &acme, "newbie@corp.test").await.unwrap();
-        assert_eq!(newbie.roles, vec!["developer"]);
+        let r = browser.get(app.url(&path_of(&back))).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 401);
         assert!(
             app.core
                 .store
@@ -531,8 +537,68 @@ both!(
                 .is_none(),
             "never a platform user"
         );
-        // The handoff works once.
-        assert_eq!(app.tenant_client("acme").get(&path_of(&handoff)).await.status(), 401);
+
+        // On the default tenant's host (no provider of its own) the platform's provider is
+        // offered, and someone unknown is created there with the tenant roles chosen.
+        let on_acme = app.tenant_client("acme");
+        assert!(on_acme.get_html("/login").await.contains("Sign in with Corp SSO"));
+        let r = sso_sign_in(&on_acme, &op, "newbie@corp.test").await;
+        assert_eq!(location(&r), "/portal");
+        assert_eq!(on_acme.get("/portal").await.status(), 200);
+        let newbie = user(&app, &acme, "newbie@corp.test").await.unwrap();
+        assert_eq!(newbie.roles, vec!["developer"]);
+        // Another tenant's host does not offer it.
+        let beta = app.create_tenant("Beta Inc", "beta").await;
+        let _ = beta;
+        assert!(!app.tenant_client("beta").get_html("/login").await.contains("Corp SSO"));
+    }
+);
+
+both!(
+    async fn only_the_owner_and_tenant_admins_configure_providers_never_an_impersonation(app) {
+        app.sign_in_owner().await;
+        let acme = app.create_tenant("Acme Corp", "acme").await;
+        // A policy admin has platform configuration rights but no say over users.
+        app.invite("policy@corp.test", "", &["policy-admin"]).await;
+        let policy = client();
+        let link = app.invitation_link("policy@corp.test").await;
+        let path = &link[link.find("/register").unwrap()..];
+        let page = policy.get(app.url(path)).send().await.unwrap().text().await.unwrap();
+        let token = path.split("token=").nth(1).unwrap();
+        let fields = [("token", token), ("password", ADMIN_PASSWORD), ("confirm", ADMIN_PASSWORD)];
+        let r = post_form(&policy, &app.url("/register"), &app.base_url, &page, &fields).await;
+        assert_eq!(r.status(), 303);
+        let page = policy.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+        let fields = [("email", "policy@corp.test"), ("password", ADMIN_PASSWORD)];
+        post_form(&policy, &app.url("/login"), &app.base_url, &page, &fields).await;
+        assert_eq!(policy.get(app.url("/settings/sso")).send().await.unwrap().status(), 403);
+
+        // The owner, switched into the tenant, may not install a provider there.
+        let page = app.get_html(&format!("/tenants/{acme}")).await;
+        let r = app
+            .post_form(&format!("/tenants/{acme}/impersonate"), &page, &[("reason", "support ticket 1")])
+            .await;
+        let handoff = location(&r);
+        let imp = app.tenant_client("acme");
+        let r = imp.get(&handoff[handoff.find("/impersonate").unwrap()..]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(imp.get("/portal/settings/sso").await.status(), 403);
+        assert!(app.events_of("IDENTITY_PROVIDER_CONFIGURED").await.is_empty());
+    }
+);
+
+both!(
+    async fn an_active_account_is_never_taken_over_by_a_matching_email(app) {
+        let acme = tenant(&app, "Acme Corp", "acme").await;
+        let op = start_op(&app, &["acme"]).await;
+        configure(&acme.admin, &op.issuer, "both", true, &["viewer"]).await;
+        // admin@acme.test signs in with a password; the provider vouches for the same email.
+        let r = sso_sign_in(&app.tenant_client("acme"), &op, "admin@acme.test").await;
+        assert_eq!(r.status(), 401);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("already exists here"), "{body}");
+        assert!(app.events_of("USER_LINKED").await.is_empty());
+        assert_eq!(failures(&app).await, vec!["account_exists"]);
     }
 );
 

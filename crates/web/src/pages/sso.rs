@@ -4,8 +4,8 @@
 //! the browser to the provider. The answer comes back to `GET /sso/oidc/callback` (OIDC) or as
 //! the provider's cross-site `POST /sso/saml/acs` (SAML; it carries no cookie, so the verified
 //! answer waits for the browser's own `GET /sso/saml/finish`, which must present the cookie).
-//! A user the platform's provider signs into its default tenant continues on that tenant's
-//! host through `GET /sso/handoff`.
+//! The platform's provider is also offered on its default tenant's host (when that tenant has
+//! no provider of its own): every step of a sign-in happens on one host.
 
 use super::login;
 use crate::auth::{
@@ -20,7 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use quarterdeck_domain::Error;
-use quarterdeck_domain::core::{ClientInfo, SsoOutcome};
+use quarterdeck_domain::core::ClientInfo;
 use quarterdeck_domain::user::Directory;
 use serde::Deserialize;
 
@@ -269,7 +269,7 @@ async fn finish(
     client: &ClientInfo,
 ) -> Response {
     match state.core.complete_sso(dir, provider, login, client).await {
-        Ok(SsoOutcome::SignedIn(secret, _)) => {
+        Ok((secret, _)) => {
             // Whoever was signed in on this browser before is signed out: one session a browser.
             if let Some(old) = previous {
                 let _ = state.core.store.delete_session(&old.session.id_hash).await;
@@ -279,40 +279,6 @@ async fn finish(
             add_cookie(&mut resp, clear_sso_binding_cookie(&state.config));
             resp
         }
-        Ok(SsoOutcome::Handoff { tenant, token }) => {
-            let origin = state.core.config.links.origin(Some(tenant.slug.as_str()));
-            let mut resp = Redirect::to(&format!("{origin}/sso/handoff?token={}", token.expose())).into_response();
-            add_cookie(&mut resp, clear_sso_binding_cookie(&state.config));
-            resp
-        }
         Err(e) => refused(state, site, headers, e).await,
-    }
-}
-
-#[derive(Deserialize)]
-pub struct HandoffQuery {
-    #[serde(default)]
-    token: String,
-}
-
-pub async fn handoff(
-    State(state): State<AppState>,
-    site: Site,
-    MaybeSession(previous): MaybeSession,
-    headers: HeaderMap,
-    peer: PeerAddr,
-    Query(q): Query<HandoffQuery>,
-) -> Response {
-    let client = client_info(&state, &headers, &peer);
-    match state.core.take_sso_handoff(site.directory(), &q.token, &client).await {
-        Ok((secret, _)) => {
-            if let Some(old) = previous {
-                let _ = state.core.store.delete_session(&old.session.id_hash).await;
-            }
-            let mut resp = Redirect::to(landing(&site)).into_response();
-            add_cookie(&mut resp, session_cookie(&state.config, secret.expose()));
-            resp
-        }
-        Err(e) => refused(&state, &site, &headers, e).await,
     }
 }

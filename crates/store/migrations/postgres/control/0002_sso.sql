@@ -1,6 +1,6 @@
 -- Single sign-on: identity providers (one per directory: the platform, or a tenant), sign-in
--- attempts in flight, SAML assertion ids already used, handoffs from the base host to a tenant
--- host, and the external identities of platform users (a tenant's are in its own database).
+-- attempts in flight, SAML assertion ids already used, and the external identities of platform
+-- users (a tenant's are in its own database).
 CREATE TABLE identity.identity_provider (
     id                 uuid PRIMARY KEY,
     -- 'platform' or the tenant's id: one provider per directory.
@@ -40,13 +40,6 @@ CREATE TABLE identity.saml_assertion_seen (
     assertion_id  text NOT NULL,
     expires_at    timestamptz NOT NULL,
     PRIMARY KEY (provider_id, assertion_id)
-);
-
-CREATE TABLE identity.sso_handoff (
-    token_hash  text PRIMARY KEY,
-    tenant_id   uuid NOT NULL,
-    user_id     uuid NOT NULL,
-    expires_at  timestamptz NOT NULL
 );
 
 CREATE TABLE identity.user_identity (

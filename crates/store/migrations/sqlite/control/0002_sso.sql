@@ -1,6 +1,6 @@
 -- Single sign-on: identity providers (one per directory: the platform, or a tenant), sign-in
--- attempts in flight, SAML assertion ids already used, handoffs from the base host to a tenant
--- host, and the external identities of platform users (a tenant's are in its own database).
+-- attempts in flight, SAML assertion ids already used, and the external identities of platform
+-- users (a tenant's are in its own database).
 CREATE TABLE identity_provider (
     id                 BLOB PRIMARY KEY,
     -- 'platform' or the tenant's id: one provider per directory.
@@ -40,13 +40,6 @@ CREATE TABLE saml_assertion_seen (
     assertion_id  TEXT NOT NULL,
     expires_at    INTEGER NOT NULL,
     PRIMARY KEY (provider_id, assertion_id)
-);
-
-CREATE TABLE sso_handoff (
-    token_hash  TEXT PRIMARY KEY,
-    tenant_id   BLOB NOT NULL,
-    user_id     BLOB NOT NULL,
-    expires_at  INTEGER NOT NULL
 );
 
 CREATE TABLE user_identity (
