@@ -162,14 +162,21 @@ both!(
         let link = app.invitation_link("a@acme.example").await;
         let path = link[link.find("/register").unwrap()..].to_owned();
         let token = path.split("token=").nth(1).unwrap().to_owned();
+        // Every racer holds the form (and its CSRF cookie) before anyone submits: a racer who
+        // opened the link after the winner had registered would have had no form to submit.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
         let mut tasks = Vec::new();
         for i in 0..20 {
             let c = app.tenant_client("acme");
-            let (path, token) = (path.clone(), token.clone());
+            let page = c.get_html(&path).await;
+            let (token, barrier) = (token.clone(), barrier.clone());
             tasks.push(tokio::spawn(async move {
-                let page = c.get_html(&path).await;
                 let pw = format!("racing passphrase number {i}");
-                c.post_form("/register", &page, &[("token", &token), ("password", &pw), ("confirm", &pw)]).await.status().as_u16()
+                barrier.wait().await;
+                c.post_form("/register", &page, &[("token", &token), ("password", &pw), ("confirm", &pw)])
+                    .await
+                    .status()
+                    .as_u16()
             }));
         }
         let mut statuses = Vec::new();
