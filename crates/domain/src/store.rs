@@ -204,7 +204,9 @@ pub trait SsoStore: Send + Sync {
     async fn identity_provider(&self, dir: Directory) -> Result<Option<IdentityProvider>>;
     /// Remove the directory's provider (linked identities stay, unused); `false` if none.
     async fn delete_identity_provider(&self, dir: Directory, event: NewEvent) -> Result<bool>;
-    async fn put_sso_attempt(&self, attempt: &SsoAttempt) -> Result<()>;
+    /// Record an attempt, unless `max_pending` live attempts exist already (`false`: nothing
+    /// written).
+    async fn put_sso_attempt(&self, attempt: &SsoAttempt, max_pending: u64) -> Result<bool>;
     /// Spend an attempt: the live one with this state, once.
     async fn take_sso_attempt(&self, state: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoAttempt>>;
     /// Record a SAML assertion id as used; `false` if it was used before (a replay).

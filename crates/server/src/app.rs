@@ -132,6 +132,7 @@ impl App {
             core: core.clone(),
             config: Arc::new(web),
             sso: Arc::default(),
+            guessing: Arc::default(),
         });
         Ok(Self {
             core,

@@ -112,7 +112,17 @@ macro_rules! impl_sso_store {
                 Ok(true)
             }
 
-            async fn put_sso_attempt(&self, a: &SsoAttempt) -> Result<()> {
+            async fn put_sso_attempt(&self, a: &SsoAttempt, max_pending: u64) -> Result<bool> {
+                // The cap is checked, then the row written: concurrent starts may overshoot it
+                // by the number of requests in flight, which the per-address limit bounds.
+                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM sso_attempt WHERE expires_at > $1")
+                    .bind(enc_ts(a.created_at))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                if u64::try_from(pending).unwrap_or(0) >= max_pending {
+                    return Ok(false);
+                }
                 sqlx::query(
                     "INSERT INTO sso_attempt (state_hash, provider_id, tenant_id, binding_hash, nonce, pkce_verifier, \
                      saml_request_id, outcome, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -130,7 +140,7 @@ macro_rules! impl_sso_store {
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                Ok(true)
             }
 
             async fn take_sso_attempt(&self, state: &TokenHash, now: OffsetDateTime) -> Result<Option<SsoAttempt>> {

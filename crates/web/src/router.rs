@@ -4,7 +4,7 @@
 //! → session loading → CSRF check
 //! on every unsafe method. Handlers check permissions themselves, first thing.
 
-use crate::auth::{csrf_guard, load_session, resolve_site};
+use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
     audit, dashboard, impersonation, login, portal, register, roles, settings, setup, sso, sso_settings, tenant_users,
@@ -20,18 +20,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        // Signed out
-        .route("/login", get(login::form).post(login::submit))
-        .route("/logout", post(login::logout))
+    // Every endpoint that takes a secret from a link or a form (or, for /sso/start, writes a
+    // row before anyone has proved anything): per-address limits before the handler runs.
+    let token_endpoints = Router::new()
         .route("/setup", get(setup::form).post(setup::submit))
         .route("/register", get(register::form).post(register::submit))
+        .route("/impersonate", get(impersonation::accept))
         // Single sign-on (base host: the platform's provider; tenant hosts: the tenant's, or the
         // platform's on its default tenant's host)
         .route("/sso/start", get(sso::start))
         .route("/sso/oidc/callback", get(sso::oidc_callback))
         .route("/sso/saml/acs", post(sso::saml_acs))
         .route("/sso/saml/finish", get(sso::saml_finish))
+        .route_layer(from_fn_with_state(state.clone(), guard_token_endpoints));
+    Router::new()
+        .merge(token_endpoints)
+        // Signed out
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
         // Console (base host)
         .route("/", get(dashboard::home))
         .route("/tenants", get(tenants::list).post(tenants::create))
@@ -86,12 +92,11 @@ pub fn router(state: AppState) -> Router {
             "/portal/password",
             get(tenant_users::change_form).post(tenant_users::change),
         )
-        .route("/impersonate", get(impersonation::accept))
         .route("/impersonation/stop", post(impersonation::stop))
         // Automation API (bearer tokens; no cookies, no CSRF)
         .nest(
             "/v1",
-            crate::api::router().layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))),
+            crate::api::router(&state).layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))),
         )
         // Machines
         .route("/healthz", get(health))

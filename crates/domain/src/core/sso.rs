@@ -27,6 +27,9 @@ use time::Duration;
 
 /// How long a sign-in may stay at the identity provider.
 const ATTEMPT_TTL: Duration = Duration::minutes(10);
+/// Most single sign-on attempts pending at once, in all directories: what an unauthenticated
+/// flood of `/sso/start` can make the database hold (each also expires after [`ATTEMPT_TTL`]).
+pub const MAX_PENDING_ATTEMPTS: u64 = 10_000;
 /// The largest metadata document accepted.
 const MAX_METADATA_BYTES: usize = 256 * 1024;
 
@@ -442,7 +445,13 @@ impl Core {
             created_at: now,
             expires_at: now + ATTEMPT_TTL,
         };
-        self.store.put_sso_attempt(&attempt).await?;
+        if !self.store.put_sso_attempt(&attempt, MAX_PENDING_ATTEMPTS).await? {
+            tracing::warn!(
+                cap = MAX_PENDING_ATTEMPTS,
+                "single sign-on attempts pending reached the cap; new sign-ins wait"
+            );
+            return Err(Error::Throttled { retry_after_secs: 60 });
+        }
         Ok(SsoStart {
             provider,
             state,
@@ -505,7 +514,8 @@ impl Core {
         let now = self.clock.now();
         attempt.outcome = Some(login);
         attempt.expires_at = attempt.expires_at.min(now + Duration::minutes(2));
-        self.store.put_sso_attempt(&attempt).await
+        // A verified answer taking the place of its own (spent) attempt: never refused by the cap.
+        self.store.put_sso_attempt(&attempt, u64::MAX).await.map(|_| ())
     }
 
     /// Refuse a SAML assertion whose id was seen before.

@@ -433,3 +433,46 @@ both!(
         assert_eq!(body["error"]["code"], "too_many_attempts");
     }
 );
+
+both!(
+    async fn a_replayed_create_holds_no_one_time_password_and_dies_with_its_token(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let t = token(&app, "read_write", "").await;
+        let body = json!({"email": "bob@acme.example", "roles": ["viewer"], "tenant_id": tid, "delivery": "one_time_password"});
+        let send = |token: &str| {
+            reqwest::Client::new()
+                .post(app.url("/v1/admin/users"))
+                .bearer_auth(token)
+                .header("idempotency-key", "create-bob-1")
+                .json(&body)
+                .send()
+        };
+        let first = send(&t).await.unwrap();
+        assert_eq!(first.status(), 201);
+        let first: Value = first.json().await.unwrap();
+        let otp = first["one_time_password"].as_str().unwrap().to_owned();
+
+        let again = send(&t).await.unwrap();
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.headers()["idempotent-replay-redacted"], "one_time_password");
+        let text = again.text().await.unwrap();
+        assert!(!text.contains(&otp), "the kept reply holds no one-time password: {text}");
+        let again: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(again["one_time_password"], Value::Null);
+        assert_eq!(again["user"]["id"], first["user"]["id"]);
+
+        // Revoke the token in the console: its kept replies are gone with it.
+        let id = app.events_of("PAT_CREATED").await[0].details["token_id"].as_str().unwrap().to_owned();
+        let page = app.get_html("/settings/tokens").await;
+        let r = app.post_form(&format!("/settings/tokens/{id}/revoke"), &page, &[]).await;
+        assert_eq!(r.status(), 303);
+        let after = send(&t).await.unwrap();
+        assert_eq!(after.status(), 401);
+        assert!(after.headers().get("idempotent-replayed").is_none());
+        let text = after.text().await.unwrap();
+        assert!(!text.contains(&otp) && !text.contains("bob@acme.example"), "{text}");
+        assert_eq!(app.events_of("USER_CREATED").await.len(), 1, "created once");
+    }
+);

@@ -497,3 +497,31 @@ pub fn logs_contain(needle: &str) -> bool {
     let logs = LOGS.get().unwrap().lock().unwrap();
     String::from_utf8_lossy(&logs).contains(needle)
 }
+
+impl TestApp {
+    /// `SELECT count(*) FROM {table}` in the control database, on either backend: the rows
+    /// themselves, not what the product says about them.
+    pub async fn control_rows(&self, table: &str) -> i64 {
+        use sqlx::ConnectOptions;
+        let sql = format!("SELECT count(*) FROM {table}");
+        match &self.pg_url {
+            Some(url) => {
+                let mut conn = pg_conn(url).await;
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM identity.{table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.data_dir().join("control.db"))
+                    .read_only(true);
+                let mut conn = opts.connect().await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}

@@ -605,7 +605,7 @@ both!(
 // ---- the answers a real provider never gives, from a mock provider --------------------------
 
 /// Configure acme's provider at the mock; returns the mock.
-async fn mock_tenant(app: &TestApp) -> (Tenant, MockOp) {
+pub async fn mock_tenant(app: &TestApp) -> (Tenant, MockOp) {
     let acme = tenant(app, "Acme Corp", "acme").await;
     let mock = crate::mock_op::start().await;
     let r = configure(&acme.admin, &mock.issuer, "both", true, &["viewer"]).await;

@@ -1,8 +1,15 @@
 //! Per-token rate limits and `Idempotency-Key` replay, in memory (per process; documented).
+//!
+//! A reply is replayed only to a caller who is authenticated *now* (a revoked or expired token
+//! gets its 401, and its kept replies are dropped), and a kept reply never holds a secret: the
+//! fields a handler marks with [`SecretFields`] (a one-time password) are kept as `null`, and
+//! the replay names them in `Idempotent-Replay-Redacted`.
 
+use super::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::body::{Body, to_bytes};
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +26,11 @@ const WINDOW: Duration = Duration::from_secs(60);
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 const MAX_BODY: usize = 256 * 1024;
 
+/// A response extension naming the top-level JSON fields that hold a secret: the reply kept
+/// for `Idempotency-Key` has them as `null`.
+#[derive(Clone, Copy, Debug)]
+pub struct SecretFields(pub &'static [&'static str]);
+
 #[derive(Default)]
 pub struct ApiLimits {
     windows: Mutex<HashMap<String, (Instant, u32)>>,
@@ -32,6 +44,8 @@ struct Stored {
     status: StatusCode,
     content_type: Option<HeaderValue>,
     body: axum::body::Bytes,
+    /// The secret fields blanked in `body`.
+    redacted: &'static [&'static str],
 }
 
 impl std::fmt::Debug for ApiLimits {
@@ -57,8 +71,34 @@ impl ApiLimits {
     }
 }
 
+impl ApiLimits {
+    /// Forget every reply kept for a token (it no longer authenticates).
+    fn forget_token(&self, token: &str) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _), _| t != token);
+    }
+}
+
+/// The body to keep for replay: with the secret fields set to `null`, or `None` when they
+/// cannot be blanked (not a JSON object): then nothing is kept.
+fn keepable(body: &[u8], secrets: Option<SecretFields>) -> Option<axum::body::Bytes> {
+    let Some(SecretFields(fields)) = secrets else {
+        return Some(axum::body::Bytes::copy_from_slice(body));
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object_mut()?;
+    for f in fields {
+        if let Some(v) = object.get_mut(*f) {
+            *v = serde_json::Value::Null;
+        }
+    }
+    serde_json::to_vec(&value).ok().map(axum::body::Bytes::from)
+}
+
 /// Rate limit per token (keyed by the token's hash), then replay or record idempotent POSTs.
-pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
+pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(limits) = req.extensions().get::<Arc<ApiLimits>>().cloned() else {
         return next.run(req).await;
     };
@@ -92,7 +132,7 @@ pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
         ))
         .into_response();
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
         return ApiError(Error::field("_body", "body_too_large", "The body is too large.")).into_response();
     };
@@ -103,44 +143,81 @@ pub async fn idempotency_and_rate(req: Request, next: Next) -> Response {
         TokenHash::of(&String::from_utf8_lossy(&bytes)).0
     );
     let slot = (token, key);
-    {
+    let kept = {
         let mut replies = limits.replies.lock().unwrap_or_else(|p| p.into_inner());
         replies.retain(|_, s| s.at.elapsed() < KEEP);
-        if let Some(s) = replies.get(&slot) {
-            if s.request != request {
-                return ApiError(Error::Conflict {
-                    code: "idempotency_key_reused",
-                    message: "This Idempotency-Key was used with a different request.".to_owned(),
-                })
-                .into_response();
+        replies.get(&slot).cloned()
+    };
+    if let Some(s) = kept {
+        // Who is asking now, before anything is replayed: the token must still be live, with
+        // the rights and scope the request needs.
+        if let Err(e) = Caller::from_request_parts(&mut parts, &state).await {
+            if matches!(e.0, Error::Unauthenticated) {
+                limits.forget_token(&slot.0);
             }
-            let mut resp = (s.status, s.body.clone()).into_response();
-            if let Some(ct) = &s.content_type {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-            }
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return resp;
+            return e.into_response();
         }
+        if s.request != request {
+            return ApiError(Error::Conflict {
+                code: "idempotency_key_reused",
+                message: "This Idempotency-Key was used with a different request.".to_owned(),
+            })
+            .into_response();
+        }
+        let mut resp = (s.status, s.body.clone()).into_response();
+        if let Some(ct) = &s.content_type {
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        }
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        if !s.redacted.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&s.redacted.join(", "))
+        {
+            resp.headers_mut().insert("idempotent-replay-redacted", v);
+        }
+        return resp;
     }
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = resp.status();
     if status.is_server_error() {
         return resp;
     }
+    let secrets = resp.extensions().get::<SecretFields>().copied();
     let (rparts, rbody) = resp.into_parts();
     let Ok(rbytes) = to_bytes(rbody, 4 * 1024 * 1024).await else {
         return ApiError(Error::internal("response too large to keep for Idempotency-Key")).into_response();
     };
-    limits.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        slot,
-        Stored {
-            at: Instant::now(),
-            request,
-            status,
-            content_type: rparts.headers.get(header::CONTENT_TYPE).cloned(),
-            body: rbytes.clone(),
-        },
-    );
+    if let Some(body) = keepable(&rbytes, secrets) {
+        limits.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            slot,
+            Stored {
+                at: Instant::now(),
+                request,
+                status,
+                content_type: rparts.headers.get(header::CONTENT_TYPE).cloned(),
+                body,
+                redacted: secrets.map(|s| s.0).unwrap_or_default(),
+            },
+        );
+    }
     Response::from_parts(rparts, Body::from(rbytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_replies_hold_no_secret() {
+        let body = br#"{"user":{"id":"u"},"one_time_password":"hunter2-hunter2"}"#;
+        let kept = keepable(body, Some(SecretFields(&["one_time_password"]))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(v["one_time_password"], serde_json::Value::Null);
+        assert_eq!(v["user"]["id"], "u");
+        assert!(
+            keepable(b"not json", Some(SecretFields(&["x"]))).is_none(),
+            "unblankable: not kept"
+        );
+        assert_eq!(&keepable(b"plain", None).unwrap()[..], b"plain");
+    }
 }

@@ -4,7 +4,7 @@
 //! tenant is no longer allowed in); 403 for a scope or role that does not allow the call; 404
 //! for another tenant's objects. Bodies reject unknown fields. Errors are
 //! `{"error": {"code", "message", "fields"?}}`. `Idempotency-Key` on POST replays the first
-//! response. Lists are cursor-paged (`limit`, `cursor` → `next_cursor`). Each token is rate
+//! response (to a caller still authenticated; secrets blanked). Lists are cursor-paged (`limit`, `cursor` → `next_cursor`). Each token is rate
 //! limited (`Retry-After` on 429).
 
 mod audit;
@@ -14,7 +14,7 @@ pub mod schema;
 mod tenants;
 mod users;
 
-pub use limits::ApiLimits;
+pub use limits::{ApiLimits, SecretFields};
 
 use crate::auth::Site;
 use crate::error::ApiError;
@@ -29,7 +29,7 @@ use quarterdeck_domain::Error;
 use quarterdeck_domain::core::ApiCaller;
 use serde::de::DeserializeOwned;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/tenants", get(tenants::list).post(tenants::create))
         .route(
@@ -56,7 +56,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/audit/events/export", get(audit::export))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError(Error::NotFound) })
-        .layer(axum::middleware::from_fn(limits::idempotency_and_rate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::idempotency_and_rate,
+        ))
 }
 
 /// The caller of an API request: a live token, on the base host, with write scope for

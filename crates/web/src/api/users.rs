@@ -152,14 +152,17 @@ pub async fn create(
             (user, Some(otp))
         }
     };
-    Ok((
+    let mut resp = (
         StatusCode::CREATED,
         Json(CreatedUser {
             user: user.into(),
             one_time_password: otp,
         }),
     )
-        .into_response())
+        .into_response();
+    resp.extensions_mut()
+        .insert(super::SecretFields(&["one_time_password"]));
+    Ok(resp)
 }
 
 #[derive(Deserialize, ToSchema)]

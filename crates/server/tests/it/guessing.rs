@@ -1,0 +1,140 @@
+//! Per-address limits on the endpoints that take a secret (invitation, setup and handoff
+//! links, single sign-on answers) and on starting single sign-on, which writes a row.
+
+use crate::both;
+use crate::helpers::*;
+use time::Duration;
+
+/// A server that believes `X-Forwarded-For` from the test (so each request can come from an
+/// address of its choosing).
+async fn behind_proxy(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, |s| s.trusted_proxies = vec!["127.0.0.1".to_owned()]).await
+}
+
+async fn get_from(c: &TenantClient, path: &str, address: &str) -> reqwest::Response {
+    c.client
+        .get(c.url(path))
+        .header("x-forwarded-for", address)
+        .send()
+        .await
+        .unwrap()
+}
+
+crate::both_backends!(
+    async fn guessing_links_from_one_address_is_met_with_429_while_other_addresses_are_served(backend) {
+        let app = behind_proxy(backend).await;
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        app.invite("a@acme.example", &tid, &["admin"]).await;
+        let link = app.invitation_link("a@acme.example").await;
+        let real = link[link.find("/register").unwrap()..].to_owned();
+        let c = app.tenant_client("acme");
+        let guesser = "203.0.113.7";
+        for i in 0..20 {
+            let r = get_from(&c, &format!("/register?token=qd_inv_guess{i}"), guesser).await;
+            assert_eq!(r.status(), 410, "guess {i} is simply a bad link");
+        }
+        for path in ["/register?token=qd_inv_guess20", "/impersonate?token=qd_guess", real.as_str()] {
+            let r = get_from(&c, path, guesser).await;
+            assert_eq!(r.status(), 429, "{path}: the guesser backs off, whatever it asks for");
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1, "{retry}");
+        }
+        // The guesser's misses never lock out anyone else: the invitee opens the real link.
+        let r = get_from(&c, &real, "198.51.100.9").await;
+        assert_eq!(r.status(), 200);
+        // The back-off ends.
+        app.clock.advance(Duration::minutes(16));
+        let r = get_from(&c, "/register?token=qd_inv_guess21", guesser).await;
+        assert_eq!(r.status(), 410);
+    }
+);
+
+crate::both_backends!(
+    async fn handoff_and_setup_tokens_are_limited_like_invitations(backend) {
+        let app = behind_proxy(backend).await;
+        app.sign_in_owner().await;
+        app.create_tenant("Acme", "acme").await;
+        let c = app.tenant_client("acme");
+        for i in 0..20 {
+            let r = get_from(&c, &format!("/impersonate?token=qd_guess{i}"), "203.0.113.8").await;
+            assert!(r.status().is_client_error() && r.status() != 429, "{}", r.status());
+        }
+        let r = get_from(&c, "/impersonate?token=qd_guess_last", "203.0.113.8").await;
+        assert_eq!(r.status(), 429);
+        for i in 0..20 {
+            let r = app
+                .client
+                .get(app.url(&format!("/setup?token=qd_setup_guess{i}")))
+                .header("x-forwarded-for", "203.0.113.9")
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_client_error() && r.status() != 429, "{}", r.status());
+        }
+        let r = app
+            .client
+            .get(app.url("/setup?token=qd_setup_last"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+    }
+);
+
+crate::both_backends!(
+    async fn starting_single_sign_on_is_limited_per_address_before_any_row_is_written(backend) {
+        let app = behind_proxy(backend).await;
+        crate::sso::mock_tenant(&app).await;
+        let c = app.tenant_client("acme");
+        let before = app.control_rows("sso_attempt").await;
+        for i in 0..60 {
+            let r = get_from(&c, "/sso/start", "203.0.113.10").await;
+            assert_eq!(r.status(), 303, "start {i}");
+        }
+        let r = get_from(&c, "/sso/start", "203.0.113.10").await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(app.control_rows("sso_attempt").await - before, 60, "the refused start wrote nothing");
+        // Another address still starts, and a new window lets the first one in again.
+        assert_eq!(get_from(&c, "/sso/start", "198.51.100.10").await.status(), 303);
+        app.clock.advance(Duration::minutes(1));
+        assert_eq!(get_from(&c, "/sso/start", "203.0.113.10").await.status(), 303);
+    }
+);
+
+both!(
+    async fn the_store_keeps_at_most_the_cap_of_pending_sign_in_attempts(app) {
+        use quarterdeck_domain::sso::SsoAttempt;
+        use quarterdeck_domain::token::TokenHash;
+        let (_acme, _mock) = crate::sso::mock_tenant(&app).await;
+        let c = app.tenant_client("acme");
+        assert_eq!(c.get("/sso/start").await.status(), 303);
+        let provider = app
+            .core
+            .store
+            .identity_provider(quarterdeck_domain::user::Directory::Tenant(_acme.id.parse().unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        let now = app.clock_now();
+        let attempt = |n: u8| SsoAttempt {
+            state_hash: TokenHash::of(&format!("state-{n}")),
+            provider_id: provider.id,
+            tenant_id: None,
+            binding_hash: TokenHash::of("binding"),
+            nonce: String::new(),
+            pkce_verifier: String::new(),
+            saml_request_id: None,
+            outcome: None,
+            created_at: now,
+            expires_at: now + Duration::minutes(10),
+        };
+        // One attempt is pending already (the start above): a cap of 3 takes two more.
+        assert!(app.core.store.put_sso_attempt(&attempt(1), 3).await.unwrap());
+        assert!(app.core.store.put_sso_attempt(&attempt(2), 3).await.unwrap());
+        assert!(!app.core.store.put_sso_attempt(&attempt(3), 3).await.unwrap());
+        assert_eq!(app.control_rows("sso_attempt").await, 3);
+    }
+);
