@@ -1,7 +1,7 @@
 //! Sign-in, sessions, cookies, CSRF and throttling.
 
-use crate::both;
 use crate::helpers::*;
+use crate::{both, both_backends};
 
 both!(
     async fn signing_in_lands_on_the_dashboard_and_records_the_event(app) {
@@ -71,20 +71,71 @@ both!(
     }
 );
 
-#[tokio::test]
-async fn on_https_the_session_cookie_is_secure_with_the_host_prefix() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |_| {}).await;
-    // The base URL is http in tests; the cookie naming follows the base URL's scheme.
-    let cfg = quarterdeck_web::WebConfig {
-        base_url: "https://deck.example.com".parse().unwrap(),
-        trusted_proxies: vec![],
-        settings: vec![],
-        version: "test",
-    };
-    assert_eq!(cfg.cookie_name("qd_session"), "__Host-qd_session");
-    assert!(cfg.secure());
-    drop(app);
+/// The `Set-Cookie` of `name` in a response.
+fn set_cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no Set-Cookie for {name}: {:?}", r.headers()))
 }
+
+fn cookie_value(set_cookie: &str) -> &str {
+    set_cookie.split(';').next().unwrap().split_once('=').unwrap().1
+}
+
+both_backends!(
+    async fn on_https_the_session_cookie_is_secure_with_the_host_prefix(backend) {
+        // TLS ends at a proxy in front: the server speaks http, its base URL says https.
+        let app = TestApp::spawn_with(backend, |s| {
+            s.base_url = format!("https://localhost:{}", s.listen.port()).parse().unwrap();
+        })
+        .await;
+        app.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
+        let origin = format!("https://localhost:{}", app.port());
+        let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+        let page = plain.get(app.url("/login")).send().await.unwrap();
+        let csrf_cookie = set_cookie(&page, "__Host-qd_csrf");
+        for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(csrf_cookie.contains(flag), "{flag}: {csrf_cookie}");
+        }
+        let csrf = cookie_value(&csrf_cookie).to_owned();
+        let html = page.text().await.unwrap();
+        let r = plain
+            .post(app.url("/login"))
+            .header("origin", &origin)
+            .header("cookie", format!("__Host-qd_csrf={csrf}"))
+            .form(&[("csrf_token", csrf_token(&html).as_str()), ("email", OWNER_EMAIL), ("password", OWNER_PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let session = set_cookie(&r, "__Host-qd_session");
+        let attributes: Vec<&str> = session.split(';').skip(1).map(str::trim).collect();
+        for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(attributes.contains(&flag), "{flag}: {session}");
+        }
+        assert!(!session.to_ascii_lowercase().contains("domain="), "host-only: {session}");
+        assert!(r.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("qd_session=")), "no unprefixed cookie");
+        // The cookie is the session.
+        let home = plain
+            .get(app.url("/"))
+            .header("cookie", format!("__Host-qd_session={}", cookie_value(&session)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(home.status(), 200);
+        let unprefixed = plain
+            .get(app.url("/"))
+            .header("cookie", format!("qd_session={}", cookie_value(&session)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unprefixed.status(), 303, "only the prefixed name is read");
+    }
+);
 
 both!(
     async fn signing_out_ends_the_session_on_the_server(app) {

@@ -79,8 +79,22 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The PostgreSQL database of this test (control database), if any.
     pub pg_url: Option<String>,
+    /// What this server logged (its own runtime's threads log here, and to the process-wide
+    /// capture): one test's assertions about logs never see another test's lines.
+    pub logs: LogBuffer,
     _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    _server: ServerRuntime,
+}
+
+/// The runtime a test's server runs on, stopped with the test.
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 pub fn pg_admin_url() -> Option<String> {
@@ -149,7 +163,9 @@ impl TestApp {
         };
         let app = App::with_listener(settings.clone(), listener, deps).await.unwrap();
         let core = app.core.clone();
-        let server = tokio::spawn(async move {
+        let logs = LogBuffer::default();
+        let runtime = server_runtime(&logs);
+        runtime.spawn(async move {
             app.run(std::future::pending()).await.unwrap();
         });
         Self {
@@ -159,8 +175,9 @@ impl TestApp {
             clock,
             client: client(),
             pg_url,
+            logs,
             _dir: dir,
-            _server: server,
+            _server: ServerRuntime(Some(runtime)),
         }
     }
 
@@ -465,13 +482,26 @@ impl TenantClient {
 
 /// Everything every server of this test process logged (at every level), to check that no
 /// secret is ever logged.
-static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
 
-struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+/// Captured log output.
+#[derive(Clone, Default)]
+pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn contains(&self, needle: &str) -> bool {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).contains(needle)
+    }
+}
+
+/// Writes to this test's buffer and to the process-wide one.
+struct LogSink(Vec<LogBuffer>);
 
 impl std::io::Write for LogSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        for b in &self.0 {
+            b.0.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -479,23 +509,45 @@ impl std::io::Write for LogSink {
     }
 }
 
-fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
+fn log_dispatch(buffers: Vec<LogBuffer>) -> tracing::Dispatch {
+    tracing::Dispatch::new(
+        tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
+            .with_writer(move || LogSink(buffers.clone()))
+            .finish(),
+    )
+}
+
+/// What the test code itself logs (direct `core` calls) goes to the process-wide capture.
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let _ = tracing::dispatcher::set_global_default(log_dispatch(vec![buf.clone()]));
         buf
     });
 }
 
-/// Whether anything logged so far contains `needle`.
+/// A runtime for one test's server whose threads log into `logs` (and the process-wide
+/// capture): everything the server does — requests, the outbox worker, housekeeping — runs
+/// on it.
+fn server_runtime(logs: &LogBuffer) -> tokio::runtime::Runtime {
+    let dispatch = log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()]);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            // Kept for the thread's life: the thread is the runtime's, and ends with it.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .build()
+        .unwrap()
+}
+
+/// Whether anything logged so far, by any test's server, contains `needle` (for checks that
+/// no secret is ever logged; a test's own positive checks use `app.logs`).
 pub fn logs_contain(needle: &str) -> bool {
-    let logs = LOGS.get().unwrap().lock().unwrap();
-    String::from_utf8_lossy(&logs).contains(needle)
+    LOGS.get().unwrap().contains(needle)
 }
 
 impl TestApp {
@@ -523,5 +575,18 @@ impl TestApp {
                     .unwrap()
             }
         }
+    }
+}
+
+/// Wait until `check` holds, polling every 20 ms, failing the test after 10 s.
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
