@@ -149,7 +149,7 @@ impl App {
 
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let housekeeping = tokio::spawn(housekeeping(self.core.clone(), self.settings.clone()));
+        let housekeeping = tokio::spawn(housekeeping(self.core.clone()));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -169,7 +169,7 @@ impl App {
 
 /// Every tenant database migrated (in the background at start-up), then hourly: expired
 /// sessions deleted and the databases of tenants past retention dropped.
-async fn housekeeping(core: Arc<Core>, settings: Settings) {
+async fn housekeeping(core: Arc<Core>) {
     match migrate_tenants(&core).await {
         Ok(report) => {
             for (id, r) in report {
@@ -183,13 +183,8 @@ async fn housekeeping(core: Arc<Core>, settings: Settings) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let now = core.clock.now();
-        let idle = time::Duration::minutes(i64::from(settings.session_idle_minutes));
-        if let Err(e) = core.store.delete_expired_sessions(now - idle, now).await {
-            tracing::warn!(error = %e, "session clean-up failed");
-        }
-        if let Err(e) = core.store.delete_expired_sso(now).await {
-            tracing::warn!(error = %e, "single sign-on clean-up failed");
+        if let Err(e) = core.delete_expired().await {
+            tracing::warn!(error = %e, "clean-up of expired sessions and sign-in attempts failed");
         }
         match core.purge_deleted_tenants().await {
             Ok(ids) if !ids.is_empty() => tracing::info!(
@@ -218,11 +213,5 @@ async fn deliver_outbox(core: Arc<Core>, mailer: Arc<dyn Mailer>, every: Duratio
 pub async fn migrate_tenants(
     core: &Core,
 ) -> quarterdeck_domain::Result<Vec<(quarterdeck_domain::TenantId, quarterdeck_domain::Result<usize>)>> {
-    let ids = core.store.tenant_ids().await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let r = core.store.migrate_tenant(id).await;
-        out.push((id, r));
-    }
-    Ok(out)
+    core.migrate_tenant_databases().await
 }

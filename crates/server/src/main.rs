@@ -79,14 +79,14 @@ async fn main() -> Result<()> {
             tracing::info!(
                 listen = %app.local_addr()?,
                 base_url = %app.settings.base_url,
-                storage = app.core.store.backend(),
+                storage = app.core.backend(),
                 "Quarterdeck is ready"
             );
             app.run(shutdown_signal()).await
         }
         Command::Migrate => {
             let core = app::core(&settings, Deps::default()).await?;
-            println!("control database: migrated ({})", core.store.backend());
+            println!("control database: migrated ({})", core.backend());
             let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut failed = 0;
             for (id, r) in &report {

@@ -111,7 +111,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Ready when the control database answers.
 async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.core.store.owner_exists().await?;
+    state.core.ready().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 

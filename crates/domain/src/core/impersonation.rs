@@ -21,8 +21,14 @@ const HANDOFF_TTL: Duration = Duration::seconds(60);
 impl Core {
     /// Start impersonating: only a platform user holding the impersonation capability, with a
     /// reason. Records `IMPERSONATION_STARTED`; returns the handoff token the tenant's host
-    /// takes (once) to open the impersonation session there.
-    pub async fn start_impersonation(&self, by: &Principal, tenant: TenantId, reason: &str) -> Result<Secret> {
+    /// takes (once) to open the impersonation session there, and the tenant. The rights are
+    /// checked before the tenant is read, so the answer says nothing of which tenants exist.
+    pub async fn start_impersonation(
+        &self,
+        by: &Principal,
+        tenant: TenantId,
+        reason: &str,
+    ) -> Result<(Secret, crate::tenant::Tenant)> {
         if by.tenant_id.is_some() || by.impersonation_id.is_some() {
             return Err(Error::Forbidden);
         }
@@ -70,7 +76,7 @@ impl Core {
         self.store
             .start_impersonation(&imp, &handoff.hash(), now + HANDOFF_TTL, event)
             .await?;
-        Ok(handoff)
+        Ok((handoff, tenant))
     }
 
     /// On the tenant's host: spend the handoff token and open the impersonation session (a new

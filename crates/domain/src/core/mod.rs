@@ -145,7 +145,8 @@ pub struct ClientInfo {
 }
 
 pub struct Core {
-    pub store: Arc<dyn Store>,
+    /// Reachable only through `Core`'s operations, which check who may call them.
+    store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Random>,
     pub hasher: PasswordHasher,
@@ -190,6 +191,67 @@ impl Core {
             user.tenant_id,
             &self.config.catalog,
         )
+    }
+
+    /// The store itself, for tests that arrange or inspect rows directly. Not in a build
+    /// without the `test-support` feature.
+    #[cfg(feature = "test-support")]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// `sqlite` or `postgres`, for the settings page and start-up log.
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// Whether the control database answers (the readiness check).
+    pub async fn ready(&self) -> Result<()> {
+        self.store.owner_exists().await.map(|_| ())
+    }
+
+    /// The live tenant served at `{slug}.{base host}`, if any (the host decides the site before
+    /// anyone has signed in; a tenant's existence is public through its host anyway).
+    pub async fn tenant_for_host(&self, slug: &crate::tenant::TenantSlug) -> Result<Option<Tenant>> {
+        self.store.tenant_by_slug(slug).await
+    }
+
+    /// A tenant by slug, for platform users who may read tenants.
+    pub async fn tenant_by_slug(
+        &self,
+        _auth: &crate::access::Authorized<crate::access::ReadTenants>,
+        slug: &crate::tenant::TenantSlug,
+    ) -> Result<Option<Tenant>> {
+        self.store.tenant_by_slug(slug).await
+    }
+
+    /// Ends a session that a new one replaces (sign-in, switch to tenant, SSO on a browser
+    /// that was already signed in): no event, the new session's own event says what happened.
+    pub async fn discard_session(&self, old: &SignedIn) -> Result<()> {
+        self.store.delete_session(&old.session.id_hash).await
+    }
+
+    /// Housekeeping: sessions idle or past their absolute lifetime, spent SSO attempts.
+    pub async fn delete_expired(&self) -> Result<(u64, u64)> {
+        let now = self.clock.now();
+        let sessions = self
+            .store
+            .delete_expired_sessions(now - self.config.sessions.idle, now)
+            .await?;
+        let sso = self.store.delete_expired_sso(now).await?;
+        Ok((sessions, sso))
+    }
+
+    /// Brings every tenant database to the latest schema; one failure does not stop the rest.
+    /// One result (migrations applied, or the error) per tenant.
+    pub async fn migrate_tenant_databases(&self) -> Result<Vec<(TenantId, Result<usize>)>> {
+        let ids = self.store.tenant_ids().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let r = self.store.migrate_tenant(id).await;
+            out.push((id, r));
+        }
+        Ok(out)
     }
 
     /// The live tenant behind a directory (`None` for the platform); a deleted tenant is

@@ -219,7 +219,7 @@ both!(
 
         // Nothing changed.
         assert_eq!(app.event_types().await.len(), before);
-        let (tenants, _) = app.core.store.list_tenants(&Default::default()).await.unwrap();
+        let (tenants, _) = app.core.store().list_tenants(&Default::default()).await.unwrap();
         assert!(tenants.is_empty());
         // And the token works when it is right.
         let r = app.client.post(app.url("/tenants")).header("origin", &app.base_url).form(&good).send().await.unwrap();

@@ -237,7 +237,7 @@ mod saml {
 
 async fn user(app: &TestApp, tid: &str, email: &str) -> Option<User> {
     app.core
-        .store
+        .store()
         .user_by_email(
             Directory::Tenant(tid.parse().unwrap()),
             &EmailAddress::parse(email).unwrap(),

@@ -113,7 +113,7 @@ both!(
         assert_eq!(c.get("/sso/start").await.status(), 303);
         let provider = app
             .core
-            .store
+            .store()
             .identity_provider(quarterdeck_domain::user::Directory::Tenant(_acme.id.parse().unwrap()))
             .await
             .unwrap()
@@ -132,9 +132,9 @@ both!(
             expires_at: now + Duration::minutes(10),
         };
         // One attempt is pending already (the start above): a cap of 3 takes two more.
-        assert!(app.core.store.put_sso_attempt(&attempt(1), 3).await.unwrap());
-        assert!(app.core.store.put_sso_attempt(&attempt(2), 3).await.unwrap());
-        assert!(!app.core.store.put_sso_attempt(&attempt(3), 3).await.unwrap());
+        assert!(app.core.store().put_sso_attempt(&attempt(1), 3).await.unwrap());
+        assert!(app.core.store().put_sso_attempt(&attempt(2), 3).await.unwrap());
+        assert!(!app.core.store().put_sso_attempt(&attempt(3), 3).await.unwrap());
         assert_eq!(app.control_rows("sso_attempt").await, 3);
     }
 );

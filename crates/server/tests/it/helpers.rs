@@ -243,7 +243,7 @@ impl TestApp {
             limit: 1000,
             ..Default::default()
         };
-        let mut events = self.core.store.list_events(&filter).await.unwrap();
+        let mut events = self.core.store().list_events(&filter).await.unwrap();
         events.reverse();
         events.into_iter().map(|e| e.event_type).collect()
     }
@@ -254,7 +254,7 @@ impl TestApp {
             limit: 1000,
             ..Default::default()
         };
-        self.core.store.list_events(&filter).await.unwrap()
+        self.core.store().list_events(&filter).await.unwrap()
     }
 }
 
@@ -380,7 +380,7 @@ impl TestApp {
     pub async fn outbox(&self) -> Vec<quarterdeck_domain::mail::Email> {
         let far = self.clock_now() + time::Duration::days(3650);
         self.core
-            .store
+            .store()
             .due_messages(far, 1000)
             .await
             .unwrap()

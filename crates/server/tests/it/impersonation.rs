@@ -110,7 +110,7 @@ both_backends!(
 
         // Validation table.
         let dir = quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap());
-        let tenant_users = app.core.store.list_users(dir).await.unwrap();
+        let tenant_users = app.core.store().list_users(dir).await.unwrap();
         assert_eq!(tenant_users.len(), 1, "security.app_user count is 1");
         assert_eq!(tenant_users[0].roles, vec!["TENANT_ADMIN".to_owned()]);
         let base = app.tenant_client("acme");
@@ -129,7 +129,7 @@ both_backends!(
         // 5. The audit trail, master side: started, the user creation, ended, in order.
         let mut tenant_events: Vec<_> = app
             .core
-            .store
+            .store()
             .list_events(&quarterdeck_domain::audit::AuditFilter { tenant_id: Some(tid.parse().unwrap()), limit: 100, ..Default::default() })
             .await
             .unwrap();
@@ -195,7 +195,7 @@ both!(
             let pw = quarterdeck_domain::password::NewPassword::parse(OWNER_PASSWORD, 12, "p").unwrap();
             let hash = app.core.hasher.hash(&pw, &*app.core.rng).await.unwrap();
             let ev = quarterdeck_domain::audit::NewEvent::new(app.clock_now(), quarterdeck_domain::audit::EventType::OwnerCreated, &quarterdeck_domain::access::Actor::system(), None, serde_json::json!({}));
-            app.core.store.create_user(&user, Some(&quarterdeck_domain::user::Credential::password(hash)), None, ev).await.unwrap();
+            app.core.store().create_user(&user, Some(&quarterdeck_domain::user::Credential::password(hash)), None, ev).await.unwrap();
             app.sign_in(&email, OWNER_PASSWORD).await;
             let shown = app.get_html(&format!("/tenants/{tid}")).await;
             assert!(!shown.contains("Switch to tenant"), "{role}");
@@ -262,7 +262,7 @@ both!(
             imp.post_form("/impersonation/stop", &form, &[]).await;
         }
         assert!(app.events_of("USER_CREATED").await.is_empty());
-        assert!(app.core.store.list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap().is_empty());
+        assert!(app.core.store().list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap().is_empty());
     }
 );
 

@@ -108,9 +108,9 @@ both_backends!(
         let audit = acme.get_html("/portal/audit").await;
         assert!(audit.contains("USER_REGISTERED") && audit.contains("USER_INVITED"));
         // Users live in the tenant's own database.
-        let users = app.core.store.list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap();
+        let users = app.core.store().list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap();
         assert_eq!(users.len(), 2);
-        assert!(app.core.store.user_by_email(quarterdeck_domain::user::Directory::Platform, &quarterdeck_domain::EmailAddress::parse("ada@acme.example").unwrap()).await.unwrap().is_none());
+        assert!(app.core.store().user_by_email(quarterdeck_domain::user::Directory::Platform, &quarterdeck_domain::EmailAddress::parse("ada@acme.example").unwrap()).await.unwrap().is_none());
     }
 );
 
@@ -251,7 +251,7 @@ both!(
         // … cannot invite into another tenant (the tenant_id is ignored: always their own),
         let r = acme.post_form("/portal/team/invite", &form, &[("email", "spy@acme.example"), ("roles", "viewer"), ("tenant_id", &other)]).await;
         assert_eq!(r.status(), 303);
-        let globex_users = app.core.store.list_users(quarterdeck_domain::user::Directory::Tenant(other.parse().unwrap())).await.unwrap();
+        let globex_users = app.core.store().list_users(quarterdeck_domain::user::Directory::Tenant(other.parse().unwrap())).await.unwrap();
         assert!(globex_users.is_empty());
         // … and cannot reach the console.
         assert_eq!(acme.get("/tenants").await.status(), 404);
@@ -448,7 +448,7 @@ both!(
     async fn nothing_commits_in_a_tenant_after_its_suspension_even_with_writes_in_flight(app) {
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
-        let owner = app.core.store.user_by_email(quarterdeck_domain::user::Directory::Platform, &quarterdeck_domain::EmailAddress::parse(OWNER_EMAIL).unwrap()).await.unwrap().unwrap().0;
+        let owner = app.core.store().user_by_email(quarterdeck_domain::user::Directory::Platform, &quarterdeck_domain::EmailAddress::parse(OWNER_EMAIL).unwrap()).await.unwrap().unwrap().0;
         let principal = app.core.principal_of(&owner);
         let mut tasks = Vec::new();
         for i in 0..30 {
@@ -479,7 +479,7 @@ both!(
         let invited = app.events_of("USER_INVITED").await;
         assert_eq!(invited.len(), ok);
         assert!(invited.iter().all(|e| e.seq < suspended), "an invitation committed after the suspension");
-        let users = app.core.store.list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap();
+        let users = app.core.store().list_users(quarterdeck_domain::user::Directory::Tenant(tid.parse().unwrap())).await.unwrap();
         assert_eq!(users.len(), ok, "no user without its event");
     }
 );

@@ -58,7 +58,7 @@ async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
         serde_json::json!({ "test_fixture": true }),
     );
     app.core
-        .store
+        .store()
         .create_user(
             &user,
             Some(&quarterdeck_domain::user::Credential::password(hash)),

@@ -22,7 +22,7 @@ pub struct Tenant {
 }
 
 pub async fn tenant(app: &TestApp, name: &str, slug: &str) -> Tenant {
-    if app.core.store.owner_exists().await.unwrap() {
+    if app.core.store().owner_exists().await.unwrap() {
         // Signed in already.
     } else {
         app.sign_in_owner().await;
@@ -105,7 +105,7 @@ fn dir(tid: &str) -> Directory {
 
 async fn user(app: &TestApp, tid: &str, email: &str) -> Option<quarterdeck_domain::user::User> {
     app.core
-        .store
+        .store()
         .user_by_email(dir(tid), &EmailAddress::parse(email).unwrap())
         .await
         .unwrap()
@@ -410,7 +410,7 @@ both!(
         assert_eq!(ev[0].details["issuer"], op.issuer.as_str());
         assert_eq!(ev[0].details["client_secret_changed"], true);
         assert!(!ev[0].details.to_string().contains(CLIENT_SECRET));
-        let stored = app.core.store.identity_provider(dir(&acme.id)).await.unwrap().unwrap();
+        let stored = app.core.store().identity_provider(dir(&acme.id)).await.unwrap().unwrap();
         let sealed = stored.sealed_secret.clone().unwrap();
         assert!(!sealed.contains(CLIENT_SECRET));
         assert_eq!(app.core.client_secret(&stored).unwrap(), CLIENT_SECRET);
@@ -434,7 +434,7 @@ both!(
             )
             .await;
         assert_eq!(r.status(), 303);
-        let stored = app.core.store.identity_provider(dir(&acme.id)).await.unwrap().unwrap();
+        let stored = app.core.store().identity_provider(dir(&acme.id)).await.unwrap().unwrap();
         assert_eq!(app.core.client_secret(&stored).unwrap(), CLIENT_SECRET);
 
         // Another issuer with the stored secret: the secret must be typed again.
@@ -512,7 +512,7 @@ both!(
         assert_eq!(location(&r), "/", "{}", r.text().await.unwrap());
         let ops = app
             .core
-            .store
+            .store()
             .user_by_email(Directory::Platform, &EmailAddress::parse("ops@corp.test").unwrap())
             .await
             .unwrap()
@@ -530,7 +530,7 @@ both!(
         assert_eq!(r.status(), 401);
         assert!(
             app.core
-                .store
+                .store()
                 .user_by_email(Directory::Platform, &EmailAddress::parse("newbie@corp.test").unwrap())
                 .await
                 .unwrap()

@@ -60,7 +60,7 @@ async fn saml_sign_in(c: &TenantClient, idp: &SamlIdp, email: &str, variant: &st
 
 async fn user(app: &TestApp, tid: &str, email: &str) -> Option<quarterdeck_domain::user::User> {
     app.core
-        .store
+        .store()
         .user_by_email(
             Directory::Tenant(tid.parse().unwrap()),
             &EmailAddress::parse(email).unwrap(),
@@ -164,15 +164,15 @@ both!(
         let (acme, _) = saml_tenant(&app, false).await;
         let provider = app
             .core
-            .store
+            .store()
             .identity_provider(Directory::Tenant(acme.id.parse().unwrap()))
             .await
             .unwrap()
             .unwrap();
         let until = app.clock_now() + time::Duration::minutes(5);
-        assert!(app.core.store.record_assertion_id(provider.id, "_a1", until).await.unwrap());
-        assert!(!app.core.store.record_assertion_id(provider.id, "_a1", until).await.unwrap());
-        assert!(app.core.store.record_assertion_id(provider.id, "_a2", until).await.unwrap());
+        assert!(app.core.store().record_assertion_id(provider.id, "_a1", until).await.unwrap());
+        assert!(!app.core.store().record_assertion_id(provider.id, "_a1", until).await.unwrap());
+        assert!(app.core.store().record_assertion_id(provider.id, "_a2", until).await.unwrap());
     }
 );
 

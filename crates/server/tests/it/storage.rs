@@ -122,7 +122,7 @@ both!(
             Some(tenant.id),
             serde_json::json!({}),
         );
-        let err = app.core.store.create_tenant(&tenant, event).await.unwrap_err();
+        let err = app.core.store().create_tenant(&tenant, event).await.unwrap_err();
         assert_eq!(err.fields()[0].code, "slug_taken");
         match app.backend {
             Backend::Sqlite => {

@@ -22,7 +22,7 @@ both!(
         assert_eq!(d["metadata"], serde_json::json!({}));
         assert_eq!(d["actor"]["email"], OWNER_EMAIL);
         assert_eq!(events[0].tenant_id.unwrap().to_string(), id);
-        let migrated = app.core.store.migrate_tenant(id.parse().unwrap()).await.unwrap();
+        let migrated = app.core.store().migrate_tenant(id.parse().unwrap()).await.unwrap();
         assert_eq!(migrated, 0, "the tenant database was created and migrated with the tenant");
     }
 );
@@ -54,7 +54,7 @@ both!(
         let r = app.post_form("/tenants", &page, &[("name", "Acme"), ("slug", &too_long), ("region", "eu-west"), ("tier", "standard")]).await;
         assert_eq!(r.status(), 422);
         assert!(app.events_of("TENANT_CREATED").await.is_empty());
-        let (tenants, total) = app.core.store.list_tenants(&Default::default()).await.unwrap();
+        let (tenants, total) = app.core.store().list_tenants(&Default::default()).await.unwrap();
         assert!(tenants.is_empty() && total == 0);
     }
 );
@@ -146,7 +146,7 @@ both!(
             assert_eq!(r.status(), 422, "{form:?}");
         }
         assert!(app.events_of("TENANT_METADATA_UPDATED").await.is_empty());
-        let t = app.core.store.tenant(id.parse().unwrap()).await.unwrap().unwrap();
+        let t = app.core.store().tenant(id.parse().unwrap()).await.unwrap().unwrap();
         assert_eq!(t.name.as_str(), "Acme Corp");
     }
 );

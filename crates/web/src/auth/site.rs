@@ -50,7 +50,7 @@ pub async fn resolve_site(State(state): State<AppState>, mut req: Request, next:
         && let Ok(slug) = TenantSlug::parse(label)
         && slug.as_str() == label
     {
-        match state.core.store.tenant_by_slug(&slug).await {
+        match state.core.tenant_for_host(&slug).await {
             Ok(Some(t)) => Some(Site::Tenant(Box::new(t))),
             Ok(None) => None,
             Err(e) => return HtmlError(e).into_response(),

@@ -113,7 +113,7 @@ pub async fn list(
         filter.tenant_id = match tenant.parse::<TenantId>() {
             Ok(id) => Some(id),
             Err(_) => match (TenantSlug::parse(tenant), s.principal.require::<ReadTenants>()) {
-                (Ok(slug), Ok(_)) => match state.core.store.tenant_by_slug(&slug).await? {
+                (Ok(slug), Ok(auth)) => match state.core.tenant_by_slug(&auth, &slug).await? {
                     Some(t) => Some(t.id),
                     None => {
                         problem = Some(format!("No tenant with slug {tenant}."));

@@ -26,10 +26,9 @@ pub async fn start(
     Form(f): Form<StartForm>,
 ) -> Result<Response, HtmlError> {
     let tenant_id: TenantId = id.parse().map_err(|_| Error::NotFound)?;
-    let tenant = state.core.store.tenant(tenant_id).await?.ok_or(Error::NotFound)?;
-    let handoff = state
+    let (handoff, tenant) = state
         .core
-        .start_impersonation(&s.principal, tenant.id, &f.reason)
+        .start_impersonation(&s.principal, tenant_id, &f.reason)
         .await?;
     let origin = state.core.config.links.origin(Some(tenant.slug.as_str()));
     Ok(Redirect::to(&format!("{origin}/impersonate?token={}", handoff.expose())).into_response())
@@ -53,7 +52,7 @@ pub async fn accept(
     };
     let (secret, _) = state.core.accept_impersonation(tenant.id, &q.token).await?;
     if let Some(old) = previous {
-        state.core.store.delete_session(&old.session.id_hash).await?;
+        state.core.discard_session(&old).await?;
     }
     let mut resp = Redirect::to("/portal").into_response();
     if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {

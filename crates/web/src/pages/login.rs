@@ -122,7 +122,7 @@ pub async fn submit(
         Ok((secret, _signed_in)) => {
             // Whoever was signed in on this browser before is signed out: one session a browser.
             if let Some(old) = previous {
-                let _ = state.core.store.delete_session(&old.session.id_hash).await;
+                let _ = state.core.discard_session(&old).await;
             }
             let mut resp = Redirect::to(&landing(&site, f.next.as_deref())).into_response();
             if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {

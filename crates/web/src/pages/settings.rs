@@ -40,7 +40,7 @@ fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
             .principal
             .can(&Capability::SettingsRead)
             .then(|| state.config.settings.clone()),
-        backend: state.core.store.backend(),
+        backend: state.core.backend(),
         version: state.config.version,
     }
 }

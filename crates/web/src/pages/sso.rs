@@ -272,7 +272,7 @@ async fn finish(
         Ok((secret, _)) => {
             // Whoever was signed in on this browser before is signed out: one session a browser.
             if let Some(old) = previous {
-                let _ = state.core.store.delete_session(&old.session.id_hash).await;
+                let _ = state.core.discard_session(&old).await;
             }
             let mut resp = Redirect::to(landing(site)).into_response();
             add_cookie(&mut resp, session_cookie(&state.config, secret.expose()));

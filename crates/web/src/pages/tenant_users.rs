@@ -149,7 +149,7 @@ pub async fn reset(
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let dir = Directory::Tenant(t.id);
     let password = state.core.reset_password(&s.principal, dir, id).await?;
-    let user = state.core.store.user(dir, id).await?.ok_or(Error::NotFound)?;
+    let user = state.core.user_view(&s.principal, dir, id).await?.user;
     Ok(render(&OneTimePasswordPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
         email: user.email.to_string(),

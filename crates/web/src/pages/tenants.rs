@@ -106,12 +106,11 @@ pub async fn list(
         format!("/tenants?{qs}&page={p}")
     };
     let created_toast = match q.created.as_deref().map(str::parse::<TenantId>) {
-        Some(Ok(id)) => state
-            .core
-            .store
-            .tenant(id)
-            .await?
-            .map(|t| (t.name.as_str().to_owned(), t.id.to_string())),
+        Some(Ok(id)) => match state.core.tenant(&auth, id).await {
+            Ok(t) => Some((t.name.as_str().to_owned(), t.id.to_string())),
+            Err(Error::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        },
         _ => None,
     };
     Ok(render(&ListPage {
