@@ -24,6 +24,7 @@ pub enum EventType {
     SignInFailed,
     SignedOut,
     PasswordChanged,
+    PasswordChangeFailed,
     SessionsRevoked,
     UserInvited,
     UserRegistered,
@@ -47,7 +48,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 30] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -57,6 +58,7 @@ impl EventType {
         Self::SignInFailed,
         Self::SignedOut,
         Self::PasswordChanged,
+        Self::PasswordChangeFailed,
         Self::SessionsRevoked,
         Self::UserInvited,
         Self::UserRegistered,
@@ -90,6 +92,7 @@ impl EventType {
             Self::SignInFailed => "SIGN_IN_FAILED",
             Self::SignedOut => "SIGNED_OUT",
             Self::PasswordChanged => "PASSWORD_CHANGED",
+            Self::PasswordChangeFailed => "PASSWORD_CHANGE_FAILED",
             Self::SessionsRevoked => "SESSIONS_REVOKED",
             Self::UserInvited => "USER_INVITED",
             Self::UserRegistered => "USER_REGISTERED",

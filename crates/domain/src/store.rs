@@ -7,7 +7,7 @@ use crate::audit::{AuditEvent, AuditFilter, NewEvent};
 use crate::email::EmailAddress;
 use crate::error::Result;
 use crate::ids::{EventId, TenantId, UserId};
-use crate::impersonation::Impersonation;
+use crate::impersonation::{Impersonation, ImpersonationEnd};
 use crate::mail::Email;
 use crate::pat::PersonalAccessToken;
 use crate::session::Session;
@@ -74,14 +74,35 @@ pub trait UserStore: Send + Sync {
         end_sessions: bool,
         event: NewEvent,
     ) -> Result<()>;
-    /// Spend a one-time password (after a successful sign-in with it).
-    async fn mark_otp_used(&self, dir: Directory, id: UserId, at: OffsetDateTime) -> Result<()>;
-    /// Replace the user's roles; one event per role added or removed.
-    async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>) -> Result<()>;
-    /// Change the status; leaving ACTIVE ends the user's sessions in the same step.
-    async fn set_user_status(&self, dir: Directory, id: UserId, status: UserStatus, event: NewEvent) -> Result<()>;
-    /// Delete the user, their roles, invitation and sessions.
-    async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()>;
+    /// Spend a one-time password (after a successful verification of `hash`): a conditional
+    /// update — unspent, unexpired at `at`, still this hash. `false` when another sign-in
+    /// spent it first (or it was replaced or expired meanwhile): the caller fails.
+    async fn spend_otp(&self, dir: Directory, id: UserId, hash: &str, at: OffsetDateTime) -> Result<bool>;
+    /// Replace the user's roles; one event per role added or removed. `ending`: the live
+    /// impersonations of a platform user that end with the change (each with its
+    /// `IMPERSONATION_ENDED`, written only if it was still live), in the same transaction.
+    async fn set_roles(
+        &self,
+        dir: Directory,
+        id: UserId,
+        roles: &[String],
+        events: Vec<NewEvent>,
+        ending: &[ImpersonationEnd],
+    ) -> Result<()>;
+    /// Change the status; leaving ACTIVE ends the user's sessions in the same step, and the
+    /// impersonations in `ending` (as for [`UserStore::set_roles`]).
+    async fn set_user_status(
+        &self,
+        dir: Directory,
+        id: UserId,
+        status: UserStatus,
+        event: NewEvent,
+        ending: &[ImpersonationEnd],
+    ) -> Result<()>;
+    /// Delete the user, their roles, invitation and sessions, and end the impersonations in
+    /// `ending` (as for [`UserStore::set_roles`]).
+    async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent, ending: &[ImpersonationEnd])
+    -> Result<()>;
     /// Replace the invitation (a new token: the old one dies; pending emails are cancelled),
     /// or with `None` revoke it.
     async fn replace_invitation(
@@ -134,6 +155,8 @@ pub trait ImpersonationStore: Send + Sync {
     /// Spend a handoff token: the live impersonation it opens, once.
     async fn take_handoff(&self, handoff: &TokenHash, now: OffsetDateTime) -> Result<Option<Impersonation>>;
     async fn impersonation(&self, id: uuid::Uuid) -> Result<Option<Impersonation>>;
+    /// The live (not ended) impersonations started by a platform user.
+    async fn live_impersonations_of(&self, impersonator: UserId) -> Result<Vec<Impersonation>>;
     /// End it (once: `false` if it had ended already) and delete its sessions, with the event.
     async fn end_impersonation(
         &self,

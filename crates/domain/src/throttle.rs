@@ -1,10 +1,15 @@
-//! Failed sign-in throttling, per account and per client address.
+//! Failed sign-in throttling, per (account, client address), per address and per account.
 //!
 //! After a few failures a key is held back for an exponentially growing time (capped), then
-//! may try again: a victim whose account an attacker hammers still gets in once the back-off
-//! has passed, while online guessing is slowed to a crawl. Unknown accounts are throttled the
-//! same way as known ones, so the throttle reveals nothing. The state is in memory: it is
-//! per process, and a restart forgets it (documented in docs/ARCHITECTURE.md).
+//! may try again, while online guessing is slowed to a crawl. Unknown accounts are throttled
+//! the same way as known ones, so the throttle reveals nothing.
+//!
+//! [`SignInThrottle`] keeps the three apart so that nobody can lock a user out (ASVS 6.3.1):
+//! a client is held back for its own failures on an account and for its address's failures
+//! overall; the account-wide back-off (guesses spread over many addresses) holds back only
+//! clients whose address has already failed on that account — a client that has not failed
+//! (the real user, from their own address) is never blocked by it. The state is in memory: it
+//! is per process, and a restart forgets it (documented in docs/ARCHITECTURE.md).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -90,6 +95,71 @@ impl Throttle {
     pub fn record_success(&self, key: &str) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+
+    /// The failures `key` has on record (0 once forgotten).
+    pub fn failures(&self, key: &str, now: OffsetDateTime) -> u32 {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .filter(|e| now - e.last_failure < self.policy.forget_after)
+            .map_or(0, |e| e.failures)
+    }
+}
+
+/// The sign-in throttle: per (account, address), per address, and per account for clients
+/// that have failed on it (see the module's documentation). Password changes count against
+/// it too: a wrong current password is a guess like any other.
+#[derive(Debug)]
+pub struct SignInThrottle {
+    pair: Throttle,
+    address: Throttle,
+    account: Throttle,
+}
+
+impl Default for SignInThrottle {
+    fn default() -> Self {
+        Self {
+            pair: Throttle::new(ThrottlePolicy::ACCOUNT),
+            address: Throttle::new(ThrottlePolicy::ADDRESS),
+            account: Throttle::new(ThrottlePolicy::ACCOUNT),
+        }
+    }
+}
+
+fn pair_key(account: &str, address: &str) -> String {
+    format!("{address}\u{1f}{account}")
+}
+
+impl SignInThrottle {
+    /// `Some(seconds)` to wait before `address` may try `account` again.
+    pub fn check(&self, account: &str, address: &str, now: OffsetDateTime) -> Option<u64> {
+        let pair = pair_key(account, address);
+        let account_wide = if self.pair.failures(&pair, now) > 0 {
+            self.account.check(account, now)
+        } else {
+            None
+        };
+        [
+            self.pair.check(&pair, now),
+            self.address.check(address, now),
+            account_wide,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    pub fn record_failure(&self, account: &str, address: &str, now: OffsetDateTime) {
+        self.pair.record_failure(&pair_key(account, address), now);
+        self.address.record_failure(address, now);
+        self.account.record_failure(account, now);
+    }
+
+    /// The right password: this client's and the account's slate is clean (the address's
+    /// is not: one good account does not excuse guesses at others).
+    pub fn record_success(&self, account: &str, address: &str) {
+        self.pair.record_success(&pair_key(account, address));
+        self.account.record_success(account);
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +180,23 @@ mod tests {
         t.record_failure("a", now);
         assert_eq!(t.check("a", now), Some(4));
         assert!(t.check("a", now + Duration::seconds(5)).is_none());
+    }
+
+    #[test]
+    fn guesses_from_many_addresses_never_block_a_client_that_has_not_failed() {
+        let t = SignInThrottle::default();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        for i in 0..50 {
+            let addr = format!("10.0.0.{i}");
+            assert!(t.check("victim", &addr, now).is_none(), "a fresh address is answered");
+            t.record_failure("victim", &addr, now);
+        }
+        assert!(t.check("victim", "192.0.2.1", now).is_none(), "the real user gets in");
+        assert!(t.check("victim", "10.0.0.1", now).is_some(), "a guesser waits");
+        for _ in 0..6 {
+            t.record_failure("other", "198.51.100.1", now);
+        }
+        assert!(t.check("other", "198.51.100.1", now).is_some());
+        assert!(t.check("other", "198.51.100.2", now).is_none());
     }
 }

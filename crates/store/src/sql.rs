@@ -20,7 +20,7 @@ macro_rules! impl_store {
             TenantStatus,
         };
         use quarterdeck_domain::token::TokenHash;
-        use quarterdeck_domain::impersonation::Impersonation;
+        use quarterdeck_domain::impersonation::{Impersonation, ImpersonationEnd};
         use quarterdeck_domain::store::{ImpersonationStore, TokenStore};
         use quarterdeck_domain::pat::{PersonalAccessToken, TokenScope};
         use quarterdeck_domain::user::{Credential, Delivery, Directory, InvitationState, NewInvitation, StoredCredential, User, UserStatus};
@@ -180,6 +180,27 @@ macro_rules! impl_store {
             }
 
             /// Cancel a user's pending emails (their link died).
+            /// End each impersonation in `ending` that is still live, with its event, and
+            /// delete its sessions, inside an audited control-database transaction.
+            async fn end_impersonations_in(tx: &mut Transaction<'static, $Db>, ending: &[ImpersonationEnd]) -> Result<()> {
+                for end in ending {
+                    let done = sqlx::query(
+                        "UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL",
+                    )
+                    .bind(end.id)
+                    .bind(enc_ts(end.at))
+                    .bind(end.reason)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                    if done.rows_affected() == 1 {
+                        Self::append_in(tx, &end.event).await?;
+                    }
+                    sqlx::query("DELETE FROM session WHERE impersonation_id = $1").bind(end.id).execute(&mut **tx).await.map_err(db_err)?;
+                }
+                Ok(())
+            }
+
             async fn cancel_pending(tx: &mut Transaction<'static, $Db>, user: UserId) -> Result<()> {
                 sqlx::query("UPDATE outbox SET status = 'cancelled', body_text = '', body_html = '' WHERE user_id = $1 AND status = 'pending'")
                     .bind(user.0)
@@ -478,6 +499,22 @@ macro_rules! impl_store {
         }
 
         impl $Store {
+            /// The one tenant-status check of every write in a tenant: the tenant's status,
+            /// read under the audit lock that every audited write takes, so a write cannot slip
+            /// in after a concurrent suspension (or switch to read-only) commits.
+            async fn check_writable_in(control: &mut Transaction<'static, $Db>, t: TenantId) -> Result<()> {
+                let row = sqlx::query("SELECT status FROM tenant WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(t.0)
+                    .fetch_optional(&mut **control)
+                    .await
+                    .map_err(db_err)?
+                    .ok_or(Error::NotFound)?;
+                let status: String = row.try_get("status").map_err(db_err)?;
+                TenantStatus::parse(&status)?.check_writable()
+            }
+        }
+
+        impl $Store {
             async fn begin_dir(&self, dir: Directory, events: &[NewEvent]) -> Result<DirTx> {
                 let writer = self.writer_permit().await;
                 let mut control = self.pool.begin().await.map_err(db_err)?;
@@ -485,16 +522,7 @@ macro_rules! impl_store {
                     Self::append_in(&mut control, e).await?;
                 }
                 if let Directory::Tenant(t) = dir {
-                    // The tenant's status, read under the audit lock that every audited write
-                    // takes: a write cannot slip in after a concurrent suspension commits.
-                    let row = sqlx::query("SELECT status FROM tenant WHERE id = $1 AND deleted_at IS NULL")
-                        .bind(t.0)
-                        .fetch_optional(&mut *control)
-                        .await
-                        .map_err(db_err)?
-                        .ok_or(Error::NotFound)?;
-                    let status: String = row.try_get("status").map_err(db_err)?;
-                    TenantStatus::parse(&status)?.check_writable()?;
+                    Self::check_writable_in(&mut control, t).await?;
                 }
                 let tenant = match dir {
                     Directory::Platform => None,
@@ -676,28 +704,33 @@ macro_rules! impl_store {
                 tx.commit().await
             }
 
-            async fn mark_otp_used(&self, dir: Directory, id: UserId, at: OffsetDateTime) -> Result<()> {
+            async fn spend_otp(&self, dir: Directory, id: UserId, hash: &str, at: OffsetDateTime) -> Result<bool> {
                 let pool = self.dir_pool(dir).await?;
-                sqlx::query("UPDATE app_user SET otp_used_at = $2 WHERE id = $1 AND otp_used_at IS NULL")
-                    .bind(id.0)
-                    .bind(enc_ts(at))
-                    .execute(&pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
+                let done = sqlx::query(
+                    "UPDATE app_user SET otp_used_at = $2 \
+                     WHERE id = $1 AND password_hash = $3 AND otp_used_at IS NULL AND otp_expires_at > $2",
+                )
+                .bind(id.0)
+                .bind(enc_ts(at))
+                .bind(hash)
+                .execute(&pool)
+                .await
+                .map_err(db_err)?;
+                Ok(done.rows_affected() == 1)
             }
 
-            async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>) -> Result<()> {
+            async fn set_roles(&self, dir: Directory, id: UserId, roles: &[String], events: Vec<NewEvent>, ending: &[ImpersonationEnd]) -> Result<()> {
                 let mut tx = self.begin_dir(dir, &events).await?;
                 sqlx::query("DELETE FROM user_role WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
                 match &mut tx.tenant {
                     Some(t) => insert_roles(t, id, roles).await?,
                     None => insert_roles(&mut tx.control, id, roles).await?,
                 }
+                Self::end_impersonations_in(&mut tx.control, ending).await?;
                 tx.commit().await
             }
 
-            async fn set_user_status(&self, dir: Directory, id: UserId, status: UserStatus, event: NewEvent) -> Result<()> {
+            async fn set_user_status(&self, dir: Directory, id: UserId, status: UserStatus, event: NewEvent, ending: &[ImpersonationEnd]) -> Result<()> {
                 let at = event.ts;
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
                 let done = sqlx::query("UPDATE app_user SET status = $2, updated_at = $3 WHERE id = $1")
@@ -710,13 +743,14 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
+                Self::end_impersonations_in(&mut tx.control, ending).await?;
                 if status != UserStatus::Active {
                     sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
                 }
                 tx.commit().await
             }
 
-            async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent) -> Result<()> {
+            async fn delete_user(&self, dir: Directory, id: UserId, event: NewEvent, ending: &[ImpersonationEnd]) -> Result<()> {
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
                 sqlx::query("DELETE FROM invitation WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
                 sqlx::query("DELETE FROM user_identity WHERE user_id = $1").bind(id.0).execute(tx.users()).await.map_err(db_err)?;
@@ -725,6 +759,7 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
+                Self::end_impersonations_in(&mut tx.control, ending).await?;
                 sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
                 Self::cancel_pending(&mut tx.control, id).await?;
                 tx.commit().await
@@ -1133,6 +1168,12 @@ macro_rules! impl_store {
                 row.as_ref().map(impersonation_from_row).transpose()
             }
 
+            async fn live_impersonations_of(&self, impersonator: UserId) -> Result<Vec<Impersonation>> {
+                let sql = format!("SELECT {IMPERSONATION_COLUMNS} FROM impersonation WHERE impersonator_id = $1 AND ended_at IS NULL");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(impersonator.0).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter().map(impersonation_from_row).collect()
+            }
+
             async fn end_impersonation(&self, id: Uuid, at: OffsetDateTime, reason: &str, event: NewEvent) -> Result<bool> {
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query("UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL")
@@ -1175,6 +1216,10 @@ macro_rules! impl_store {
         impl TokenStore for $Store {
             async fn create_pat(&self, pat: &PersonalAccessToken, hash: &TokenHash, event: NewEvent) -> Result<()> {
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
+                // A tenant user's token is a write in their tenant.
+                if let Some(t) = pat.owner_tenant_id {
+                    Self::check_writable_in(&mut tx, t).await?;
+                }
                 sqlx::query(
                     "INSERT INTO personal_access_token (id, token_hash, name, scope, owner_id, owner_email, owner_tenant_id, restrict_tenant_id, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

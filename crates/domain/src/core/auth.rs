@@ -29,20 +29,9 @@ impl Core {
         if tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Suspended) {
             return Err(Error::TenantSuspended);
         }
-        let account_key = format!(
-            "{}:{}",
-            dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
-            email.trim().to_ascii_lowercase()
-        );
+        let account_key = account_key(dir, email);
         let address_key = client.ip.clone().unwrap_or_default();
-        let wait = [
-            self.account_throttle.check(&account_key, now),
-            self.address_throttle.check(&address_key, now),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        if let Some(retry_after_secs) = wait {
+        if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
             return Err(Error::Throttled { retry_after_secs });
         }
 
@@ -62,16 +51,30 @@ impl Core {
             password
         };
         let verified = self.hasher.verify(typed, stored.map(|c| c.hash.as_str())).await?;
-        let usable = stored.is_some_and(|c| c.usable(now));
-        let must_change = stored.is_some_and(|c| c.must_change || c.is_otp());
-        let was_otp = stored.is_some_and(|c| c.is_otp());
-        let user = match found {
-            Some((user, Some(_))) if verified && usable && passwords_allowed && user.status == UserStatus::Active => {
-                user
+        let mut reason = if passwords_allowed {
+            "invalid_credentials"
+        } else {
+            "sso_only"
+        };
+        let accepted = match &found {
+            Some((user, Some(c)))
+                if verified && c.usable(now) && passwords_allowed && user.status == UserStatus::Active =>
+            {
+                // A one-time password is spent by a conditional update: of concurrent
+                // sign-ins with it, exactly one wins; the others fail like a wrong password.
+                let won = !c.is_otp() || self.store.spend_otp(dir, user.id, &c.hash, now).await?;
+                if !won {
+                    reason = "one_time_password_spent";
+                }
+                won
             }
+            _ => false,
+        };
+        let must_change = stored.is_some_and(|c| c.must_change);
+        let user = match found {
+            Some((user, Some(_))) if accepted => user,
             found => {
-                self.account_throttle.record_failure(&account_key, now);
-                self.address_throttle.record_failure(&address_key, now);
+                self.sign_in_throttle.record_failure(&account_key, &address_key, now);
                 let actor = match &found {
                     Some((u, _)) => Actor::user(u.id, u.email.clone()),
                     None => Actor::system(),
@@ -81,19 +84,13 @@ impl Core {
                     EventType::SignInFailed,
                     &actor,
                     dir.tenant_id(),
-                    json!({
-                        "email": typed, "ip": client.ip,
-                        "reason": if passwords_allowed { "invalid_credentials" } else { "sso_only" },
-                    }),
+                    json!({ "email": typed, "ip": client.ip, "reason": reason }),
                 );
                 self.store.append_event(event).await?;
                 return Err(Error::InvalidCredentials);
             }
         };
-        self.account_throttle.record_success(&account_key);
-        if was_otp {
-            self.store.mark_otp_used(dir, user.id, now).await?;
-        }
+        self.sign_in_throttle.record_success(&account_key, &address_key);
 
         self.start_session(dir, &user, must_change, client, json!({ "method": "password" }))
             .await
@@ -195,7 +192,12 @@ impl Core {
         }))
     }
 
+    /// Sign out. Signing out of an impersonation ends it (`IMPERSONATION_ENDED`, reason
+    /// `signed_out`) with its session.
     pub async fn sign_out(&self, signed_in: &SignedIn) -> Result<()> {
+        if let Some(imp) = &signed_in.impersonation {
+            return self.end_impersonation(imp, "signed_out").await;
+        }
         self.store.delete_session(&signed_in.session.id_hash).await?;
         let event = self.new_event(
             EventType::SignedOut,
@@ -206,8 +208,30 @@ impl Core {
         self.store.append_event(event).await
     }
 
-    /// Change one's own password (current password required); other sessions end.
-    pub async fn change_password(&self, signed_in: &SignedIn, current: &str, new: &str, confirm: &str) -> Result<()> {
+    /// Change one's own password (current password required). Every session of the user ends
+    /// and a new one starts for this browser (a new id, returned). A wrong current password is
+    /// a guess: it counts against the sign-in throttle of the account and the client's address
+    /// (which then answers `Throttled` here and at sign-in) and is recorded
+    /// (`PASSWORD_CHANGE_FAILED`).
+    pub async fn change_password(
+        &self,
+        signed_in: &SignedIn,
+        current: &str,
+        new: &str,
+        confirm: &str,
+        client: &ClientInfo,
+    ) -> Result<Secret> {
+        if signed_in.impersonation.is_some() {
+            // An impersonation never changes the impersonator's credentials.
+            return Err(Error::Forbidden);
+        }
+        let now = self.clock.now();
+        let dir = signed_in.user.directory();
+        let account_key = account_key(dir, signed_in.user.email.as_str());
+        let address_key = client.ip.clone().unwrap_or_default();
+        if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
+            return Err(Error::Throttled { retry_after_secs });
+        }
         let mut p = Problems::new();
         let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
@@ -217,11 +241,6 @@ impl Core {
         let Some(new) = new else {
             return Err(Error::internal("validation passed without a password"));
         };
-        if signed_in.impersonation.is_some() {
-            // An impersonation never changes the impersonator's credentials.
-            return Err(Error::Forbidden);
-        }
-        let dir = signed_in.user.directory();
         let stored = self
             .store
             .user_by_email(dir, &signed_in.user.email)
@@ -232,17 +251,43 @@ impl Core {
             .verify(current, stored.as_ref().map(|c| c.hash.as_str()))
             .await?
         {
+            self.sign_in_throttle.record_failure(&account_key, &address_key, now);
+            let event = self.new_event(
+                EventType::PasswordChangeFailed,
+                &signed_in.principal.actor(),
+                signed_in.user.tenant_id,
+                json!({ "user_id": signed_in.user.id, "ip": client.ip, "reason": "wrong_current_password" }),
+            );
+            self.store.append_event(event).await?;
             return Err(Error::field(
                 "current_password",
                 "wrong_password",
                 "The current password is not correct.",
             ));
         }
+        self.sign_in_throttle.record_success(&account_key, &address_key);
         self.store_new_password(signed_in, &new).await?;
-        self.store
-            .delete_user_sessions(signed_in.user.id, Some(&signed_in.session.id_hash))
-            .await?;
-        Ok(())
+        self.replace_sessions(signed_in).await
+    }
+
+    /// After a password change: every session of the user ends, and this browser gets a new
+    /// one (a new id) that is not held to a forced change.
+    async fn replace_sessions(&self, signed_in: &SignedIn) -> Result<Secret> {
+        self.store.delete_user_sessions(signed_in.user.id, None).await?;
+        let now = self.clock.now();
+        let secret = Secret::generate(&*self.rng, "");
+        let csrf = Secret::generate(&*self.rng, "");
+        let session = Session {
+            id_hash: secret.hash(),
+            csrf_token: csrf.expose().to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.sessions.absolute,
+            must_change_password: false,
+            ..signed_in.session.clone()
+        };
+        self.store.create_session(&session).await?;
+        Ok(secret)
     }
 
     async fn store_new_password(&self, signed_in: &SignedIn, new: &NewPassword) -> Result<()> {
@@ -265,11 +310,23 @@ impl Core {
             .await
     }
 
-    /// The forced change after a one-time password: no current password asked (they have
-    /// just signed in with it). Every session of the user ends, and a new one starts (a new id).
+    /// The change after a one-time password: no current password asked (they have just
+    /// signed in with it, and it works no more). For a forced change, or a user whose password
+    /// is still the (spent) one-time password they signed in with. Every session of the user
+    /// ends, and a new one starts (a new id).
     pub async fn change_forced_password(&self, signed_in: &SignedIn, new: &str, confirm: &str) -> Result<Secret> {
-        if !signed_in.session.must_change_password {
+        if signed_in.impersonation.is_some() {
             return Err(Error::Forbidden);
+        }
+        if !signed_in.session.must_change_password {
+            let stored = self
+                .store
+                .user_by_email(signed_in.user.directory(), &signed_in.user.email)
+                .await?
+                .and_then(|(_, c)| c);
+            if !stored.is_some_and(|c| c.is_otp()) {
+                return Err(Error::Forbidden);
+            }
         }
         let mut p = Problems::new();
         let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
@@ -281,21 +338,7 @@ impl Core {
             return Err(Error::internal("validation passed without a password"));
         };
         self.store_new_password(signed_in, &new).await?;
-        self.store.delete_user_sessions(signed_in.user.id, None).await?;
-        let now = self.clock.now();
-        let secret = Secret::generate(&*self.rng, "");
-        let csrf = Secret::generate(&*self.rng, "");
-        let session = Session {
-            id_hash: secret.hash(),
-            csrf_token: csrf.expose().to_owned(),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + self.config.sessions.absolute,
-            must_change_password: false,
-            ..signed_in.session.clone()
-        };
-        self.store.create_session(&session).await?;
-        Ok(secret)
+        self.replace_sessions(signed_in).await
     }
 
     /// Sign out every other session of the caller; returns how many ended.
@@ -313,4 +356,14 @@ impl Core {
         self.store.append_event(event).await?;
         Ok(n)
     }
+}
+
+/// The throttle's name for an account: its directory and the email as typed (normalised), so
+/// unknown accounts are throttled like known ones.
+fn account_key(dir: Directory, email: &str) -> String {
+    format!(
+        "{}:{}",
+        dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
+        email.trim().to_ascii_lowercase()
+    )
 }

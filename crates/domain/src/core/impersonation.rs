@@ -5,8 +5,8 @@ use super::{Core, SignedIn};
 use crate::access::{Actor, Principal};
 use crate::audit::EventType;
 use crate::error::{Error, Result};
-use crate::ids::TenantId;
-use crate::impersonation::Impersonation;
+use crate::ids::{TenantId, UserId};
+use crate::impersonation::{Impersonation, ImpersonationEnd};
 use crate::role::Capability;
 use crate::session::Session;
 use crate::token::{Secret, TokenHash};
@@ -156,6 +156,12 @@ impl Core {
             self.end_impersonation(&imp, "impersonator_suspended").await?;
             return Ok(None);
         }
+        // The impersonator's rights now, not when they started: a platform user who may no
+        // longer impersonate is out at their next request.
+        if user.tenant_id.is_some() || !self.principal_of(&user).can(&Capability::Impersonate) {
+            self.end_impersonation(&imp, "rights_revoked").await?;
+            return Ok(None);
+        }
         if self.config.sessions.needs_touch(&session, now) {
             self.store.touch_session(&session.id_hash, now).await?;
         }
@@ -169,7 +175,16 @@ impl Core {
         }))
     }
 
-    async fn end_impersonation(&self, imp: &Impersonation, reason: &str) -> Result<()> {
+    /// End `imp` (once) with its `IMPERSONATION_ENDED` and its sessions.
+    pub(super) async fn end_impersonation(&self, imp: &Impersonation, reason: &'static str) -> Result<()> {
+        let end = self.impersonation_end(imp, reason)?;
+        self.store.end_impersonation(imp.id, end.at, reason, end.event).await?;
+        Ok(())
+    }
+
+    /// What ending `imp` now writes: its `IMPERSONATION_ENDED`, attributed to the
+    /// impersonator inside the impersonation.
+    pub(super) fn impersonation_end(&self, imp: &Impersonation, reason: &'static str) -> Result<ImpersonationEnd> {
         let mut actor = Actor::user(
             imp.impersonator_id,
             crate::email::EmailAddress::parse(&imp.impersonator_email)?,
@@ -186,8 +201,31 @@ impl Core {
                 "reason": reason, "duration_seconds": (now - imp.started_at).whole_seconds(),
             }),
         );
-        self.store.end_impersonation(imp.id, now, reason, event).await?;
-        Ok(())
+        Ok(ImpersonationEnd {
+            id: imp.id,
+            at: now,
+            reason,
+            event,
+        })
+    }
+
+    /// The live impersonations of a platform user that end with a change of their roles or
+    /// status (written in that change's transaction); none for a tenant user.
+    pub(super) async fn impersonations_ending(
+        &self,
+        dir: Directory,
+        user: UserId,
+        reason: &'static str,
+    ) -> Result<Vec<ImpersonationEnd>> {
+        if dir != Directory::Platform {
+            return Ok(Vec::new());
+        }
+        self.store
+            .live_impersonations_of(user)
+            .await?
+            .iter()
+            .map(|imp| self.impersonation_end(imp, reason))
+            .collect()
     }
 
     /// "Stop impersonating": records `IMPERSONATION_ENDED` and ends the tenant-host session.

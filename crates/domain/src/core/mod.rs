@@ -27,7 +27,7 @@ use crate::role::Catalog;
 use crate::session::{Session, SessionPolicy};
 use crate::store::Store;
 use crate::tenant::Tenant;
-use crate::throttle::{Throttle, ThrottlePolicy};
+use crate::throttle::SignInThrottle;
 use crate::token::Random;
 use crate::user::{Directory, User};
 use std::sync::Arc;
@@ -151,8 +151,7 @@ pub struct Core {
     pub rng: Arc<dyn Random>,
     pub hasher: PasswordHasher,
     pub config: CoreConfig,
-    account_throttle: Throttle,
-    address_throttle: Throttle,
+    sign_in_throttle: SignInThrottle,
 }
 
 impl Core {
@@ -169,8 +168,7 @@ impl Core {
             rng,
             hasher,
             config,
-            account_throttle: Throttle::new(ThrottlePolicy::ACCOUNT),
-            address_throttle: Throttle::new(ThrottlePolicy::ADDRESS),
+            sign_in_throttle: SignInThrottle::default(),
         }
     }
 
@@ -261,6 +259,19 @@ impl Core {
             Directory::Platform => Ok(None),
             Directory::Tenant(id) => Ok(Some(self.store.tenant(id).await?.ok_or(Error::NotFound)?)),
         }
+    }
+}
+
+impl Core {
+    /// The tenant-status check of every write in a tenant (`tenant_read_only`,
+    /// `tenant_suspended`); returns the tenant. The store repeats it inside the write's
+    /// transaction, under the audit lock, so a concurrent status change cannot slip between.
+    pub(crate) async fn writable_tenant(&self, dir: Directory) -> Result<Option<Tenant>> {
+        let tenant = self.tenant_of(dir).await?;
+        if let Some(t) = &tenant {
+            t.status.check_writable()?;
+        }
+        Ok(tenant)
     }
 }
 

@@ -89,6 +89,9 @@ impl Core {
         req: NewTokenRequest,
         via: &str,
     ) -> Result<(PersonalAccessToken, Secret)> {
+        // A tenant user's token is a write in their tenant: refused in a read-only or
+        // suspended one, like every other.
+        self.writable_tenant(Directory::of(user.tenant_id)).await?;
         let mut p = Problems::new();
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {

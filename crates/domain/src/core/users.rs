@@ -58,11 +58,7 @@ impl Core {
                 }
             }
         }
-        let tenant = self.tenant_of(dir).await?;
-        if let Some(t) = &tenant {
-            t.status.check_writable()?;
-        }
-        Ok(tenant)
+        self.writable_tenant(dir).await
     }
 
     /// Check that `by` may see users of `dir`.
@@ -261,7 +257,19 @@ impl Core {
         if events.is_empty() {
             return Ok(());
         }
-        self.store.set_roles(dir, id, &roles, events).await
+        // A platform user who may no longer impersonate stops now, in the same step.
+        let still_may = self
+            .principal_of(&User {
+                roles: roles.clone(),
+                ..user.clone()
+            })
+            .can(&Capability::Impersonate);
+        let ending = if still_may {
+            Vec::new()
+        } else {
+            self.impersonations_ending(dir, id, "rights_revoked").await?
+        };
+        self.store.set_roles(dir, id, &roles, events, &ending).await
     }
 
     /// Suspend (sessions end at once) or reactivate a user.
@@ -295,7 +303,12 @@ impl Core {
             dir.tenant_id(),
             json!({ "user_id": id, "email": user.email, "tenant_id": dir.tenant_id() }),
         );
-        self.store.set_user_status(dir, id, status, event).await
+        let ending = if suspend {
+            self.impersonations_ending(dir, id, "impersonator_suspended").await?
+        } else {
+            Vec::new()
+        };
+        self.store.set_user_status(dir, id, status, event, &ending).await
     }
 
     /// Delete a user: gone from sign-in at once. `USER_DELETED`.
@@ -313,7 +326,8 @@ impl Core {
             dir.tenant_id(),
             json!({ "user_id": id, "email": user.email, "roles": user.roles, "status": user.status, "tenant_id": dir.tenant_id() }),
         );
-        self.store.delete_user(dir, id, event).await
+        let ending = self.impersonations_ending(dir, id, "impersonator_removed").await?;
+        self.store.delete_user(dir, id, event, &ending).await
     }
 
     /// A new link for an invited user; the old one dies. `INVITATION_RESENT`.
@@ -453,7 +467,9 @@ impl Core {
             .await?;
         let credential = crate::user::Credential {
             hash,
-            otp_expires_at: force_change.then(|| self.clock.now() + self.config.otp_ttl),
+            // Always: a one-time password expires and works once; `force_change` only says
+            // whether the user must choose a new one before anything else.
+            otp_expires_at: Some(self.clock.now() + self.config.otp_ttl),
             must_change: force_change,
         };
         Ok((otp, credential))

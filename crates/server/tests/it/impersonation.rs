@@ -353,3 +353,153 @@ both!(
         assert_eq!(r.status(), 303, "the impersonation session id is dead after stop");
     }
 );
+
+// ---- the impersonator's rights, re-checked ---------------------------------------------------
+
+const DEPUTY: &str = "deputy@example.com";
+
+/// A second platform owner (the first, signed in on `app.client`, acts on them), signed in on
+/// their own browser and impersonating `acme`; returns (their id, the tenant-host browser).
+async fn deputy_impersonating(app: &TestApp) -> (String, TenantClient) {
+    app.sign_in_owner().await;
+    let tid = app.create_tenant("Acme", "acme").await;
+    let user = quarterdeck_domain::user::User {
+        id: quarterdeck_domain::UserId::new(),
+        email: quarterdeck_domain::EmailAddress::parse(DEPUTY).unwrap(),
+        name: None,
+        status: quarterdeck_domain::user::UserStatus::Active,
+        roles: vec!["owner".to_owned()],
+        tenant_id: None,
+        created_at: app.clock_now(),
+    };
+    let pw = quarterdeck_domain::password::NewPassword::parse(OWNER_PASSWORD, 12, "p").unwrap();
+    let hash = app.core.hasher.hash(&pw, &*app.core.rng).await.unwrap();
+    let ev = quarterdeck_domain::audit::NewEvent::new(
+        app.clock_now(),
+        quarterdeck_domain::audit::EventType::OwnerCreated,
+        &quarterdeck_domain::access::Actor::system(),
+        None,
+        serde_json::json!({}),
+    );
+    app.core
+        .store
+        .create_user(
+            &user,
+            Some(&quarterdeck_domain::user::Credential::password(hash)),
+            None,
+            ev,
+        )
+        .await
+        .unwrap();
+    let deputy = client();
+    let login = deputy
+        .get(app.url("/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = post_form(
+        &deputy,
+        &app.url("/login"),
+        &app.base_url,
+        &login,
+        &[("email", DEPUTY), ("password", OWNER_PASSWORD)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let page = deputy
+        .get(app.url(&format!("/tenants/{tid}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = post_form(
+        &deputy,
+        &app.url(&format!("/tenants/{tid}/impersonate")),
+        &app.base_url,
+        &page,
+        &[("reason", REASON)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let handoff = location(&r);
+    let tenant = app.tenant_client("acme");
+    let r = tenant.get(&handoff[handoff.find("/impersonate").unwrap()..]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(tenant.get("/portal").await.status(), 200);
+    (user.id.to_string(), tenant)
+}
+
+/// The owner acts on the deputy from the console; then the impersonation is over at once (the
+/// row and the event are there before the deputy makes another request), and so is the
+/// deputy's tenant-host session.
+async fn acting_on_the_impersonator_ends_it(app: &TestApp, action: &str, fields: &[(&str, &str)], reason: &str) {
+    let (deputy, imp) = deputy_impersonating(app).await;
+    let page = app.get_html(&format!("/users/{deputy}")).await;
+    let r = app.post_form(&format!("/users/{deputy}/{action}"), &page, fields).await;
+    assert_eq!(r.status(), 303, "{action}");
+    let ended = app.events_of("IMPERSONATION_ENDED").await;
+    assert_eq!(ended.len(), 1, "{action}: ended in the same step");
+    assert_eq!(ended[0].details["reason"], reason);
+    assert_eq!(ended[0].actor_email.as_deref(), Some(DEPUTY));
+    let id: uuid::Uuid = ended[0].details["impersonation_id"].as_str().unwrap().parse().unwrap();
+    let row = app.core.store.impersonation(id).await.unwrap().unwrap();
+    assert!(row.ended_at.is_some(), "{action}: ended_at set");
+    let r = imp.get("/portal").await;
+    assert_eq!(r.status(), 303, "{action}: the impersonation session is dead");
+    let portal = imp.get("/portal/settings/users/new").await;
+    assert_eq!(portal.status(), 303);
+    assert_eq!(app.events_of("IMPERSONATION_ENDED").await.len(), 1, "no second end");
+}
+
+both!(
+    async fn demoting_the_impersonator_ends_their_impersonation(app) {
+        acting_on_the_impersonator_ends_it(&app, "roles", &[("roles", "billing-admin")], "rights_revoked").await;
+    }
+);
+
+both!(
+    async fn suspending_the_impersonator_ends_their_impersonation(app) {
+        acting_on_the_impersonator_ends_it(&app, "suspend", &[], "impersonator_suspended").await;
+    }
+);
+
+both!(
+    async fn deleting_the_impersonator_ends_their_impersonation(app) {
+        acting_on_the_impersonator_ends_it(&app, "delete", &[], "impersonator_removed").await;
+    }
+);
+
+both!(
+    async fn an_impersonator_who_lost_the_right_is_refused_on_their_next_request(app) {
+        // A change that bypasses the console (e.g. a roles file edited) is still caught: the
+        // rights are re-read on every request.
+        let (deputy, imp) = deputy_impersonating(&app).await;
+        let id: quarterdeck_domain::UserId = deputy.parse().unwrap();
+        let ev = quarterdeck_domain::audit::NewEvent::new(app.clock_now(), quarterdeck_domain::audit::EventType::UserRoleRevoked, &quarterdeck_domain::access::Actor::system(), None, serde_json::json!({}));
+        app.core.store.set_roles(quarterdeck_domain::user::Directory::Platform, id, &["billing-admin".to_owned()], vec![ev], &[]).await.unwrap();
+        assert_eq!(imp.get("/portal").await.status(), 303);
+        let ended = app.events_of("IMPERSONATION_ENDED").await;
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].details["reason"], "rights_revoked");
+    }
+);
+
+both!(
+    async fn signing_out_while_impersonating_ends_the_impersonation(app) {
+        let (_, imp) = deputy_impersonating(&app).await;
+        let portal = imp.get_html("/portal").await;
+        let r = imp.post_form("/logout", &portal, &[]).await;
+        assert_eq!(r.status(), 303);
+        let ended = app.events_of("IMPERSONATION_ENDED").await;
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].details["reason"], "signed_out");
+        let id: uuid::Uuid = ended[0].details["impersonation_id"].as_str().unwrap().parse().unwrap();
+        assert!(app.core.store.impersonation(id).await.unwrap().unwrap().ended_at.is_some());
+        assert_eq!(imp.get("/portal").await.status(), 303);
+    }
+);

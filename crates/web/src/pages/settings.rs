@@ -1,13 +1,13 @@
 //! `/settings`: your account (password, other sessions) and the effective settings.
 
 use super::{Chrome, Errors, render};
-use crate::auth::CurrentSession;
+use crate::auth::{CurrentSession, PeerAddr, client_info, session_cookie};
 use crate::error::HtmlError;
 use crate::state::{AppState, SettingRow};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use quarterdeck_domain::Error;
 use quarterdeck_domain::core::SignedIn;
@@ -75,17 +75,27 @@ pub struct PasswordForm {
     confirm: String,
 }
 
+/// A new session id for this browser after the change (every other session has ended).
 pub async fn change_password(
     State(state): State<AppState>,
     CurrentSession(s): CurrentSession,
+    headers: HeaderMap,
+    peer: PeerAddr,
     Form(f): Form<PasswordForm>,
 ) -> Result<Response, HtmlError> {
+    let client = client_info(&state, &headers, &peer);
     match state
         .core
-        .change_password(&s, &f.current_password, &f.new_password, &f.confirm)
+        .change_password(&s, &f.current_password, &f.new_password, &f.confirm, &client)
         .await
     {
-        Ok(()) => Ok(Redirect::to("/settings?done=password").into_response()),
+        Ok(secret) => {
+            let mut resp = Redirect::to("/settings?done=password").into_response();
+            if let Ok(v) = session_cookie(&state.config, secret.expose()).parse() {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            Ok(resp)
+        }
         Err(Error::Validation(fields)) => {
             let mut p = page(&state, &s);
             p.errors = Errors::from_fields(&fields);
