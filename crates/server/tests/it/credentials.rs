@@ -16,7 +16,7 @@ async fn user_with_otp(app: &TestApp, email: &str, force_change: bool) -> (Direc
     let owner_email = quarterdeck_domain::EmailAddress::parse(OWNER_EMAIL).unwrap();
     let (owner, _) = app
         .core
-        .store
+        .store()
         .user_by_email(Directory::Platform, &owner_email)
         .await
         .unwrap()

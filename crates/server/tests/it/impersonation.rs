@@ -382,7 +382,7 @@ async fn deputy_impersonating(app: &TestApp) -> (String, TenantClient) {
         serde_json::json!({}),
     );
     app.core
-        .store
+        .store()
         .create_user(
             &user,
             Some(&quarterdeck_domain::user::Credential::password(hash)),
@@ -447,7 +447,7 @@ async fn acting_on_the_impersonator_ends_it(app: &TestApp, action: &str, fields:
     assert_eq!(ended[0].details["reason"], reason);
     assert_eq!(ended[0].actor_email.as_deref(), Some(DEPUTY));
     let id: uuid::Uuid = ended[0].details["impersonation_id"].as_str().unwrap().parse().unwrap();
-    let row = app.core.store.impersonation(id).await.unwrap().unwrap();
+    let row = app.core.store().impersonation(id).await.unwrap().unwrap();
     assert!(row.ended_at.is_some(), "{action}: ended_at set");
     let r = imp.get("/portal").await;
     assert_eq!(r.status(), 303, "{action}: the impersonation session is dead");
@@ -481,7 +481,7 @@ both!(
         let (deputy, imp) = deputy_impersonating(&app).await;
         let id: quarterdeck_domain::UserId = deputy.parse().unwrap();
         let ev = quarterdeck_domain::audit::NewEvent::new(app.clock_now(), quarterdeck_domain::audit::EventType::UserRoleRevoked, &quarterdeck_domain::access::Actor::system(), None, serde_json::json!({}));
-        app.core.store.set_roles(quarterdeck_domain::user::Directory::Platform, id, &["billing-admin".to_owned()], vec![ev], &[]).await.unwrap();
+        app.core.store().set_roles(quarterdeck_domain::user::Directory::Platform, id, &["billing-admin".to_owned()], vec![ev], &[]).await.unwrap();
         assert_eq!(imp.get("/portal").await.status(), 303);
         let ended = app.events_of("IMPERSONATION_ENDED").await;
         assert_eq!(ended.len(), 1);
@@ -499,7 +499,7 @@ both!(
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].details["reason"], "signed_out");
         let id: uuid::Uuid = ended[0].details["impersonation_id"].as_str().unwrap().parse().unwrap();
-        assert!(app.core.store.impersonation(id).await.unwrap().unwrap().ended_at.is_some());
+        assert!(app.core.store().impersonation(id).await.unwrap().unwrap().ended_at.is_some());
         assert_eq!(imp.get("/portal").await.status(), 303);
     }
 );
