@@ -31,6 +31,8 @@ mod guessing;
 mod impersonation;
 mod invitations;
 mod openapi;
+mod outbox_lease;
+mod pg_budget;
 mod portal;
 mod settings;
 mod setup;
