@@ -6,7 +6,10 @@
 //! at most `connections_per_pool` connections (on PostgreSQL: one, so slots are connections).
 //! A pool in use is *leased* ([`TenantPool`]); a pool nobody leases may be closed at any time to
 //! give its slot to another tenant (the least recently used first), and is closed anyway once
-//! unused for `idle`. At most `max_open` pools exist. A caller that finds no slot free and no
+//! unused for `idle` (a background task looks every half `idle`, at most every second). A slot
+//! is given back only once the pool's connections are gone on the server too (PostgreSQL: their
+//! backends have left `pg_stat_activity`, see [`Retire`]), so the budget holds on the server's
+//! side, not only on ours. At most `max_open` pools exist. A caller that finds no slot free and no
 //! pool to close waits for one up to `wait`, then gets [`Error::Busy`] (503 with `Retry-After`),
 //! never the driver's own pool timeout.
 
@@ -53,8 +56,16 @@ impl PoolLimits {
     }
 }
 
+/// The server-side ids of a pool's connections (PostgreSQL backend pids), recorded as they open.
+pub(crate) type Backends = Arc<Mutex<Vec<i32>>>;
+
+/// Waits until the given backends have ended on the server (PostgreSQL); called after a pool
+/// is closed and before its slot is given back.
+pub(crate) type Retire = Arc<dyn Fn(Vec<i32>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 struct Entry<DB: Database> {
     pool: Pool<DB>,
+    backends: Backends,
     /// This pool's slot, given back when the pool is closed.
     slot: OwnedSemaphorePermit,
     leases: usize,
@@ -66,9 +77,22 @@ struct Shared<DB: Database> {
     pools: Mutex<HashMap<TenantId, Entry<DB>>>,
     /// Signalled whenever a lease ends or a slot is given back.
     released: Notify,
+    retire: Option<Retire>,
 }
 
 impl<DB: Database> Shared<DB> {
+    /// Close a pool taken out of the map; its slot is free once its backends are gone.
+    async fn close(&self, e: Entry<DB>) -> OwnedSemaphorePermit {
+        e.pool.close().await;
+        if let Some(retire) = &self.retire {
+            let pids = std::mem::take(&mut *e.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !pids.is_empty() {
+                retire(pids).await;
+            }
+        }
+        e.slot
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, Entry<DB>>> {
         // A panic while holding this lock leaves the map consistent (no invariant spans it).
         self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -127,24 +151,53 @@ impl<DB: Database> Drop for TenantPool<DB> {
 }
 
 impl<DB: Database> PoolCache<DB> {
-    /// `slots`: how many tenant pools may exist at once within the connection budget.
-    pub fn new(limits: PoolLimits, slots: usize) -> Self {
+    /// `slots`: how many tenant pools may exist at once within the connection budget;
+    /// `retire`: how to wait for closed connections to be gone on the server.
+    pub fn new(limits: PoolLimits, slots: usize, retire: Option<Retire>) -> Self {
+        let shared = Arc::new(Shared {
+            pools: Mutex::new(HashMap::new()),
+            released: Notify::new(),
+            retire,
+        });
+        // Close pools unused for `idle` even when nobody asks for a slot.
+        let weak = Arc::downgrade(&shared);
+        let every = (limits.idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let stale: Vec<Entry<DB>> = {
+                    let mut pools = shared.lock();
+                    let ids: Vec<TenantId> = pools
+                        .iter()
+                        .filter(|(_, e)| e.leases == 0 && now.duration_since(e.used) >= limits.idle)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    ids.into_iter().filter_map(|k| pools.remove(&k)).collect()
+                };
+                for e in stale {
+                    drop(shared.close(e).await);
+                    shared.released.notify_waiters();
+                }
+            }
+        });
         Self {
             limits,
             slots: Arc::new(Semaphore::new(slots.max(1))),
-            shared: Arc::new(Shared {
-                pools: Mutex::new(HashMap::new()),
-                released: Notify::new(),
-            }),
+            shared,
             next_generation: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
     /// The tenant's pool, leased; opened with `open` (which must not connect: pools are lazy)
     /// if it is not cached. Waits up to `limits.wait` for a slot, then fails with `Busy`.
+    /// `open` gets the list where the pool records its connections' backend ids.
     pub async fn get<F>(&self, id: TenantId, open: F) -> Result<TenantPool<DB>>
     where
-        F: Fn() -> Pool<DB>,
+        F: Fn(Backends) -> Pool<DB>,
     {
         let deadline = tokio::time::Instant::now() + self.limits.wait;
         loop {
@@ -187,11 +240,11 @@ impl<DB: Database> PoolCache<DB> {
             }
             // Close outside the lock; a closed pool's slot goes to this caller, or back.
             for e in closing {
-                e.pool.close().await;
+                let freed = self.shared.close(e).await;
                 if slot.is_none() {
-                    slot = Some(e.slot);
+                    slot = Some(freed);
                 } else {
-                    drop(e.slot);
+                    drop(freed);
                     self.shared.released.notify_waiters();
                 }
             }
@@ -208,11 +261,11 @@ impl<DB: Database> PoolCache<DB> {
                     return Ok(lease);
                 }
                 if pools.len() < self.limits.max_open.max(1) {
-                    let generation = self
-                        .next_generation
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let backends = Backends::default();
                     let e = pools.entry(id).or_insert(Entry {
-                        pool: open(),
+                        pool: open(backends.clone()),
+                        backends,
                         slot,
                         leases: 1,
                         used: Instant::now(),
@@ -251,8 +304,7 @@ impl<DB: Database> PoolCache<DB> {
     pub async fn remove(&self, id: TenantId) {
         let removed = self.shared.lock().remove(&id);
         if let Some(e) = removed {
-            e.pool.close().await;
-            drop(e.slot);
+            drop(self.shared.close(e).await);
             self.shared.released.notify_waiters();
         }
     }

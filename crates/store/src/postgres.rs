@@ -68,19 +68,32 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         bootstrap.close().await;
+        // Control connections are kept (no idle timeout, no lifetime): a connection closed and
+        // another opened at once could, for a moment, both be on the server.
         let pool = PgPoolOptions::new()
             .max_connections(control_connections)
             .acquire_timeout(limits.wait)
-            .idle_timeout(Duration::from_secs(60))
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(with_schema(base.clone(), "identity"))
             .await
             .map_err(db_err)?;
         CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        let retire_with = retire(pool.clone(), limits.wait);
         Ok(Self {
             pool,
             base,
             prefix,
-            tenants: PoolCache::new(limits, tenant_slots),
+            // A tenant's connection is closed after a second unused (`tenant_pool_idle_seconds`
+            // if shorter), and its slot given back once its backend has ended.
+            tenants: PoolCache::new(
+                PoolLimits {
+                    idle: limits.idle.min(Duration::from_secs(1)),
+                    ..limits
+                },
+                tenant_slots,
+                Some(retire_with),
+            ),
             wait: limits.wait,
         })
     }
@@ -120,12 +133,27 @@ impl PgStore {
         let opts = with_schema(self.base.clone().database(Self::check_name(db_name)?), "security");
         let wait = self.wait;
         self.tenants
-            .get(id, || {
+            .get(id, |backends| {
                 PgPoolOptions::new()
                     .max_connections(1)
                     .min_connections(0)
-                    .idle_timeout(Duration::from_secs(1))
+                    // The cache closes the whole pool when idle (and gives its slot back).
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     .acquire_timeout(wait)
+                    .after_connect(move |conn, _| {
+                        let backends = backends.clone();
+                        Box::pin(async move {
+                            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                                .fetch_one(&mut *conn)
+                                .await?;
+                            backends
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(pid);
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(opts.clone())
             })
             .await
@@ -203,6 +231,42 @@ impl PgStore {
     pub async fn open_tenant_pools(&self) -> usize {
         self.tenants.open_count()
     }
+}
+
+/// Wait (polling, up to `wait`) until the given backends have left `pg_stat_activity`: a
+/// connection closed by the client ends on the server a moment later, and its slot must not be
+/// reused before, or the cluster would briefly see one connection more than the budget.
+fn retire(control: PgPool, wait: Duration) -> crate::pools::Retire {
+    std::sync::Arc::new(move |pids: Vec<i32>| {
+        let control = control.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let left: std::result::Result<i64, _> =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                        .bind(&pids)
+                        .fetch_one(&control)
+                        .await;
+                match left {
+                    Ok(0) => return,
+                    Ok(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(n) => {
+                        tracing::warn!(
+                            backends = n,
+                            "closed tenant connections still on the server; reusing their slot"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check that closed tenant connections ended");
+                        return;
+                    }
+                }
+            }
+        })
+    })
 }
 
 crate::sql::impl_store!(PgStore, Postgres);

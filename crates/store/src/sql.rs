@@ -482,6 +482,12 @@ macro_rules! impl_store {
 
         impl $Store {
             async fn begin_dir(&self, dir: Directory, events: &[NewEvent]) -> Result<DirTx> {
+                // The tenant's pool first, before any lock or control connection is held: a
+                // wait for the connection budget must never hold up the audit chain.
+                let lease = match dir {
+                    Directory::Platform => None,
+                    Directory::Tenant(_) => Some(self.dir_pool(dir).await?),
+                };
                 let writer = self.writer_permit().await;
                 let mut control = self.pool.begin().await.map_err(db_err)?;
                 for e in events {
@@ -499,12 +505,9 @@ macro_rules! impl_store {
                     let status: String = row.try_get("status").map_err(db_err)?;
                     TenantStatus::parse(&status)?.check_writable()?;
                 }
-                let (tenant, lease) = match dir {
-                    Directory::Platform => (None, None),
-                    Directory::Tenant(_) => {
-                        let pool = self.dir_pool(dir).await?;
-                        (Some(pool.begin().await.map_err(db_err)?), Some(pool))
-                    }
+                let tenant = match &lease {
+                    None => None,
+                    Some(pool) => Some(pool.begin().await.map_err(db_err)?),
                 };
                 Ok(DirTx { control, tenant, _writer: writer, _lease: lease })
             }

@@ -67,7 +67,7 @@ impl SqliteStore {
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             data_dir: data_dir.to_owned(),
             // Files, not connections: the only cap is `max_open` pools.
-            tenants: PoolCache::new(limits, limits.max_open),
+            tenants: PoolCache::new(limits, limits.max_open, None),
         })
     }
 
@@ -91,7 +91,7 @@ impl SqliteStore {
     async fn tenant_pool(&self, id: TenantId, create: bool) -> Result<TenantPool<Sqlite>> {
         let opts = options(&self.tenant_path(id)).create_if_missing(create);
         self.tenants
-            .get(id, || {
+            .get(id, |_| {
                 SqlitePoolOptions::new()
                     .max_connections(2)
                     .min_connections(0)

@@ -68,7 +68,9 @@ impl Core {
                 }
                 Err(e) => {
                     tracing::error!(message_id = %m.id, error = %e, "email delivery failed; giving up");
-                    self.store.mark_attempt_failed(m.id, lease, None, &e.to_string()).await?;
+                    self.store
+                        .mark_attempt_failed(m.id, lease, None, &e.to_string())
+                        .await?;
                 }
             }
         }

@@ -24,7 +24,11 @@ struct Sampler {
 
 impl Sampler {
     async fn start(control_url: &str) -> Self {
-        let control_db = url::Url::parse(control_url).unwrap().path().trim_start_matches('/').to_owned();
+        let control_db = url::Url::parse(control_url)
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_owned();
         // The test's own connection is to the admin database, under another application name.
         let mut conn = pg_conn(&pg_admin_url().unwrap()).await;
         let max = Arc::new(AtomicI64::new(0));
