@@ -177,12 +177,32 @@ pub struct OutboxMessage {
 
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Pending messages whose next attempt is due, oldest first.
+    /// Pending messages whose next attempt is due, oldest first, leased or not (to look at:
+    /// delivery claims them with [`OutboxStore::claim_due_messages`]).
     async fn due_messages(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboxMessage>>;
-    /// Delivered: mark it and blank the bodies (the link must not outlive its delivery).
-    async fn mark_sent(&self, id: uuid::Uuid, at: OffsetDateTime) -> Result<()>;
-    /// Failed: retry at `retry_at`, or with `None` give up (status `failed`).
-    async fn mark_attempt_failed(&self, id: uuid::Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<()>;
+    /// Claim up to `limit` due messages that no live lease holds, oldest first, for the lease
+    /// `lease` until `lease_until`, atomically: a message is claimed by one worker only, even
+    /// across processes (SQLite: one conditional `UPDATE … RETURNING`; PostgreSQL: `FOR UPDATE
+    /// SKIP LOCKED`). An expired lease (a worker that died) frees the message again.
+    async fn claim_due_messages(
+        &self,
+        now: OffsetDateTime,
+        lease: uuid::Uuid,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>>;
+    /// Delivered: mark it, blank the bodies (the link must not outlive its delivery) and end
+    /// the lease. Only the lease's holder can; returns false if the lease was lost.
+    async fn mark_sent(&self, id: uuid::Uuid, lease: uuid::Uuid, at: OffsetDateTime) -> Result<bool>;
+    /// Failed: release the lease and retry at `retry_at` (the back-off), or with `None` give up
+    /// (status `failed`). Only the lease's holder can; returns false if the lease was lost.
+    async fn mark_attempt_failed(
+        &self,
+        id: uuid::Uuid,
+        lease: uuid::Uuid,
+        retry_at: Option<OffsetDateTime>,
+        error: &str,
+    ) -> Result<bool>;
 }
 
 #[async_trait]

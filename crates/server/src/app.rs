@@ -51,8 +51,9 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         data_dir: settings.data_dir.clone(),
         tenant_pools: PoolLimits {
             max_open: settings.tenant_pool_max_open,
-            connections_per_tenant: 2,
             idle: Duration::from_secs(settings.tenant_pool_idle_seconds),
+            max_connections: settings.database_max_connections,
+            ..PoolLimits::default()
         },
     })
     .await

@@ -44,6 +44,8 @@ pub struct Settings {
     pub tenant_pool_max_open: usize,
     /// A tenant database unused this many seconds is closed.
     pub tenant_pool_idle_seconds: u64,
+    /// PostgreSQL: the most connections opened to the cluster, all pools together.
+    pub database_max_connections: u32,
     /// `text` or `json`.
     pub log_format: String,
     /// A tenant role catalog (TOML) replacing the built-in tenant roles.
@@ -95,6 +97,7 @@ impl Default for Settings {
             tenant_retention_days: 30,
             tenant_pool_max_open: 64,
             tenant_pool_idle_seconds: 300,
+            database_max_connections: 20,
             log_format: "text".to_owned(),
             roles_file: None,
             invitation_ttl_days: 7,
@@ -139,6 +142,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("tenant_retention_days", false),
     ("tenant_pool_max_open", false),
     ("tenant_pool_idle_seconds", false),
+    ("database_max_connections", false),
     ("log_format", false),
     ("roles_file", false),
     ("invitation_ttl_days", false),
@@ -228,6 +232,11 @@ impl Settings {
         }
         if self.regions.is_empty() {
             bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
+        }
+        if self.database_max_connections < 4 {
+            bail!(
+                "database_max_connections (QUARTERDECK_DATABASE_MAX_CONNECTIONS) must be at least 4 (2 for the control database, the rest for tenants)"
+            );
         }
         if self.password_min_length < 8 {
             bail!("password_min_length (QUARTERDECK_PASSWORD_MIN_LENGTH) must be at least 8");

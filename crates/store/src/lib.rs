@@ -13,7 +13,7 @@ mod sql;
 mod sql_sso;
 mod sqlite;
 
-pub use pools::PoolLimits;
+pub use pools::{PoolLimits, TenantPool};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -51,6 +51,12 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
 /// Map a database error: unique violations on a known column become field errors, the rest
 /// are internal (logged by the web layer, never shown).
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    // No connection within the wait: the connection budget is spent. A 503 with Retry-After,
+    // never a 500 after the driver's timeout.
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        tracing::warn!("no database connection free in time; refusing as busy");
+        return Error::Busy;
+    }
     if let Some(db) = e.as_database_error()
         && db.is_unique_violation()
     {

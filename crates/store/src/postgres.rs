@@ -5,7 +5,7 @@
 //! the control database's name reduced to `[a-z0-9_]` (at most 24 characters): it is derived,
 //! never taken from user input, and still quoted as an identifier.
 
-use crate::pools::{PoolCache, PoolLimits};
+use crate::pools::{PoolCache, PoolLimits, TenantPool};
 use crate::{db_err, mig_err};
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -16,6 +16,9 @@ static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migration
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/tenant");
 
 type Ts = time::OffsetDateTime;
+
+/// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
+const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     t
@@ -30,6 +33,8 @@ pub struct PgStore {
     base: PgConnectOptions,
     prefix: String,
     tenants: PoolCache<Postgres>,
+    /// How long a request waits for a connection before it is refused as busy.
+    wait: Duration,
 }
 
 fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
@@ -38,7 +43,10 @@ fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
 
 impl PgStore {
     pub async fn open(url: &str, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
-        let base = PgConnectOptions::from_str(url).map_err(db_err)?;
+        let base = PgConnectOptions::from_str(url)
+            .map_err(db_err)?
+            .application_name("quarterdeck");
+        let (control_connections, tenant_slots) = limits.pg_split();
         let control_db = base.get_database().unwrap_or("postgres").to_owned();
         let mut prefix: String = control_db
             .to_ascii_lowercase()
@@ -60,18 +68,33 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         bootstrap.close().await;
+        // Control connections are kept (no idle timeout, no lifetime): a connection closed and
+        // another opened at once could, for a moment, both be on the server.
         let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(control_connections)
+            .acquire_timeout(limits.wait)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(with_schema(base.clone(), "identity"))
             .await
             .map_err(db_err)?;
         CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        let retire_with = retire(pool.clone(), limits.wait);
         Ok(Self {
             pool,
             base,
             prefix,
-            tenants: PoolCache::new(limits),
+            // A tenant's connection is closed after a second unused (`tenant_pool_idle_seconds`
+            // if shorter), and its slot given back once its backend has ended.
+            tenants: PoolCache::new(
+                PoolLimits {
+                    idle: limits.idle.min(Duration::from_secs(1)),
+                    ..limits
+                },
+                tenant_slots,
+                Some(retire_with),
+            ),
+            wait: limits.wait,
         })
     }
 
@@ -98,24 +121,40 @@ impl PgStore {
     }
 
     /// The pool of a user directory: the control database, or a tenant's database.
-    async fn dir_pool(&self, dir: Directory) -> Result<PgPool> {
+    async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Postgres>> {
         match dir {
-            Directory::Platform => Ok(self.pool.clone()),
+            Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
             Directory::Tenant(id) => self.tenant_pool(id, &self.db_name(id)).await,
         }
     }
 
-    async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<PgPool> {
+    /// A tenant's pool: one connection (one slot of the budget), closed after a second idle.
+    async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<TenantPool<Postgres>> {
         let opts = with_schema(self.base.clone().database(Self::check_name(db_name)?), "security");
-        let max = self.tenants.limits().connections_per_tenant;
+        let wait = self.wait;
         self.tenants
-            .get(id, || async move {
-                Ok(PgPoolOptions::new()
-                    .max_connections(max)
+            .get(id, |backends| {
+                PgPoolOptions::new()
+                    .max_connections(1)
                     .min_connections(0)
-                    .idle_timeout(Duration::from_secs(60))
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_lazy_with(opts))
+                    // The cache closes the whole pool when idle (and gives its slot back).
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(wait)
+                    .after_connect(move |conn, _| {
+                        let backends = backends.clone();
+                        Box::pin(async move {
+                            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                                .fetch_one(&mut *conn)
+                                .await?;
+                            backends
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(pid);
+                            Ok(())
+                        })
+                    })
+                    .connect_lazy_with(opts.clone())
             })
             .await
     }
@@ -129,22 +168,18 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         let ready = async {
-            // Create the schema first (see `open`), on a connection without search_path.
-            let setup = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(self.base.clone().database(&name))
-                .await
-                .map_err(db_err)?;
-            sqlx::query("CREATE SCHEMA IF NOT EXISTS security")
-                .execute(&setup)
-                .await
-                .map_err(db_err)?;
-            setup.close().await;
+            // Create the schema first (see `open`); on the tenant's own pool, so that the
+            // connection counts against the budget (a search_path naming a schema that does
+            // not exist yet is allowed, and is looked up again once it does).
             let pool = self.tenant_pool(id, &name).await?;
-            TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+            sqlx::query("CREATE SCHEMA IF NOT EXISTS security")
+                .execute(&*pool)
+                .await
+                .map_err(db_err)?;
+            TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
             sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, now())")
                 .bind(id.0)
-                .execute(&pool)
+                .execute(&*pool)
                 .await
                 .map_err(db_err)?;
             Ok::<_, Error>(())
@@ -172,7 +207,7 @@ impl PgStore {
     async fn migrate_tenant_db(&self, id: TenantId, db_name: &str) -> Result<usize> {
         let pool = self.tenant_pool(id, db_name).await?;
         sqlx::query("CREATE SCHEMA IF NOT EXISTS security")
-            .execute(&pool)
+            .execute(&*pool)
             .await
             .map_err(db_err)?;
         let count = |p: PgPool| async move {
@@ -183,9 +218,9 @@ impl PgStore {
                 .map(|n| usize::try_from(n).unwrap_or(0))
                 .unwrap_or(0)
         };
-        let before = count(pool.clone()).await;
-        TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
-        Ok(count(pool).await.saturating_sub(before))
+        let before = count((*pool).clone()).await;
+        TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
+        Ok(count((*pool).clone()).await.saturating_sub(before))
     }
 
     /// The name of a tenant's database (for tests and operators).
@@ -194,8 +229,44 @@ impl PgStore {
     }
 
     pub async fn open_tenant_pools(&self) -> usize {
-        self.tenants.open_count().await
+        self.tenants.open_count()
     }
+}
+
+/// Wait (polling, up to `wait`) until the given backends have left `pg_stat_activity`: a
+/// connection closed by the client ends on the server a moment later, and its slot must not be
+/// reused before, or the cluster would briefly see one connection more than the budget.
+fn retire(control: PgPool, wait: Duration) -> crate::pools::Retire {
+    std::sync::Arc::new(move |pids: Vec<i32>| {
+        let control = control.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let left: std::result::Result<i64, _> =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                        .bind(&pids)
+                        .fetch_one(&control)
+                        .await;
+                match left {
+                    Ok(0) => return,
+                    Ok(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(n) => {
+                        tracing::warn!(
+                            backends = n,
+                            "closed tenant connections still on the server; reusing their slot"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check that closed tenant connections ended");
+                        return;
+                    }
+                }
+            }
+        })
+    })
 }
 
 crate::sql::impl_store!(PgStore, Postgres);

@@ -3,7 +3,8 @@
 //! `impl_store!(StoreType, DbType)` implements every store trait for a backend struct that has
 //! a `pool: sqlx::Pool<DbType>` field and, in scope where the macro is invoked:
 //! `type Ts` with `enc_ts(OffsetDateTime) -> Ts` / `dec_ts(Ts) -> OffsetDateTime` (how the
-//! backend stores time), and the inherent methods `provision_tenant_db`, `drop_tenant_db` and
+//! backend stores time), `OUTBOX_CLAIM_LOCK` (the row-locking clause of the outbox claim's
+//! subquery: `FOR UPDATE SKIP LOCKED` on PostgreSQL, empty on SQLite), and the inherent methods `provision_tenant_db`, `drop_tenant_db` and
 //! `migrate_tenant_db`. Tables are named without a schema (see the crate docs).
 
 macro_rules! impl_store {
@@ -479,6 +480,8 @@ macro_rules! impl_store {
             control: Transaction<'static, $Db>,
             tenant: Option<Transaction<'static, $Db>>,
             _writer: Option<WriterPermit>,
+            /// The tenant's pool stays leased (not closed for another tenant) until the end.
+            _lease: Option<$crate::pools::TenantPool<$Db>>,
         }
 
         impl DirTx {
@@ -516,6 +519,12 @@ macro_rules! impl_store {
 
         impl $Store {
             async fn begin_dir(&self, dir: Directory, events: &[NewEvent]) -> Result<DirTx> {
+                // The tenant's pool first, before any lock or control connection is held: a
+                // wait for the connection budget must never hold up the audit chain.
+                let lease = match dir {
+                    Directory::Platform => None,
+                    Directory::Tenant(_) => Some(self.dir_pool(dir).await?),
+                };
                 let writer = self.writer_permit().await;
                 let mut control = self.pool.begin().await.map_err(db_err)?;
                 for e in events {
@@ -524,11 +533,11 @@ macro_rules! impl_store {
                 if let Directory::Tenant(t) = dir {
                     Self::check_writable_in(&mut control, t).await?;
                 }
-                let tenant = match dir {
-                    Directory::Platform => None,
-                    Directory::Tenant(_) => Some(self.dir_pool(dir).await?.begin().await.map_err(db_err)?),
+                let tenant = match &lease {
+                    None => None,
+                    Some(pool) => Some(pool.begin().await.map_err(db_err)?),
                 };
-                Ok(DirTx { control, tenant, _writer: writer })
+                Ok(DirTx { control, tenant, _writer: writer, _lease: lease })
             }
         }
 
@@ -557,14 +566,14 @@ macro_rules! impl_store {
                 if let Some((provider, login)) = identity {
                     insert_identity(tx.users(), user.id, provider, login, user.created_at).await?;
                 }
-                let DirTx { control, tenant, _writer } = tx;
+                let DirTx { control, tenant, _writer, _lease } = tx;
                 if let Some(t) = tenant {
                     t.commit().await.map_err(db_err)?;
                     if let Err(e) = control.commit().await {
                         // The user committed in the tenant database but its event and email did
                         // not: take the user back out, so nothing is half-written.
                         let pool = self.dir_pool(dir).await?;
-                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&pool).await {
+                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&*pool).await {
                             tracing::error!(user_id = %user.id, error = %undo, "could not undo a user whose audit event failed");
                         }
                         return Err(db_err(e));
@@ -602,7 +611,7 @@ macro_rules! impl_store {
             async fn user_by_email(&self, dir: Directory, email: &EmailAddress) -> Result<Option<(User, Option<StoredCredential>)>> {
                 let pool = self.dir_pool(dir).await?;
                 let sql = format!("SELECT {USER_COLUMNS} FROM app_user WHERE email = $1");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email.as_str()).fetch_optional(&pool).await.map_err(db_err)?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email.as_str()).fetch_optional(&*pool).await.map_err(db_err)?;
                 match row {
                     None => Ok(None),
                     Some(r) => {
@@ -624,7 +633,7 @@ macro_rules! impl_store {
             async fn user(&self, dir: Directory, id: UserId) -> Result<Option<User>> {
                 let pool = self.dir_pool(dir).await?;
                 let sql = format!("SELECT {USER_COLUMNS} FROM app_user WHERE id = $1");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(&pool).await.map_err(db_err)?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(&*pool).await.map_err(db_err)?;
                 match row {
                     None => Ok(None),
                     Some(r) => Ok(Some(user_from_row(&pool, dir, &r).await?)),
@@ -634,7 +643,7 @@ macro_rules! impl_store {
             async fn list_users(&self, dir: Directory) -> Result<Vec<User>> {
                 let pool = self.dir_pool(dir).await?;
                 let sql = format!("SELECT {USER_COLUMNS} FROM app_user ORDER BY created_at, id");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.map_err(db_err)?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&*pool).await.map_err(db_err)?;
                 let mut users = Vec::with_capacity(rows.len());
                 for r in &rows {
                     users.push(user_from_row(&pool, dir, r).await?);
@@ -646,7 +655,7 @@ macro_rules! impl_store {
                 let pool = self.dir_pool(dir).await?;
                 let Some(inv) = sqlx::query("SELECT expires_at, spent_at, revoked_at FROM invitation WHERE user_id = $1")
                     .bind(user.0)
-                    .fetch_optional(&pool)
+                    .fetch_optional(&*pool)
                     .await
                     .map_err(db_err)?
                 else {
@@ -713,7 +722,7 @@ macro_rules! impl_store {
                 .bind(id.0)
                 .bind(enc_ts(at))
                 .bind(hash)
-                .execute(&pool)
+                .execute(&*pool)
                 .await
                 .map_err(db_err)?;
                 Ok(done.rows_affected() == 1)
@@ -808,7 +817,7 @@ macro_rules! impl_store {
                 )
                 .bind(token.as_str())
                 .bind(enc_ts(now))
-                .fetch_optional(&pool)
+                .fetch_optional(&*pool)
                 .await
                 .map_err(db_err)?;
                 match row {
@@ -1044,6 +1053,19 @@ macro_rules! impl_store {
             }
         }
 
+        fn outbox_from_row(r: &DbRow) -> Result<OutboxMessage> {
+            Ok(OutboxMessage {
+                id: r.try_get("id").map_err(db_err)?,
+                email: Email {
+                    to: r.try_get("to_addr").map_err(db_err)?,
+                    subject: r.try_get("subject").map_err(db_err)?,
+                    text: r.try_get("body_text").map_err(db_err)?,
+                    html: r.try_get("body_html").map_err(db_err)?,
+                },
+                attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
+            })
+        }
+
         #[async_trait::async_trait]
         impl OutboxStore for $Store {
             async fn due_messages(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboxMessage>> {
@@ -1056,55 +1078,86 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(OutboxMessage {
-                            id: r.try_get("id").map_err(db_err)?,
-                            email: Email {
-                                to: r.try_get("to_addr").map_err(db_err)?,
-                                subject: r.try_get("subject").map_err(db_err)?,
-                                text: r.try_get("body_text").map_err(db_err)?,
-                                html: r.try_get("body_html").map_err(db_err)?,
-                            },
-                            attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(outbox_from_row).collect()
             }
 
-            async fn mark_sent(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL, body_text = '', body_html = '' \
-                     WHERE id = $1",
+            async fn claim_due_messages(
+                &self,
+                now: OffsetDateTime,
+                lease: Uuid,
+                lease_until: OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<OutboxMessage>> {
+                // One statement: the rows it picks are the rows it leases. SQLite runs it under
+                // the database's write lock; PostgreSQL locks the picked rows and skips rows
+                // another worker is claiming (`OUTBOX_CLAIM_LOCK`), and re-checks the lease
+                // condition on rows that changed meanwhile.
+                let sql = format!(
+                    "UPDATE outbox SET lease_token = $3, leased_until = $4 WHERE id IN (\
+                       SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
+                       AND (leased_until IS NULL OR leased_until <= $1) ORDER BY created_at LIMIT $2{lock}) \
+                     AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $1) \
+                     RETURNING id, to_addr, subject, body_text, body_html, attempts, created_at",
+                    lock = OUTBOX_CLAIM_LOCK
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(enc_ts(now))
+                    .bind(i64::from(limit))
+                    .bind(lease)
+                    .bind(enc_ts(lease_until))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let created: Ts = r.try_get("created_at").map_err(db_err)?;
+                    out.push((dec_ts(created), outbox_from_row(r)?));
+                }
+                out.sort_by_key(|(created, _)| *created);
+                Ok(out.into_iter().map(|(_, m)| m).collect())
+            }
+
+            async fn mark_sent(&self, id: Uuid, lease: Uuid, at: OffsetDateTime) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE outbox SET status = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL, body_text = '', body_html = '', \
+                     lease_token = NULL, leased_until = NULL \
+                     WHERE id = $1 AND lease_token = $3",
                 )
                 .bind(id)
                 .bind(enc_ts(at))
+                .bind(lease)
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
-            async fn mark_attempt_failed(&self, id: Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<()> {
+            async fn mark_attempt_failed(&self, id: Uuid, lease: Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<bool> {
                 let error: String = error.chars().take(500).collect();
-                match retry_at {
-                    Some(at) => sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1")
-                        .bind(id)
-                        .bind(enc_ts(at))
-                        .bind(&error)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?,
+                let done = match retry_at {
+                    Some(at) => sqlx::query(
+                        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, lease_token = NULL, leased_until = NULL \
+                         WHERE id = $1 AND lease_token = $4",
+                    )
+                    .bind(id)
+                    .bind(enc_ts(at))
+                    .bind(&error)
+                    .bind(lease)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?,
                     None => sqlx::query(
-                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $2, body_text = '', body_html = '' WHERE id = $1",
+                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $2, body_text = '', body_html = '', \
+                         lease_token = NULL, leased_until = NULL WHERE id = $1 AND lease_token = $3",
                     )
                     .bind(id)
                     .bind(&error)
+                    .bind(lease)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?,
                 };
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
         }
 

@@ -204,7 +204,7 @@ macro_rules! impl_sso_store {
                     .bind(issuer)
                     .bind(subject)
                     .bind(provider)
-                    .fetch_optional(&pool)
+                    .fetch_optional(&*pool)
                     .await
                     .map_err(db_err)?;
                 match row {
@@ -256,7 +256,7 @@ macro_rules! impl_sso_store {
                     .bind(issuer)
                     .bind(subject)
                     .bind(enc_ts(at))
-                    .execute(&pool)
+                    .execute(&*pool)
                     .await
                     .map_err(db_err)?;
                 Ok(())

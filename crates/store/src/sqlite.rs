@@ -3,7 +3,7 @@
 //! `{data_dir}/control.db` and `{data_dir}/tenants/{tenant_id}.db`, in WAL mode. File names
 //! come from tenant ids (UUIDs), never from user input.
 
-use crate::pools::{PoolCache, PoolLimits};
+use crate::pools::{PoolCache, PoolLimits, TenantPool};
 use crate::{db_err, mig_err};
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -15,6 +15,9 @@ static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 
 /// Unix microseconds.
 type Ts = i64;
+
+/// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
+const OUTBOX_CLAIM_LOCK: &str = "";
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
@@ -63,7 +66,8 @@ impl SqliteStore {
             pool,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             data_dir: data_dir.to_owned(),
-            tenants: PoolCache::new(limits),
+            // Files, not connections: the only cap is `max_open` pools.
+            tenants: PoolCache::new(limits, limits.max_open, None),
         })
     }
 
@@ -77,23 +81,22 @@ impl SqliteStore {
 
     /// The pool of a user directory: the control database, or a tenant's file (which must
     /// exist: a lookup never creates one).
-    async fn dir_pool(&self, dir: Directory) -> Result<SqlitePool> {
+    async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Sqlite>> {
         match dir {
-            Directory::Platform => Ok(self.pool.clone()),
+            Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
             Directory::Tenant(id) => self.tenant_pool(id, false).await,
         }
     }
 
-    async fn tenant_pool(&self, id: TenantId, create: bool) -> Result<SqlitePool> {
+    async fn tenant_pool(&self, id: TenantId, create: bool) -> Result<TenantPool<Sqlite>> {
         let opts = options(&self.tenant_path(id)).create_if_missing(create);
-        let max = self.tenants.limits().connections_per_tenant;
         self.tenants
-            .get(id, || async move {
-                Ok(SqlitePoolOptions::new()
-                    .max_connections(max)
+            .get(id, |_| {
+                SqlitePoolOptions::new()
+                    .max_connections(2)
                     .min_connections(0)
                     .idle_timeout(Duration::from_secs(60))
-                    .connect_lazy_with(opts))
+                    .connect_lazy_with(opts.clone())
             })
             .await
     }
@@ -101,10 +104,10 @@ impl SqliteStore {
     /// Create and migrate the tenant's file; returns its name (relative to the data dir).
     async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
         let pool = self.tenant_pool(id, true).await?;
-        TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
         sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, unixepoch() * 1000000)")
             .bind(id.0)
-            .execute(&pool)
+            .execute(&*pool)
             .await
             .map_err(db_err)?;
         Ok(format!("tenants/{}.db", id.0.simple()))
@@ -130,13 +133,13 @@ impl SqliteStore {
     async fn migrate_tenant_db(&self, id: TenantId, _db_name: &str) -> Result<usize> {
         let pool = self.tenant_pool(id, false).await?;
         let before = applied(&pool).await;
-        TENANT_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
         Ok(applied(&pool).await.saturating_sub(before))
     }
 
     /// How many tenant pools are open now (for tests and the benchmark).
     pub async fn open_tenant_pools(&self) -> usize {
-        self.tenants.open_count().await
+        self.tenants.open_count()
     }
 }
 

@@ -1,7 +1,13 @@
 //! Delivering the outbox: due messages go through the configured transport; temporary failures
 //! are retried with exponential back-off (and jitter), permanent ones and exhausted retries are
-//! marked failed. A message is marked sent only after the transport accepted it, by the one
-//! worker of the process, so each is delivered once.
+//! marked failed.
+//!
+//! Several workers may deliver from one database (two processes on one PostgreSQL database,
+//! or on one SQLite data directory): each batch is *claimed* with a lease first (atomically,
+//! see [`crate::store::OutboxStore::claim_due_messages`]), so a message is sent by the worker
+//! that holds its lease and by no other. A failure releases the lease with the back-off; a
+//! worker that dies mid-batch leaves its leases to expire after [`LEASE`], and the messages are
+//! claimed again (at least once, never twice while a lease lives).
 
 use super::Core;
 use crate::error::Result;
@@ -11,29 +17,64 @@ use time::Duration;
 /// Attempts before a message is given up.
 pub const MAX_ATTEMPTS: i64 = 12;
 
+/// How long a claimed batch is reserved for its worker.
+pub const LEASE: Duration = Duration::minutes(5);
+
+/// Messages claimed at once.
+const BATCH: u32 = 10;
+
 impl Core {
-    /// Deliver what is due now; returns how many were delivered.
+    /// Deliver what is due now, a claimed batch at a time until none is left; returns how
+    /// many were delivered.
     pub async fn deliver_due(&self, mailer: &dyn Mailer) -> Result<usize> {
-        let due = self.store.due_messages(self.clock.now(), 20).await?;
+        let mut delivered = 0;
+        loop {
+            let (sent, claimed) = self.deliver_batch(mailer).await?;
+            delivered += sent;
+            if claimed < BATCH as usize {
+                return Ok(delivered);
+            }
+        }
+    }
+
+    /// Claim one batch and deliver it; returns (delivered, claimed).
+    async fn deliver_batch(&self, mailer: &dyn Mailer) -> Result<(usize, usize)> {
+        let mut token = [0u8; 16];
+        self.rng.fill(&mut token);
+        let lease = uuid::Uuid::from_bytes(token);
+        let now = self.clock.now();
+        let lease_until = now + LEASE;
+        let due = self.store.claim_due_messages(now, lease, lease_until, BATCH).await?;
+        let claimed = due.len();
         let mut delivered = 0;
         for m in due {
+            // Never send on a lease about to run out: another worker may claim it then. What is
+            // left is claimed again once the lease has expired.
+            if self.clock.now() + Duration::minutes(1) > lease_until {
+                tracing::warn!(message_id = %m.id, "outbox lease nearly expired; leaving the rest of the batch");
+                return Ok((delivered, 0));
+            }
             match mailer.send(&m.email).await {
                 Ok(()) => {
-                    self.store.mark_sent(m.id, self.clock.now()).await?;
+                    if !self.store.mark_sent(m.id, lease, self.clock.now()).await? {
+                        tracing::warn!(message_id = %m.id, "email sent, but its outbox lease had been lost");
+                    }
                     delivered += 1;
                 }
                 Err(SendError::Temporary(e)) if m.attempts + 1 < MAX_ATTEMPTS => {
                     let retry_at = self.clock.now() + self.backoff(m.attempts);
                     tracing::warn!(message_id = %m.id, attempts = m.attempts + 1, error = %e, "email delivery failed; will retry");
-                    self.store.mark_attempt_failed(m.id, Some(retry_at), &e).await?;
+                    self.store.mark_attempt_failed(m.id, lease, Some(retry_at), &e).await?;
                 }
                 Err(e) => {
                     tracing::error!(message_id = %m.id, error = %e, "email delivery failed; giving up");
-                    self.store.mark_attempt_failed(m.id, None, &e.to_string()).await?;
+                    self.store
+                        .mark_attempt_failed(m.id, lease, None, &e.to_string())
+                        .await?;
                 }
             }
         }
-        Ok(delivered)
+        Ok((delivered, claimed))
     }
 
     /// 5 s, 10 s, 20 s … capped at an hour, plus up to 20% jitter.

@@ -14,6 +14,9 @@ pub const OWNER_EMAIL: &str = "owner@example.com";
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
 /// The password tenant admins made by `TestApp::tenant_admin` choose.
 pub const ADMIN_PASSWORD: &str = "a long and lovely passphrase";
+/// Every test app's PostgreSQL connection budget (`database_max_connections`): scripts/test
+/// runs RUST_TEST_THREADS=4 tests at once against one cluster with the default limit of 100.
+pub const TEST_DB_BUDGET: u32 = 10;
 
 /// Write one async test body once; run it on both backends.
 ///
@@ -153,6 +156,7 @@ impl TestApp {
             data_dir: dir.path().to_owned(),
             database_url: pg_url.clone(),
             regions: vec!["eu-west".into(), "us-east".into()],
+            database_max_connections: TEST_DB_BUDGET,
             ..Settings::default()
         };
         tweak(&mut settings);

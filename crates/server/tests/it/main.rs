@@ -32,6 +32,8 @@ mod guessing;
 mod impersonation;
 mod invitations;
 mod openapi;
+mod outbox_lease;
+mod pg_budget;
 mod portal;
 mod settings;
 mod setup;
