@@ -27,6 +27,7 @@ mod audit;
 mod auth;
 mod browser;
 mod browser_sso;
+mod edge;
 mod guessing;
 mod impersonation;
 mod invitations;
