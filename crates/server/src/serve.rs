@@ -3,7 +3,8 @@
 //! - a request's head must arrive within `header_read_timeout` (hyper's HTTP/1 header timer,
 //!   with a tokio timer: `axum::serve` sets none, so a half-sent request line stayed forever);
 //! - a connection with no request in progress and nothing received is closed after
-//!   `keep_alive`;
+//!   `keep_alive` (hyper's header timer runs between requests too, so an idle connection
+//!   lives at most the shorter of the two);
 //! - at most `max_connections` are open; at the cap the connection idle the longest is closed
 //!   for the new one (then one still sending its head; never one with a request in flight),
 //!   and if every one is busy the new one is closed at once. The cap stays below the

@@ -94,7 +94,9 @@ pub fn request_ids<S: Clone + Send + Sync + 'static>(
     router
         .layer(from_fn(scope_request_id))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // No ERROR line per 5xx (a shedding server would log one per refused request):
+        // internal errors are logged once, with their reference, where they happen.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span).on_failure(()))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
         .layer(from_fn_with_state(trusted_proxies, distrust_request_id))
 }
