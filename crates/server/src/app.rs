@@ -1,5 +1,7 @@
 //! Building and running the server.
 
+use crate::data_dir::DataDirLock;
+use crate::serve::ConnectionLimits;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use quarterdeck_domain::clock::{Clock, SystemClock};
@@ -10,7 +12,7 @@ use quarterdeck_domain::session::SessionPolicy;
 use quarterdeck_domain::token::{OsRandom, Random};
 use quarterdeck_domain::{Core, CoreConfig};
 use quarterdeck_store::{PoolLimits, StoreOptions};
-use quarterdeck_web::{AppState, SettingRow, WebConfig};
+use quarterdeck_web::{AppState, EdgeLimits, SettingRow, WebConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,10 @@ pub struct App {
     pub listener: TcpListener,
     pub router: axum::Router,
     pub settings: Settings,
+    /// What the accept loop enforces (`serve.rs`).
+    pub connections: ConnectionLimits,
+    /// Held while this server lives: no second `serve` on the same SQLite data directory.
+    pub data_dir_lock: Option<DataDirLock>,
 }
 
 /// What can be swapped in tests.
@@ -100,6 +106,21 @@ impl App {
     /// Like [`App::build`] on a listener already bound (tests bind port 0 first, so that the
     /// base URL can name the port).
     pub async fn with_listener(settings: Settings, listener: TcpListener, deps: Deps) -> Result<Self> {
+        let open_files = crate::serve::raise_open_files_limit();
+        let sqlite = settings.database_url.is_none();
+        crate::data_dir::prepare(&settings.data_dir, sqlite)?;
+        let data_dir_lock = if sqlite {
+            Some(crate::data_dir::lock(&settings.data_dir)?)
+        } else {
+            None
+        };
+        let connections = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
+            keep_alive: Duration::from_secs(settings.keep_alive_seconds),
+            max_connections: settings
+                .max_connections
+                .unwrap_or_else(|| crate::serve::default_max_connections(open_files, settings.tenant_pool_max_open)),
+        };
         let mailer =
             quarterdeck_mail::build(&settings.mail_settings()?).map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
         let core = core(&settings, deps).await?;
@@ -128,6 +149,11 @@ impl App {
                 .map(|(key, env, value)| SettingRow { key, env, value })
                 .collect(),
             version: env!("CARGO_PKG_VERSION"),
+            edge: EdgeLimits {
+                request_timeout: Duration::from_secs(settings.request_timeout_seconds),
+                max_concurrent_requests: settings.max_concurrent_requests,
+                max_body_bytes: settings.max_body_bytes,
+            },
         };
         let router = quarterdeck_web::router(AppState {
             core: core.clone(),
@@ -141,6 +167,8 @@ impl App {
             listener,
             router,
             settings,
+            connections,
+            data_dir_lock,
         })
     }
 
@@ -156,12 +184,8 @@ impl App {
             self.mailer.clone(),
             Duration::from_millis(self.settings.outbox_poll_ms.max(10)),
         ));
-        let result = axum::serve(
-            self.listener,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
+        drop(self.data_dir_lock);
         housekeeping.abort();
         outbox.abort();
         result.context("serving")

@@ -2,6 +2,8 @@
 //! the integration tests build the same [`App`] in-process.
 
 pub mod app;
+pub mod data_dir;
+pub mod serve;
 pub mod settings;
 pub mod telemetry;
 

@@ -76,6 +76,20 @@ pub struct Settings {
     /// bytes in base64). Unset: `{data_dir}/secret.key`, made on first start.
     pub secret_key: Option<String>,
     pub secret_key_file: Option<PathBuf>,
+    /// A client must send a request's head within this many seconds, or its connection is
+    /// closed.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no request in progress is closed after this many seconds.
+    pub keep_alive_seconds: u64,
+    /// Most connections open at once (unset: well below the open-files limit); at the cap the
+    /// longest-idle connection is closed for a new one.
+    pub max_connections: Option<usize>,
+    /// A request not answered within this many seconds gets 408 `request_timeout`.
+    pub request_timeout_seconds: u64,
+    /// Most requests handled at once; more get 503 `overloaded` at once (never a queue).
+    pub max_concurrent_requests: usize,
+    /// Largest request body, forms and API alike; larger gets 413 `body_too_large`.
+    pub max_body_bytes: usize,
 }
 
 impl Default for Settings {
@@ -117,6 +131,12 @@ impl Default for Settings {
             outbox_poll_ms: 1000,
             secret_key: None,
             secret_key_file: None,
+            header_read_timeout_seconds: 10,
+            keep_alive_seconds: 5,
+            max_connections: None,
+            request_timeout_seconds: 30,
+            max_concurrent_requests: 512,
+            max_body_bytes: 512 * 1024,
         }
     }
 }
@@ -162,6 +182,12 @@ pub const KEYS: &[(&str, bool)] = &[
     ("outbox_poll_ms", false),
     ("secret_key", true),
     ("secret_key_file", false),
+    ("header_read_timeout_seconds", false),
+    ("keep_alive_seconds", false),
+    ("max_connections", false),
+    ("request_timeout_seconds", false),
+    ("max_concurrent_requests", false),
+    ("max_body_bytes", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -265,6 +291,24 @@ impl Settings {
             );
         }
         self.mail_settings()?;
+        for (key, value) in [
+            ("header_read_timeout_seconds", self.header_read_timeout_seconds),
+            ("keep_alive_seconds", self.keep_alive_seconds),
+            ("request_timeout_seconds", self.request_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&value) {
+                bail!(
+                    "{key} (QUARTERDECK_{}) must be between 1 and 3600",
+                    key.to_ascii_uppercase()
+                );
+            }
+        }
+        if self.max_connections == Some(0) || self.max_concurrent_requests == 0 {
+            bail!("max_connections and max_concurrent_requests must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("max_body_bytes (QUARTERDECK_MAX_BODY_BYTES) must be at least 1024");
+        }
         Ok(())
     }
 
@@ -358,7 +402,7 @@ impl Settings {
             Ok(text) => SecretKey::parse(&text).ok_or_else(|| invalid(&path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SecretKey::generate(rng);
-                std::fs::create_dir_all(&self.data_dir)
+                crate::data_dir::create_private_dir(&self.data_dir)
                     .with_context(|| format!("creating the data directory {}", self.data_dir.display()))?;
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);

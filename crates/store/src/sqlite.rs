@@ -50,12 +50,13 @@ fn options(path: &Path) -> SqliteConnectOptions {
 impl SqliteStore {
     pub async fn open(data_dir: &Path, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
         let tenants_dir = data_dir.join("tenants");
-        std::fs::create_dir_all(&tenants_dir).map_err(|e| {
+        private_dir(&tenants_dir).map_err(|e| {
             quarterdeck_domain::Error::Internal(format!(
                 "cannot create the data directory {}: {e}",
                 tenants_dir.display()
             ))
         })?;
+        private_file(&data_dir.join("control.db"))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options(&data_dir.join("control.db")).create_if_missing(true))
@@ -103,6 +104,7 @@ impl SqliteStore {
 
     /// Create and migrate the tenant's file; returns its name (relative to the data dir).
     async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
+        private_file(&self.tenant_path(id))?;
         let pool = self.tenant_pool(id, true).await?;
         TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
         sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, unixepoch() * 1000000)")
@@ -141,6 +143,29 @@ impl SqliteStore {
     pub async fn open_tenant_pools(&self) -> usize {
         self.tenants.open_count()
     }
+}
+
+/// Owner-only directories (0700, parents too): the databases hold password hashes, session
+/// hashes and the audit trail.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Create a database file owner-only (0600) before SQLite opens it (an existing one is left
+/// as it is): SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", path.display())))
 }
 
 async fn applied(pool: &SqlitePool) -> usize {

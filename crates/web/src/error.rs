@@ -79,20 +79,53 @@ impl IntoResponse for HtmlError {
             Error::Throttled { .. } => ("Too many attempts".to_owned(), self.0.to_string()),
             other => ("That did not work".to_owned(), other.to_string()),
         };
-        let mut resp = (
-            status,
-            crate::pages::render(&ErrorPage {
-                chrome: crate::pages::Chrome::signed_out(String::new()),
-                status: status.as_u16(),
-                title,
-                message,
-                reference,
-            }),
-        )
-            .into_response();
+        let mut resp = page(status, title, message, reference);
         retry_after(&self.0, &mut resp);
         resp
     }
+}
+
+/// The error page, with the request's id (`x-request-id`).
+fn page(status: StatusCode, title: String, message: String, reference: Option<String>) -> Response {
+    (
+        status,
+        crate::pages::render(&ErrorPage {
+            chrome: crate::pages::Chrome::signed_out(String::new()),
+            status: status.as_u16(),
+            title,
+            message,
+            reference,
+            request_id: crate::edge::current_request_id(),
+        }),
+    )
+        .into_response()
+}
+
+/// The JSON error, with the request's id.
+fn json(status: StatusCode, code: &str, message: String, fields: &[quarterdeck_domain::error::FieldError]) -> Response {
+    let mut body = serde_json::json!({ "error": { "code": code, "message": message } });
+    if !fields.is_empty() {
+        body["error"]["fields"] = serde_json::json!(fields);
+    }
+    if let Some(id) = crate::edge::current_request_id() {
+        body["error"]["request_id"] = serde_json::json!(id);
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+/// An error the edge answers itself (timeout, body limit, shedding): no domain error behind
+/// it, the same shapes (JSON for the API, else a page). A 503 says when to come back.
+pub fn edge_error(api: bool, status: StatusCode, code: &str, title: &str, message: &str) -> Response {
+    let mut resp = if api {
+        json(status, code, message.to_owned(), &[])
+    } else {
+        page(status, title.to_owned(), message.to_owned(), None)
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// An error as JSON: `{"error": {"code", "message", "fields"?}}`.
@@ -112,11 +145,7 @@ impl IntoResponse for ApiError {
             Some(reference) => format!("internal error (reference {reference})"),
             None => self.0.to_string(),
         };
-        let mut body = serde_json::json!({ "error": { "code": self.0.code(), "message": message } });
-        if !self.0.fields().is_empty() {
-            body["error"]["fields"] = serde_json::json!(self.0.fields());
-        }
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = json(status, self.0.code(), message, self.0.fields());
         retry_after(&self.0, &mut resp);
         resp
     }

@@ -4,11 +4,13 @@
 mod api;
 mod assets;
 mod auth;
+mod edge;
 mod error;
 mod pages;
 mod router;
 mod sso;
 mod state;
 
+pub use edge::EdgeLimits;
 pub use router::router;
 pub use state::{AppState, SettingRow, WebConfig};

@@ -1,8 +1,8 @@
 //! The URL map: every route Quarterdeck serves, in one place.
 //!
-//! Layers, outermost first: security headers → site (base host or a tenant's host, else 404)
-//! → session loading → CSRF check
-//! on every unsafe method. Handlers check permissions themselves, first thing.
+//! Layers, outermost first: the edge's request id (`edge.rs`) → security headers → the edge's
+//! error rendering, load shedding, timeout and body limit → site (base host or a tenant's
+//! host, else 404) → session loading → CSRF check on every unsafe method. Handlers check permissions themselves, first thing.
 
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
@@ -11,7 +11,7 @@ use crate::pages::{
     tenants, tokens, users,
 };
 use crate::state::AppState;
-use crate::{assets, pages};
+use crate::{assets, edge, pages};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -33,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sso/saml/acs", post(sso::saml_acs))
         .route("/sso/saml/finish", get(sso::saml_finish))
         .route_layer(from_fn_with_state(state.clone(), guard_token_endpoints));
-    Router::new()
+    let routes = Router::new()
         .merge(token_endpoints)
         // Signed out
         .route("/login", get(login::form).post(login::submit))
@@ -104,9 +104,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(pages::not_found)
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
-        .layer(from_fn_with_state(state.clone(), resolve_site))
-        .layer(from_fn_with_state(content_security_policy(&state), security_headers))
-        .with_state(state)
+        .layer(from_fn_with_state(state.clone(), resolve_site));
+    let routes = edge::limits(routes, state.config.edge)
+        .layer(from_fn_with_state(content_security_policy(&state), security_headers));
+    edge::request_ids(routes, std::sync::Arc::new(state.config.trusted_proxies.clone())).with_state(state)
 }
 
 /// Ready when the control database answers.

@@ -165,9 +165,16 @@ impl TestApp {
             clock: clock.clone(),
             rng: Arc::new(OsRandom),
         };
-        let app = App::with_listener(settings.clone(), listener, deps).await.unwrap();
-        let core = app.core.clone();
+        // What start-up logs (the setup link, warnings about the data directory) lands in
+        // this test's buffer too.
         let logs = LogBuffer::default();
+        let app = tracing::instrument::WithSubscriber::with_subscriber(
+            App::with_listener(settings.clone(), listener, deps),
+            log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()]),
+        )
+        .await
+        .unwrap();
+        let core = app.core.clone();
         let runtime = server_runtime(&logs);
         runtime.spawn(async move {
             app.run(std::future::pending()).await.unwrap();

@@ -143,3 +143,91 @@ both!(
         assert_eq!(app.core.verify_audit_chain().await.unwrap().map(|_| ()), Ok(()));
     }
 );
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_created_owner_only_and_every_database_file_is_0600() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.data_dir = s.data_dir.join("data")).await;
+    app.sign_in_owner().await;
+    let id: TenantId = app.create_tenant("Acme Corp", "acme").await.parse().unwrap();
+    let dir = app.data_dir().join("data");
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    assert_eq!(mode(&dir.join("tenants")), 0o700, "the tenants directory");
+    let tenant = format!("tenants/{}.db", id.0.simple());
+    let mut files = 0;
+    for name in ["control.db", tenant.as_str()] {
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.join(format!("{name}{suffix}"));
+            if suffix.is_empty() || path.exists() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 4, "the WAL files of the open databases were checked too");
+    assert_eq!(mode(&dir.join("secret.key")), 0o600);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_data_directory_readable_by_others_is_warned_about_at_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.data_dir = s.data_dir.join("shared");
+        std::fs::create_dir(&s.data_dir).unwrap();
+        std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    })
+    .await;
+    assert!(
+        app.logs.contains("is readable by other users"),
+        "a warning names the loose data directory"
+    );
+    let quiet = TestApp::spawn_with(Backend::Sqlite, |s| s.data_dir = s.data_dir.join("data")).await;
+    assert!(!quiet.logs.contains("is readable by other users"));
+}
+
+fn settings_on(dir: &std::path::Path, listener: &tokio::net::TcpListener) -> quarterdeck::Settings {
+    let addr = listener.local_addr().unwrap();
+    quarterdeck::Settings {
+        listen: addr,
+        base_url: format!("http://localhost:{}", addr.port()).parse().unwrap(),
+        data_dir: dir.to_owned(),
+        outbox_poll_ms: 3_600_000,
+        ..quarterdeck::Settings::default()
+    }
+}
+
+async fn start(dir: &std::path::Path) -> anyhow::Result<quarterdeck::App> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let settings = settings_on(dir, &listener);
+    quarterdeck::App::with_listener(settings, listener, quarterdeck::app::Deps::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_one_sqlite_data_directory_is_refused_with_a_clear_message() {
+    // Beside a running server.
+    let running = TestApp::spawn(Backend::Sqlite).await;
+    let err = match start(running.data_dir()).await {
+        Ok(_) => panic!("a second server started on the same data directory"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("another Quarterdeck"), "{err}");
+    assert!(err.contains(&running.data_dir().display().to_string()), "{err}");
+
+    // The lock lives as long as the server: once it is gone, a new one starts.
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path()).await.unwrap();
+    assert!(start(dir.path()).await.is_err());
+    drop(first);
+    start(dir.path()).await.unwrap();
+}

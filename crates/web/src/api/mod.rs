@@ -24,6 +24,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use quarterdeck_domain::Error;
 use quarterdeck_domain::core::ApiCaller;
@@ -100,7 +101,7 @@ fn check_scope(parts: &Parts, caller: ApiCaller) -> Result<Caller, ApiError> {
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
+    type Rejection = axum::response::Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let is_json = req
@@ -113,22 +114,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 "_body",
                 "unsupported_media_type",
                 "Send a JSON body (Content-Type: application/json).",
-            )));
+            ))
+            .into_response());
         }
+        // Past the edge's body limit: its 413 `body_too_large` (edge.rs renders it).
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|_| ApiError(Error::field("_body", "body_too_large", "The body is too large.")))?;
+            .map_err(|_| axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
         // serde fills a struct from a JSON array too, field by field: only objects are bodies.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError(Error::field(
-                "_body",
-                "invalid_body",
-                "The body must be a JSON object.",
-            )));
+            return Err(
+                ApiError(Error::field("_body", "invalid_body", "The body must be a JSON object.")).into_response(),
+            );
         }
         serde_json::from_slice(&bytes)
             .map(Body)
-            .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())))
+            .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())).into_response())
     }
 }
 

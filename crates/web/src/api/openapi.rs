@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
         TenantOut, TenantList, UserOut, UserList, CreatedUser, InvitationOut, EventOut, EventList, ErrorBody, ErrorDetail, FieldOut,
         tenants::CreateTenant, tenants::UpdateTenant, tenants::SetStatus, users::CreateUser, users::UpdateUser, users::Delivery,
     )),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &EdgeResponses),
 )]
 pub struct ApiDoc;
 
@@ -31,6 +31,53 @@ impl Modify for Bearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// What the edge (`edge.rs`) may answer to any call, declared on every operation: 408
+/// `request_timeout`, 413 `body_too_large`, 503 `overloaded` (with `Retry-After`).
+struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.insert(
+                    "408".into(),
+                    error("`request_timeout`: the request took longer than the server allows."),
+                );
+                responses.insert(
+                    "413".into(),
+                    error("`body_too_large`: the body is larger than the server accepts."),
+                );
+                responses.insert(
+                    "503".into(),
+                    error("`overloaded`: too many requests at once; retry after `Retry-After` seconds."),
+                );
+            }
+        }
     }
 }
 

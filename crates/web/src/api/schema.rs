@@ -183,6 +183,9 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<FieldOut>>,
+    /// The request's `x-request-id`, to quote to whoever reads the logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

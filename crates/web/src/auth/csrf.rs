@@ -22,9 +22,6 @@ use quarterdeck_domain::token::constant_time_eq;
 
 pub const ANON_CSRF_COOKIE: &str = "qd_csrf";
 
-/// Largest form body accepted (the console's forms are small; pasted SAML metadata is not).
-const MAX_FORM_BYTES: usize = 512 * 1024;
-
 fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -77,8 +74,9 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
         return refuse();
     }
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = to_bytes(body, MAX_FORM_BYTES).await else {
-        return HtmlError(Error::field("_", "too_large", "The form is too large.")).into_response();
+    // The edge's body limit (`max_body_bytes`) bounds every body; past it, its 413.
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     let sent = url::form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == "csrf_token")

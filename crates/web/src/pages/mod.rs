@@ -100,6 +100,8 @@ pub struct ErrorPage {
     pub title: String,
     pub message: String,
     pub reference: Option<String>,
+    /// The request's `x-request-id`, to quote to whoever reads the logs.
+    pub request_id: Option<String>,
 }
 
 pub async fn not_found() -> Response {

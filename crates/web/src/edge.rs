@@ -1,0 +1,190 @@
+//! The server's edge: what every request meets before the routes, built from tower-http and
+//! tower layers.
+//!
+//! Outermost first:
+//! 1. `x-request-id`: kept only from a trusted proxy (`trusted_proxies`) and only if it is a
+//!    short token, else made here (a UUID); returned on the response, a field of the request's
+//!    tracing span (so of every log line the request causes), and on every error page and JSON
+//!    error (`request_id`).
+//! 2. (the security headers, in `router.rs`)
+//! 3. Edge errors rendered like any other error: 408 `request_timeout`, 413 `body_too_large`,
+//!    503 `overloaded` (JSON under `/v1`, a page elsewhere).
+//! 4. A concurrency limit that sheds (503 with `Retry-After`) instead of queueing.
+//! 5. A request timeout (408).
+//! 6. One body limit for every route, forms and API alike (413): a `Content-Length` over it
+//!    is refused before the body is read, a chunked body when it grows past it.
+
+use crate::error::edge_error;
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, StatusCode, Uri};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::Response;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The edge's limits (settings `request_timeout_seconds`, `max_concurrent_requests`,
+/// `max_body_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeLimits {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 512,
+            max_body_bytes: 512 * 1024,
+        }
+    }
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled (for error pages and JSON errors).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok().filter(|id| !id.is_empty())
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Layers 3 to 6, around the routes (inside the security headers).
+pub fn limits<S: Clone + Send + Sync + 'static>(router: Router<S>, limits: EdgeLimits) -> Router<S> {
+    router
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // One limit: axum's own (2 MiB on its extractors) is off.
+        .layer(DefaultBodyLimit::disable())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests.max(1))),
+        )
+        .layer(from_fn(render_edge_errors))
+}
+
+/// Layer 1, outermost.
+pub fn request_ids<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    trusted_proxies: Arc<Vec<IpAddr>>,
+) -> Router<S> {
+    router
+        .layer(from_fn(scope_request_id))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        // No ERROR line per 5xx (a shedding server would log one per refused request):
+        // internal errors are logged once, with their reference, where they happen.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span).on_failure(()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(from_fn_with_state(trusted_proxies, distrust_request_id))
+}
+
+/// A request id is taken from the request only when a trusted proxy sent it and it is a short
+/// token (it goes into log lines and pages).
+async fn distrust_request_id(State(trusted): State<Arc<Vec<IpAddr>>>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let sent = req.headers().get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>();
+    let keep = peer.is_some_and(|p| trusted.contains(&p))
+        && sent.len() == 1
+        && sent.first().is_some_and(|v| acceptable_id(v.as_bytes()));
+    if !keep {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+fn acceptable_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+fn request_id_of(req: &Request) -> &str {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Every log line inside a request carries its method, path and id (the span is INFO, so
+/// it is there at the default filter).
+fn request_span(req: &Request<Body>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id_of(req),
+    )
+}
+
+async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = request_id_of(&req).to_owned();
+    REQUEST_ID.scope(id, next.run(req)).await
+}
+
+/// The 408 of the timeout, the 413 of the body limit (or of an extractor that hit it) are
+/// answered like every other error.
+async fn render_edge_errors(req: Request, next: Next) -> Response {
+    let api = is_api(req.uri().path());
+    let resp = next.run(req).await;
+    match resp.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => edge_error(
+            api,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Too large",
+            "The request body is larger than this server accepts.",
+        ),
+        StatusCode::REQUEST_TIMEOUT => edge_error(
+            api,
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Took too long",
+            "The request took too long and was stopped. Check whether it took effect before trying again.",
+        ),
+        _ => resp,
+    }
+}
+
+/// The concurrency limit's refusal (or, should it ever happen, another layer error).
+async fn shed(uri: Uri, err: tower::BoxError) -> Response {
+    let api = is_api(uri.path());
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        edge_error(
+            api,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Busy",
+            "The server is handling as many requests as it takes at once. Try again in a moment.",
+        )
+    } else {
+        tracing::error!(error = %err, "a layer of the edge failed");
+        edge_error(
+            api,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Something went wrong",
+            "The server could not finish this request.",
+        )
+    }
+}
