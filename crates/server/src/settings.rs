@@ -74,6 +74,9 @@ pub struct Settings {
     /// bytes in base64). Unset: `{data_dir}/secret.key`, made on first start.
     pub secret_key: Option<String>,
     pub secret_key_file: Option<PathBuf>,
+    /// Minutes between signed checkpoints of the audit chain's head, written to
+    /// `{data_dir}/audit-checkpoints/` (also one at start-up).
+    pub audit_checkpoint_minutes: u32,
 }
 
 impl Default for Settings {
@@ -114,6 +117,7 @@ impl Default for Settings {
             outbox_poll_ms: 1000,
             secret_key: None,
             secret_key_file: None,
+            audit_checkpoint_minutes: 60,
         }
     }
 }
@@ -158,6 +162,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("outbox_poll_ms", false),
     ("secret_key", true),
     ("secret_key_file", false),
+    ("audit_checkpoint_minutes", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -254,6 +259,9 @@ impl Settings {
                  recipients could not open them. Set QUARTERDECK_BASE_URL (base_url) to Quarterdeck's public URL",
                 self.email_transport
             );
+        }
+        if self.audit_checkpoint_minutes == 0 || self.audit_checkpoint_minutes > 7 * 24 * 60 {
+            bail!("audit_checkpoint_minutes (QUARTERDECK_AUDIT_CHECKPOINT_MINUTES) must be between 1 and 10080");
         }
         self.mail_settings()?;
         Ok(())
@@ -363,6 +371,32 @@ impl Settings {
                 tracing::info!(path = %path.display(), "created the secret key that seals identity providers' client secrets");
                 Ok(key)
             }
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// The secret key as it already is, never a new one: what the audit commands check the
+    /// chain with. A missing key is an error that says where it was looked for.
+    pub fn existing_secret_key(&self) -> Result<quarterdeck_domain::sso::SecretKey> {
+        use quarterdeck_domain::sso::SecretKey;
+        if self.secret_key.is_some() {
+            return self.secret_key(&quarterdeck_domain::token::OsRandom);
+        }
+        let path = self.data_dir.join("secret.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => SecretKey::parse(&text).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: not a secret key (64 hex characters, or 32 bytes in base64)",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no secret key: {} does not exist and secret_key (QUARTERDECK_SECRET_KEY or QUARTERDECK_SECRET_KEY_FILE) \
+                 is not set. The audit chain is keyed with the server's secret key: point data_dir \
+                 (QUARTERDECK_DATA_DIR) at the server's data directory, or set the same secret key the server uses. \
+                 A new key would not verify anything, so none is made",
+                path.display()
+            ),
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         }
     }

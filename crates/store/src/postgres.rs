@@ -30,6 +30,8 @@ pub struct PgStore {
     base: PgConnectOptions,
     prefix: String,
     tenants: PoolCache<Postgres>,
+    /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
+    audit_key: Option<quarterdeck_domain::audit::AuditKey>,
 }
 
 fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
@@ -72,6 +74,7 @@ impl PgStore {
             base,
             prefix,
             tenants: PoolCache::new(limits),
+            audit_key: None,
         })
     }
 

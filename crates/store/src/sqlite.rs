@@ -32,6 +32,8 @@ pub struct SqliteStore {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     data_dir: PathBuf,
     tenants: PoolCache<Sqlite>,
+    /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
+    audit_key: Option<quarterdeck_domain::audit::AuditKey>,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -64,6 +66,7 @@ impl SqliteStore {
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             data_dir: data_dir.to_owned(),
             tenants: PoolCache::new(limits),
+            audit_key: None,
         })
     }
 
