@@ -501,4 +501,47 @@ mod tests {
         v.check(&a).unwrap();
         assert_eq!(v.check(&b).unwrap_err().seq, 2);
     }
+
+    fn keyed(seq: i64, prev: &str, key: &AuditKey) -> AuditEvent {
+        let mut e = event(seq, prev);
+        e.hash = e.hash_with(Some(key));
+        e
+    }
+
+    #[test]
+    fn plain_links_pass_only_before_keyed_from_and_the_head_catches_a_deleted_tail() {
+        let key = AuditKey::from_secret(&crate::sso::SecretKey::from_bytes([7; 32]));
+        let a = event(1, GENESIS_HASH); // written before the chain was keyed
+        let b = keyed(2, &a.hash, &key);
+        let c = keyed(3, &b.hash, &key);
+        let head = |e: &AuditEvent| AuditHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+            keyed_from: 2,
+            mac: Some(head_mac(&key, e.seq, &e.hash, 2)),
+        };
+        let mut v = ChainVerifier::new(Some(key.clone()), 2);
+        for e in [&a, &b, &c] {
+            v.check(e).unwrap();
+        }
+        v.finish(&head(&c)).unwrap();
+
+        // c deleted: the head still records it.
+        let mut v = ChainVerifier::new(Some(key.clone()), 2);
+        v.check(&a).unwrap();
+        v.check(&b).unwrap();
+        assert_eq!(v.finish(&head(&c)).unwrap_err().seq, 3);
+        // … and a head moved back to b without the key has no valid MAC.
+        let mut rewound = head(&b);
+        rewound.mac = head(&c).mac;
+        assert_eq!(v.finish(&rewound).unwrap_err().seq, 2);
+        assert_eq!(v.finish(&AuditHead { mac: None, ..head(&b) }).unwrap_err().seq, 2);
+
+        // b with a plain link where a keyed one is due.
+        let mut plain_b = b.clone();
+        plain_b.hash = plain_b.expected_hash();
+        let mut v = ChainVerifier::new(Some(key), 2);
+        v.check(&a).unwrap();
+        assert_eq!(v.check(&plain_b).unwrap_err().seq, 2);
+    }
 }
