@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod audit_checkpoint;
 pub mod clock;
 pub mod core;
 pub mod email;

@@ -285,6 +285,17 @@ impl SecretKey {
         hex::encode(self.0)
     }
 
+    /// A subkey for one purpose: HMAC-SHA256 keyed with this key over `context`, a string
+    /// naming the purpose and its version (e.g. `"quarterdeck audit chain v2"`). Subkeys for
+    /// different contexts are unrelated, so no use of one helps against another.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(context.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn seal(&self, plaintext: &str, bound_to: uuid::Uuid, rng: &dyn crate::token::Random) -> Result<String> {
         use base64::Engine;
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};

@@ -228,6 +228,8 @@ pub trait AuditStore: Send + Sync {
     async fn event(&self, id: EventId) -> Result<Option<AuditEvent>>;
     /// Oldest first, `seq > after_seq`, at most `limit` (for `audit verify`).
     async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
+    /// The chain's head row (the last seq and hash, where keying starts, its MAC).
+    async fn audit_head(&self) -> Result<crate::audit::AuditHead>;
 }
 
 #[async_trait]

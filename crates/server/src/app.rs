@@ -50,8 +50,19 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Open the store (running the control database's migrations) and build the core.
+/// Open the store (running the control database's migrations) and build the core; the secret
+/// key is read, or made on first start.
 pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
+    let secret_key = settings.secret_key(&*deps.rng)?;
+    core_with_key(settings, deps, secret_key).await
+}
+
+/// Like [`core`] with a secret key already read (the audit commands never make one).
+pub async fn core_with_key(
+    settings: &Settings,
+    deps: Deps,
+    secret_key: quarterdeck_domain::sso::SecretKey,
+) -> Result<Arc<Core>> {
     let store = quarterdeck_store::open(&StoreOptions {
         database_url: settings.database_url.clone(),
         data_dir: settings.data_dir.clone(),
@@ -61,6 +72,7 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
             max_connections: settings.database_max_connections,
             ..PoolLimits::default()
         },
+        audit_key: quarterdeck_domain::audit::AuditKey::from_secret(&secret_key),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))
@@ -89,7 +101,7 @@ pub async fn core(settings: &Settings, deps: Deps) -> Result<Arc<Core>> {
         },
         render_invitation: quarterdeck_mail::invitation_email,
         render_sso_notice: quarterdeck_mail::sso_notice_email,
-        secret_key: settings.secret_key(&*deps.rng)?,
+        secret_key,
     };
     Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
 }
@@ -184,10 +196,16 @@ impl App {
             self.mailer.clone(),
             Duration::from_millis(self.settings.outbox_poll_ms.max(10)),
         ));
+        let checkpoints = tokio::spawn(crate::audit::checkpoints(
+            self.core.clone(),
+            crate::audit::checkpoint_dir(&self.settings),
+            time::Duration::minutes(i64::from(self.settings.audit_checkpoint_minutes)),
+        ));
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
         drop(self.data_dir_lock);
         housekeeping.abort();
         outbox.abort();
+        checkpoints.abort();
         result.context("serving")
     }
 }

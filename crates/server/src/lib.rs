@@ -2,6 +2,7 @@
 //! the integration tests build the same [`App`] in-process.
 
 pub mod app;
+pub mod audit;
 pub mod data_dir;
 pub mod serve;
 pub mod settings;

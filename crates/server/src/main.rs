@@ -61,8 +61,18 @@ enum TokensCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain from the first event; name the first bad event.
-    Verify,
+    /// Check the chain from the first event to its head; name the first bad event.
+    Verify {
+        /// Also prove the trail still holds the event a signed checkpoint file records.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign the head of an intact chain and write the checkpoint (default: a new file in
+    /// `{data_dir}/audit-checkpoints/`); ship it off this machine.
+    Checkpoint {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -136,20 +146,54 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let core = app::core(&settings, Deps::default()).await?;
-            match core.verify_audit_chain().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        Command::Audit { command } => audit(&settings, command).await,
+    }
+}
+
+/// `audit verify [--checkpoint FILE]` and `audit checkpoint [--out FILE]`: with the server's
+/// existing secret key only (a new key would verify nothing).
+async fn audit(settings: &Settings, command: AuditCommand) -> Result<()> {
+    let key = settings.existing_secret_key()?;
+    let core = app::core_with_key(settings, Deps::default(), key).await?;
+    match command {
+        AuditCommand::Verify { checkpoint } => {
+            let (result, of) = match &checkpoint {
+                None => (core.verify_audit_chain().await, None),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read the checkpoint {}: {e}", path.display()))?;
+                    let cp = quarterdeck_domain::audit_checkpoint::Checkpoint::parse(&text, &core.audit_key())
+                        .map_err(|e| anyhow::anyhow!("checkpoint {} REFUSED: {e}", path.display()))?;
+                    let of = format!(
+                        "; it holds event #{} of the checkpoint taken at {}",
+                        cp.get().seq,
+                        cp.get().taken_at
+                    );
+                    (core.verify_audit_checkpoint(&cp).await, Some(of))
+                }
+            };
+            match result.map_err(|e| anyhow::anyhow!("{e}"))? {
                 Ok(n) => {
-                    println!("audit chain intact: {n} event(s) verified");
+                    println!("audit chain intact: {n} event(s) verified{}", of.unwrap_or_default());
                     Ok(())
                 }
                 Err(b) => {
-                    println!("audit chain BROKEN at event #{} ({}): {}", b.seq, b.id, b.reason);
+                    let id = b.id.map(|id| format!(" ({id})")).unwrap_or_default();
+                    println!("audit chain BROKEN at event #{}{id}: {}", b.seq, b.reason);
                     std::process::exit(1);
                 }
             }
+        }
+        AuditCommand::Checkpoint { out } => {
+            let dir = quarterdeck::audit::checkpoint_dir(settings);
+            let (path, cp) = quarterdeck::audit::write_checkpoint(&core, &dir, out.as_deref()).await?;
+            println!(
+                "checkpoint of event #{} (hash {}) written to {}",
+                cp.get().seq,
+                cp.get().hash,
+                path.display()
+            );
+            Ok(())
         }
     }
 }

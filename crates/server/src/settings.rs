@@ -90,6 +90,9 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// Largest request body, forms and API alike; larger gets 413 `body_too_large`.
     pub max_body_bytes: usize,
+    /// Minutes between signed checkpoints of the audit chain's head, written to
+    /// `{data_dir}/audit-checkpoints/` (also one at start-up).
+    pub audit_checkpoint_minutes: u32,
 }
 
 impl Default for Settings {
@@ -137,6 +140,7 @@ impl Default for Settings {
             request_timeout_seconds: 30,
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
+            audit_checkpoint_minutes: 60,
         }
     }
 }
@@ -188,6 +192,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("request_timeout_seconds", false),
     ("max_concurrent_requests", false),
     ("max_body_bytes", false),
+    ("audit_checkpoint_minutes", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -289,6 +294,9 @@ impl Settings {
                  recipients could not open them. Set QUARTERDECK_BASE_URL (base_url) to Quarterdeck's public URL",
                 self.email_transport
             );
+        }
+        if self.audit_checkpoint_minutes == 0 || self.audit_checkpoint_minutes > 7 * 24 * 60 {
+            bail!("audit_checkpoint_minutes (QUARTERDECK_AUDIT_CHECKPOINT_MINUTES) must be between 1 and 10080");
         }
         self.mail_settings()?;
         for (key, value) in [
@@ -416,6 +424,32 @@ impl Settings {
                 tracing::info!(path = %path.display(), "created the secret key that seals identity providers' client secrets");
                 Ok(key)
             }
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// The secret key as it already is, never a new one: what the audit commands check the
+    /// chain with. A missing key is an error that says where it was looked for.
+    pub fn existing_secret_key(&self) -> Result<quarterdeck_domain::sso::SecretKey> {
+        use quarterdeck_domain::sso::SecretKey;
+        if self.secret_key.is_some() {
+            return self.secret_key(&quarterdeck_domain::token::OsRandom);
+        }
+        let path = self.data_dir.join("secret.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => SecretKey::parse(&text).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: not a secret key (64 hex characters, or 32 bytes in base64)",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no secret key: {} does not exist and secret_key (QUARTERDECK_SECRET_KEY or QUARTERDECK_SECRET_KEY_FILE) \
+                 is not set. The audit chain is keyed with the server's secret key: point data_dir \
+                 (QUARTERDECK_DATA_DIR) at the server's data directory, or set the same secret key the server uses. \
+                 A new key would not verify anything, so none is made",
+                path.display()
+            ),
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         }
     }

@@ -32,19 +32,27 @@ pub struct StoreOptions {
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
     pub tenant_pools: PoolLimits,
+    /// The key the audit chain is authenticated with (derived from the server's secret key).
+    pub audit_key: quarterdeck_domain::audit::AuditKey,
 }
 
 /// Open (and migrate) the control database for the configured backend.
 pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
     match &opts.database_url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(PgStore::open(url, opts.tenant_pools).await?))
-        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Arc::new(
+            PgStore::open(url, opts.tenant_pools)
+                .await?
+                .with_audit_key(opts.audit_key.clone()),
+        )),
         Some(other) => Err(Error::Internal(format!(
             "QUARTERDECK_DATABASE_URL must start with postgres:// (got a URL with scheme {:?})",
             other.split(':').next().unwrap_or_default()
         ))),
-        None => Ok(Arc::new(SqliteStore::open(&opts.data_dir, opts.tenant_pools).await?)),
+        None => Ok(Arc::new(
+            SqliteStore::open(&opts.data_dir, opts.tenant_pools)
+                .await?
+                .with_audit_key(opts.audit_key.clone()),
+        )),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct PgStore {
     tenants: PoolCache<Postgres>,
     /// How long a request waits for a connection before it is refused as busy.
     wait: Duration,
+    /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
+    audit_key: Option<quarterdeck_domain::audit::AuditKey>,
 }
 
 fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
@@ -95,6 +97,7 @@ impl PgStore {
                 Some(retire_with),
             ),
             wait: limits.wait,
+            audit_key: None,
         })
     }
 

@@ -9,7 +9,7 @@
 
 macro_rules! impl_store {
     ($Store:ty, $Db:ty) => {
-        use quarterdeck_domain::audit::{AuditEvent, AuditFilter, NewEvent};
+        use quarterdeck_domain::audit::{AuditEvent, AuditFilter, AuditHead, AuditKey, NewEvent};
         use quarterdeck_domain::email::EmailAddress;
         use quarterdeck_domain::error::{Error, Result};
         use quarterdeck_domain::ids::{EventId, TenantId, UserId};
@@ -95,6 +95,12 @@ macro_rules! impl_store {
         }
 
         impl $Store {
+            /// The key audit events are keyed with (every event written after migration 0003).
+            pub fn with_audit_key(mut self, key: AuditKey) -> Self {
+                self.audit_key = Some(key);
+                self
+            }
+
             /// Begin a write transaction whose first statement appends `event` to the chain.
             /// Updating the chain head first takes the write lock at once (SQLite) or the head
             /// row's lock (PostgreSQL): audited writers are serialised and the chain cannot fork.
@@ -105,20 +111,29 @@ macro_rules! impl_store {
             async fn begin_audited(&self, event: &NewEvent) -> Result<(Transaction<'static, $Db>, Option<WriterPermit>)> {
                 let permit = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                Self::append_in(&mut tx, event).await?;
+                Self::append_in(&mut tx, event, self.audit_key.as_ref()).await?;
                 Ok((tx, permit))
             }
 
-            /// Append one more event inside an audited transaction.
-            async fn append_in(tx: &mut Transaction<'static, $Db>, event: &NewEvent) -> Result<()> {
-                let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+            /// Append one more event inside an audited transaction: keyed with the audit key
+            /// from the head's `keyed_from` on (always, once migration 0003 ran), and the head
+            /// moved to it with a fresh MAC.
+            async fn append_in(tx: &mut Transaction<'static, $Db>, event: &NewEvent, key: Option<&AuditKey>) -> Result<()> {
+                let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash, keyed_from")
                     .fetch_one(&mut **tx)
                     .await
                     .map_err(db_err)?;
                 let seq: i64 = head.try_get("seq").map_err(db_err)?;
                 let prev_hash: String = head.try_get("hash").map_err(db_err)?;
+                let keyed_from: i64 = head.try_get("keyed_from").map_err(db_err)?;
+                let key = if seq >= keyed_from {
+                    Some(key.ok_or_else(|| Error::internal("the audit chain is keyed and this store has no audit key"))?)
+                } else {
+                    None
+                };
                 let actor_id = event.actor.user_id;
                 let hash = quarterdeck_domain::audit::chain_hash(
+                    key,
                     &prev_hash,
                     seq,
                     event.id,
@@ -146,8 +161,10 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await
                 .map_err(db_err)?;
-                sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                let mac = key.map(|k| quarterdeck_domain::audit::head_mac(k, seq, &hash, keyed_from));
+                sqlx::query("UPDATE audit_head SET hash = $1, mac = $2 WHERE id = 1")
                     .bind(&hash)
+                    .bind(mac)
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
@@ -183,7 +200,7 @@ macro_rules! impl_store {
             /// Cancel a user's pending emails (their link died).
             /// End each impersonation in `ending` that is still live, with its event, and
             /// delete its sessions, inside an audited control-database transaction.
-            async fn end_impersonations_in(tx: &mut Transaction<'static, $Db>, ending: &[ImpersonationEnd]) -> Result<()> {
+            async fn end_impersonations_in(&self, tx: &mut Transaction<'static, $Db>, ending: &[ImpersonationEnd]) -> Result<()> {
                 for end in ending {
                     let done = sqlx::query(
                         "UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL",
@@ -195,7 +212,7 @@ macro_rules! impl_store {
                     .await
                     .map_err(db_err)?;
                     if done.rows_affected() == 1 {
-                        Self::append_in(tx, &end.event).await?;
+                        Self::append_in(tx, &end.event, self.audit_key.as_ref()).await?;
                     }
                     sqlx::query("DELETE FROM session WHERE impersonation_id = $1").bind(end.id).execute(&mut **tx).await.map_err(db_err)?;
                 }
@@ -528,7 +545,7 @@ macro_rules! impl_store {
                 let writer = self.writer_permit().await;
                 let mut control = self.pool.begin().await.map_err(db_err)?;
                 for e in events {
-                    Self::append_in(&mut control, e).await?;
+                    Self::append_in(&mut control, e, self.audit_key.as_ref()).await?;
                 }
                 if let Directory::Tenant(t) = dir {
                     Self::check_writable_in(&mut control, t).await?;
@@ -735,7 +752,7 @@ macro_rules! impl_store {
                     Some(t) => insert_roles(t, id, roles).await?,
                     None => insert_roles(&mut tx.control, id, roles).await?,
                 }
-                Self::end_impersonations_in(&mut tx.control, ending).await?;
+                self.end_impersonations_in(&mut tx.control, ending).await?;
                 tx.commit().await
             }
 
@@ -752,7 +769,7 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
-                Self::end_impersonations_in(&mut tx.control, ending).await?;
+                self.end_impersonations_in(&mut tx.control, ending).await?;
                 if status != UserStatus::Active {
                     sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
                 }
@@ -768,7 +785,7 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
-                Self::end_impersonations_in(&mut tx.control, ending).await?;
+                self.end_impersonations_in(&mut tx.control, ending).await?;
                 sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
                 Self::cancel_pending(&mut tx.control, id).await?;
                 tx.commit().await
@@ -1037,6 +1054,20 @@ macro_rules! impl_store {
                 .await
                 .map_err(db_err)?;
                 row.as_ref().map(event_from_row).transpose()
+            }
+
+            async fn audit_head(&self) -> Result<AuditHead> {
+                let r = sqlx::query("SELECT seq, hash, keyed_from, mac FROM audit_head WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .ok_or_else(|| Error::internal("the audit chain's head row is missing"))?;
+                Ok(AuditHead {
+                    seq: r.try_get("seq").map_err(db_err)?,
+                    hash: r.try_get("hash").map_err(db_err)?,
+                    keyed_from: r.try_get("keyed_from").map_err(db_err)?,
+                    mac: r.try_get("mac").map_err(db_err)?,
+                })
             }
 
             async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>> {

@@ -35,6 +35,8 @@ pub struct SqliteStore {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     data_dir: PathBuf,
     tenants: PoolCache<Sqlite>,
+    /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
+    audit_key: Option<quarterdeck_domain::audit::AuditKey>,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -69,6 +71,7 @@ impl SqliteStore {
             data_dir: data_dir.to_owned(),
             // Files, not connections: the only cap is `max_open` pools.
             tenants: PoolCache::new(limits, limits.max_open, None),
+            audit_key: None,
         })
     }
 

@@ -2,7 +2,8 @@
 
 use super::Core;
 use crate::access::{Authorized, ReadAudit, ReadUsers};
-use crate::audit::{AuditEvent, AuditFilter, ChainBreak, ChainVerifier};
+use crate::audit::{AuditEvent, AuditFilter, AuditHead, AuditKey, ChainBreak, ChainVerifier};
+use crate::audit_checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::error::{Error, Result};
 use crate::ids::EventId;
 use crate::user::User;
@@ -22,21 +23,93 @@ impl Core {
         self.store.event(id).await?.ok_or(Error::NotFound)
     }
 
-    /// Walk the whole chain; `Ok(checked)` or the first break.
+    /// The key the audit chain, its head and its checkpoints are authenticated with.
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey::from_secret(&self.config.secret_key)
+    }
+
+    /// Walk the whole chain up to its head and check the head; `Ok(checked)` or the first break.
     pub async fn verify_audit_chain(&self) -> Result<std::result::Result<u64, ChainBreak>> {
-        let mut v = ChainVerifier::default();
+        Ok(self.verify_audit(None).await?.map(|(n, _)| n))
+    }
+
+    /// Like [`Core::verify_audit_chain`], and the trail must still hold the checkpoint's event
+    /// with the checkpoint's hash (a tail deleted, or the chain rewritten with its head, since
+    /// the checkpoint was taken is named here).
+    pub async fn verify_audit_checkpoint(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> Result<std::result::Result<u64, ChainBreak>> {
+        Ok(self.verify_audit(Some(checkpoint.get())).await?.map(|(n, _)| n))
+    }
+
+    /// Verify the chain, then sign its head: a checkpoint is only ever taken of an intact trail.
+    pub async fn take_audit_checkpoint(&self) -> Result<std::result::Result<SignedCheckpoint, ChainBreak>> {
+        Ok(self
+            .verify_audit(None)
+            .await?
+            .map(|(_, head)| Checkpoint::sign(&self.audit_key(), &head, self.clock.now())))
+    }
+
+    async fn verify_audit(&self, cp: Option<&Checkpoint>) -> Result<std::result::Result<(u64, AuditHead), ChainBreak>> {
+        let head = self.store.audit_head().await?;
+        // Events appended after the head was read are left for the next run; a checkpoint's
+        // event is always looked for, even past a head that was moved back.
+        let until = cp.map_or(head.seq, |c| c.seq.max(head.seq));
+        let mut v = ChainVerifier::new(Some(self.audit_key()), head.keyed_from);
         let mut after = 0;
-        loop {
+        'walk: loop {
             let batch = self.store.events_after(after, 1000).await?;
             let Some(last) = batch.last() else { break };
             after = last.seq;
             for e in &batch {
+                if e.seq > until {
+                    break 'walk;
+                }
                 if let Err(b) = v.check(e) {
                     return Ok(Err(b));
                 }
+                if let Some(c) = cp
+                    && e.seq == c.seq
+                    && e.hash != c.hash
+                {
+                    return Ok(Err(ChainBreak {
+                        seq: e.seq,
+                        id: Some(e.id),
+                        reason: format!(
+                            "it does not have the hash the checkpoint taken at {} records: the trail was rewritten",
+                            c.taken_at
+                        ),
+                    }));
+                }
             }
         }
-        Ok(Ok(v.checked))
+        if let Some(c) = cp {
+            if c.seq > v.last_seq() {
+                return Ok(Err(ChainBreak {
+                    seq: c.seq,
+                    id: None,
+                    reason: format!(
+                        "the checkpoint taken at {} records event #{}, which is missing: the trail was truncated",
+                        c.taken_at, c.seq
+                    ),
+                }));
+            }
+            if c.keyed_from != head.keyed_from {
+                return Ok(Err(ChainBreak {
+                    seq: head.keyed_from,
+                    id: None,
+                    reason: format!(
+                        "the chain is keyed from #{} but the checkpoint taken at {} records #{}: the head was altered",
+                        head.keyed_from, c.taken_at, c.keyed_from
+                    ),
+                }));
+            }
+        }
+        if let Err(b) = v.finish(&head) {
+            return Ok(Err(b));
+        }
+        Ok(Ok((v.checked, head)))
     }
 }
 
@@ -62,5 +135,12 @@ impl Core {
             ..Default::default()
         };
         self.store.list_events(&filter).await
+    }
+}
+
+impl Core {
+    /// The seq of the chain's head (for the checkpoint writer, which skips an unchanged trail).
+    pub async fn audit_head_seq(&self) -> Result<i64> {
+        Ok(self.store.audit_head().await?.seq)
     }
 }
