@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::ids::UserId;
 use crate::role::{Capability, Catalog, Role, Scope};
+use crate::user::Directory;
 use std::marker::PhantomData;
 
 /// The signed-in user behind a request: a platform user (`tenant_id` is `None`) or a user of
@@ -176,5 +177,132 @@ pub struct Authorized<P> {
 impl<P> Authorized<P> {
     pub fn actor(&self) -> &Actor {
         &self.actor
+    }
+}
+
+/// A permission over the users of one directory (the platform's, or one tenant's). Which
+/// capability it takes depends on who asks and where: see [`Principal::require_in`].
+pub trait DirectoryPermission {
+    /// The capability a principal needs for `dir`: `own_tenant` is true for a tenant user
+    /// asking about their own tenant (a tenant user never gets a proof for another directory).
+    fn capability(own_tenant: bool, dir: Directory) -> Capability;
+}
+
+/// Invite, change roles of, suspend, delete, and reset the passwords of a directory's users.
+pub struct ManageDirectory;
+impl DirectoryPermission for ManageDirectory {
+    fn capability(own_tenant: bool, _dir: Directory) -> Capability {
+        if own_tenant {
+            Capability::TenantUsersManage
+        } else {
+            Capability::UsersManage
+        }
+    }
+}
+
+/// See a directory's users and their invitations.
+pub struct ReadDirectory;
+impl DirectoryPermission for ReadDirectory {
+    fn capability(own_tenant: bool, dir: Directory) -> Capability {
+        match (own_tenant, dir) {
+            (true, _) => Capability::TenantRead,
+            (false, Directory::Platform) => Capability::UsersRead,
+            (false, Directory::Tenant(_)) => Capability::TenantsRead,
+        }
+    }
+}
+
+/// Proof that a principal holds permission `P` over the users of one directory. Only
+/// [`Principal::require_in`] makes one; the user operations in `Core` take it, and act only in
+/// its directory.
+pub struct InDirectory<'a, P> {
+    principal: &'a Principal,
+    dir: Directory,
+    _p: PhantomData<P>,
+}
+
+impl<P> InDirectory<'_, P> {
+    pub fn principal(&self) -> &Principal {
+        self.principal
+    }
+    pub fn directory(&self) -> Directory {
+        self.dir
+    }
+    pub fn actor(&self) -> Actor {
+        self.principal.actor()
+    }
+}
+
+impl Principal {
+    /// A proof that this principal holds `P` over the users of `dir`. A tenant user asking
+    /// about any other directory gets `NotFound`, never a hint that it exists; a missing
+    /// capability is `Forbidden`. (Whether the tenant exists and is writable is the
+    /// operation's to check: it needs the store.)
+    pub fn require_in<P: DirectoryPermission>(&self, dir: Directory) -> Result<InDirectory<'_, P>> {
+        let own_tenant = match self.tenant_id {
+            Some(own) if dir == Directory::Tenant(own) => true,
+            Some(_) => return Err(Error::NotFound),
+            None => false,
+        };
+        if !self.can(&P::capability(own_tenant, dir)) {
+            return Err(Error::Forbidden);
+        }
+        Ok(InDirectory {
+            principal: self,
+            dir,
+            _p: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests unwrap")]
+    use super::*;
+    use crate::ids::TenantId;
+
+    fn principal(roles: &[&str], tenant: Option<TenantId>) -> Principal {
+        let catalog = Catalog::default();
+        let roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        Principal::new(
+            UserId::new(),
+            EmailAddress::parse("a@b.example").unwrap(),
+            roles,
+            tenant,
+            &catalog,
+        )
+    }
+
+    #[test]
+    fn a_tenant_user_gets_no_proof_for_another_directory_and_no_hint_it_exists() {
+        let own = TenantId::new();
+        let admin = principal(&[Catalog::default().admin_role()], Some(own));
+        assert!(admin.require_in::<ManageDirectory>(Directory::Tenant(own)).is_ok());
+        for other in [Directory::Tenant(TenantId::new()), Directory::Platform] {
+            assert!(matches!(
+                admin.require_in::<ManageDirectory>(other),
+                Err(Error::NotFound)
+            ));
+            assert!(matches!(admin.require_in::<ReadDirectory>(other), Err(Error::NotFound)));
+        }
+    }
+
+    #[test]
+    fn a_proof_needs_the_capability_for_that_directory() {
+        let own = TenantId::new();
+        let viewer = principal(&["viewer"], Some(own));
+        assert!(viewer.require_in::<ReadDirectory>(Directory::Tenant(own)).is_ok());
+        assert!(matches!(
+            viewer.require_in::<ManageDirectory>(Directory::Tenant(own)),
+            Err(Error::Forbidden)
+        ));
+        let billing = principal(&["billing-admin"], None);
+        assert!(matches!(
+            billing.require_in::<ManageDirectory>(Directory::Platform),
+            Err(Error::Forbidden)
+        ));
+        let owner = principal(&["owner"], None);
+        let proof = owner.require_in::<ManageDirectory>(Directory::Tenant(own)).unwrap();
+        assert_eq!(proof.directory(), Directory::Tenant(own));
     }
 }

@@ -7,7 +7,7 @@
 //! suspended tenant are refused.
 
 use super::Core;
-use crate::access::Principal;
+use crate::access::{Authorized, InDirectory, ManageDirectory, Principal, ReadDirectory, ReadTenants};
 use crate::audit::{EventType, NewEvent};
 use crate::email::EmailAddress;
 use crate::error::{Error, FieldError, Problems, Result};
@@ -32,6 +32,23 @@ pub struct InviteRequest {
     pub tenant_id: String,
 }
 
+impl InviteRequest {
+    /// The directory an invitation is for: a tenant caller's own tenant, else the tenant the
+    /// form names (none: the platform's).
+    pub fn directory(&self, by: &Principal) -> Result<Directory> {
+        Ok(match by.tenant_id {
+            Some(own) => Directory::Tenant(own),
+            None if self.tenant_id.trim().is_empty() => Directory::Platform,
+            None => Directory::Tenant(
+                self.tenant_id
+                    .trim()
+                    .parse::<TenantId>()
+                    .map_err(|_| Error::field("tenant_id", "unknown_tenant", "Choose a tenant."))?,
+            ),
+        })
+    }
+}
+
 /// A user with their invitation's state, for the Team pages.
 #[derive(Clone, Debug)]
 pub struct UserView {
@@ -40,39 +57,15 @@ pub struct UserView {
 }
 
 impl Core {
-    /// Check that `by` may manage users of `dir`; returns the tenant (for tenant directories).
-    /// A tenant user asking about another directory gets `NotFound`, never a hint.
-    async fn may_manage(&self, by: &Principal, dir: Directory) -> Result<Option<Tenant>> {
-        match by.tenant_id {
-            Some(own) => {
-                if dir != Directory::Tenant(own) {
-                    return Err(Error::NotFound);
-                }
-                if !by.can(&Capability::TenantUsersManage) {
-                    return Err(Error::Forbidden);
-                }
-            }
-            None => {
-                if !by.can(&Capability::UsersManage) {
-                    return Err(Error::Forbidden);
-                }
-            }
-        }
-        self.writable_tenant(dir).await
+    /// The tenant behind a proof to manage a directory's users (none for the platform's),
+    /// which must exist and be writable.
+    async fn may_manage(&self, auth: &InDirectory<'_, ManageDirectory>) -> Result<Option<Tenant>> {
+        self.writable_tenant(auth.directory()).await
     }
 
-    /// Check that `by` may see users of `dir`.
-    async fn may_read(&self, by: &Principal, dir: Directory) -> Result<Option<Tenant>> {
-        let allowed = match (by.tenant_id, dir) {
-            (Some(own), Directory::Tenant(t)) if own == t => by.can(&Capability::TenantRead),
-            (Some(_), _) => return Err(Error::NotFound),
-            (None, Directory::Platform) => by.can(&Capability::UsersRead),
-            (None, Directory::Tenant(_)) => by.can(&Capability::TenantsRead),
-        };
-        if !allowed {
-            return Err(Error::Forbidden);
-        }
-        self.tenant_of(dir).await
+    /// The tenant behind a proof to read a directory's users (none for the platform's).
+    async fn may_read(&self, auth: &InDirectory<'_, ReadDirectory>) -> Result<Option<Tenant>> {
+        self.tenant_of(auth.directory()).await
     }
 
     /// Parse roles for a user of `dir`, and check `by` may grant each of them.
@@ -146,18 +139,9 @@ impl Core {
 
     /// Invite a user: created `INVITED` with a single-use token valid for the invitation TTL,
     /// the email queued in the same step, `USER_INVITED` recorded.
-    pub async fn invite(&self, by: &Principal, req: InviteRequest) -> Result<User> {
-        let dir = match by.tenant_id {
-            Some(own) => Directory::Tenant(own),
-            None if req.tenant_id.trim().is_empty() => Directory::Platform,
-            None => Directory::Tenant(
-                req.tenant_id
-                    .trim()
-                    .parse::<TenantId>()
-                    .map_err(|_| Error::field("tenant_id", "unknown_tenant", "Choose a tenant."))?,
-            ),
-        };
-        let tenant = match self.may_manage(by, dir).await {
+    pub async fn invite(&self, auth: &InDirectory<'_, ManageDirectory>, req: InviteRequest) -> Result<User> {
+        let (by, dir) = (auth.principal(), auth.directory());
+        let tenant = match self.may_manage(auth).await {
             Err(Error::NotFound) if by.tenant_id.is_none() => {
                 return Err(Error::field("tenant_id", "unknown_tenant", "There is no such tenant."));
             }
@@ -197,8 +181,9 @@ impl Core {
         Ok(user)
     }
 
-    pub async fn users(&self, by: &Principal, dir: Directory) -> Result<Vec<UserView>> {
-        self.may_read(by, dir).await?;
+    pub async fn users(&self, auth: &InDirectory<'_, ReadDirectory>) -> Result<Vec<UserView>> {
+        self.may_read(auth).await?;
+        let dir = auth.directory();
         let users = self.store.list_users(dir).await?;
         let mut out = Vec::with_capacity(users.len());
         for user in users {
@@ -212,15 +197,17 @@ impl Core {
         Ok(out)
     }
 
-    pub async fn user_view(&self, by: &Principal, dir: Directory, id: UserId) -> Result<UserView> {
-        self.may_read(by, dir).await?;
+    pub async fn user_view(&self, auth: &InDirectory<'_, ReadDirectory>, id: UserId) -> Result<UserView> {
+        self.may_read(auth).await?;
+        let dir = auth.directory();
         let user = self.store.user(dir, id).await?.ok_or(Error::NotFound)?;
         let invitation = self.store.invitation_state(dir, id).await?;
         Ok(UserView { user, invitation })
     }
 
-    async fn target(&self, by: &Principal, dir: Directory, id: UserId) -> Result<(Option<Tenant>, User)> {
-        let tenant = self.may_manage(by, dir).await?;
+    async fn target(&self, auth: &InDirectory<'_, ManageDirectory>, id: UserId) -> Result<(Option<Tenant>, User)> {
+        let tenant = self.may_manage(auth).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         let user = self.store.user(dir, id).await?.ok_or(Error::NotFound)?;
         // Nobody changes a user holding a role they could not grant themselves.
         for name in &user.roles {
@@ -234,8 +221,14 @@ impl Core {
     }
 
     /// Replace a user's roles: `USER_ROLE_ASSIGNED` / `USER_ROLE_REVOKED` per role.
-    pub async fn set_user_roles(&self, by: &Principal, dir: Directory, id: UserId, roles: &[String]) -> Result<()> {
-        let (_, user) = self.target(by, dir, id).await?;
+    pub async fn set_user_roles(
+        &self,
+        auth: &InDirectory<'_, ManageDirectory>,
+        id: UserId,
+        roles: &[String],
+    ) -> Result<()> {
+        let (_, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         let roles = self.grantable_roles(by, dir, roles)?;
         let mut events: Vec<NewEvent> = Vec::new();
         for r in roles.iter().filter(|r| !user.roles.contains(r)) {
@@ -273,8 +266,14 @@ impl Core {
     }
 
     /// Suspend (sessions end at once) or reactivate a user.
-    pub async fn set_user_suspended(&self, by: &Principal, dir: Directory, id: UserId, suspend: bool) -> Result<()> {
-        let (_, user) = self.target(by, dir, id).await?;
+    pub async fn set_user_suspended(
+        &self,
+        auth: &InDirectory<'_, ManageDirectory>,
+        id: UserId,
+        suspend: bool,
+    ) -> Result<()> {
+        let (_, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         if user.id == by.user_id {
             return Err(Error::Conflict {
                 code: "self_action",
@@ -312,8 +311,9 @@ impl Core {
     }
 
     /// Delete a user: gone from sign-in at once. `USER_DELETED`.
-    pub async fn delete_user(&self, by: &Principal, dir: Directory, id: UserId) -> Result<()> {
-        let (_, user) = self.target(by, dir, id).await?;
+    pub async fn delete_user(&self, auth: &InDirectory<'_, ManageDirectory>, id: UserId) -> Result<()> {
+        let (_, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         if user.id == by.user_id {
             return Err(Error::Conflict {
                 code: "self_action",
@@ -331,8 +331,9 @@ impl Core {
     }
 
     /// A new link for an invited user; the old one dies. `INVITATION_RESENT`.
-    pub async fn resend_invitation(&self, by: &Principal, dir: Directory, id: UserId) -> Result<()> {
-        let (tenant, user) = self.target(by, dir, id).await?;
+    pub async fn resend_invitation(&self, auth: &InDirectory<'_, ManageDirectory>, id: UserId) -> Result<()> {
+        let (tenant, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         if user.status != UserStatus::Invited {
             return Err(Error::Conflict {
                 code: "not_invited",
@@ -352,8 +353,9 @@ impl Core {
     }
 
     /// Kill a pending invitation's link. `INVITATION_REVOKED`.
-    pub async fn revoke_invitation(&self, by: &Principal, dir: Directory, id: UserId) -> Result<()> {
-        let (_, user) = self.target(by, dir, id).await?;
+    pub async fn revoke_invitation(&self, auth: &InDirectory<'_, ManageDirectory>, id: UserId) -> Result<()> {
+        let (_, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         if user.status != UserStatus::Invited {
             return Err(Error::Conflict {
                 code: "not_invited",
@@ -418,10 +420,7 @@ impl Core {
     }
 
     /// Find tenant users by email across every tenant (platform callers who may read tenants).
-    pub async fn find_tenant_users(&self, by: &Principal, email: &str) -> Result<Vec<(Tenant, User)>> {
-        if by.tenant_id.is_some() || !by.can(&Capability::TenantsRead) {
-            return Err(Error::Forbidden);
-        }
+    pub async fn find_tenant_users(&self, _auth: &Authorized<ReadTenants>, email: &str) -> Result<Vec<(Tenant, User)>> {
         let email = EmailAddress::parse(email)?;
         let mut found = Vec::new();
         for id in self.store.tenant_ids().await? {
@@ -479,10 +478,10 @@ impl Core {
     /// (it is in no event, log or later response). `USER_CREATED`.
     pub async fn add_user_with_password(
         &self,
-        by: &Principal,
-        dir: Directory,
+        auth: &InDirectory<'_, ManageDirectory>,
         req: NewUserRequest,
     ) -> Result<(User, String)> {
+        let (by, dir) = (auth.principal(), auth.directory());
         let Directory::Tenant(own) = dir else {
             return Err(Error::field(
                 "tenant_id",
@@ -490,7 +489,7 @@ impl Core {
                 "One-time passwords are for tenant users; invite platform users.",
             ));
         };
-        self.may_manage(by, dir).await?;
+        self.may_manage(auth).await?;
         self.passwords_allowed(dir).await?;
         let mut p = Problems::new();
         let email = p.check(EmailAddress::parse(&req.email));
@@ -536,8 +535,9 @@ impl Core {
 
     /// "Reset password": a new one-time password (returned once), the old password and the
     /// user's sessions dead, a change forced at the next sign-in. `PASSWORD_RESET`.
-    pub async fn reset_password(&self, by: &Principal, dir: Directory, id: UserId) -> Result<String> {
-        let (_, user) = self.target(by, dir, id).await?;
+    pub async fn reset_password(&self, auth: &InDirectory<'_, ManageDirectory>, id: UserId) -> Result<String> {
+        let (_, user) = self.target(auth, id).await?;
+        let (by, dir) = (auth.principal(), auth.directory());
         if user.status == UserStatus::Invited {
             return Err(Error::Conflict {
                 code: "not_registered",

@@ -29,7 +29,15 @@ async fn user_with_otp(app: &TestApp, email: &str, force_change: bool) -> (Direc
         role: "admin".into(),
         force_change,
     };
-    let (_, otp) = app.core.add_user_with_password(&by, dir, req).await.unwrap();
+    let (_, otp) = app
+        .core
+        .add_user_with_password(
+            &by.require_in::<quarterdeck_domain::access::ManageDirectory>(dir)
+                .unwrap(),
+            req,
+        )
+        .await
+        .unwrap();
     (dir, otp)
 }
 

@@ -462,7 +462,10 @@ both!(
                     roles: vec!["viewer".into()],
                     tenant_id: tid,
                 };
-                core.invite(&p, req).await.is_ok()
+                let auth = p
+                    .require_in::<quarterdeck_domain::access::ManageDirectory>(req.directory(&p).unwrap())
+                    .unwrap();
+                core.invite(&auth, req).await.is_ok()
             }));
         }
         // Suspend while the invitations are under way: once the first has committed.

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use quarterdeck_domain::access::{ManageDirectory, ReadDirectory};
 use quarterdeck_domain::core::{InviteRequest, NewUserRequest};
 use quarterdeck_domain::user::{Directory, UserStatus};
 use quarterdeck_domain::{Error, TenantId, UserId};
@@ -57,7 +58,10 @@ pub async fn list(
     Query(w): Query<Where>,
 ) -> Result<Json<UserList>, ApiError> {
     let dir = directory(&caller, &w)?;
-    let users = state.core.users(&caller.0.principal, dir).await?;
+    let users = state
+        .core
+        .users(&caller.0.principal.require_in::<ReadDirectory>(dir)?)
+        .await?;
     Ok(Json(UserList {
         items: users.into_iter().map(UserOut::from).collect(),
         next_cursor: None,
@@ -78,7 +82,7 @@ pub async fn get(
     Ok(Json(
         state
             .core
-            .user_view(&caller.0.principal, dir, user_id(&id)?)
+            .user_view(&caller.0.principal.require_in::<ReadDirectory>(dir)?, user_id(&id)?)
             .await?
             .into(),
     ))
@@ -134,7 +138,13 @@ pub async fn create(
                 roles: b.roles,
                 tenant_id: dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
             };
-            (state.core.invite(by, req).await?, None)
+            (
+                state
+                    .core
+                    .invite(&by.require_in::<ManageDirectory>(req.directory(by)?)?, req)
+                    .await?,
+                None,
+            )
         }
         Delivery::OneTimePassword => {
             let [role] = b.roles.as_slice() else {
@@ -148,7 +158,10 @@ pub async fn create(
                 role: role.clone(),
                 force_change: b.force_password_change.unwrap_or(true),
             };
-            let (user, otp) = state.core.add_user_with_password(by, dir, req).await?;
+            let (user, otp) = state
+                .core
+                .add_user_with_password(&by.require_in::<ManageDirectory>(dir)?, req)
+                .await?;
             (user, Some(otp))
         }
     };
@@ -191,21 +204,38 @@ pub async fn update(
     let id = user_id(&id)?;
     let by = &caller.0.principal;
     if let Some(roles) = &b.roles {
-        state.core.set_user_roles(by, dir, id, roles).await?;
+        state
+            .core
+            .set_user_roles(&by.require_in::<ManageDirectory>(dir)?, id, roles)
+            .await?;
     }
     match b.status.as_deref() {
         None => {}
         Some("SUSPENDED") | Some("ACTIVE") => {
             let want = b.status.as_deref() == Some("SUSPENDED");
-            let current = state.core.user_view(by, dir, id).await?.user.status;
+            let current = state
+                .core
+                .user_view(&by.require_in::<ReadDirectory>(dir)?, id)
+                .await?
+                .user
+                .status;
             let is_suspended = current == UserStatus::Suspended;
             if want != is_suspended {
-                state.core.set_user_suspended(by, dir, id, want).await?;
+                state
+                    .core
+                    .set_user_suspended(&by.require_in::<ManageDirectory>(dir)?, id, want)
+                    .await?;
             }
         }
         Some(_) => return Err(Error::field("status", "invalid_status", "Use ACTIVE or SUSPENDED.").into()),
     }
-    Ok(Json(state.core.user_view(by, dir, id).await?.into()))
+    Ok(Json(
+        state
+            .core
+            .user_view(&by.require_in::<ReadDirectory>(dir)?, id)
+            .await?
+            .into(),
+    ))
 }
 
 /// Delete a user: gone from sign-in at once (`USER_DELETED`).
@@ -219,7 +249,10 @@ pub async fn delete(
     Query(w): Query<Where>,
 ) -> Result<StatusCode, ApiError> {
     let dir = directory(&caller, &w)?;
-    state.core.delete_user(&caller.0.principal, dir, user_id(&id)?).await?;
+    state
+        .core
+        .delete_user(&caller.0.principal.require_in::<ManageDirectory>(dir)?, user_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -234,7 +267,12 @@ async fn change_role(
     let dir = directory(caller, w)?;
     let id = user_id(id)?;
     let by = &caller.0.principal;
-    let mut roles = state.core.user_view(by, dir, id).await?.user.roles;
+    let mut roles = state
+        .core
+        .user_view(&by.require_in::<ReadDirectory>(dir)?, id)
+        .await?
+        .user
+        .roles;
     if assign {
         if !roles.iter().any(|r| r == role) {
             roles.push(role.to_owned());
@@ -242,8 +280,17 @@ async fn change_role(
     } else {
         roles.retain(|r| r != role);
     }
-    state.core.set_user_roles(by, dir, id, &roles).await?;
-    Ok(Json(state.core.user_view(by, dir, id).await?.into()))
+    state
+        .core
+        .set_user_roles(&by.require_in::<ManageDirectory>(dir)?, id, &roles)
+        .await?;
+    Ok(Json(
+        state
+            .core
+            .user_view(&by.require_in::<ReadDirectory>(dir)?, id)
+            .await?
+            .into(),
+    ))
 }
 
 /// Assign a role (`USER_ROLE_ASSIGNED`).
@@ -282,7 +329,10 @@ pub async fn invitations(
     Query(w): Query<Where>,
 ) -> Result<Json<UserList>, ApiError> {
     let dir = directory(&caller, &w)?;
-    let users = state.core.users(&caller.0.principal, dir).await?;
+    let users = state
+        .core
+        .users(&caller.0.principal.require_in::<ReadDirectory>(dir)?)
+        .await?;
     let items = users
         .into_iter()
         .filter(|v| v.user.status == UserStatus::Invited)
@@ -306,8 +356,17 @@ pub async fn resend_invitation(
 ) -> Result<Json<UserOut>, ApiError> {
     let dir = directory(&caller, &w)?;
     let id = user_id(&id)?;
-    state.core.resend_invitation(&caller.0.principal, dir, id).await?;
-    Ok(Json(state.core.user_view(&caller.0.principal, dir, id).await?.into()))
+    state
+        .core
+        .resend_invitation(&caller.0.principal.require_in::<ManageDirectory>(dir)?, id)
+        .await?;
+    Ok(Json(
+        state
+            .core
+            .user_view(&caller.0.principal.require_in::<ReadDirectory>(dir)?, id)
+            .await?
+            .into(),
+    ))
 }
 
 /// Revoke: the link dies (`INVITATION_REVOKED`).
@@ -323,7 +382,7 @@ pub async fn revoke_invitation(
     let dir = directory(&caller, &w)?;
     state
         .core
-        .revoke_invitation(&caller.0.principal, dir, user_id(&id)?)
+        .revoke_invitation(&caller.0.principal.require_in::<ManageDirectory>(dir)?, user_id(&id)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

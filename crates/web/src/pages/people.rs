@@ -3,6 +3,7 @@
 
 use super::fmt_time;
 use axum::response::{IntoResponse, Redirect, Response};
+use quarterdeck_domain::access::ManageDirectory;
 use quarterdeck_domain::access::Principal;
 use quarterdeck_domain::core::{Core, InviteRequest, UserView};
 use quarterdeck_domain::role::{Catalog, Scope};
@@ -133,27 +134,32 @@ pub async fn act(
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let done = match action {
         "roles" => {
-            core.set_user_roles(by, dir, id, &all(pairs, "roles")).await?;
+            core.set_user_roles(&by.require_in::<ManageDirectory>(dir)?, id, &all(pairs, "roles"))
+                .await?;
             "roles"
         }
         "suspend" => {
-            core.set_user_suspended(by, dir, id, true).await?;
+            core.set_user_suspended(&by.require_in::<ManageDirectory>(dir)?, id, true)
+                .await?;
             "suspended"
         }
         "reactivate" => {
-            core.set_user_suspended(by, dir, id, false).await?;
+            core.set_user_suspended(&by.require_in::<ManageDirectory>(dir)?, id, false)
+                .await?;
             "reactivated"
         }
         "resend" => {
-            core.resend_invitation(by, dir, id).await?;
+            core.resend_invitation(&by.require_in::<ManageDirectory>(dir)?, id)
+                .await?;
             "resent"
         }
         "revoke" => {
-            core.revoke_invitation(by, dir, id).await?;
+            core.revoke_invitation(&by.require_in::<ManageDirectory>(dir)?, id)
+                .await?;
             "revoked"
         }
         "delete" => {
-            core.delete_user(by, dir, id).await?;
+            core.delete_user(&by.require_in::<ManageDirectory>(dir)?, id).await?;
             return Ok(Redirect::to(gone_to).into_response());
         }
         _ => return Err(Error::NotFound),

@@ -13,6 +13,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use quarterdeck_domain::access::{ManageDirectory, ReadDirectory};
 use quarterdeck_domain::core::SignedIn;
 use quarterdeck_domain::role::{Capability, Scope};
 use quarterdeck_domain::tenant::Tenant;
@@ -67,7 +68,10 @@ pub async fn dashboard(
     State(state): State<AppState>,
     PortalSession(s, t): PortalSession,
 ) -> Result<Response, HtmlError> {
-    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
+    let users = state
+        .core
+        .users(&s.principal.require_in::<ReadDirectory>(Directory::Tenant(t.id))?)
+        .await?;
     let count = |st: &str| users.iter().filter(|u| u.user.status.as_str() == st).count();
     let events = match state.core.tenant_events(&s.principal, t.id, None, 8).await {
         Ok(ev) => Some(ev.iter().map(EventRow::from).collect()),
@@ -92,7 +96,10 @@ pub struct TeamPage {
 
 pub async fn team(State(state): State<AppState>, PortalSession(s, t): PortalSession) -> Result<Response, HtmlError> {
     let now = state.core.clock.now();
-    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
+    let users = state
+        .core
+        .users(&s.principal.require_in::<ReadDirectory>(Directory::Tenant(t.id))?)
+        .await?;
     Ok(render(&TeamPage {
         chrome: PortalChrome::new(&s, &t, "team"),
         users: users.iter().map(|v| UserRow::from_view(v, now)).collect(),
@@ -140,7 +147,15 @@ pub async fn invite(
 ) -> Result<Response, HtmlError> {
     // Always the caller's own tenant: a tenant_id in the form is ignored by the domain.
     let req = people::invite_request(&pairs);
-    match state.core.invite(&s.principal, req.clone()).await {
+    match state
+        .core
+        .invite(
+            &s.principal
+                .require_in::<ManageDirectory>(req.directory(&s.principal)?)?,
+            req.clone(),
+        )
+        .await
+    {
         Ok(user) => Ok(Redirect::to(&format!("/portal/users/{}?done=invited", user.id)).into_response()),
         Err(Error::Validation(fields)) => Ok((
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -180,7 +195,10 @@ pub async fn user(
     Query(q): Query<DoneQuery>,
 ) -> Result<Response, HtmlError> {
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
-    let view = state.core.user_view(&s.principal, Directory::Tenant(t.id), id).await?;
+    let view = state
+        .core
+        .user_view(&s.principal.require_in::<ReadDirectory>(Directory::Tenant(t.id))?, id)
+        .await?;
     let can_manage = people::may_act_on(
         state.core.catalog(),
         &s.principal,

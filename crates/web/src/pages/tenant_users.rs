@@ -13,6 +13,7 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use quarterdeck_domain::access::{ManageDirectory, ReadDirectory};
 use quarterdeck_domain::core::NewUserRequest;
 use quarterdeck_domain::role::{Capability, Scope};
 use quarterdeck_domain::user::Directory;
@@ -33,7 +34,10 @@ pub async fn list(State(state): State<AppState>, PortalSession(s, t): PortalSess
         return Err(Error::Forbidden.into());
     }
     let now = state.core.clock.now();
-    let users = state.core.users(&s.principal, Directory::Tenant(t.id)).await?;
+    let users = state
+        .core
+        .users(&s.principal.require_in::<ReadDirectory>(Directory::Tenant(t.id))?)
+        .await?;
     let mode = state.core.sign_in_mode(Directory::Tenant(t.id)).await?;
     Ok(render(&UsersPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
@@ -109,7 +113,10 @@ pub async fn add(
     };
     match state
         .core
-        .add_user_with_password(&s.principal, Directory::Tenant(t.id), req)
+        .add_user_with_password(
+            &s.principal.require_in::<ManageDirectory>(Directory::Tenant(t.id))?,
+            req,
+        )
         .await
     {
         Ok((user, password)) => Ok(render(&OneTimePasswordPage {
@@ -148,8 +155,15 @@ pub async fn reset(
 ) -> Result<Response, HtmlError> {
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
     let dir = Directory::Tenant(t.id);
-    let password = state.core.reset_password(&s.principal, dir, id).await?;
-    let user = state.core.user_view(&s.principal, dir, id).await?.user;
+    let password = state
+        .core
+        .reset_password(&s.principal.require_in::<ManageDirectory>(dir)?, id)
+        .await?;
+    let user = state
+        .core
+        .user_view(&s.principal.require_in::<ReadDirectory>(dir)?, id)
+        .await?
+        .user;
     Ok(render(&OneTimePasswordPage {
         chrome: PortalChrome::new(&s, &t, "settings"),
         email: user.email.to_string(),

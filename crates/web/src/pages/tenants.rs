@@ -287,7 +287,9 @@ async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPag
     let now = state.core.clock.now();
     page.team = state
         .core
-        .users(&s.principal, quarterdeck_domain::user::Directory::Tenant(t.id))
+        .users(&s.principal.require_in::<quarterdeck_domain::access::ReadDirectory>(
+            quarterdeck_domain::user::Directory::Tenant(t.id),
+        )?)
         .await?
         .iter()
         .map(|v| super::people::UserRow::from_view(v, now))

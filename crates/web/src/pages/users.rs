@@ -11,7 +11,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use quarterdeck_domain::access::ReadTenants;
+use quarterdeck_domain::access::{ManageDirectory, ReadDirectory, ReadTenants};
 use quarterdeck_domain::core::SignedIn;
 use quarterdeck_domain::role::{Capability, Scope};
 use quarterdeck_domain::tenant::TenantFilter;
@@ -48,10 +48,17 @@ pub async fn list(
     Query(q): Query<UsersQuery>,
 ) -> Result<Response, HtmlError> {
     let now = state.core.clock.now();
-    let users = state.core.users(&s.principal, Directory::Platform).await?;
+    let users = state
+        .core
+        .users(&s.principal.require_in::<ReadDirectory>(Directory::Platform)?)
+        .await?;
     let (mut found, mut find_error) = (None, None);
     if !q.email.trim().is_empty() {
-        match state.core.find_tenant_users(&s.principal, &q.email).await {
+        let hits = match s.principal.require::<ReadTenants>() {
+            Ok(auth) => state.core.find_tenant_users(&auth, &q.email).await,
+            Err(e) => Err(e),
+        };
+        match hits {
             Ok(hits) => {
                 found = Some(
                     hits.iter()
@@ -175,7 +182,15 @@ pub async fn create(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, HtmlError> {
     let req = people::invite_request(&pairs);
-    match state.core.invite(&s.principal, req.clone()).await {
+    match state
+        .core
+        .invite(
+            &s.principal
+                .require_in::<ManageDirectory>(req.directory(&s.principal)?)?,
+            req.clone(),
+        )
+        .await
+    {
         Ok(user) => Ok(Redirect::to(&match user.tenant_id {
             Some(t) => format!("/tenants/{t}/users/{}?done=invited", user.id),
             None => format!("/users/{}?done=invited", user.id),
@@ -226,7 +241,10 @@ async fn user_page(
     done: Option<&str>,
 ) -> Result<Response, HtmlError> {
     let id: UserId = id.parse().map_err(|_| Error::NotFound)?;
-    let view = state.core.user_view(&s.principal, dir, id).await?;
+    let view = state
+        .core
+        .user_view(&s.principal.require_in::<ReadDirectory>(dir)?, id)
+        .await?;
     let tenant = state.core.tenant_of(dir).await?;
     let scope = match dir {
         Directory::Platform => Scope::Platform,
