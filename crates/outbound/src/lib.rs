@@ -147,7 +147,7 @@ impl Outbound {
 
     /// `GET url`: the body of a `2xx` answer, at most `limit` bytes.
     pub async fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, OutboundError> {
-        // Parsed as a URL first (a `\\` is a `/` in an http URL), then sent as that URL.
+        // Parsed as a URL first (a backslash is a `/` in an http URL), then sent as that URL.
         let url = Url::parse(url).map_err(|_| OutboundError::InvalidUrl)?;
         let request = http::Request::get(url.as_str())
             .body(Vec::new())

@@ -153,6 +153,8 @@ impl TestApp {
             data_dir: dir.path().to_owned(),
             database_url: pg_url.clone(),
             regions: vec!["eu-west".into(), "us-east".into()],
+            // The test identity providers listen on loopback.
+            outbound_allow_private: vec!["127.0.0.0/8".into()],
             ..Settings::default()
         };
         tweak(&mut settings);

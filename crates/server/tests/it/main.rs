@@ -31,6 +31,7 @@ mod guessing;
 mod impersonation;
 mod invitations;
 mod openapi;
+mod outbound;
 mod portal;
 mod settings;
 mod setup;
