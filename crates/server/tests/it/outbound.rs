@@ -98,7 +98,10 @@ impl Peer {
     /// Serves a discovery document naming itself as the issuer, with `jwks_uri` as given.
     fn discovery(&self, jwks_uri: &str, padding: usize) {
         let doc = discovery_doc(&self.base(), jwks_uri, padding);
-        self.route("/.well-known/openid-configuration", respond("200 OK", "application/json", &doc));
+        self.route(
+            "/.well-known/openid-configuration",
+            respond("200 OK", "application/json", &doc),
+        );
     }
 }
 
