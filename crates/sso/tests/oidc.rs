@@ -461,9 +461,16 @@ async fn check_reports_unreachable_insecure_or_hmac_only_providers() {
     let rp = rp();
     let err = rp.check(&config("http://127.0.0.1:1")).await.unwrap_err();
     assert_eq!(err.code(), "discovery_failed", "{err}");
-    let err = rp.check(&config("http://idp.example.com")).await.unwrap_err();
+    // Plain http to a public address (a literal: no DNS needed) is refused before connecting.
+    let err = rp.check(&config("http://93.184.216.34")).await.unwrap_err();
     assert_eq!(err.code(), "discovery_failed", "{err}");
     assert!(err.to_string().contains("https"), "{err}");
+    // So is a private address outside outbound_allow_private, whatever the port.
+    let err = rp.check(&config("https://10.0.0.1:8443")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("outbound_allow_private does not allow"),
+        "{err}"
+    );
 
     let mock = mock_op::start().await;
     rp.check(&config(&mock.issuer)).await.expect("a good provider");
