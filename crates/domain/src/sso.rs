@@ -377,8 +377,10 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-/// An `http(s)` URL without credentials or fragment. `https` is required except for loopback
-/// addresses (development and tests).
+/// An `http(s)` URL without credentials or fragment, judged on its parsed host (what the HTTP
+/// client will connect to — a string split would read `http://a:1\\.localhost/` as a loopback
+/// host). `https` is required except for loopback hosts (development and tests); whether an
+/// address may really be fetched is the outbound policy's to say (`outbound_allow_private`).
 pub(crate) fn provider_url(p: &mut Problems, field: &str, value: &str) -> Option<String> {
     // Kept exactly as typed (a trailing slash included): an OIDC issuer is compared verbatim.
     let v = value.trim();
@@ -389,16 +391,27 @@ pub(crate) fn provider_url(p: &mut Problems, field: &str, value: &str) -> Option
     if v.is_empty() {
         return bad(p, "Enter the URL.");
     }
-    let Some((scheme, rest)) = v.split_once("://") else {
+    // A backslash is read as a slash by URL parsers: refused, so what is stored is what is
+    // fetched.
+    if v.contains('\\') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(p, "Enter the URL without backslashes or spaces.");
+    }
+    let Ok(url) = url::Url::parse(v) else {
         return bad(p, "Enter a full URL, starting with https://.");
     };
-    let host_port = rest.split('/').next().unwrap_or("");
-    if host_port.is_empty() || host_port.contains('@') || v.contains('#') || v.chars().any(char::is_whitespace) {
-        return bad(p, "Enter a full URL, starting with https://.");
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return bad(p, "Enter the URL without a user name, password or #fragment.");
     }
-    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-    let loopback = host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host.ends_with(".localhost");
-    match scheme {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return bad(p, "Enter a full URL, starting with https://."),
+    };
+    match url.scheme() {
         "https" => Some(v.to_owned()),
         "http" if loopback => Some(v.to_owned()),
         "http" => bad(p, "The identity provider must be reached over https://."),
@@ -459,5 +472,19 @@ mod tests {
         assert!(provider_url(&mut p, "issuer", "https://user@idp.example.com").is_none());
         assert!(provider_url(&mut p, "issuer", "javascript:alert(1)").is_none());
         assert!(provider_url(&mut p, "issuer", "idp.example.com").is_none());
+    }
+
+    #[test]
+    fn a_provider_url_is_judged_on_its_parsed_host() {
+        let mut p = Problems::new();
+        // A string split reads the host as `10.0.0.5:8080\.localhost`; a URL parser (and the
+        // HTTP client) as 10.0.0.5.
+        assert!(provider_url(&mut p, "metadata_url", "http://10.0.0.5:8080\\.localhost:1/x").is_none());
+        assert!(provider_url(&mut p, "metadata_url", "http://10.0.0.5:8080/.localhost:1/x").is_none());
+        assert!(provider_url(&mut p, "metadata_url", "http://evil.example#.localhost").is_none());
+        assert!(provider_url(&mut p, "metadata_url", "http://evil.example?.localhost:1").is_none());
+        assert!(provider_url(&mut p, "metadata_url", "http://a.localhost@evil.example/").is_none());
+        assert!(provider_url(&mut p, "metadata_url", "http://sso.localhost:9000/metadata").is_some());
+        assert!(provider_url(&mut p, "metadata_url", "http://[::1]:9000/metadata").is_some());
     }
 }

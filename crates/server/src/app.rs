@@ -170,7 +170,10 @@ impl App {
         let router = quarterdeck_web::router(AppState {
             core: core.clone(),
             config: Arc::new(web),
-            sso: Arc::default(),
+            sso: Arc::new(quarterdeck_web::SsoProtocols::new(Arc::new(
+                quarterdeck_outbound::Outbound::new(settings.outbound_policy()?)
+                    .map_err(|e| anyhow::anyhow!("the outbound HTTP client: {e}"))?,
+            ))),
             guessing: Arc::default(),
         });
         Ok(Self {

@@ -38,6 +38,11 @@ pub struct Settings {
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     #[serde(deserialize_with = "string_or_list")]
     pub trusted_proxies: Vec<String>,
+    /// Address ranges (CIDR) outside the public internet that the server may fetch from on a
+    /// user's say-so (OIDC discovery, JWKS, SAML metadata), e.g. `127.0.0.0/8` for a local
+    /// identity provider. Empty: public addresses only.
+    #[serde(deserialize_with = "string_or_list")]
+    pub outbound_allow_private: Vec<String>,
     /// Days a deleted tenant's database is kept before it is dropped.
     pub tenant_retention_days: u32,
     /// At most this many tenant databases are open at once.
@@ -111,6 +116,7 @@ impl Default for Settings {
             session_idle_minutes: 30,
             session_absolute_hours: 12,
             trusted_proxies: Vec::new(),
+            outbound_allow_private: Vec::new(),
             tenant_retention_days: 30,
             tenant_pool_max_open: 64,
             tenant_pool_idle_seconds: 300,
@@ -163,6 +169,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("session_idle_minutes", false),
     ("session_absolute_hours", false),
     ("trusted_proxies", false),
+    ("outbound_allow_private", false),
     ("tenant_retention_days", false),
     ("tenant_pool_max_open", false),
     ("tenant_pool_idle_seconds", false),
@@ -279,6 +286,7 @@ impl Settings {
             bail!("log_format (QUARTERDECK_LOG_FORMAT) must be text or json");
         }
         self.trusted_proxy_ips()?;
+        self.outbound_policy()?;
         if self.one_time_password_hours == 0 || self.one_time_password_hours > 24 * 7 {
             bail!("one_time_password_hours (QUARTERDECK_ONE_TIME_PASSWORD_HOURS) must be between 1 and 168");
         }
@@ -378,6 +386,12 @@ impl Settings {
                     .with_context(|| format!("trusted_proxies: {p:?} is not an IP address"))
             })
             .collect()
+    }
+
+    /// The policy for fetches on a user's say-so, from `outbound_allow_private`.
+    pub fn outbound_policy(&self) -> Result<quarterdeck_outbound::OutboundPolicy> {
+        quarterdeck_outbound::OutboundPolicy::from_ranges(&self.outbound_allow_private)
+            .map_err(|e| anyhow::anyhow!("outbound_allow_private (QUARTERDECK_OUTBOUND_ALLOW_PRIVATE): {e}"))
     }
 
     /// Warn about `QUARTERDECK_*` variables that are not settings (likely typos).

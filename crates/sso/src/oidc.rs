@@ -3,10 +3,13 @@
 //! name read from the claims the directory's settings name (with userinfo as a fallback).
 //!
 //! Choices worth knowing:
-//! - The HTTP client never follows redirects (a provider endpoint that redirects could otherwise
-//!   point the server at internal addresses) and gives up after 10 seconds.
-//! - The issuer must be `https`, except on loopback addresses (development and tests), and is
-//!   compared verbatim (a trailing slash matters), as OpenID Connect Discovery requires.
+//! - Every request (discovery, JWKS, token, userinfo) goes through `quarterdeck-outbound`: https
+//!   only (http only to addresses `outbound_allow_private` allows), no private addresses unless
+//!   allowed, no redirects, 10 seconds, 1 MiB for documents and 64 KiB for token and userinfo
+//!   answers. The URLs discovery names are held to the same policy as the issuer.
+//! - The issuer is compared verbatim (a trailing slash matters), as OpenID Connect Discovery
+//!   requires.
+//! - Error messages say what failed, never what the provider's answer contained.
 //! - ID tokens must be signed with an asymmetric algorithm the provider advertises (RS256,
 //!   ES256, PS256, EdDSA, ...). `none` is refused, and so are the HMAC algorithms (HS256...):
 //!   the client secret is shared with the provider and with whoever configured the directory,
@@ -18,7 +21,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,13 +34,14 @@ use openidconnect::core::{
     CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AccessToken, AccessTokenHash, AdditionalClaims, AuthType, AuthenticationFlow, AuthorizationCode,
+    AccessToken, AccessTokenHash, AdditionalClaims, AsyncHttpClient, AuthType, AuthenticationFlow, AuthorizationCode,
     ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken, DiscoveryError, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpClientError, IdToken, IdTokenClaims, IdTokenFields,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenClaims, IdTokenFields,
     IdTokenVerifier, IssuerUrl, JwsSigningAlgorithm, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
     RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse, StandardTokenResponse,
     SubjectIdentifier, UserInfoError,
 };
+use quarterdeck_outbound::{DOCUMENT_LIMIT, Outbound, OutboundError, SMALL_LIMIT};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -44,8 +49,6 @@ use serde_json::{Map, Value};
 const DISCOVERY_TTL: Duration = Duration::from_secs(5 * 60);
 /// At most this many issuers are cached.
 const DISCOVERY_CACHE_MAX: usize = 64;
-/// Time allowed for each request to the provider.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How far in the future an ID token's `iat` may be (the provider's clock running ahead).
 const IAT_LEEWAY_SECONDS: i64 = 5 * 60;
 
@@ -238,32 +241,18 @@ struct Cached {
     fetched: Instant,
 }
 
-/// The relying party. One per process is enough: it holds the HTTP client and the discovery
-/// cache.
+/// The relying party. One per process is enough: it holds the discovery cache, and fetches
+/// through the outbound policy's client.
 #[derive(Debug)]
 pub struct RelyingParty {
-    /// `Err` only if the TLS backend could not start (reported on use).
-    http: Result<reqwest::Client, String>,
+    outbound: Arc<Outbound>,
     discovery: Mutex<HashMap<String, Cached>>,
 }
 
-impl Default for RelyingParty {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl RelyingParty {
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(HTTP_TIMEOUT)
-            .connect_timeout(HTTP_TIMEOUT)
-            .user_agent(concat!("quarterdeck-sso/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("the HTTP client could not start: {e}"));
+    pub fn new(outbound: Arc<Outbound>) -> Self {
         Self {
-            http,
+            outbound,
             discovery: Mutex::new(HashMap::new()),
         }
     }
@@ -341,7 +330,10 @@ impl RelyingParty {
         check_pkce_verifier(pkce_verifier)?;
         let now = chrono::DateTime::<chrono::Utc>::from_timestamp(now.unix_timestamp(), now.nanosecond())
             .ok_or_else(|| OidcError::InvalidRequest("the current time is out of range".to_owned()))?;
-        let http = self.http()?;
+        let small = Capped {
+            outbound: &self.outbound,
+            limit: SMALL_LIMIT,
+        };
         let (mut metadata, mut from_cache) = self.metadata(&cfg.issuer).await?;
         let client = client_for(&metadata, cfg, redirect_uri)?;
 
@@ -349,7 +341,7 @@ impl RelyingParty {
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| OidcError::DiscoveryFailed(format!("the provider has no token endpoint ({e})")))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-            .request_async(http)
+            .request_async(&small)
             .await
             .map_err(token_error)?;
         let id_token = response
@@ -408,7 +400,7 @@ impl RelyingParty {
                     Some(SubjectIdentifier::new(subject.clone())),
                 )
                 .map_err(|e| OidcError::UserinfoFailed(e.to_string()))?
-                .request_async::<OtherClaims, _, CoreGenderClaim>(http)
+                .request_async::<OtherClaims, _, CoreGenderClaim>(&small)
                 .await
                 .map_err(userinfo_error)?;
             let info = claims_map(&info);
@@ -430,10 +422,6 @@ impl RelyingParty {
         })
     }
 
-    fn http(&self) -> Result<&reqwest::Client, OidcError> {
-        self.http.as_ref().map_err(|e| OidcError::DiscoveryFailed(e.clone()))
-    }
-
     /// The provider's metadata, from the cache when fresh; the flag says it came from the cache.
     async fn metadata(&self, issuer: &str) -> Result<(Arc<CoreProviderMetadata>, bool), OidcError> {
         if let Some(cached) = self.cached(issuer) {
@@ -453,7 +441,11 @@ impl RelyingParty {
     /// Fetches discovery and the JWKS, checks them, and caches them.
     async fn fetch_metadata(&self, issuer: &str) -> Result<Arc<CoreProviderMetadata>, OidcError> {
         let issuer_url = issuer_url(issuer)?;
-        let metadata = CoreProviderMetadata::discover_async(issuer_url, self.http()?)
+        let document = Capped {
+            outbound: &self.outbound,
+            limit: DOCUMENT_LIMIT,
+        };
+        let metadata = CoreProviderMetadata::discover_async(issuer_url, &document)
             .await
             .map_err(discovery_error)?;
         check_metadata(&metadata)?;
@@ -479,26 +471,34 @@ impl RelyingParty {
     }
 }
 
-/// The issuer as a URL: `https`, or `http` on a loopback address; no query, fragment or
-/// credentials. Kept verbatim (no normalisation): the provider must name itself identically.
+/// The outbound client as openidconnect's HTTP client, reading at most `limit` bytes.
+struct Capped<'a> {
+    outbound: &'a Outbound,
+    limit: usize,
+}
+
+impl<'c> AsyncHttpClient<'c> for Capped<'_> {
+    type Error = OutboundError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, OutboundError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.outbound.send(request, self.limit))
+    }
+}
+
+/// The issuer as a URL: `http(s)`, no query, fragment or credentials. Whether it may be fetched
+/// (https, or http to an allowed address) is the outbound policy's to say. Kept verbatim (no
+/// normalisation): the provider must name itself identically.
 fn issuer_url(issuer: &str) -> Result<IssuerUrl, OidcError> {
-    let bad = |why: &str| Err(OidcError::DiscoveryFailed(format!("the issuer `{issuer}` {why}")));
+    let bad = |why: &str| Err(OidcError::DiscoveryFailed(format!("the issuer {why}")));
     let Ok(url) = url::Url::parse(issuer) else {
         return bad("is not a URL");
     };
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return bad("must not have a query, a fragment or credentials");
     }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => return bad("has no host"),
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return bad("must be an https URL"),
+    if url.host().is_none() || !matches!(url.scheme(), "https" | "http") {
+        return bad("must be an https URL");
     }
     IssuerUrl::new(issuer.to_owned()).or_else(|_| bad("is not a URL"))
 }
@@ -667,28 +667,30 @@ fn check_pkce_verifier(verifier: &str) -> Result<(), OidcError> {
     }
 }
 
-fn discovery_error(e: DiscoveryError<HttpClientError<reqwest::Error>>) -> OidcError {
+/// Discovery's failure in words: what failed, never what the provider sent (not the body, not
+/// the issuer it claims, not its headers).
+fn discovery_error(e: DiscoveryError<OutboundError>) -> OidcError {
     match e {
-        DiscoveryError::Validation(msg) => {
-            OidcError::WrongIssuer(format!("the discovery document names another issuer: {msg}"))
+        DiscoveryError::Validation(_) => OidcError::WrongIssuer(
+            "the discovery document names another issuer than the one configured (they must match exactly, trailing slash included)"
+                .to_owned(),
+        ),
+        DiscoveryError::Response(status, _, _) if status.as_u16() != 200 => {
+            OidcError::DiscoveryFailed(format!("{}", OutboundError::Status(status.as_u16())))
         }
-        DiscoveryError::Response(status, _, msg) if status.is_redirection() => {
-            OidcError::DiscoveryFailed(format!("{msg} (redirects are not followed: configure the final URL)"))
+        DiscoveryError::Response(..) => {
+            OidcError::DiscoveryFailed("the discovery document or the JWKS is not served as JSON".to_owned())
         }
-        DiscoveryError::Response(_, _, msg) => OidcError::DiscoveryFailed(msg),
-        DiscoveryError::Parse(e) => {
-            OidcError::DiscoveryFailed(format!("the discovery document or the JWKS is not valid: {e}"))
+        DiscoveryError::Parse(_) => {
+            OidcError::DiscoveryFailed("the discovery document or the JWKS is not valid".to_owned())
         }
-        DiscoveryError::Request(e) => OidcError::DiscoveryFailed(format!("the provider could not be reached: {e}")),
-        DiscoveryError::UrlParse(e) => OidcError::DiscoveryFailed(format!("the issuer is not a URL: {e}")),
-        DiscoveryError::Other(msg) => OidcError::DiscoveryFailed(msg),
-        other => OidcError::DiscoveryFailed(other.to_string()),
+        DiscoveryError::Request(e) => OidcError::DiscoveryFailed(e.to_string()),
+        DiscoveryError::UrlParse(_) => OidcError::DiscoveryFailed("the issuer is not a URL".to_owned()),
+        _ => OidcError::DiscoveryFailed("the discovery request could not be made".to_owned()),
     }
 }
 
-fn token_error(
-    e: RequestTokenError<HttpClientError<reqwest::Error>, StandardErrorResponse<CoreErrorResponseType>>,
-) -> OidcError {
+fn token_error(e: RequestTokenError<OutboundError, StandardErrorResponse<CoreErrorResponseType>>) -> OidcError {
     match e {
         RequestTokenError::ServerResponse(answer) => {
             let mut msg = format!("the provider answered `{}`", answer.error().as_ref());
@@ -698,9 +700,7 @@ fn token_error(
             }
             OidcError::TokenExchangeFailed(msg)
         }
-        RequestTokenError::Request(e) => {
-            OidcError::TokenExchangeFailed(format!("the token endpoint could not be reached: {e}"))
-        }
+        RequestTokenError::Request(e) => OidcError::TokenExchangeFailed(format!("the token endpoint: {e}")),
         RequestTokenError::Parse(_, body) => unparsable_token_response(&body),
         RequestTokenError::Other(msg) => OidcError::TokenExchangeFailed(msg),
     }
@@ -750,16 +750,16 @@ fn claims_error(e: ClaimsVerificationError) -> OidcError {
     }
 }
 
-fn userinfo_error(e: UserInfoError<HttpClientError<reqwest::Error>>) -> OidcError {
+fn userinfo_error(e: UserInfoError<OutboundError>) -> OidcError {
     match e {
         UserInfoError::ClaimsVerification(ClaimsVerificationError::InvalidSubject(_)) => OidcError::UserinfoMismatch,
         UserInfoError::ClaimsVerification(e) => OidcError::UserinfoFailed(e.to_string()),
-        UserInfoError::Response(status, _, msg) => OidcError::UserinfoFailed(format!("{msg} (HTTP {status})")),
-        UserInfoError::Request(e) => {
-            OidcError::UserinfoFailed(format!("the userinfo endpoint could not be reached: {e}"))
+        UserInfoError::Response(status, _, _) => {
+            OidcError::UserinfoFailed(format!("the userinfo endpoint answered HTTP {}", status.as_u16()))
         }
+        UserInfoError::Request(e) => OidcError::UserinfoFailed(format!("the userinfo endpoint: {e}")),
         UserInfoError::Parse(_) => OidcError::UserinfoFailed("the userinfo answer is malformed".to_owned()),
-        other => OidcError::UserinfoFailed(other.to_string()),
+        _ => OidcError::UserinfoFailed("the userinfo request could not be made".to_owned()),
     }
 }
 
@@ -768,14 +768,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issuers_must_be_https_except_on_loopback() {
+    fn issuers_are_http_s_urls_without_credentials_query_or_fragment() {
         assert!(issuer_url("https://idp.example.com").is_ok());
         assert!(issuer_url("https://idp.example.com/tenant/v2.0/").is_ok());
         assert!(issuer_url("http://127.0.0.1:9000").is_ok());
-        assert!(issuer_url("http://localhost:9000").is_ok());
-        assert!(issuer_url("http://[::1]:9000").is_ok());
         for bad in [
-            "http://idp.example.com",
+            "ftp://idp.example.com",
             "https://u:p@idp.example.com",
             "https://idp.example.com?x=1",
             "idp",

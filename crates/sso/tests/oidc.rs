@@ -13,6 +13,14 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+/// A relying party allowed to reach the test providers on loopback.
+fn rp() -> RelyingParty {
+    let policy = quarterdeck_outbound::OutboundPolicy::from_ranges(&["127.0.0.0/8"]).unwrap();
+    RelyingParty::new(std::sync::Arc::new(
+        quarterdeck_outbound::Outbound::new(policy).unwrap(),
+    ))
+}
+
 const CLIENT_ID: &str = "quarterdeck-test";
 const CLIENT_SECRET: &str = "test-secret-with-:-and-%-in-it";
 const REDIRECT_URI: &str = "http://127.0.0.1:1/sso/oidc/callback";
@@ -54,7 +62,7 @@ async fn real_sign_in(rp: &RelyingParty, cfg: &OidcConfig, op: &oidc_provider::O
 #[tokio::test]
 async fn a_real_provider_signs_people_in_verified_or_not() {
     let op = oidc_provider::start(CLIENT_ID, CLIENT_SECRET, &[REDIRECT_URI]).await;
-    let rp = RelyingParty::new();
+    let rp = rp();
     let cfg = config(&op.issuer);
     rp.check(&cfg).await.expect("discovery");
 
@@ -97,7 +105,7 @@ async fn a_real_provider_signs_people_in_verified_or_not() {
 #[tokio::test]
 async fn a_real_provider_refuses_a_reused_code_and_a_wrong_pkce_verifier() {
     let op = oidc_provider::start(CLIENT_ID, CLIENT_SECRET, &[REDIRECT_URI]).await;
-    let rp = RelyingParty::new();
+    let rp = rp();
     let cfg = config(&op.issuer);
 
     let code = real_sign_in(&rp, &cfg, &op, "carol@acme.test").await;
@@ -144,9 +152,7 @@ async fn complete_with(
     spec: IdTokenSpec,
 ) -> Result<VerifiedClaims, OidcError> {
     mock.answer(code, spec);
-    RelyingParty::new()
-        .complete(cfg, REDIRECT_URI, code, NONCE, VERIFIER, NOW)
-        .await
+    rp().complete(cfg, REDIRECT_URI, code, NONCE, VERIFIER, NOW).await
 }
 
 /// The error code for a token that differs from a valid one by `tweak`.
@@ -211,7 +217,7 @@ async fn the_authorization_url_asks_for_the_code_flow_with_pkce_state_and_nonce(
     let mock = mock_op::start().await;
     let mut cfg = config(&mock.issuer);
     cfg.scopes = vec!["email profile".into(), "openid".into(), "groups".into()];
-    let url = RelyingParty::new()
+    let url = rp()
         .authorization_url(&cfg, REDIRECT_URI, STATE, NONCE, VERIFIER)
         .await
         .unwrap();
@@ -239,7 +245,7 @@ async fn the_authorization_url_asks_for_the_code_flow_with_pkce_state_and_nonce(
         "{url}"
     );
 
-    let err = RelyingParty::new()
+    let err = rp()
         .authorization_url(&cfg, REDIRECT_URI, STATE, NONCE, "too-short")
         .await
         .unwrap_err();
@@ -301,7 +307,7 @@ async fn an_expired_token_is_refused_and_so_is_one_completed_after_its_expiry() 
     // Valid at NOW; the clock moves past its expiry.
     let mock = mock_op::start().await;
     let cfg = config(&mock.issuer);
-    let rp = RelyingParty::new();
+    let rp = rp();
     mock.answer("code-1", IdTokenSpec::valid(&mock, CLIENT_ID, NONCE, NOW));
     mock.answer("code-2", IdTokenSpec::valid(&mock, CLIENT_ID, NONCE, NOW));
     rp.complete(&cfg, REDIRECT_URI, "code-1", NONCE, VERIFIER, NOW)
@@ -430,7 +436,7 @@ async fn discovery_naming_another_issuer_is_refused() {
     let mock = mock_op::start().await;
     mock.set_discovery_issuer("http://127.0.0.1:1");
     let cfg = config(&mock.issuer);
-    let rp = RelyingParty::new();
+    let rp = rp();
     let err = rp.check(&cfg).await.unwrap_err();
     assert_eq!(err.code(), "wrong_issuer", "{err}");
     let err = rp
@@ -452,12 +458,19 @@ async fn discovery_naming_another_issuer_is_refused() {
 
 #[tokio::test]
 async fn check_reports_unreachable_insecure_or_hmac_only_providers() {
-    let rp = RelyingParty::new();
+    let rp = rp();
     let err = rp.check(&config("http://127.0.0.1:1")).await.unwrap_err();
     assert_eq!(err.code(), "discovery_failed", "{err}");
-    let err = rp.check(&config("http://idp.example.com")).await.unwrap_err();
+    // Plain http to a public address (a literal: no DNS needed) is refused before connecting.
+    let err = rp.check(&config("http://93.184.216.34")).await.unwrap_err();
     assert_eq!(err.code(), "discovery_failed", "{err}");
     assert!(err.to_string().contains("https"), "{err}");
+    // So is a private address outside outbound_allow_private, whatever the port.
+    let err = rp.check(&config("https://10.0.0.1:8443")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("outbound_allow_private does not allow"),
+        "{err}"
+    );
 
     let mock = mock_op::start().await;
     rp.check(&config(&mock.issuer)).await.expect("a good provider");
@@ -470,7 +483,7 @@ async fn check_reports_unreachable_insecure_or_hmac_only_providers() {
 async fn a_reused_code_is_refused_by_the_mock_as_by_a_real_provider() {
     let mock = mock_op::start().await;
     let cfg = config(&mock.issuer);
-    let rp = RelyingParty::new();
+    let rp = rp();
     mock.answer("code-1", IdTokenSpec::valid(&mock, CLIENT_ID, NONCE, NOW));
     rp.complete(&cfg, REDIRECT_URI, "code-1", NONCE, VERIFIER, NOW)
         .await
@@ -488,7 +501,7 @@ async fn a_reused_code_is_refused_by_the_mock_as_by_a_real_provider() {
 async fn rotated_keys_are_picked_up_despite_the_discovery_cache() {
     let mock = mock_op::start().await;
     let cfg = config(&mock.issuer);
-    let rp = RelyingParty::new();
+    let rp = rp();
     mock.answer("code-1", IdTokenSpec::valid(&mock, CLIENT_ID, NONCE, NOW));
     rp.complete(&cfg, REDIRECT_URI, "code-1", NONCE, VERIFIER, NOW)
         .await

@@ -9,6 +9,7 @@ mod error;
 mod pages;
 mod router;
 mod sso;
+pub use sso::SsoProtocols;
 mod state;
 
 pub use edge::EdgeLimits;

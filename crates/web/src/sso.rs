@@ -6,11 +6,9 @@
 use quarterdeck_domain::Error;
 use quarterdeck_domain::core::{ProviderDraft, SsoStart};
 use quarterdeck_domain::sso::{ExternalLogin, IdentityProvider, OidcSettings, ProtocolSettings, SsoAttempt};
+use quarterdeck_outbound::{DOCUMENT_LIMIT, Outbound};
 use quarterdeck_sso::oidc::{OidcConfig, OidcError, RelyingParty};
-use std::time::Duration;
-
-/// The largest SAML metadata document fetched.
-const MAX_METADATA_BYTES: usize = 256 * 1024;
+use std::sync::Arc;
 
 /// The endpoints an identity provider is told about, for one site.
 #[derive(Clone, Debug)]
@@ -46,25 +44,15 @@ pub const SAML_SUPPORTED: bool = cfg!(feature = "saml");
 
 pub struct SsoProtocols {
     oidc: RelyingParty,
-    http: reqwest::Client,
-}
-
-impl Default for SsoProtocols {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Every fetch on an administrator's say-so (SAML metadata here, OIDC in `oidc`).
+    outbound: Arc<Outbound>,
 }
 
 impl SsoProtocols {
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+    pub fn new(outbound: Arc<Outbound>) -> Self {
         Self {
-            oidc: RelyingParty::new(),
-            http,
+            oidc: RelyingParty::new(Arc::clone(&outbound)),
+            outbound,
         }
     }
 
@@ -116,17 +104,11 @@ impl SsoProtocols {
                 format!("The metadata could not be fetched from this URL: {why}."),
             )
         };
-        let mut resp = self.http.get(url).send().await.map_err(|_| fail("no answer"))?;
-        if !resp.status().is_success() {
-            return Err(fail(&format!("HTTP {}", resp.status().as_u16())));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|_| fail("the answer broke off"))? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_METADATA_BYTES {
-                return Err(fail("it is larger than 256 KB"));
-            }
-        }
+        let body = self
+            .outbound
+            .get(url, DOCUMENT_LIMIT)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
         String::from_utf8(body).map_err(|_| fail("it is not text"))
     }
 

@@ -157,6 +157,8 @@ impl TestApp {
             database_url: pg_url.clone(),
             regions: vec!["eu-west".into(), "us-east".into()],
             database_max_connections: TEST_DB_BUDGET,
+            // The test identity providers listen on loopback.
+            outbound_allow_private: vec!["127.0.0.0/8".into()],
             ..Settings::default()
         };
         tweak(&mut settings);

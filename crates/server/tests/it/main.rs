@@ -33,6 +33,7 @@ mod guessing;
 mod impersonation;
 mod invitations;
 mod openapi;
+mod outbound;
 mod outbox_lease;
 mod pg_budget;
 mod portal;
