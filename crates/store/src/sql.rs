@@ -119,18 +119,30 @@ macro_rules! impl_store {
             /// from the head's `keyed_from` on (always, once migration 0003 ran), and the head
             /// moved to it with a fresh MAC.
             async fn append_in(tx: &mut Transaction<'static, $Db>, event: &NewEvent, key: Option<&AuditKey>) -> Result<()> {
-                let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash, keyed_from")
+                let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash, keyed_from, mac")
                     .fetch_one(&mut **tx)
                     .await
                     .map_err(db_err)?;
                 let seq: i64 = head.try_get("seq").map_err(db_err)?;
                 let prev_hash: String = head.try_get("hash").map_err(db_err)?;
                 let keyed_from: i64 = head.try_get("keyed_from").map_err(db_err)?;
+                let prev_mac: Option<String> = head.try_get("mac").map_err(db_err)?;
                 let key = if seq >= keyed_from {
                     Some(key.ok_or_else(|| Error::internal("the audit chain is keyed and this store has no audit key"))?)
                 } else {
                     None
                 };
+                // Never build on a head that this key did not sign: a head moved back (the tail
+                // deleted) would otherwise be signed afresh by the next write, and `audit
+                // verify` would find nothing. Writes stop until an operator looks.
+                if let Some(k) = key
+                    && seq - 1 >= keyed_from
+                    && prev_mac.as_deref() != Some(quarterdeck_domain::audit::head_mac(k, seq - 1, &prev_hash, keyed_from).as_str())
+                {
+                    return Err(Error::internal(
+                        "the audit chain's head is not the one this server wrote (its MAC does not match): refusing to extend it; run `quarterdeck audit verify`",
+                    ));
+                }
                 let actor_id = event.actor.user_id;
                 let hash = quarterdeck_domain::audit::chain_hash(
                     key,

@@ -300,6 +300,33 @@ both!(
 );
 
 both!(
+    async fn a_rewound_head_is_not_signed_afresh_by_the_next_write(app) {
+        app.sign_in_owner().await;
+        app.create_tenant("Acme Corp", "acme").await;
+        app.create_tenant("Globex", "globex").await;
+        let events = all_events(&app).await;
+        let n = events.len();
+        let mut raw = Raw::open(&app).await;
+        raw.drop_guards().await;
+        raw.delete_from(events[n - 1].seq).await;
+        raw.set_head(events[n - 2].seq, &events[n - 2].hash).await;
+        // Any audited write, even an anonymous failed sign-in, must not paper over it.
+        let anonymous = TestApp::client_for(&app);
+        let page = anonymous.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+        let _ = post_form(
+            &anonymous,
+            &app.url("/login"),
+            &app.base_url,
+            &page,
+            &[("email", "nobody@example.com"), ("password", "wrong password 1")],
+        )
+        .await;
+        assert!(app.core.verify_audit_chain().await.unwrap().is_err(), "the rewound head was signed afresh");
+        assert_eq!(all_events(&app).await.len(), n - 1, "an event was built on the rewound head");
+    }
+);
+
+both!(
     async fn rewriting_an_event_and_recomputing_every_later_hash_is_reported(app) {
         app.sign_in_owner().await;
         app.create_tenant("Acme Corp", "acme").await;
