@@ -104,9 +104,12 @@ pub fn request_ids<S: Clone + Send + Sync + 'static>(
 /// A request id is taken from the request only when a trusted proxy sent it and it is a short
 /// token (it goes into log lines and pages).
 async fn distrust_request_id(State(trusted): State<Arc<Vec<IpAddr>>>, mut req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
     let sent = req.headers().get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>();
-    let keep = peer.is_some_and(|p| trusted.contains(&p))
+    let keep = peer.is_some_and(|p| trusted.iter().any(|t| t.to_canonical() == p))
         && sent.len() == 1
         && sent.first().is_some_and(|v| acceptable_id(v.as_bytes()));
     if !keep {

@@ -30,7 +30,7 @@ impl Core {
             return Err(Error::TenantSuspended);
         }
         let account_key = account_key(dir, email);
-        let address_key = client.ip.clone().unwrap_or_default();
+        let address_key = client.network();
         if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
             return Err(Error::Throttled { retry_after_secs });
         }
@@ -228,7 +228,7 @@ impl Core {
         let now = self.clock.now();
         let dir = signed_in.user.directory();
         let account_key = account_key(dir, signed_in.user.email.as_str());
-        let address_key = client.ip.clone().unwrap_or_default();
+        let address_key = client.network();
         if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
             return Err(Error::Throttled { retry_after_secs });
         }

@@ -144,6 +144,25 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+impl ClientInfo {
+    /// The network the client's address stands for, as throttles count it: an IPv4 address
+    /// itself (IPv4-mapped IPv6 included), an IPv6 address's /64 — one subscriber's network,
+    /// which holds 2^64 addresses an attacker can rotate through for free. Empty when unknown.
+    pub fn network(&self) -> String {
+        match self.ip.as_deref().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(ip)) => match ip.to_canonical() {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+            Some(Err(_)) => self.ip.clone().unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
 pub struct Core {
     /// Reachable only through `Core`'s operations, which check who may call them.
     store: Arc<dyn Store>,
@@ -277,4 +296,26 @@ impl Core {
 
 pub(crate) fn slug_taken() -> Error {
     Error::field("slug", "slug_taken", "This slug is already in use; choose another.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientInfo;
+
+    fn network(ip: &str) -> String {
+        ClientInfo {
+            ip: Some(ip.to_owned()),
+            user_agent: None,
+        }
+        .network()
+    }
+
+    #[test]
+    fn throttles_count_an_ipv6_client_by_its_64_and_a_mapped_ipv4_client_by_its_address() {
+        assert_eq!(network("2001:db8:1:2::1"), network("2001:db8:1:2:ffff::9"));
+        assert_ne!(network("2001:db8:1:2::1"), network("2001:db8:1:3::1"));
+        assert_eq!(network("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(network("192.0.2.7"), "192.0.2.7");
+        assert_eq!(ClientInfo::default().network(), "");
+    }
 }

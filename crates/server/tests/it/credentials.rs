@@ -265,3 +265,22 @@ both_backends!(
         assert_eq!(sign_in_from(&app, "10.9.9.8", OWNER_PASSWORD).await, 303);
     }
 );
+
+both_backends!(
+    async fn guesses_from_one_ipv6_network_count_as_one_client(backend) {
+        let app = TestApp::spawn_with(backend, |s| s.trusted_proxies = vec!["127.0.0.1".into()]).await;
+        app.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
+        // A /64 holds 2^64 addresses: rotating through them must not buy fresh guesses.
+        let mut statuses = Vec::new();
+        for i in 1..=25 {
+            statuses.push(sign_in_from(&app, &format!("2001:db8:1:2::{i:x}"), "guess guess guess").await);
+        }
+        assert!(statuses.contains(&429), "no back-off across one /64: {statuses:?}");
+        assert_eq!(
+            sign_in_from(&app, "2001:db8:1:2::ffff", "guess guess guess").await,
+            429,
+            "a fresh address in the same /64 waits too"
+        );
+        assert_eq!(sign_in_from(&app, "2001:db8:9:9::1", OWNER_PASSWORD).await, 303, "another network is not blocked");
+    }
+);

@@ -88,7 +88,7 @@ fn is_miss(status: axum::http::StatusCode) -> bool {
 /// The route layer on every token-consuming endpoint (see the URL map).
 pub async fn guard_token_endpoints(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let peer = PeerAddr(req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
-    let address = client_info(&state, req.headers(), &peer).ip.unwrap_or_default();
+    let address = client_info(&state, req.headers(), &peer).network();
     let now = state.core.clock.now();
     let limits = &state.guessing;
     if let Some(retry_after_secs) = limits.misses.check(&address, now) {

@@ -136,16 +136,20 @@ pub fn safe_next(next: Option<&str>) -> String {
 
 /// The client's address (believing `X-Forwarded-For` only from configured proxies) and agent.
 pub fn client_info(state: &AppState, headers: &HeaderMap, peer: &PeerAddr) -> ClientInfo {
-    let peer_ip = peer.0.map(|a| a.ip());
+    // Canonical forms throughout: on a dual-stack listener an IPv4 peer arrives as
+    // `::ffff:a.b.c.d`, which must match `a.b.c.d` in `trusted_proxies` and key the same throttle.
+    let trusted = |ip: &IpAddr| state.config.trusted_proxies.iter().any(|t| t.to_canonical() == *ip);
+    let peer_ip = peer.0.map(|a| a.ip().to_canonical());
     let ip = match peer_ip {
-        Some(p) if state.config.trusted_proxies.contains(&p) => headers
+        Some(p) if trusted(&p) => headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.split(',')
                     .rev()
                     .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                    .find(|ip| !state.config.trusted_proxies.contains(ip))
+                    .map(|ip| ip.to_canonical())
+                    .find(|ip| !trusted(ip))
             })
             .or(Some(p)),
         other => other,
