@@ -476,3 +476,48 @@ both!(
         assert_eq!(app.events_of("USER_CREATED").await.len(), 1, "created once");
     }
 );
+
+both!(
+    async fn concurrent_requests_with_one_idempotency_key_run_once(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let t = token(&app, "read_write", "").await;
+        let created = reqwest::Client::new()
+            .post(app.url("/v1/admin/users"))
+            .bearer_auth(&t)
+            .json(&json!({"email": "bob@acme.example", "roles": ["viewer"], "tenant_id": tid}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let id = created.json::<Value>().await.unwrap()["user"]["id"].as_str().unwrap().to_owned();
+        let url = app.url(&format!("/v1/admin/users/{id}/invitation/resend?tenant_id={tid}"));
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(10));
+        let mut racers = Vec::new();
+        for _ in 0..10 {
+            let (url, t, barrier) = (url.clone(), t.clone(), barrier.clone());
+            racers.push(tokio::spawn(async move {
+                let request = reqwest::Client::new().post(url).bearer_auth(t).header("idempotency-key", "resend-bob-1");
+                barrier.wait().await;
+                let r = request.send().await.unwrap();
+                let replayed = r.headers().contains_key("idempotent-replayed");
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                (status, replayed, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+            }));
+        }
+        let mut answers = Vec::new();
+        for r in racers {
+            answers.push(r.await.unwrap());
+        }
+        let ran = answers.iter().filter(|(s, replayed, _)| *s == 200 && !replayed).count();
+        assert_eq!(ran, 1, "{answers:?}");
+        for (status, replayed, code) in &answers {
+            assert!(
+                (*status == 200 && (*replayed || ran == 1)) || (*status == 409 && code == "idempotency_key_in_use"),
+                "every other racer is a replay or told the key is in use: {answers:?}"
+            );
+        }
+        assert_eq!(app.events_of("INVITATION_RESENT").await.len(), 1, "resent once");
+    }
+);

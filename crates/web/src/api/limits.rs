@@ -4,6 +4,11 @@
 //! gets its 401, and its kept replies are dropped), and a kept reply never holds a secret: the
 //! fields a handler marks with [`SecretFields`] (a one-time password) are kept as `null`, and
 //! the replay names them in `Idempotent-Replay-Redacted`.
+//!
+//! A key is reserved before its request runs: a second request with the same key while the
+//! first is still running gets 409 `idempotency_key_in_use` instead of running twice. Only an
+//! authenticated caller's replies are kept (a made-up token's 401 is not), at most
+//! [`MAX_KEPT`] of them; expired ones are swept once a minute, not on every request.
 
 use super::Caller;
 use crate::error::ApiError;
@@ -24,6 +29,10 @@ const PER_WINDOW: u32 = 300;
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long an idempotent response is kept.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
+/// Most replies kept (and keys reserved) at once, all tokens together; past it, 503 `busy`.
+const MAX_KEPT: usize = 100_000;
+/// How often expired replies are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A response extension naming the top-level JSON fields that hold a secret: the reply kept
 /// for `Idempotency-Key` has them as `null`.
@@ -33,7 +42,33 @@ pub struct SecretFields(pub &'static [&'static str]);
 #[derive(Default)]
 pub struct ApiLimits {
     windows: Mutex<HashMap<String, (Instant, u32)>>,
-    replies: Mutex<HashMap<(String, String), Stored>>,
+    replies: Mutex<Replies>,
+}
+
+#[derive(Default)]
+struct Replies {
+    slots: HashMap<(String, String), Slot>,
+    swept: Option<Instant>,
+}
+
+impl Replies {
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if self.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+            self.slots.retain(|_, s| match s {
+                Slot::Running { .. } => true,
+                Slot::Done(d) => now.duration_since(d.at) < KEEP,
+            });
+            self.swept = Some(now);
+        }
+    }
+}
+
+/// A key's state: its request still running (reserved), or its reply kept.
+#[derive(Clone)]
+enum Slot {
+    Running { request: String },
+    Done(Stored),
 }
 
 #[derive(Clone)]
@@ -76,6 +111,7 @@ impl ApiLimits {
         self.replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .slots
             .retain(|(t, _), _| t != token);
     }
 }
@@ -139,47 +175,66 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     let request = format!(
         "{} {}\n{}",
         parts.method,
-        parts.uri.path(),
+        // The query too: `?tenant_id=` picks whose user a request is about.
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str()),
         TokenHash::of(&String::from_utf8_lossy(&bytes)).0
     );
+    // Who is asking, before anything is run, kept or replayed: the token must be live now,
+    // with the rights and scope the request needs (a revoked token's replies die with it).
+    if let Err(e) = Caller::from_request_parts(&mut parts, &state).await {
+        if matches!(e.0, Error::Unauthenticated) {
+            limits.forget_token(&token);
+        }
+        return e.into_response();
+    }
     let slot = (token, key);
     let kept = {
         let mut replies = limits.replies.lock().unwrap_or_else(|p| p.into_inner());
-        replies.retain(|_, s| s.at.elapsed() < KEEP);
-        replies.get(&slot).cloned()
-    };
-    if let Some(s) = kept {
-        // Who is asking now, before anything is replayed: the token must still be live, with
-        // the rights and scope the request needs.
-        if let Err(e) = Caller::from_request_parts(&mut parts, &state).await {
-            if matches!(e.0, Error::Unauthenticated) {
-                limits.forget_token(&slot.0);
+        replies.sweep();
+        match replies.slots.get(&slot).cloned() {
+            Some(kept) => Some(kept),
+            None if replies.slots.len() >= MAX_KEPT => return ApiError(Error::Busy).into_response(),
+            None => {
+                replies.slots.insert(
+                    slot.clone(),
+                    Slot::Running {
+                        request: request.clone(),
+                    },
+                );
+                None
             }
-            return e.into_response();
         }
-        if s.request != request {
+    };
+    match kept {
+        Some(Slot::Running { request: r }) | Some(Slot::Done(Stored { request: r, .. })) if r != request => {
             return ApiError(Error::Conflict {
                 code: "idempotency_key_reused",
                 message: "This Idempotency-Key was used with a different request.".to_owned(),
             })
             .into_response();
         }
-        let mut resp = (s.status, s.body.clone()).into_response();
-        if let Some(ct) = &s.content_type {
-            resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        Some(Slot::Running { .. }) => {
+            return ApiError(Error::Conflict {
+                code: "idempotency_key_in_use",
+                message: "A request with this Idempotency-Key is still running; retry when it has answered.".to_owned(),
+            })
+            .into_response();
         }
-        resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        if !s.redacted.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&s.redacted.join(", "))
-        {
-            resp.headers_mut().insert("idempotent-replay-redacted", v);
-        }
-        return resp;
+        Some(Slot::Done(s)) => return replay(&s),
+        None => {}
     }
+    // The key is reserved: whatever happens next — an error, a panic, the client going away
+    // and this future being dropped — the slot ends kept or released.
+    let mut reservation = Reservation {
+        limits: &limits,
+        slot: Some(slot),
+    };
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = resp.status();
-    if status.is_server_error() {
+    if status.is_server_error() || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return resp;
     }
     let secrets = resp.extensions().get::<SecretFields>().copied();
@@ -187,20 +242,55 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     let Ok(rbytes) = to_bytes(rbody, 4 * 1024 * 1024).await else {
         return ApiError(Error::internal("response too large to keep for Idempotency-Key")).into_response();
     };
-    if let Some(body) = keepable(&rbytes, secrets) {
-        limits.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(
+    if let (Some(body), Some(slot)) = (keepable(&rbytes, secrets), reservation.slot.take()) {
+        limits.replies.lock().unwrap_or_else(|p| p.into_inner()).slots.insert(
             slot,
-            Stored {
+            Slot::Done(Stored {
                 at: Instant::now(),
                 request,
                 status,
                 content_type: rparts.headers.get(header::CONTENT_TYPE).cloned(),
                 body,
                 redacted: secrets.map(|s| s.0).unwrap_or_default(),
-            },
+            }),
         );
     }
     Response::from_parts(rparts, Body::from(rbytes))
+}
+
+/// A reserved key, released when dropped unless its reply was kept (`slot` taken).
+struct Reservation<'a> {
+    limits: &'a ApiLimits,
+    slot: Option<(String, String)>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.limits
+                .replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .slots
+                .remove(&slot);
+        }
+    }
+}
+
+/// A kept reply, marked as replayed (and naming the secret fields it holds as `null`).
+fn replay(s: &Stored) -> Response {
+    let mut resp = (s.status, s.body.clone()).into_response();
+    if let Some(ct) = &s.content_type {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if !s.redacted.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&s.redacted.join(", "))
+    {
+        resp.headers_mut().insert("idempotent-replay-redacted", v);
+    }
+    resp
 }
 
 #[cfg(test)]
