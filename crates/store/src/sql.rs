@@ -136,7 +136,7 @@ macro_rules! impl_store {
                 // deleted) would otherwise be signed afresh by the next write, and `audit
                 // verify` would find nothing. Writes stop until an operator looks.
                 if let Some(k) = key
-                    && seq - 1 >= keyed_from
+                    && seq > keyed_from
                     && prev_mac.as_deref() != Some(quarterdeck_domain::audit::head_mac(k, seq - 1, &prev_hash, keyed_from).as_str())
                 {
                     return Err(Error::internal(
