@@ -165,6 +165,7 @@ impl App {
                 request_timeout: Duration::from_secs(settings.request_timeout_seconds),
                 max_concurrent_requests: settings.max_concurrent_requests,
                 max_body_bytes: settings.max_body_bytes,
+                body_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
             },
         };
         let router = quarterdeck_web::router(AppState {

@@ -9,9 +9,12 @@
 //! 2. (the security headers, in `router.rs`)
 //! 3. Edge errors rendered like any other error: 408 `request_timeout`, 413 `body_too_large`,
 //!    503 `overloaded` (JSON under `/v1`, a page elsewhere).
-//! 4. A concurrency limit that sheds (503 with `Retry-After`) instead of queueing.
-//! 5. A request timeout (408).
-//! 6. One body limit for every route, forms and API alike (413): a `Content-Length` over it
+//! 4. The whole body read before the request takes a concurrency slot, within
+//!    `body_read_timeout` (408) and the body limit (413): a client that sends its body slowly
+//!    holds a connection, never one of the slots every other request needs.
+//! 5. A concurrency limit that sheds (503 with `Retry-After`) instead of queueing.
+//! 6. A request timeout (408).
+//! 7. One body limit for every route, forms and API alike (413): a `Content-Length` over it
 //!    is refused before the body is read, a chunked body when it grows past it.
 
 use crate::error::edge_error;
@@ -21,7 +24,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,9 @@ pub struct EdgeLimits {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's whole body (`header_read_timeout_seconds`,
+    /// at most the request timeout).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for EdgeLimits {
@@ -50,6 +56,7 @@ impl Default for EdgeLimits {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -67,7 +74,7 @@ fn is_api(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// Layers 3 to 6, around the routes (inside the security headers).
+/// Layers 3 to 7, around the routes (inside the security headers).
 pub fn limits<S: Clone + Send + Sync + 'static>(router: Router<S>, limits: EdgeLimits) -> Router<S> {
     router
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
@@ -83,6 +90,7 @@ pub fn limits<S: Clone + Send + Sync + 'static>(router: Router<S>, limits: EdgeL
                 .layer(LoadShedLayer::new())
                 .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests.max(1))),
         )
+        .layer(from_fn_with_state(limits, read_body_first))
         .layer(from_fn(render_edge_errors))
 }
 
@@ -143,6 +151,34 @@ fn request_span(req: &Request<Body>) -> tracing::Span {
 async fn scope_request_id(req: Request, next: Next) -> Response {
     let id = request_id_of(&req).to_owned();
     REQUEST_ID.scope(id, next.run(req)).await
+}
+
+/// Reads the whole body (bounded in size and time) before the request goes further in, so
+/// that the slots of the concurrency limit are held only by requests the server can work on.
+async fn read_body_first(State(limits): State<EdgeLimits>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let within = limits.body_read_timeout.min(limits.request_timeout);
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE.into_response()
+            } else {
+                // The client went away or sent a broken body.
+                StatusCode::BAD_REQUEST.into_response()
+            }
+        }
+    }
 }
 
 /// The 408 of the timeout, the 413 of the body limit (or of an extractor that hit it) are

@@ -241,9 +241,24 @@ async fn a_request_that_takes_too_long_gets_408_with_a_stable_code() {
 async fn requests_over_the_concurrency_limit_are_shed_with_503_not_queued() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.max_concurrent_requests = 1).await;
     let doc: Value = app.get("/v1/openapi.json").await.json().await.unwrap();
-    let held = stalled_post(&app, "/sso/saml/acs", "").await;
+    // A request the server is working on: saving an identity provider whose issuer (on
+    // loopback, which the tests allow) accepts the connection and never answers.
+    let acme = crate::sso::tenant(&app, "Acme Corp", "acme").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let form = tokio::spawn(async move {
+        crate::sso::configure(&acme.admin, &issuer, "both", false, &[])
+            .await
+            .status()
+    });
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(8);
     let shed = loop {
         let r = client
             .get(app.url("/v1/admin/tenants"))
@@ -267,12 +282,49 @@ async fn requests_over_the_concurrency_limit_are_shed_with_503_not_queued() {
     crate::openapi::check_response(&doc, "GET", "/v1/admin/tenants", 503, &body);
     let page = client.get(app.url("/login")).send().await.unwrap();
     assert_eq!(page.status(), 503);
-    drop(held);
+    form.abort();
+    holding.abort();
     poll_until("the server to serve again once the request in flight is gone", || {
         let r = client.get(app.url("/healthz")).send();
         async move { r.await.unwrap().status() == 200 }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_take_no_concurrency_slot_and_get_408() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.max_concurrent_requests = 2;
+        s.header_read_timeout_seconds = 2;
+    })
+    .await;
+    // Many more slow bodies than there are slots, each with what gets a form's body read:
+    // an anonymous CSRF cookie the server handed out.
+    let client = reqwest::Client::new();
+    let login = client.get(app.url("/login")).send().await.unwrap();
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.contains("csrf"))
+        .expect("an anonymous CSRF cookie");
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(stalled_post(&app, "/login", &format!("Cookie: {cookie}\r\n")).await);
+    }
+    let started = Instant::now();
+    let page = client.get(app.url("/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "slow bodies held the slots");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    for s in &mut slow {
+        let answer = read_answer(s, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
