@@ -113,6 +113,31 @@ pub struct SignInThrottle {
     pair: Throttle,
     address: Throttle,
     account: Throttle,
+    /// Guesses being checked right now, per pair and per address: they count as failures
+    /// until they are known not to be, so a burst of parallel guesses gets no more than the
+    /// free attempts a sequence of them would.
+    pending: Mutex<HashMap<String, u32>>,
+}
+
+/// A guess being checked: counted in the throttle until dropped.
+#[derive(Debug)]
+pub struct PendingGuess<'a> {
+    throttle: &'a SignInThrottle,
+    keys: [String; 2],
+}
+
+impl Drop for PendingGuess<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.throttle.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            if let Some(n) = pending.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pending.remove(key);
+                }
+            }
+        }
+    }
 }
 
 impl Default for SignInThrottle {
@@ -121,6 +146,7 @@ impl Default for SignInThrottle {
             pair: Throttle::new(ThrottlePolicy::ACCOUNT),
             address: Throttle::new(ThrottlePolicy::ADDRESS),
             account: Throttle::new(ThrottlePolicy::ACCOUNT),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -148,6 +174,33 @@ impl SignInThrottle {
         .max()
     }
 
+    /// Start checking a guess: `Err(seconds)` to wait, else a [`PendingGuess`] that counts as
+    /// a failure (for the free attempts) until it is dropped — after `record_failure` or
+    /// `record_success`.
+    pub fn begin(&self, account: &str, address: &str, now: OffsetDateTime) -> Result<PendingGuess<'_>, u64> {
+        if let Some(wait) = self.check(account, address, now) {
+            return Err(wait);
+        }
+        let pair = pair_key(account, address);
+        let address_key = format!("\u{1e}{address}");
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let in_pair = pending.get(&pair).copied().unwrap_or(0);
+        let in_address = pending.get(&address_key).copied().unwrap_or(0);
+        // Past the free attempts a client's guesses go one at a time, each waiting out its
+        // back-off (which `check` enforces once the one in flight has failed).
+        if (in_pair > 0 && self.pair.failures(&pair, now) + in_pair > self.pair.policy.free_attempts)
+            || (in_address > 0 && self.address.failures(address, now) + in_address > self.address.policy.free_attempts)
+        {
+            return Err(1);
+        }
+        *pending.entry(pair.clone()).or_insert(0) += 1;
+        *pending.entry(address_key.clone()).or_insert(0) += 1;
+        Ok(PendingGuess {
+            throttle: self,
+            keys: [pair, address_key],
+        })
+    }
+
     pub fn record_failure(&self, account: &str, address: &str, now: OffsetDateTime) {
         self.pair.record_failure(&pair_key(account, address), now);
         self.address.record_failure(address, now);
@@ -165,6 +218,21 @@ impl SignInThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_guesses_get_no_more_than_the_free_attempts() {
+        let t = SignInThrottle::default();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let free = ThrottlePolicy::ACCOUNT.free_attempts + 1;
+        let held: Vec<_> = (0..free).map(|_| t.begin("acct", "1.2.3.4", now).unwrap()).collect();
+        assert!(t.begin("acct", "1.2.3.4", now).is_err(), "one guess too many in flight");
+        assert!(
+            t.begin("acct", "5.6.7.8", now).is_ok(),
+            "another client is not held back"
+        );
+        drop(held);
+        assert!(t.begin("acct", "1.2.3.4", now).is_ok(), "the slots come back");
+    }
 
     #[test]
     fn back_off_grows_then_lets_the_owner_back_in() {

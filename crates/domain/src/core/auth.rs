@@ -31,9 +31,10 @@ impl Core {
         }
         let account_key = account_key(dir, email);
         let address_key = client.network();
-        if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
-            return Err(Error::Throttled { retry_after_secs });
-        }
+        let _guess = self
+            .sign_in_throttle
+            .begin(&account_key, &address_key, now)
+            .map_err(|retry_after_secs| Error::Throttled { retry_after_secs })?;
 
         // In an SSO-only directory no password signs anyone in; the answer (and the work
         // before it) is the same as for a wrong password.
@@ -229,9 +230,10 @@ impl Core {
         let dir = signed_in.user.directory();
         let account_key = account_key(dir, signed_in.user.email.as_str());
         let address_key = client.network();
-        if let Some(retry_after_secs) = self.sign_in_throttle.check(&account_key, &address_key, now) {
-            return Err(Error::Throttled { retry_after_secs });
-        }
+        let _guess = self
+            .sign_in_throttle
+            .begin(&account_key, &address_key, now)
+            .map_err(|retry_after_secs| Error::Throttled { retry_after_secs })?;
         let mut p = Problems::new();
         let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {

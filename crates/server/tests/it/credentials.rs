@@ -284,3 +284,38 @@ both_backends!(
         assert_eq!(sign_in_from(&app, "2001:db8:9:9::1", OWNER_PASSWORD).await, 303, "another network is not blocked");
     }
 );
+
+both_backends!(
+    async fn a_burst_of_parallel_guesses_gets_no_more_tries_than_a_sequence(backend) {
+        let app = TestApp::spawn_with(backend, |s| s.trusted_proxies = vec!["127.0.0.1".into()]).await;
+        app.core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.unwrap();
+        // Every guess loads its form first, then all are sent at once.
+        let mut ready = Vec::new();
+        for _ in 0..30 {
+            let c = client();
+            let page = c.get(app.url("/login")).header("x-forwarded-for", "10.7.7.7").send().await.unwrap().text().await.unwrap();
+            ready.push((c, csrf_token(&page)));
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(ready.len()));
+        let mut guesses = Vec::new();
+        for (c, token) in ready {
+            let (url, origin, barrier) = (app.url("/login"), app.base_url.clone(), barrier.clone());
+            guesses.push(tokio::spawn(async move {
+                let request = c.post(url).header("x-forwarded-for", "10.7.7.7").header("origin", origin).form(&[
+                    ("csrf_token", token.as_str()),
+                    ("email", OWNER_EMAIL),
+                    ("password", "guess guess guess"),
+                ]);
+                barrier.wait().await;
+                request.send().await.unwrap().status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for g in guesses {
+            statuses.push(g.await.unwrap());
+        }
+        let tried = statuses.iter().filter(|s| **s == 401).count();
+        assert!(tried <= 6, "{tried} guesses were checked: {statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    }
+);
