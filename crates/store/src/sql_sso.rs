@@ -113,10 +113,13 @@ macro_rules! impl_sso_store {
             }
 
             async fn put_sso_attempt(&self, a: &SsoAttempt, max_pending: u64) -> Result<bool> {
-                // The cap is checked, then the row written: concurrent starts may overshoot it
-                // by the number of requests in flight, which the per-address limit bounds.
-                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM sso_attempt WHERE expires_at > $1")
+                // The cap is per identity provider (so per directory): filling one tenant's
+                // cannot stop another's sign-ins. Checked, then the row written: concurrent
+                // starts may overshoot it by the requests in flight, which the per-address
+                // limit bounds.
+                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM sso_attempt WHERE expires_at > $1 AND provider_id = $2")
                     .bind(enc_ts(a.created_at))
+                    .bind(a.provider_id)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(db_err)?;

@@ -27,7 +27,8 @@ use time::Duration;
 
 /// How long a sign-in may stay at the identity provider.
 const ATTEMPT_TTL: Duration = Duration::minutes(10);
-/// Most single sign-on attempts pending at once, in all directories: what an unauthenticated
+/// Most single sign-on attempts pending at once per identity provider (so per directory: one
+/// tenant flooded cannot stop another's sign-ins): what an unauthenticated
 /// flood of `/sso/start` can make the database hold (each also expires after [`ATTEMPT_TTL`]).
 pub const MAX_PENDING_ATTEMPTS: u64 = 10_000;
 /// The largest metadata document accepted.

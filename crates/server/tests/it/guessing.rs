@@ -136,5 +136,11 @@ both!(
         assert!(app.core.store().put_sso_attempt(&attempt(2), 3).await.unwrap());
         assert!(!app.core.store().put_sso_attempt(&attempt(3), 3).await.unwrap());
         assert_eq!(app.control_rows("sso_attempt").await, 3);
+        // The cap is per provider: another directory's sign-ins still start.
+        let other = SsoAttempt {
+            provider_id: uuid::Uuid::now_v7(),
+            ..attempt(4)
+        };
+        assert!(app.core.store().put_sso_attempt(&other, 3).await.unwrap(), "one directory's full cap blocked another's");
     }
 );
