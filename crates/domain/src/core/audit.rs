@@ -109,6 +109,21 @@ impl Core {
         if let Err(b) = v.finish(&head) {
             return Ok(Err(b));
         }
+        // Nothing may lie past the head: every write moves the head with its event, so an
+        // event beyond it was put there by someone else. (A write that commits while this runs
+        // moves the head too: the head is read again before anything is said.)
+        if let Some(e) = self.store.events_after(head.seq, 1).await?.into_iter().next()
+            && e.seq > self.store.audit_head().await?.seq
+        {
+            return Ok(Err(ChainBreak {
+                seq: e.seq,
+                id: Some(e.id),
+                reason: format!(
+                    "event #{} lies beyond the chain's head (#{}): it was not written by this server",
+                    e.seq, head.seq
+                ),
+            }));
+        }
         Ok(Ok((v.checked, head)))
     }
 }

@@ -327,6 +327,29 @@ both!(
 );
 
 both!(
+    async fn an_event_slipped_in_past_the_head_is_reported(app) {
+        app.sign_in_owner().await;
+        app.create_tenant("Acme Corp", "acme").await;
+        let mut raw = Raw::open(&app).await;
+        let copy_last = match raw {
+            Raw::Lite(_) => {
+                "INSERT INTO tenant_audit (seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash) \
+                 SELECT seq + 1, randomblob(16), ts, event_type, actor_id, actor_email, tenant_id, details, hash, hash \
+                 FROM tenant_audit WHERE seq = (SELECT max(seq) FROM tenant_audit)"
+            }
+            Raw::Pg(_) => {
+                "INSERT INTO tenant_audit (seq, id, ts, event_type, actor_id, actor_email, tenant_id, details, prev_hash, hash) \
+                 SELECT seq + 1, gen_random_uuid(), ts, event_type, actor_id, actor_email, tenant_id, details, hash, hash \
+                 FROM tenant_audit WHERE seq = (SELECT max(seq) FROM tenant_audit)"
+            }
+        };
+        raw.exec(copy_last).await.unwrap();
+        let broken = app.core.verify_audit_chain().await.unwrap().unwrap_err();
+        assert!(broken.reason.contains("beyond the chain's head"), "{broken:?}");
+    }
+);
+
+both!(
     async fn rewriting_an_event_and_recomputing_every_later_hash_is_reported(app) {
         app.sign_in_owner().await;
         app.create_tenant("Acme Corp", "acme").await;
