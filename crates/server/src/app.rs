@@ -129,6 +129,7 @@ impl App {
         let connections = ConnectionLimits {
             header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
             keep_alive: Duration::from_secs(settings.keep_alive_seconds),
+            stall_timeout: Duration::from_secs(settings.request_timeout_seconds + settings.header_read_timeout_seconds),
             max_connections: settings
                 .max_connections
                 .unwrap_or_else(|| crate::serve::default_max_connections(open_files, settings.tenant_pool_max_open)),

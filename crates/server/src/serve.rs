@@ -33,6 +33,10 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub keep_alive: Duration,
     pub max_connections: usize,
+    /// A connection with a request in flight that moves no byte either way for this long is
+    /// closed: a client that stops reading its answers cannot hold a connection (and a place
+    /// under the cap) for ever. Longer than the request timeout, so a slow handler is not one.
+    pub stall_timeout: Duration,
 }
 
 /// Raise the soft open-files limit to the hard limit; returns the soft limit in force after.
@@ -262,9 +266,13 @@ async fn serve_connection(
                     tracing::debug!(%peer, "closing an idle connection");
                     break;
                 }
+                if busy && since + limits.stall_timeout <= tokio::time::Instant::now() {
+                    tracing::debug!(%peer, "closing a connection whose request made no progress");
+                    break;
+                }
                 if busy {
-                    // Its request is governed by the header and request timeouts; look again
-                    // a keep-alive period from now.
+                    // Its request is governed by the header and request timeouts, and by the
+                    // stall timeout; look again a keep-alive period from now.
                     recheck = tokio::time::Instant::now() + limits.keep_alive;
                 }
             }
@@ -315,7 +323,12 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.registry.touch(&this.conn);
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -331,7 +344,12 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.registry.touch(&this.conn);
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

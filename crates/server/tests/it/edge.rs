@@ -374,3 +374,32 @@ async fn bodies_over_the_one_limit_get_413_on_forms_and_on_the_api() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_their_answers_are_closed_and_make_room_under_the_cap() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.max_connections = Some(4);
+        s.request_timeout_seconds = 1;
+        s.header_read_timeout_seconds = 1;
+        s.keep_alive_seconds = 1;
+    })
+    .await;
+    // Fill the cap with clients that pipeline many requests and never read an answer: the
+    // answers fill the socket buffers and the server's writes stop making progress.
+    let pipelined = format!("GET /login HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", app.port()).repeat(400);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let mut s = socket.connect(([127, 0, 0, 1], app.port()).into()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(pipelined.as_bytes())).await;
+        held.push(s);
+    }
+    let client = reqwest::Client::new();
+    poll_until("a new client to be served once the stalled ones are closed", || {
+        let r = client.get(app.url("/healthz")).timeout(Duration::from_secs(2)).send();
+        async move { r.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    drop(held);
+}
