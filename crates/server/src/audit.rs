@@ -29,7 +29,7 @@ pub async fn write_checkpoint(core: &Core, dir: &Path, out: Option<&Path>) -> Re
     let path = match out {
         Some(p) => p.to_owned(),
         None => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::data_dir::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
             let c = cp.get();
             dir.join(format!("checkpoint-{:012}-{}.json", c.seq, c.taken_at.unix_timestamp()))
         }
