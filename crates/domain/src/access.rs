@@ -255,6 +255,96 @@ impl Principal {
     }
 }
 
+permission!(
+    /// Create and revoke service tokens (the data plane's credentials): platform configuration.
+    ManageServiceTokens => Capability::PlatformConfig
+);
+
+/// A permission over one tenant's data-plane resources (API keys, provider credentials).
+/// Which capability it takes depends on who asks: see [`Principal::require_for_tenant`].
+pub trait TenantPermission {
+    /// The capability for a tenant user in their own tenant (`own_tenant`), or for a platform
+    /// user acting on any tenant.
+    fn capability(own_tenant: bool) -> Capability;
+}
+
+/// Create, roll and revoke a tenant's API keys: its admins and developers (`tenant:api_keys`);
+/// on the platform, whoever manages tenants.
+pub struct ManageApiKeys;
+impl TenantPermission for ManageApiKeys {
+    fn capability(own_tenant: bool) -> Capability {
+        if own_tenant {
+            Capability::TenantApiKeys
+        } else {
+            Capability::TenantsManage
+        }
+    }
+}
+
+/// See a tenant's API keys (metadata only): in the tenant, only who may manage them (viewers
+/// see nothing); on the platform, whoever reads tenants.
+pub struct ReadApiKeys;
+impl TenantPermission for ReadApiKeys {
+    fn capability(own_tenant: bool) -> Capability {
+        if own_tenant {
+            Capability::TenantApiKeys
+        } else {
+            Capability::TenantsRead
+        }
+    }
+}
+
+/// Store, replace and delete a tenant's provider credentials: its admins (`tenant:config`); on
+/// the platform, whoever manages tenants.
+pub struct ManageProviderCredentials;
+impl TenantPermission for ManageProviderCredentials {
+    fn capability(own_tenant: bool) -> Capability {
+        if own_tenant {
+            Capability::TenantConfig
+        } else {
+            Capability::TenantsManage
+        }
+    }
+}
+
+/// Proof that a principal holds `P` over one tenant. Only [`Principal::require_for_tenant`]
+/// makes one; the operations act only in its tenant.
+pub struct InTenant<P> {
+    actor: Actor,
+    tenant: TenantId,
+    _p: PhantomData<P>,
+}
+
+impl<P> InTenant<P> {
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}
+
+impl Principal {
+    /// A proof that this principal holds `P` over `tenant`: a tenant user only for their own
+    /// tenant (any other is `NotFound`, never a hint that it exists); a missing capability is
+    /// `Forbidden`.
+    pub fn require_for_tenant<P: TenantPermission>(&self, tenant: TenantId) -> Result<InTenant<P>> {
+        let own_tenant = match self.tenant_id {
+            Some(own) if own == tenant => true,
+            Some(_) => return Err(Error::NotFound),
+            None => false,
+        };
+        if !self.can(&P::capability(own_tenant)) {
+            return Err(Error::Forbidden);
+        }
+        Ok(InTenant {
+            actor: self.actor(),
+            tenant,
+            _p: PhantomData,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests unwrap")]

@@ -51,10 +51,18 @@ pub enum EventType {
     IdentityProviderDeleted,
     UserProvisioned,
     UserLinked,
+    ServiceTokenCreated,
+    ServiceTokenRevoked,
+    ApiKeyCreated,
+    ApiKeyRolled,
+    ApiKeyRevoked,
+    ProviderCredentialSet,
+    ProviderCredentialDeleted,
+    ProviderCredentialRead,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 30] = [
+    pub const ALL: [EventType; 38] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -85,6 +93,14 @@ impl EventType {
         Self::IdentityProviderDeleted,
         Self::UserProvisioned,
         Self::UserLinked,
+        Self::ServiceTokenCreated,
+        Self::ServiceTokenRevoked,
+        Self::ApiKeyCreated,
+        Self::ApiKeyRolled,
+        Self::ApiKeyRevoked,
+        Self::ProviderCredentialSet,
+        Self::ProviderCredentialDeleted,
+        Self::ProviderCredentialRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +135,14 @@ impl EventType {
             Self::IdentityProviderDeleted => "IDENTITY_PROVIDER_DELETED",
             Self::UserProvisioned => "USER_PROVISIONED",
             Self::UserLinked => "USER_LINKED",
+            Self::ServiceTokenCreated => "SERVICE_TOKEN_CREATED",
+            Self::ServiceTokenRevoked => "SERVICE_TOKEN_REVOKED",
+            Self::ApiKeyCreated => "API_KEY_CREATED",
+            Self::ApiKeyRolled => "API_KEY_ROLLED",
+            Self::ApiKeyRevoked => "API_KEY_REVOKED",
+            Self::ProviderCredentialSet => "PROVIDER_CREDENTIAL_SET",
+            Self::ProviderCredentialDeleted => "PROVIDER_CREDENTIAL_DELETED",
+            Self::ProviderCredentialRead => "PROVIDER_CREDENTIAL_READ",
         }
     }
 

@@ -6,6 +6,7 @@
 //! of HTTP or SQL.
 
 pub mod access;
+pub mod api_key;
 pub mod audit;
 pub mod audit_checkpoint;
 pub mod clock;
@@ -17,7 +18,9 @@ pub mod impersonation;
 pub mod mail;
 pub mod password;
 pub mod pat;
+pub mod provider;
 pub mod role;
+pub mod service_token;
 pub mod session;
 pub mod sso;
 pub mod store;

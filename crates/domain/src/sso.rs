@@ -297,6 +297,13 @@ impl SecretKey {
     }
 
     pub fn seal(&self, plaintext: &str, bound_to: uuid::Uuid, rng: &dyn crate::token::Random) -> Result<String> {
+        self.seal_bound(plaintext, bound_to.as_bytes(), rng)
+    }
+
+    /// Seal `plaintext` bound to `aad` (associated data): it opens only with the same bytes,
+    /// so a sealed value copied to another row (another provider, tenant or credential) is
+    /// unreadable there.
+    pub fn seal_bound(&self, plaintext: &str, aad: &[u8], rng: &dyn crate::token::Random) -> Result<String> {
         use base64::Engine;
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let cipher = chacha20poly1305::XChaCha20Poly1305::new((&self.0).into());
@@ -307,7 +314,7 @@ impl SecretKey {
                 (&nonce).into(),
                 Payload {
                     msg: plaintext.as_bytes(),
-                    aad: bound_to.as_bytes(),
+                    aad,
                 },
             )
             .map_err(|_| Error::internal("sealing a secret failed"))?;
@@ -322,6 +329,11 @@ impl SecretKey {
     /// Open a sealed value; a wrong key, another provider's value or a tampered one is an
     /// internal error (the configuration must be saved again).
     pub fn open(&self, sealed: &str, bound_to: uuid::Uuid) -> Result<String> {
+        self.open_bound(sealed, bound_to.as_bytes())
+    }
+
+    /// Open a value sealed by [`SecretKey::seal_bound`] with the same `aad`.
+    pub fn open_bound(&self, sealed: &str, aad: &[u8]) -> Result<String> {
         use base64::Engine;
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let unreadable = || Error::internal("a sealed secret cannot be opened with this secret key");
@@ -335,13 +347,7 @@ impl SecretKey {
         let (nonce, ct) = bytes.split_at(24);
         let cipher = chacha20poly1305::XChaCha20Poly1305::new((&self.0).into());
         let pt = cipher
-            .decrypt(
-                nonce.into(),
-                Payload {
-                    msg: ct,
-                    aad: bound_to.as_bytes(),
-                },
-            )
+            .decrypt(nonce.into(), Payload { msg: ct, aad })
             .map_err(|_| unreadable())?;
         String::from_utf8(pt).map_err(|_| unreadable())
     }

@@ -3,6 +3,7 @@
 //! Every method that changes something takes the [`NewEvent`] that records it and writes both
 //! in one transaction: there is no way to change state without its audit event.
 
+use crate::api_key::{ApiKey, KeyRecord};
 use crate::audit::{AuditEvent, AuditFilter, NewEvent};
 use crate::email::EmailAddress;
 use crate::error::Result;
@@ -10,6 +11,8 @@ use crate::ids::{EventId, TenantId, UserId};
 use crate::impersonation::{Impersonation, ImpersonationEnd};
 use crate::mail::Email;
 use crate::pat::PersonalAccessToken;
+use crate::provider::{CredentialReads, ProviderCredential};
+use crate::service_token::ServiceToken;
 use crate::session::Session;
 use crate::sso::{ExternalLogin, IdentityProvider, SsoAttempt};
 use crate::tenant::{StatusCounts, Tenant, TenantFilter, TenantSlug};
@@ -289,9 +292,125 @@ pub trait SsoStore: Send + Sync {
     async fn delete_expired_sso(&self, now: OffsetDateTime) -> Result<u64>;
 }
 
+/// One entry of the data-plane change feed: something verification caches must forget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlaneChange {
+    pub seq: i64,
+    pub kind: ChangeKind,
+    pub subject: uuid::Uuid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// An API key was revoked or rolled (subject: the key's id).
+    ApiKey,
+    /// A tenant's status, region or tier changed, or it was deleted (subject: the tenant's id).
+    Tenant,
+    /// A service token was revoked (subject: its id).
+    ServiceToken,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Tenant => "tenant",
+            Self::ServiceToken => "service_token",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::ApiKey, Self::Tenant, Self::ServiceToken]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A roll of an API key's secret.
+#[derive(Clone, Debug)]
+pub struct KeyRoll {
+    pub new_hash: TokenHash,
+    pub last_four: String,
+    /// When the secrets it replaces stop working (the grace end; now for none).
+    pub old_until: OffsetDateTime,
+    pub at: OffsetDateTime,
+}
+
+/// Service tokens, tenant API keys, provider credentials, and what the data plane needs of
+/// them. Revocations, rolls and tenant changes append to the change feed in their own
+/// transaction (tenant changes in [`TenantStore::update_tenant`] and
+/// [`TenantStore::delete_tenant`]).
+#[async_trait]
+pub trait DataPlaneStore: Send + Sync {
+    async fn create_service_token(&self, token: &ServiceToken, hash: &TokenHash, event: NewEvent) -> Result<()>;
+    /// Newest first.
+    async fn service_tokens(&self) -> Result<Vec<ServiceToken>>;
+    async fn service_token_by_hash(&self, hash: &TokenHash) -> Result<Option<ServiceToken>>;
+    /// Revoke a live token (with a change-feed entry); `false` if there is none.
+    async fn revoke_service_token(&self, id: uuid::Uuid, at: OffsetDateTime, event: NewEvent) -> Result<bool>;
+    /// Record last use (coalesced by the caller).
+    async fn touch_service_tokens(&self, ids: &[uuid::Uuid], at: OffsetDateTime) -> Result<()>;
+
+    /// Insert the key and its first secret, after re-checking under the audit lock that the
+    /// tenant is writable.
+    async fn create_api_key(&self, key: &ApiKey, hash: &TokenHash, event: NewEvent) -> Result<()>;
+    /// A tenant's keys, newest first.
+    async fn api_keys_of(&self, tenant: TenantId) -> Result<Vec<ApiKey>>;
+    async fn api_key(&self, tenant: TenantId, id: uuid::Uuid) -> Result<Option<ApiKey>>;
+    /// How many live (not revoked) keys the tenant has.
+    async fn api_key_count(&self, tenant: TenantId) -> Result<u64>;
+    /// A new secret for a live key: the current secrets stop at `old_until` (now for no
+    /// grace), the new one is added, `last_four` and `rolled_at` change, and the change feed
+    /// records it, in one transaction under the writable check. `false` if no live key.
+    async fn roll_api_key(&self, tenant: TenantId, id: uuid::Uuid, roll: &KeyRoll, event: NewEvent) -> Result<bool>;
+    /// Revoke a live key (with a change-feed entry); `false` if there is none. Allowed in any
+    /// tenant status (revoking only takes away).
+    async fn revoke_api_key(
+        &self,
+        tenant: TenantId,
+        id: uuid::Uuid,
+        at: OffsetDateTime,
+        event: NewEvent,
+    ) -> Result<bool>;
+    /// The key, its tenant and this secret's grace end, by the secret's hash: one query.
+    async fn key_for_verification(&self, hash: &TokenHash) -> Result<Option<KeyRecord>>;
+    /// Record last use (coalesced by the caller: one statement per flush, not per request).
+    async fn touch_api_keys(&self, ids: &[uuid::Uuid], at: OffsetDateTime) -> Result<()>;
+    /// Add each key's requests counted here since the last flush to its minute (`window`,
+    /// unix minutes), and return every key's totals over all nodes: (this minute, the one
+    /// before). Old windows are dropped on the way.
+    async fn add_key_hits(&self, window: i64, hits: &[(uuid::Uuid, u64)]) -> Result<Vec<(uuid::Uuid, u64, u64)>>;
+
+    /// The change feed after `after`, oldest first.
+    async fn data_plane_changes(&self, after: i64, limit: u32) -> Result<Vec<DataPlaneChange>>;
+    /// The newest seq of the feed (0 when empty).
+    async fn data_plane_head(&self) -> Result<i64>;
+
+    /// Insert or replace the tenant's credential for its provider, under the writable check.
+    async fn put_provider_credential(&self, credential: &ProviderCredential, event: NewEvent) -> Result<()>;
+    async fn provider_credentials(&self, tenant: TenantId) -> Result<Vec<ProviderCredential>>;
+    async fn provider_credential(&self, tenant: TenantId, provider: &str) -> Result<Option<ProviderCredential>>;
+    /// `false` if there was none.
+    async fn delete_provider_credential(&self, tenant: TenantId, provider: &str, event: NewEvent) -> Result<bool>;
+    /// Count one resolution in its (token, credential, minute) tally.
+    async fn count_credential_read(&self, read: &CredentialReads) -> Result<()>;
+    /// Tallies of minutes before `window` (unix minutes), oldest first.
+    async fn closed_credential_reads(&self, window: i64, limit: u32) -> Result<Vec<CredentialReads>>;
+    /// Write the tally's event and delete the tally in one transaction, only if it still
+    /// holds `tally.reads` (another node may have written it first): `false` then.
+    async fn record_credential_reads(&self, tally: &CredentialReads, event: NewEvent) -> Result<bool>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
-    TenantStore + UserStore + SessionStore + AuditStore + OutboxStore + ImpersonationStore + TokenStore + SsoStore
+    TenantStore
+    + UserStore
+    + SessionStore
+    + AuditStore
+    + OutboxStore
+    + ImpersonationStore
+    + TokenStore
+    + SsoStore
+    + DataPlaneStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

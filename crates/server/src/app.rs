@@ -102,6 +102,8 @@ pub async fn core_with_key(
         render_invitation: quarterdeck_mail::invitation_email,
         render_sso_notice: quarterdeck_mail::sso_notice_email,
         secret_key,
+        api_keys: settings.api_key_policy()?,
+        providers: settings.provider_catalog()?,
     };
     Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
 }

@@ -36,6 +36,29 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Service tokens: the credentials of the product's own backend services (its data plane).
+    ServiceTokens {
+        #[command(subcommand)]
+        command: ServiceTokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceTokensCommand {
+    /// Create a service token and print it once (audited as SERVICE_TOKEN_CREATED).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `keys:verify`, `usage:write` or `credentials:read`; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Only this region's tenants.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// Days until it expires (1–3650); never if unset.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,23 +154,42 @@ async fn main() -> Result<()> {
                 expires_in_days: days.to_string(),
                 tenant_id,
             };
-            match core.create_token_from_cli(&email, req).await {
-                Ok((_, secret)) => {
-                    println!("{}", secret.expose());
-                    Ok(())
-                }
-                Err(e) => {
-                    let fields: Vec<String> = e
-                        .fields()
-                        .iter()
-                        .map(|f| format!("{}: {}", f.field, f.message))
-                        .collect();
-                    bail!("{e} {}", fields.join("; "))
-                }
-            }
+            let (_, secret) = core.create_token_from_cli(&email, req).await.map_err(cli_error)?;
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        Command::ServiceTokens {
+            command:
+                ServiceTokensCommand::Create {
+                    name,
+                    scopes,
+                    region,
+                    expires_in_days,
+                },
+        } => {
+            let core = app::core(&settings, Deps::default()).await?;
+            let req = quarterdeck_domain::service_token::NewServiceTokenRequest {
+                name,
+                scopes,
+                region,
+                expires_in_days: expires_in_days.map(|d| d.to_string()).unwrap_or_default(),
+            };
+            let (_, secret) = core.create_service_token_from_cli(req).await.map_err(cli_error)?;
+            println!("{}", secret.expose());
+            Ok(())
         }
         Command::Audit { command } => audit(&settings, command).await,
     }
+}
+
+/// A domain error as a command-line error, naming every bad field.
+fn cli_error(e: quarterdeck_domain::Error) -> anyhow::Error {
+    let fields: Vec<String> = e
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect();
+    anyhow::anyhow!("{e} {}", fields.join("; "))
 }
 
 /// `audit verify [--checkpoint FILE]` and `audit checkpoint [--out FILE]`: with the server's

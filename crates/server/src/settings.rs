@@ -98,6 +98,15 @@ pub struct Settings {
     /// Minutes between signed checkpoints of the audit chain's head, written to
     /// `{data_dir}/audit-checkpoints/` (also one at start-up).
     pub audit_checkpoint_minutes: u32,
+    /// The visible start of every new tenant API key (the tenant's developers see it as the
+    /// product's key).
+    pub api_key_prefix: String,
+    /// The scopes a tenant API key may carry.
+    #[serde(deserialize_with = "string_or_list")]
+    pub api_key_scopes: Vec<String>,
+    /// The providers tenants store credentials for (`[[providers]]` tables: id, name, fields
+    /// with name, label, secret, required). Default: OpenAI and Anthropic.
+    pub providers: Vec<quarterdeck_domain::provider::Provider>,
 }
 
 impl Default for Settings {
@@ -147,6 +156,11 @@ impl Default for Settings {
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
             audit_checkpoint_minutes: 60,
+            api_key_prefix: "qd_live_".to_owned(),
+            api_key_scopes: vec!["read".to_owned(), "write".to_owned()],
+            providers: quarterdeck_domain::provider::ProviderCatalog::default()
+                .providers()
+                .to_vec(),
         }
     }
 }
@@ -200,6 +214,9 @@ pub const KEYS: &[(&str, bool)] = &[
     ("max_concurrent_requests", false),
     ("max_body_bytes", false),
     ("audit_checkpoint_minutes", false),
+    ("api_key_prefix", false),
+    ("api_key_scopes", false),
+    ("providers", false),
 ];
 
 /// Variables with the prefix that are not settings but are known (not warned about).
@@ -260,6 +277,8 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
+        self.api_key_policy()?;
+        self.provider_catalog()?;
         if !matches!(self.base_url.scheme(), "http" | "https") || self.base_url.host_str().is_none() {
             bail!("base_url (QUARTERDECK_BASE_URL) must be an http:// or https:// URL with a host");
         }
@@ -364,6 +383,17 @@ impl Settings {
     }
 
     /// The role catalog: built-in, or the platform roles plus `roles_file`'s tenant roles.
+    /// The API key prefix and scope catalog, checked.
+    pub fn api_key_policy(&self) -> Result<quarterdeck_domain::api_key::ApiKeyPolicy> {
+        quarterdeck_domain::api_key::ApiKeyPolicy::new(&self.api_key_prefix, self.api_key_scopes.clone())
+            .map_err(|e| anyhow::anyhow!("{e} (QUARTERDECK_API_KEY_PREFIX / QUARTERDECK_API_KEY_SCOPES)"))
+    }
+
+    /// The provider catalog, checked.
+    pub fn provider_catalog(&self) -> Result<quarterdeck_domain::provider::ProviderCatalog> {
+        quarterdeck_domain::provider::ProviderCatalog::new(self.providers.clone()).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
     pub fn catalog(&self) -> Result<quarterdeck_domain::role::Catalog> {
         match &self.roles_file {
             None => Ok(quarterdeck_domain::role::Catalog::default()),
@@ -478,7 +508,12 @@ impl Settings {
                     serde_json::Value::Null => "—".to_owned(),
                     _ if *secret => "•••••• (set)".to_owned(),
                     serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+                    // Lists of names, or of tables (providers) by their ids.
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().or_else(|| x["id"].as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     other => other.to_string(),
                 };
                 (k.to_string(), format!("QUARTERDECK_{}", k.to_ascii_uppercase()), shown)

@@ -10,6 +10,7 @@
 mod pools;
 mod postgres;
 mod sql;
+mod sql_data_plane;
 mod sql_sso;
 mod sqlite;
 

@@ -274,6 +274,7 @@ fn retire(control: PgPool, wait: Duration) -> crate::pools::Retire {
 
 crate::sql::impl_store!(PgStore, Postgres);
 crate::sql_sso::impl_sso_store!(PgStore, Postgres);
+crate::sql_data_plane::impl_data_plane_store!(PgStore, Postgres);
 
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -438,6 +438,8 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
+                // Verification caches re-read the tenant (status, region, tier).
+                Self::note_change(&mut tx, quarterdeck_domain::store::ChangeKind::Tenant, t.id.0, t.updated_at).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -458,6 +460,8 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
+                // Its keys stop verifying on every node.
+                Self::note_change(&mut tx, quarterdeck_domain::store::ChangeKind::Tenant, id.0, at).await?;
                 tx.commit().await.map_err(db_err)
             }
 

@@ -182,6 +182,7 @@ async fn applied(pool: &SqlitePool) -> usize {
 
 crate::sql::impl_store!(SqliteStore, Sqlite);
 crate::sql_sso::impl_sso_store!(SqliteStore, Sqlite);
+crate::sql_data_plane::impl_data_plane_store!(SqliteStore, Sqlite);
 
 impl quarterdeck_domain::store::Store for SqliteStore {
     fn backend(&self) -> &'static str {

@@ -2,7 +2,9 @@
 //!
 //! Layers, outermost first: the edge's request id (`edge.rs`) → security headers → the edge's
 //! error rendering, load shedding, timeout and body limit → site (base host or a tenant's
-//! host, else 404) → session loading → CSRF check on every unsafe method. Handlers check permissions themselves, first thing.
+//! host, else 404) → session loading → CSRF check on every unsafe method. The data-plane API
+//! (`/v1/data-plane/…`, service tokens) sits beside those three: any host, no cookies. Handlers
+//! check permissions themselves, first thing.
 
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
@@ -105,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
         .layer(from_fn_with_state(state.clone(), resolve_site));
+    // The data plane (service tokens): any host name, no site, session or CSRF layer.
+    let routes = Router::new()
+        .nest("/v1/data-plane", crate::api::data_plane::router())
+        .merge(routes);
     let routes = edge::limits(routes, state.config.edge)
         .layer(from_fn_with_state(content_security_policy(&state), security_headers));
     edge::request_ids(routes, std::sync::Arc::new(state.config.trusted_proxies.clone())).with_state(state)

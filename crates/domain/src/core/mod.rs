@@ -1,8 +1,11 @@
 //! The operations the web layer calls, one module per area. Each checks its rules, builds its
 //! audit event and hands both to the store, which writes them in one transaction.
 
+mod api_keys;
 mod audit;
 mod auth;
+mod credentials;
+mod data_plane;
 mod impersonation;
 mod outbox;
 mod setup;
@@ -11,6 +14,7 @@ mod tenants;
 mod tokens;
 mod users;
 
+pub use data_plane::{ServiceCaller, Verification};
 pub use outbox::MAX_ATTEMPTS;
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
@@ -75,8 +79,12 @@ pub struct CoreConfig {
     pub links: Links,
     pub render_invitation: RenderInvitation,
     pub render_sso_notice: RenderSsoNotice,
-    /// Seals the client secrets of identity providers.
+    /// Seals the client secrets of identity providers and the tenants' provider credentials.
     pub secret_key: crate::sso::SecretKey,
+    /// The prefix and scope catalog of tenant API keys.
+    pub api_keys: crate::api_key::ApiKeyPolicy,
+    /// The providers tenants store credentials for.
+    pub providers: crate::provider::ProviderCatalog,
 }
 
 fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &str) -> Email {
@@ -121,6 +129,8 @@ impl Default for CoreConfig {
             render_invitation: plain_invitation,
             render_sso_notice: plain_sso_notice,
             secret_key: crate::sso::SecretKey::from_bytes([0; 32]),
+            api_keys: crate::api_key::ApiKeyPolicy::default(),
+            providers: crate::provider::ProviderCatalog::default(),
         }
     }
 }
@@ -296,6 +306,12 @@ impl Core {
 
 pub(crate) fn slug_taken() -> Error {
     Error::field("slug", "slug_taken", "This slug is already in use; choose another.")
+}
+
+/// A time as RFC 3339, for event details.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

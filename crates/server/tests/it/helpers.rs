@@ -591,6 +591,37 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The first column of the first row of `sql` (a text value) in the control database,
+    /// on either backend (PostgreSQL: with the control schema on the search path).
+    pub async fn control_value(&self, sql: &str) -> String {
+        use sqlx::ConnectOptions;
+        match &self.pg_url {
+            Some(url) => {
+                let mut conn = pg_conn(url).await;
+                sqlx::query("SET search_path TO identity")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.data_dir().join("control.db"))
+                    .read_only(true);
+                let mut conn = opts.connect().await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}
+
 /// Wait until `check` holds, polling every 20 ms, failing the test after 10 s.
 pub async fn poll_until<F, Fut>(what: &str, mut check: F)
 where

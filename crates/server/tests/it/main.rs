@@ -28,6 +28,7 @@ mod auth;
 mod browser;
 mod browser_sso;
 mod credentials;
+mod data_plane;
 mod edge;
 mod guessing;
 mod impersonation;

@@ -8,6 +8,7 @@
 //! limited (`Retry-After` on 429).
 
 mod audit;
+pub mod data_plane;
 mod limits;
 mod openapi;
 pub mod schema;
