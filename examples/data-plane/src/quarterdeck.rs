@@ -163,7 +163,7 @@ impl Quarterdeck {
             .await
             .map_err(|e| {
                 // The error names the URL, never the headers, so the token stays out of the log.
-                tracing::error!(error = %e, "Quarterdeck unreachable; failing closed");
+                tracing::error!(error = %causes(&e), "Quarterdeck unreachable; failing closed");
                 Refusal::QuarterdeckUnavailable
             })
     }
@@ -206,6 +206,18 @@ fn endpoint(base: &Url, segments: &[&str]) -> io::Result<Url> {
         .pop_if_empty()
         .extend(segments);
     Ok(url)
+}
+
+/// An error and its sources on one line ("error sending request: connection refused").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 fn invalid_input(message: &'static str) -> io::Error {

@@ -16,7 +16,7 @@ pub enum Refusal {
     UnknownKey,
     /// The key's expiry has passed.
     ExpiredKey,
-    /// The key was revoked, or it is an old secret whose roll grace period has ended.
+    /// The key was revoked.
     RevokedKey,
     /// The key's tenant is suspended or deleted.
     TenantSuspended,
