@@ -1,0 +1,63 @@
+//! Runs the example data plane.
+//!
+//! Environment: `QUARTERDECK_URL` (Quarterdeck's base URL), `QUARTERDECK_SERVICE_TOKEN` or
+//! `QUARTERDECK_SERVICE_TOKEN_FILE` (a service token with `keys:verify` and `credentials:read`),
+//! `DATA_PLANE_PROVIDER` (default `openai`), `DATA_PLANE_LISTEN` (default `127.0.0.1:8095`),
+//! `RUST_LOG` (default `info`).
+
+use std::env;
+
+use anyhow::{Context, bail};
+use quarterdeck_example_data_plane::{Config, serve};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use url::Url;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let config = config_from_env()?;
+    let listen = env::var("DATA_PLANE_LISTEN").unwrap_or_else(|_| "127.0.0.1:8095".to_owned());
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        quarterdeck = %config.quarterdeck_url,
+        provider = %config.provider,
+        "example data plane listening"
+    );
+    tokio::select! {
+        served = serve(listener, config) => served.context("serving")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+    }
+    Ok(())
+}
+
+fn config_from_env() -> anyhow::Result<Config> {
+    let url = env::var("QUARTERDECK_URL").context("QUARTERDECK_URL is not set")?;
+    let quarterdeck_url = Url::parse(&url).context("QUARTERDECK_URL is not a URL")?;
+    let service_token = match (
+        env::var("QUARTERDECK_SERVICE_TOKEN"),
+        env::var_os("QUARTERDECK_SERVICE_TOKEN_FILE"),
+    ) {
+        (Ok(_), Some(_)) => bail!("set QUARTERDECK_SERVICE_TOKEN or QUARTERDECK_SERVICE_TOKEN_FILE, not both"),
+        (Ok(token), None) => token,
+        (Err(_), Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read QUARTERDECK_SERVICE_TOKEN_FILE {}", path.to_string_lossy()))?
+            .trim()
+            .to_owned(),
+        (Err(_), None) => bail!("QUARTERDECK_SERVICE_TOKEN or QUARTERDECK_SERVICE_TOKEN_FILE must be set"),
+    };
+    if service_token.is_empty() {
+        bail!("the service token is empty");
+    }
+    let provider = env::var("DATA_PLANE_PROVIDER").unwrap_or_else(|_| "openai".to_owned());
+    Ok(Config {
+        quarterdeck_url,
+        service_token,
+        provider,
+    })
+}
