@@ -57,7 +57,7 @@ fn authorized(headers: &HeaderMap) -> bool {
 async fn fake_verify(State(calls): State<Arc<Calls>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     calls.verify.fetch_add(1, Ordering::SeqCst);
     if !authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     }
     let invalid = |code: &str| Json(json!({"valid": false, "code": code})).into_response();
     match body["key"].as_str().unwrap_or_default() {
@@ -87,7 +87,7 @@ async fn fake_verify(State(calls): State<Arc<Calls>>, headers: HeaderMap, Json(b
 async fn fake_resolve(State(calls): State<Arc<Calls>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     calls.resolve.fetch_add(1, Ordering::SeqCst);
     if !authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     }
     let tenant: Uuid = body["tenant_id"]
         .as_str()
