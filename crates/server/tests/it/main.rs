@@ -30,6 +30,7 @@ mod browser_sso;
 mod credentials;
 mod data_plane;
 mod edge;
+mod example_data_plane;
 mod guessing;
 mod impersonation;
 mod invitations;
