@@ -326,3 +326,60 @@ both!(
         assert_eq!(r.status(), 200, "with the token it works");
     }
 );
+
+both!(
+    async fn an_admin_creates_a_key_and_copies_it_at_phone_width_in_a_real_browser(app) {
+        // Arrange: Acme with its admin, a service token, a browser.
+        let Some(browser) = crate::browser::Browser::start().await else {
+            return;
+        };
+        let (_tid, _admin) = acme_with_admin(&app).await;
+        let token = service_token(&app, &["keys:verify"], "").await;
+        let origin = format!("http://acme.localhost:{}", app.port());
+        let label = format!("{:?}", app.backend).to_lowercase();
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+
+        // Act: sign in at 390×844, API keys → New key → Create → Copy.
+        let seen = shown.clone();
+        browser
+            .drive(|s| async move {
+                use crate::browser::{click, find, screenshot, sign_in, type_into, wait_for_path, wait_for_text};
+                let c = s.open().await;
+                c.set_window_size(390, 844).await.unwrap();
+                c.goto(&format!("{origin}/login")).await.unwrap();
+                sign_in(&c, "ada@acme.example", ADMIN_PASSWORD, "/portal").await;
+                click(&c, "nav.nav a[href='/portal/api-keys']").await;
+                wait_for_path(&c, "/portal/api-keys").await;
+                wait_for_text(&c, "main h1", "API keys").await;
+                type_into(&c, "#key-name", "mobile app").await;
+                type_into(&c, "#key-rpm", "60").await;
+                click(&c, "form[action='/portal/api-keys'] button[type=submit]").await;
+                wait_for_text(&c, "#secret-once-title", "created").await;
+                let secret = find(&c, "#new-secret").await.text().await.unwrap();
+                assert!(secret.starts_with("qd_live_"), "{secret}");
+                wait_for_text(&c, ".secret-once .alert", "will not be shown again").await;
+
+                // Copy: headless Chromium may or may not grant the clipboard; what the page
+                // shows is the button's own word for it.
+                click(&c, "button[data-copy='new-secret']").await;
+                wait_for_text(&c, "button[data-copy='new-secret']", "Copied").await;
+
+                // Nothing sticks out sideways at phone width.
+                let widths = c
+                    .execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![])
+                    .await
+                    .unwrap();
+                let (scroll, inner) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+                assert!(scroll <= inner, "the page is {scroll} px wide in a {inner} px window");
+                screenshot(&c, &format!("portal-api-keys-390-{label}"), 390, 844).await;
+                *seen.lock().unwrap() = secret;
+            })
+            .await;
+
+        // Assert: what the page showed is a working key.
+        let secret = shown.lock().unwrap().clone();
+        let (status, body) = verify(&app, &token, &secret).await;
+        assert_eq!((status, body["valid"].clone()), (200, json!(true)), "{body}");
+        assert_eq!(body["limits"]["requests_per_minute"], 60);
+    }
+);
