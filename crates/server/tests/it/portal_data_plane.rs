@@ -365,14 +365,27 @@ both!(
                 wait_for_text(&c, "button[data-copy='new-secret']", "Copied").await;
 
                 // Nothing sticks out sideways at phone width.
-                let widths = c
-                    .execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![])
-                    .await
-                    .unwrap();
-                let (scroll, inner) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
-                assert!(scroll <= inner, "the page is {scroll} px wide in a {inner} px window");
+                fits(&c, "the new key").await;
                 screenshot(&c, &format!("portal-api-keys-390-{label}"), 390, 844).await;
-                *seen.lock().unwrap() = secret;
+                *seen.lock().unwrap() = secret.clone();
+
+                // The list (its table scrolls inside its card); Roll through its dialog.
+                click(&c, "nav.nav a[href='/portal/api-keys']").await;
+                wait_for_text(&c, "#keys table", "mobile app").await;
+                fits(&c, "the key list").await;
+                click(&c, "button[data-confirm-dialog^='roll-']").await;
+                wait_for_text(&c, "dialog[open] h2", "Roll").await;
+                click(&c, "dialog[open] button[type=submit]").await;
+                wait_for_text(&c, "#secret-once-title", "New secret").await;
+                let rolled = find(&c, "#new-secret").await.text().await.unwrap();
+                assert!(rolled.starts_with("qd_live_") && rolled != secret);
+                wait_for_text(&c, ".secret-once", "keeps working until").await;
+
+                // Provider credentials at phone width.
+                click(&c, "nav.nav a[href='/portal/provider-credentials']").await;
+                wait_for_text(&c, "main h1", "Provider credentials").await;
+                fits(&c, "provider credentials").await;
+                screenshot(&c, &format!("portal-provider-credentials-390-{label}"), 390, 844).await;
             })
             .await;
 
@@ -383,3 +396,19 @@ both!(
         assert_eq!(body["limits"]["requests_per_minute"], 60);
     }
 );
+
+/// The page is no wider than the window (no sideways scrolling).
+async fn fits(c: &fantoccini::Client, what: &str) {
+    let widths = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (scroll, inner) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(
+        scroll <= inner,
+        "{what}: the page is {scroll} px wide in a {inner} px window"
+    );
+}
