@@ -251,6 +251,17 @@ both!(
         assert!(!page.contains(&secret), "metadata only");
         let action = format!("/tenants/{tid}/api-keys/{id}/revoke");
         assert!(page.contains(&action), "a Revoke button");
+
+        // Who only reads tenants sees the keys but may not revoke them.
+        app.invite("bill@example.com", "", &["billing-admin"]).await;
+        let bill = TenantClient { client: client(), origin: app.base_url.clone() };
+        bill.register(&app.invitation_link("bill@example.com").await, ADMIN_PASSWORD).await;
+        assert_eq!(bill.sign_in("bill@example.com", ADMIN_PASSWORD).await.status(), 303);
+        let theirs = bill.get_html(&format!("/tenants/{tid}")).await;
+        assert!(theirs.contains("mobile app") && !theirs.contains(&action));
+        assert_eq!(bill.post_form(&action, &theirs, &[]).await.status(), 403);
+        assert_eq!(verify(&app, &token, &secret).await.1["valid"], true);
+
         let r = app.post_form(&action, &page, &[]).await;
         assert_eq!(r.status(), 303);
         assert_eq!(verify(&app, &token, &secret).await.1["code"], "revoked");
