@@ -9,8 +9,8 @@
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    audit, dashboard, impersonation, login, portal, register, roles, settings, setup, sso, sso_settings, tenant_users,
-    tenants, tokens, users,
+    api_keys, audit, dashboard, impersonation, login, portal, provider_credentials, register, roles, service_tokens,
+    settings, setup, sso, sso_settings, tenant_users, tenants, tokens, users,
 };
 use crate::state::AppState;
 use crate::{assets, edge, pages};
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}/status", post(tenants::change_status))
         .route("/tenants/{id}/delete", post(tenants::delete))
         .route("/tenants/{id}/impersonate", post(impersonation::start))
+        .route("/tenants/{tid}/api-keys/{id}/revoke", post(api_keys::console_revoke))
         .route("/tenants/{tid}/users/{uid}", get(users::show_tenant_user))
         .route("/tenants/{tid}/users/{uid}/{action}", post(users::act_tenant_user))
         .route("/users", get(users::list))
@@ -63,6 +64,11 @@ pub fn router(state: AppState) -> Router {
         .route("/settings/tokens", get(tokens::console).post(tokens::console_create))
         .route("/settings/tokens/{id}/revoke", post(tokens::console_revoke))
         .route(
+            "/settings/service-tokens",
+            get(service_tokens::list).post(service_tokens::create),
+        )
+        .route("/settings/service-tokens/{id}/revoke", post(service_tokens::revoke))
+        .route(
             "/settings/sso",
             get(sso_settings::console).post(sso_settings::console_save),
         )
@@ -74,6 +80,18 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/users/{id}", get(portal::user))
         .route("/portal/users/{id}/{action}", post(portal::act))
         .route("/portal/audit", get(portal::audit))
+        .route("/portal/api-keys", get(api_keys::list).post(api_keys::create))
+        .route("/portal/api-keys/{id}/roll", post(api_keys::roll))
+        .route("/portal/api-keys/{id}/revoke", post(api_keys::revoke))
+        .route("/portal/provider-credentials", get(provider_credentials::list))
+        .route(
+            "/portal/provider-credentials/{provider}",
+            post(provider_credentials::save),
+        )
+        .route(
+            "/portal/provider-credentials/{provider}/delete",
+            post(provider_credentials::delete),
+        )
         .route("/portal/settings/users", get(tenant_users::list))
         .route(
             "/portal/settings/users/new",

@@ -643,7 +643,7 @@ async fn create_tenant(c: &Client, name: &str, slug: &str) -> url::Url {
 }
 
 /// Fill the sign-in form on the current page and wait to land on `landing`.
-async fn sign_in(c: &Client, email: &str, password: &str, landing: &str) {
+pub(crate) async fn sign_in(c: &Client, email: &str, password: &str, landing: &str) {
     type_into(c, "#email", email).await;
     type_into(c, "#password", password).await;
     click(c, "form[action='/login'] button[type=submit]").await;
@@ -752,7 +752,7 @@ impl Steps {
 
 /// chromedriver (in its own process group, so Chromium goes with it) and a fresh profile.
 /// Dropping it kills them all, also when the test panics.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     url: String,
     chromium: String,
@@ -761,7 +761,7 @@ struct Browser {
 
 impl Browser {
     /// `None` when browser tests are skipped; panics when the browser cannot be found or started.
-    async fn start() -> Option<Self> {
+    pub(crate) async fn start() -> Option<Self> {
         if std::env::var("QUARTERDECK_TEST_SKIP_BROWSER").as_deref() == Ok("1") {
             eprintln!("QUARTERDECK_TEST_SKIP_BROWSER=1: browser test skipped");
             return None;
@@ -818,7 +818,7 @@ impl Browser {
 
     /// Run `walk`, which opens as many sessions as it needs; then close them all and pass on
     /// any panic.
-    async fn drive<F, Fut>(&self, walk: F)
+    pub(crate) async fn drive<F, Fut>(&self, walk: F)
     where
         F: FnOnce(Sessions) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -848,7 +848,7 @@ impl Browser {
 /// Opens WebDriver sessions for a walk, each a fresh Chromium with a profile (cookies) of its
 /// own; `Browser::drive` closes them.
 #[derive(Clone)]
-struct Sessions {
+pub(crate) struct Sessions {
     url: String,
     chromium: String,
     dir: PathBuf,
@@ -857,7 +857,7 @@ struct Sessions {
 }
 
 impl Sessions {
-    async fn open(&self) -> Client {
+    pub(crate) async fn open(&self) -> Client {
         let n = self.count.fetch_add(1, Ordering::Relaxed);
         let profile = self.dir.join(format!("profile-{n}"));
         let caps = serde_json::json!({
@@ -937,7 +937,7 @@ fn free_port() -> u16 {
 // ---------- steps and waits ----------
 
 /// Poll `check` until it gives a value or `WAIT` runs out; then panic with `what` and the page.
-async fn poll<T, F, Fut>(c: &Client, what: &str, mut check: F) -> T
+pub(crate) async fn poll<T, F, Fut>(c: &Client, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -963,7 +963,7 @@ async fn body_text(c: &Client) -> String {
     }
 }
 
-async fn find(c: &Client, css: &str) -> Element {
+pub(crate) async fn find(c: &Client, css: &str) -> Element {
     poll(c, &format!("element {css}"), || async {
         c.find(Locator::Css(css)).await.ok()
     })
@@ -971,7 +971,7 @@ async fn find(c: &Client, css: &str) -> Element {
 }
 
 /// Wait until the first `css` element's text contains `text`.
-async fn wait_for_text(c: &Client, css: &str, text: &str) {
+pub(crate) async fn wait_for_text(c: &Client, css: &str, text: &str) {
     poll(c, &format!("{css} to contain {text:?}"), || async {
         let el = c.find(Locator::Css(css)).await.ok()?;
         el.text().await.ok().filter(|t| t.contains(text)).map(|_| ())
@@ -989,7 +989,7 @@ async fn wait_for_value(c: &Client, css: &str, value: &str) -> String {
 }
 
 /// Wait until the page's path is `path`; returns the URL.
-async fn wait_for_path(c: &Client, path: &str) -> url::Url {
+pub(crate) async fn wait_for_path(c: &Client, path: &str) -> url::Url {
     wait_for_url(c, &format!("the path {path}"), |u| u.path() == path).await
 }
 
@@ -1035,11 +1035,11 @@ document.addEventListener("securitypolicyviolation", (e) => {
 });
 "#;
 
-async fn type_into(c: &Client, css: &str, text: &str) {
+pub(crate) async fn type_into(c: &Client, css: &str, text: &str) {
     find(c, css).await.send_keys(text).await.unwrap();
 }
 
-async fn click(c: &Client, css: &str) {
+pub(crate) async fn click(c: &Client, css: &str) {
     find(c, css).await.click().await.unwrap();
 }
 
@@ -1055,7 +1055,7 @@ async fn click_button(c: &Client, label: &str) {
 
 /// Resize the window to `width`×`height`, save a PNG of the viewport as `name`.png, and print
 /// what a person should look at: the page being wider than the window, and what sticks out.
-async fn screenshot(c: &Client, name: &str, width: u32, height: u32) {
+pub(crate) async fn screenshot(c: &Client, name: &str, width: u32, height: u32) {
     c.set_window_size(width, height).await.unwrap();
     // A still picture: wait for running CSS animations (the toast's slide-in) to end.
     poll(c, "CSS animations to finish", || async {

@@ -39,6 +39,7 @@ mod outbound;
 mod outbox_lease;
 mod pg_budget;
 mod portal;
+mod portal_data_plane;
 mod settings;
 mod setup;
 mod sso;

@@ -1,13 +1,16 @@
 //! The console's pages: one module per resource, one askama template struct per page.
 
+pub mod api_keys;
 pub mod audit;
 pub mod dashboard;
 pub mod impersonation;
 pub mod login;
 pub mod people;
 pub mod portal;
+pub mod provider_credentials;
 pub mod register;
 pub mod roles;
+pub mod service_tokens;
 pub mod settings;
 pub mod setup;
 pub mod sso;
@@ -124,4 +127,13 @@ pub fn options<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>, selected
             selected: value == selected,
         })
         .collect()
+}
+
+/// A secret just made (an API key, a service token): shown on the page that answers the POST,
+/// once, with Copy (`_secret_once.html`, as `once`).
+pub struct ShownOnce {
+    pub title: String,
+    pub secret: String,
+    /// What to do with it, or "".
+    pub note: String,
 }

@@ -13,7 +13,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use quarterdeck_domain::access::{ManageDirectory, ReadDirectory};
+use quarterdeck_domain::access::{ManageDirectory, ManageProviderCredentials, ReadApiKeys, ReadDirectory};
 use quarterdeck_domain::core::SignedIn;
 use quarterdeck_domain::role::{Capability, Scope};
 use quarterdeck_domain::tenant::Tenant;
@@ -31,6 +31,9 @@ pub struct PortalChrome {
     pub tenant_status_label: &'static str,
     pub can_manage: bool,
     pub can_audit: bool,
+    /// API keys (admins and developers) and provider credentials (admins) in the navigation.
+    pub can_api_keys: bool,
+    pub can_credentials: bool,
     /// "You are impersonating …" banner: (who, since when).
     pub impersonation: Option<(String, String)>,
 }
@@ -46,6 +49,11 @@ impl PortalChrome {
             tenant_status_label: t.status.label(),
             can_manage: s.principal.can(&Capability::TenantUsersManage),
             can_audit: s.principal.can(&Capability::TenantAudit),
+            can_api_keys: s.principal.require_for_tenant::<ReadApiKeys>(t.id).is_ok(),
+            can_credentials: s
+                .principal
+                .require_for_tenant::<ManageProviderCredentials>(t.id)
+                .is_ok(),
             impersonation: s
                 .impersonation
                 .as_ref()
@@ -62,6 +70,10 @@ pub struct DashboardPage {
     pub invited: usize,
     pub suspended: usize,
     pub events: Option<Vec<EventRow>>,
+    /// Live API keys, for who may see them.
+    pub key_count: Option<u64>,
+    /// Providers with a stored credential, for who may manage them.
+    pub credential_count: Option<u64>,
 }
 
 pub async fn dashboard(
@@ -78,8 +90,18 @@ pub async fn dashboard(
         Err(Error::Forbidden) => None,
         Err(e) => return Err(e.into()),
     };
+    let key_count = match s.principal.require_for_tenant::<ReadApiKeys>(t.id) {
+        Ok(auth) => Some(state.core.api_key_count(&auth).await?),
+        Err(_) => None,
+    };
+    let credential_count = match s.principal.require_for_tenant::<ManageProviderCredentials>(t.id) {
+        Ok(auth) => Some(state.core.provider_credential_count(&auth).await?),
+        Err(_) => None,
+    };
     Ok(render(&DashboardPage {
         chrome: PortalChrome::new(&s, &t, "dashboard"),
+        key_count,
+        credential_count,
         active: count("ACTIVE"),
         invited: count("INVITED"),
         suspended: count("SUSPENDED"),

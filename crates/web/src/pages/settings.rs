@@ -26,6 +26,8 @@ pub struct SettingsPage {
     pub settings: Option<Vec<SettingRow>>,
     pub backend: &'static str,
     pub version: &'static str,
+    /// Settings → Service tokens, for who may manage them.
+    pub can_service_tokens: bool,
 }
 
 fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
@@ -42,6 +44,10 @@ fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
             .then(|| state.config.settings.clone()),
         backend: state.core.backend(),
         version: state.config.version,
+        can_service_tokens: s
+            .principal
+            .require::<quarterdeck_domain::access::ManageServiceTokens>()
+            .is_ok(),
     }
 }
 

@@ -252,6 +252,9 @@ pub struct ShowPage {
     pub can_impersonate: bool,
     pub admin_role: String,
     pub can_invite: bool,
+    /// The tenant's API keys (metadata), for who may read them; Revoke for who manages them.
+    pub keys: Option<Vec<super::api_keys::KeyRow>>,
+    pub can_revoke_keys: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -278,6 +281,11 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
         can_impersonate: s.principal.can(&Capability::Impersonate),
         admin_role: String::new(),
         can_invite: s.principal.can(&Capability::UsersManage),
+        keys: None,
+        can_revoke_keys: s
+            .principal
+            .require_for_tenant::<quarterdeck_domain::access::ManageApiKeys>(t.id)
+            .is_ok(),
     }
 }
 
@@ -295,6 +303,7 @@ async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPag
         .map(|v| super::people::UserRow::from_view(v, now))
         .collect();
     page.admin_role = state.core.catalog().admin_role().to_owned();
+    page.keys = super::api_keys::tenant_keys(state, s, t.id).await?;
     Ok(page)
 }
 
@@ -310,6 +319,7 @@ pub async fn show(
     page.notice = match q.saved.as_deref() {
         Some("details") => Some("Changes saved."),
         Some("status") => Some("Status changed."),
+        Some("key_revoked") => Some("API key revoked."),
         _ => None,
     };
     Ok(render(&page))
