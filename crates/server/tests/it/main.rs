@@ -23,6 +23,7 @@ mod oidc_provider;
 mod saml_idp;
 
 mod api;
+mod api_keys_api;
 mod audit;
 mod auth;
 mod browser;

@@ -117,9 +117,23 @@ both!(
             "/v1/admin/tenants", "/v1/admin/tenants/{id}", "/v1/admin/tenants/{id}/status", "/v1/admin/users", "/v1/admin/users/{id}",
             "/v1/admin/users/{id}/roles/{role}", "/v1/admin/invitations", "/v1/admin/users/{id}/invitation/resend",
             "/v1/admin/users/{id}/invitation", "/v1/admin/audit/events", "/v1/admin/audit/events/export",
+            "/v1/admin/tenants/{id}/api-keys", "/v1/admin/tenants/{id}/api-keys/{key_id}",
+            "/v1/admin/tenants/{id}/api-keys/{key_id}/roll", "/v1/admin/tenants/{id}/api-keys/{key_id}/revoke",
+            "/v1/data-plane/keys/verify", "/v1/data-plane/credentials/resolve",
         ] {
             assert!(doc["paths"][p].is_object(), "{p}");
         }
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        // The data plane takes service tokens, not personal access tokens, and says so.
+        assert_eq!(doc["components"]["securitySchemes"]["service_token"]["scheme"], "bearer");
+        for p in ["/v1/data-plane/keys/verify", "/v1/data-plane/credentials/resolve"] {
+            let op = &doc["paths"][p]["post"];
+            assert_eq!(op["security"], serde_json::json!([{"service_token": []}]), "{p}");
+            for status in ["200", "401", "403", "408", "413", "422", "503"] {
+                assert!(op["responses"][status].is_object(), "{p} {status}");
+            }
+        }
+        let keys = &doc["paths"]["/v1/admin/tenants/{id}/api-keys"]["post"];
+        assert_eq!(keys["security"], serde_json::json!([{"bearer": []}]));
     }
 );

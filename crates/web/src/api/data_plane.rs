@@ -63,38 +63,90 @@ pub struct VerifiedKey {
     pub id: uuid::Uuid,
     pub name: String,
     pub scopes: Vec<String>,
-    #[schema(value_type = Option<String>, format = DateTime)]
+    /// `null`: never expires.
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<time::OffsetDateTime>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct KeyLimits {
-    /// The key's limit, if it has one.
+    /// The key's limit; `null` when it has none (and so are the other two).
+    #[schema(required = true)]
     pub requests_per_minute: Option<u32>,
     /// Requests left in the current minute.
+    #[schema(required = true)]
     pub remaining: Option<u64>,
     /// Seconds until the count resets.
+    #[schema(required = true)]
     pub reset_seconds: Option<u64>,
+}
+
+/// The schema of a constant `true` or `false` (what `valid` is in each verdict).
+fn constant(value: bool) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([value]))
+        .build()
+}
+
+fn always_true() -> utoipa::openapi::Object {
+    constant(true)
+}
+
+fn always_false() -> utoipa::openapi::Object {
+    constant(false)
+}
+
+/// Why a key does not verify.
+fn refusal_codes() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(
+            [
+                Refusal::Unknown,
+                Refusal::Expired,
+                Refusal::Revoked,
+                Refusal::TenantSuspended,
+                Refusal::RateLimited,
+            ]
+            .map(Refusal::as_str),
+        ))
+        .build()
+}
+
+/// The key verifies: whose it is and what it may do.
+#[derive(Serialize, ToSchema)]
+pub struct KeyValid {
+    #[schema(schema_with = always_true)]
+    pub valid: bool,
+    pub tenant: VerifiedTenant,
+    pub key: VerifiedKey,
+    pub limits: KeyLimits,
+}
+
+/// The key does not verify, and why.
+#[derive(Serialize, ToSchema)]
+pub struct KeyInvalid {
+    #[schema(schema_with = always_false)]
+    pub valid: bool,
+    /// `unknown`, `expired`, `revoked`, `tenant_suspended` or `rate_limited`.
+    #[schema(schema_with = refusal_codes)]
+    pub code: String,
+    /// Only with `rate_limited`: seconds until a request may succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    pub retry_after_seconds: Option<u64>,
 }
 
 /// `{"valid": true, tenant, key, limits}` or `{"valid": false, code, retry_after_seconds?}`.
 #[derive(Serialize, ToSchema)]
-pub struct VerifyResponse {
-    pub valid: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<VerifiedTenant>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<VerifiedKey>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<KeyLimits>,
-    /// Why the key does not verify: `unknown`, `expired`, `revoked`, `tenant_suspended` or
-    /// `rate_limited`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// For `rate_limited`: seconds until a request may succeed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_seconds: Option<u64>,
+#[serde(untagged)]
+pub enum VerifyResponse {
+    Valid(KeyValid),
+    Invalid(KeyInvalid),
 }
 
 impl VerifyResponse {
@@ -102,41 +154,36 @@ impl VerifyResponse {
         match v {
             Verification::Valid { record, limits } => {
                 let KeyRecord { key, tenant, .. } = KeyRecord::clone(&record);
-                Self {
+                Self::Valid(KeyValid {
                     valid: true,
-                    tenant: Some(VerifiedTenant {
+                    tenant: VerifiedTenant {
                         id: tenant.id.0,
                         slug: tenant.slug.to_string(),
                         status: tenant.status.as_str().to_owned(),
                         tier: tenant.tier.as_str().to_owned(),
                         region: tenant.region.as_str().to_owned(),
-                    }),
-                    key: Some(VerifiedKey {
+                    },
+                    key: VerifiedKey {
                         id: key.id,
                         name: key.name,
                         scopes: key.scopes,
                         expires_at: key.expires_at,
-                    }),
-                    limits: Some(KeyLimits {
+                    },
+                    limits: KeyLimits {
                         requests_per_minute: limits.requests_per_minute,
                         remaining: limits.remaining,
                         reset_seconds: limits.reset_seconds,
-                    }),
-                    code: None,
-                    retry_after_seconds: None,
-                }
+                    },
+                })
             }
             Verification::Invalid {
                 refusal,
                 retry_after_secs,
-            } => Self {
+            } => Self::Invalid(KeyInvalid {
                 valid: false,
-                tenant: None,
-                key: None,
-                limits: None,
-                code: Some(refusal.as_str().to_owned()),
+                code: refusal.as_str().to_owned(),
                 retry_after_seconds: retry_after_secs.filter(|_| refusal == Refusal::RateLimited),
-            },
+            }),
         }
     }
 }

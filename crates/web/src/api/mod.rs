@@ -7,6 +7,7 @@
 //! response (to a caller still authenticated; secrets blanked). Lists are cursor-paged (`limit`, `cursor` → `next_cursor`). Each token is rate
 //! limited (`Retry-After` on 429).
 
+mod api_keys;
 mod audit;
 pub mod data_plane;
 mod limits;
@@ -39,6 +40,13 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(tenants::get).patch(tenants::update).delete(tenants::delete),
         )
         .route("/admin/tenants/{id}/status", post(tenants::set_status))
+        .route(
+            "/admin/tenants/{id}/api-keys",
+            get(api_keys::list).post(api_keys::create),
+        )
+        .route("/admin/tenants/{id}/api-keys/{key_id}", get(api_keys::get))
+        .route("/admin/tenants/{id}/api-keys/{key_id}/roll", post(api_keys::roll))
+        .route("/admin/tenants/{id}/api-keys/{key_id}/revoke", post(api_keys::revoke))
         .route("/admin/users", get(users::list).post(users::create))
         .route(
             "/admin/users/{id}",

@@ -2,35 +2,65 @@
 //! served at `/v1/openapi.json`.
 
 use super::schema::*;
-use super::{audit, tenants, users};
+use super::{api_keys, audit, data_plane, tenants, users};
 use axum::Json;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Quarterdeck Automation API", description = "Tenants, users, role assignments, invitations and the audit trail. Authenticate with a personal access token: `Authorization: Bearer qd_pat_…`."),
+    info(title = "Quarterdeck Automation API", description = "Tenants, their API keys, users, role assignments, invitations and the audit trail under `/v1/admin/`: authenticate with a personal access token (`Authorization: Bearer qd_pat_…`, scheme `bearer`). The data plane's questions under `/v1/data-plane/` (verify a tenant API key, resolve a provider credential): authenticate with a service token (`Authorization: Bearer qd_svc_…`, scheme `service_token`)."),
     paths(
         tenants::list, tenants::create, tenants::get, tenants::update, tenants::set_status, tenants::delete,
+        api_keys::list, api_keys::create, api_keys::get, api_keys::roll, api_keys::revoke,
         users::list, users::create, users::get, users::update, users::delete,
         users::assign_role, users::revoke_role,
         users::invitations, users::resend_invitation, users::revoke_invitation,
         audit::list, audit::export,
+        data_plane::verify, data_plane::resolve,
     ),
     components(schemas(
         TenantOut, TenantList, UserOut, UserList, CreatedUser, InvitationOut, EventOut, EventList, ErrorBody, ErrorDetail, FieldOut,
         tenants::CreateTenant, tenants::UpdateTenant, tenants::SetStatus, users::CreateUser, users::UpdateUser, users::Delivery,
+        api_keys::ApiKeyOut, api_keys::ApiKeyState, api_keys::ApiKeyList, api_keys::ApiKeyWithSecret, api_keys::CreateApiKey, api_keys::RollApiKey,
+        data_plane::VerifyRequest, data_plane::VerifyResponse, data_plane::KeyValid, data_plane::KeyInvalid,
+        data_plane::VerifiedTenant, data_plane::VerifiedKey, data_plane::KeyLimits,
+        data_plane::ResolveRequest, data_plane::ResolveResponse,
     )),
     modifiers(&Bearer, &EdgeResponses),
 )]
 pub struct ApiDoc;
 
+/// The two kinds of bearer: a personal access token (`bearer`, for `/v1/admin/`) and a service
+/// token (`service_token`, for `/v1/data-plane/`); neither is accepted where the other belongs.
 struct Bearer;
 
 impl Modify for Bearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let scheme = |format: &str, description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format(format)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "bearer",
+            scheme(
+                "qd_pat_…",
+                "A personal access token (Settings → Tokens, or `quarterdeck tokens create`).",
+            ),
+        );
+        components.add_security_scheme(
+            "service_token",
+            scheme(
+                "qd_svc_…",
+                "A service token for the product's data plane (console Settings → Service tokens, or `quarterdeck service-tokens create`).",
+            ),
+        );
     }
 }
 
