@@ -171,6 +171,7 @@ both!(
 both!(
     async fn a_read_only_tenant_refuses_new_keys_with_a_clear_message(app) {
         let (tid, admin) = acme_with_admin(&app).await;
+        assert_eq!(create_key(&admin, &[("name", "early"), ("scopes", "read")]).await.status(), 200);
         let page = app.get_html(&format!("/tenants/{tid}")).await;
         let r = app.post_form(&format!("/tenants/{tid}/status"), &page, &[("status", "read_only"), ("reason", "audit")]).await;
         assert_eq!(r.status(), 303);
@@ -180,7 +181,13 @@ both!(
         assert!(page.contains("The tenant is read-only: changes are not allowed."), "{page}");
         assert!(page.contains("value=\"late\""), "what was typed stays");
         assert!(shown_secret(&page).is_none());
-        assert_eq!(app.control_rows("api_key").await, 0);
+        assert_eq!(app.control_rows("api_key").await, 1, "only the key made before");
+        let id = key_id_in(&page, "roll");
+        let r = admin.post_form(&format!("/portal/api-keys/{id}/roll"), &page, &[("grace_seconds", "0")]).await;
+        assert_eq!(r.status(), 403);
+        let page = r.text().await.unwrap();
+        assert!(page.contains("The tenant is read-only") && shown_secret(&page).is_none());
+        assert!(app.events_of("API_KEY_ROLLED").await.is_empty());
         let page = admin.get_html("/portal/provider-credentials").await;
         let r = admin.post_form("/portal/provider-credentials/openai", &page, &[("api_key", "sk-late-1234")]).await;
         assert_eq!(r.status(), 403);
