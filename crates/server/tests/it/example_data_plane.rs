@@ -5,8 +5,9 @@
 use crate::both;
 use crate::data_plane::{api_key, owner, service_token};
 use crate::helpers::*;
+use crate::portal_data_plane::{create_key, key_id_in, shown_secret};
 use quarterdeck_domain::TenantId;
-use quarterdeck_domain::access::{ManageApiKeys, ManageProviderCredentials};
+use quarterdeck_domain::access::ManageProviderCredentials;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -53,7 +54,10 @@ impl Gateway {
                 assert!(took <= within, "refused only after {took:?}");
                 return;
             }
-            assert!(since.elapsed() <= within, "still {got} after {within:?}, expected {status}");
+            assert!(
+                since.elapsed() <= within,
+                "still {got} after {within:?}, expected {status}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -67,24 +71,34 @@ async fn store_openai_key(app: &TestApp, who: &quarterdeck_domain::Principal, te
 }
 
 both!(
-    async fn the_example_gateway_serves_a_tenant_key_and_stops_within_a_second_of_a_revocation(app) {
-        let owner = owner(&app).await;
+    async fn a_key_made_in_the_portal_works_at_the_example_gateway_until_revoked_there_within_a_second(app) {
+        app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
-        store_openai_key(&app, &owner, &tid, "sk-acme-0123456789wxyz").await;
+        let admin = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
+        let page = admin.get_html("/portal/provider-credentials").await;
+        let r = admin
+            .post_form("/portal/provider-credentials/openai", &page, &[("api_key", "sk-acme-0123456789wxyz")])
+            .await;
+        assert_eq!(r.status(), 303);
         let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
         let gateway = Gateway::start(&app, &token).await;
-        let (id, key) = api_key(&app, &owner, &tid, "").await;
+        let r = create_key(&admin, &[("name", "gateway"), ("scopes", "read")]).await;
+        let html = r.text().await.unwrap();
+        let key = shown_secret(&html).expect("the new key is shown once");
 
         let r = gateway.whoami(&key).await;
         assert_eq!(r.status(), 200);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["tenant"]["slug"], "acme");
-        assert_eq!(body["key"]["id"], id.to_string());
+        assert_eq!(body["tenant"]["id"], tid.as_str());
+        assert_eq!(body["key"]["name"], "gateway");
         assert_eq!(body["credential"]["last_four"], "wxyz");
         assert!(!body.to_string().contains("sk-acme"), "the gateway never echoes the credential");
 
-        let auth = owner.require_for_tenant::<ManageApiKeys>(tid.parse().unwrap()).unwrap();
-        app.core.revoke_api_key(&auth, id).await.unwrap();
+        let list = admin.get_html("/portal/api-keys").await;
+        let id = key_id_in(&list, "revoke");
+        let r = admin.post_form(&format!("/portal/api-keys/{id}/revoke"), &list, &[]).await;
+        assert_eq!(r.status(), 303);
         let revoked_at = Instant::now();
         gateway.refused_within(&key, 401, revoked_at, PROPAGATION).await;
         let body: Value = gateway.whoami(&key).await.json().await.unwrap();

@@ -27,13 +27,13 @@ async fn acme_with_admin(app: &TestApp) -> (String, TenantClient) {
 }
 
 /// The secret a page shows once (`_secret_once.html`), if any.
-fn shown_secret(html: &str) -> Option<String> {
+pub(crate) fn shown_secret(html: &str) -> Option<String> {
     let rest = html.split("id=\"new-secret\">").nth(1)?;
     Some(rest.split('<').next()?.to_owned())
 }
 
 /// The id of the first key whose `action` the page offers (`…/api-keys/{id}/{action}`).
-fn key_id_in(html: &str, action: &str) -> String {
+pub(crate) fn key_id_in(html: &str, action: &str) -> String {
     let marker = "/portal/api-keys/";
     html.split(marker)
         .skip(1)
@@ -45,7 +45,7 @@ fn key_id_in(html: &str, action: &str) -> String {
 }
 
 /// Create a key through the portal's form; returns the page that answers.
-async fn create_key(c: &TenantClient, fields: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn create_key(c: &TenantClient, fields: &[(&str, &str)]) -> reqwest::Response {
     let page = c.get_html("/portal/api-keys").await;
     c.post_form("/portal/api-keys", &page, fields).await
 }
