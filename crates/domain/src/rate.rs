@@ -10,29 +10,29 @@
 //! (~400 ms), inside the 1 s bound. Refused requests are not counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// The cluster's totals of a key as the last flush returned them.
+/// One key's counts on this node, under one lock (a request's check and count, and a flush's
+/// hand-over, each see a consistent state: nothing is counted twice or missed in between).
 #[derive(Clone, Copy, Debug, Default)]
-struct Seen {
-    /// Unix minute the totals are of.
+struct Counts {
+    /// Unix minute of the cluster totals below, as the last flush returned them.
     window: i64,
     current: u64,
     previous: u64,
+    /// Handed to the flush under way, not yet in `current`.
+    in_flight: u64,
+    /// Counted here and not yet handed to a flush.
+    local: u64,
 }
 
 /// One limited key's counters on this node.
 #[derive(Debug)]
 pub struct KeyRate {
     limit: u64,
-    /// Counted here and not yet handed to a flush.
-    local: AtomicU64,
-    /// Handed to the flush under way, not yet in `seen`.
-    in_flight: AtomicU64,
-    seen: Mutex<Seen>,
+    counts: Mutex<Counts>,
 }
 
 /// The verdict of the rate limit on one request.
@@ -88,52 +88,38 @@ impl KeyRate {
     pub fn new(limit: u32) -> Self {
         Self {
             limit: u64::from(limit),
-            local: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            seen: Mutex::new(Seen::default()),
+            counts: Mutex::new(Counts::default()),
         }
     }
 
     /// Count one request at `now` if the estimate leaves room for it.
     pub fn try_hit(&self, now: OffsetDateTime) -> RateVerdict {
         let (window, elapsed) = window_of(now);
-        let seen = *lock(&self.seen);
-        let (previous, current) = if seen.window == window {
-            (seen.previous, seen.current)
-        } else if seen.window == window - 1 {
-            (seen.current, 0)
+        let mut c = lock(&self.counts);
+        let (previous, current) = if c.window == window {
+            (c.previous, c.current)
+        } else if c.window == window - 1 {
+            (c.current, 0)
         } else {
             (0, 0)
         };
-        let current = current + self.in_flight.load(Ordering::Acquire);
-        let base = f(previous) * (60.0 - elapsed) / 60.0 + f(current);
-        let reset_seconds = whole_seconds(60.0 - elapsed).min(60);
-        let mut local = self.local.load(Ordering::Acquire);
-        loop {
-            let estimate = base + f(local);
-            if estimate + 1.0 > f(self.limit) {
-                return RateVerdict::Limited {
-                    retry_after_secs: retry_after(previous, current + local, self.limit, elapsed),
-                };
-            }
-            match self
-                .local
-                .compare_exchange_weak(local, local + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    #[expect(
-                        clippy::cast_possible_truncation,
-                        clippy::cast_sign_loss,
-                        reason = "non-negative and at most the limit"
-                    )]
-                    let remaining = (f(self.limit) - estimate - 1.0).floor().max(0.0) as u64;
-                    return RateVerdict::Allowed {
-                        remaining,
-                        reset_seconds,
-                    };
-                }
-                Err(now_local) => local = now_local,
-            }
+        let current = current + c.in_flight + c.local;
+        let estimate = f(previous) * (60.0 - elapsed) / 60.0 + f(current);
+        if estimate + 1.0 > f(self.limit) {
+            return RateVerdict::Limited {
+                retry_after_secs: retry_after(previous, current, self.limit, elapsed),
+            };
+        }
+        c.local += 1;
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "non-negative and at most the limit"
+        )]
+        let remaining = (f(self.limit) - estimate - 1.0).floor().max(0.0) as u64;
+        RateVerdict::Allowed {
+            remaining,
+            reset_seconds: whole_seconds(60.0 - elapsed).min(60),
         }
     }
 }
@@ -179,8 +165,12 @@ impl RateTable {
         let taken = keys
             .into_iter()
             .map(|(id, r)| {
-                let n = r.local.swap(0, Ordering::AcqRel);
-                r.in_flight.fetch_add(n, Ordering::AcqRel);
+                let n = {
+                    let mut c = lock(&r.counts);
+                    let n = std::mem::take(&mut c.local);
+                    c.in_flight += n;
+                    n
+                };
                 (r, id, n)
             })
             .collect();
@@ -193,19 +183,16 @@ impl RateTable {
         let totals: HashMap<Uuid, (u64, u64)> = totals.iter().map(|(id, c, p)| (*id, (*c, *p))).collect();
         for (r, id, n) in &pending.taken {
             let (current, previous) = totals.get(id).copied().unwrap_or_default();
-            *lock(&r.seen) = Seen {
-                window,
-                current,
-                previous,
-            };
-            r.in_flight.fetch_sub(*n, Ordering::AcqRel);
+            let mut c = lock(&r.counts);
+            c.window = window;
+            c.current = current;
+            c.previous = previous;
+            c.in_flight = c.in_flight.saturating_sub(*n);
         }
         drop(pending);
         lock(&self.keys).retain(|_, r| {
-            let idle = r.local.load(Ordering::Acquire) == 0 && {
-                let s = *lock(&r.seen);
-                s.current == 0 && s.previous == 0
-            };
+            let c = *lock(&r.counts);
+            let idle = c.local == 0 && c.in_flight == 0 && c.current == 0 && c.previous == 0;
             Arc::strong_count(r) > 1 || !idle
         });
     }
@@ -213,8 +200,9 @@ impl RateTable {
     /// The flush failed: the counts go back to be flushed next time.
     pub fn restore(&self, pending: PendingHits) {
         for (r, _, n) in pending.taken {
-            r.in_flight.fetch_sub(n, Ordering::AcqRel);
-            r.local.fetch_add(n, Ordering::AcqRel);
+            let mut c = lock(&r.counts);
+            c.in_flight = c.in_flight.saturating_sub(n);
+            c.local += n;
         }
     }
 }
@@ -248,7 +236,7 @@ mod tests {
         };
         // No previous minute: the next one, once this one's weight has faded below 2 of 3.
         assert_eq!(retry_after_secs, 50 + 20);
-        assert_eq!(r.local.load(Ordering::Acquire), 3);
+        assert_eq!(lock(&r.counts).local, 3);
     }
 
     #[test]

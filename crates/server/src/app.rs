@@ -291,12 +291,12 @@ async fn verifier_flushes(core: Arc<Core>) {
         if let Err(e) = core.flush_key_hits().await {
             tracing::warn!(error = %e, "flushing API key rate counts failed; kept for the next flush");
         }
-        if n % 5 == 0
+        if n.is_multiple_of(5)
             && let Err(e) = core.flush_key_use().await
         {
             tracing::warn!(error = %e, "recording last use of API keys and service tokens failed");
         }
-        if n % 50 == 0
+        if n.is_multiple_of(50)
             && let Err(e) = core.flush_credential_reads().await
         {
             tracing::warn!(error = %e, "writing provider-credential read events failed");
