@@ -270,7 +270,7 @@ both!(
 
         let (_, k) = api.post(&keys, json!({"name": "ci", "scopes": ["read"]})).await;
         let roll = format!("{keys}/{}/roll", k["key"]["id"].as_str().unwrap());
-        for grace in [json!(604_801), json!(-1)] {
+        for grace in [json!(604_801), json!(-1), json!(1.5)] {
             let (s, e) = api.post(&roll, json!({ "grace_seconds": grace })).await;
             assert_eq!((s, e["error"]["fields"][0]["field"].as_str()), (422, Some("grace_seconds")), "{grace}: {e}");
             assert_eq!(e["error"]["fields"][0]["code"], "invalid_grace");
@@ -281,6 +281,12 @@ both!(
         assert!(app.events_of("API_KEY_ROLLED").await.is_empty());
         let (s, _) = api.post(&roll, json!({"grace_seconds": 604_800})).await;
         assert_eq!(s, 201, "seven days is the most");
+        // JSON Schema's integers: 60.0 is 60.
+        assert_eq!(api.post(&roll, json!({"grace_seconds": 60.0})).await.0, 201);
+        let (s, e) = api.post(&keys, json!({"name": "ci", "scopes": ["read"], "expires_in_days": 2.5})).await;
+        assert_eq!((s, e["error"]["fields"][0]["field"].as_str()), (422, Some("expires_in_days")));
+        let (s, k) = api.post(&keys, json!({"name": "ci", "scopes": ["read"], "requests_per_minute": 600.0})).await;
+        assert_eq!((s, &k["key"]["requests_per_minute"]), (201, &json!(600)));
     }
 );
 

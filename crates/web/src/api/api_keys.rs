@@ -221,18 +221,31 @@ pub struct CreateApiKey {
     #[schema(min_items = 1)]
     scopes: Vec<String>,
     /// Omitted or `null`: never expires.
-    #[schema(minimum = 1, maximum = 3650)]
-    expires_in_days: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 3650)]
+    expires_in_days: Option<serde_json::Number>,
     /// Omitted or `null`: no limit.
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    requests_per_minute: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
+    requests_per_minute: Option<serde_json::Number>,
+}
+
+/// A JSON number as the domain's parsers read it: a whole number as digits (`30.0` is 30, as
+/// JSON Schema's `integer` says), anything else as written, for the parser to refuse with its
+/// field's name.
+fn whole(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        return i.to_string();
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+        _ => n.to_string(),
+    }
 }
 
 /// Create a key (`API_KEY_CREATED`); its secret is in this response only. Refused in a
 /// read-only or suspended tenant.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/api-keys", tag = "api keys", request_body = CreateApiKey,
     params(("id" = Uuid, Path, description = "Tenant id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body (the secret as `null`)")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key and body (the secret as `null`)")),
     responses((status = 201, body = ApiKeyWithSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -246,8 +259,8 @@ pub async fn create(
     let req = NewApiKeyRequest {
         name: b.name,
         scopes: b.scopes,
-        expires_in_days: b.expires_in_days.map(|d| d.to_string()).unwrap_or_default(),
-        requests_per_minute: b.requests_per_minute.map(|n| n.to_string()).unwrap_or_default(),
+        expires_in_days: b.expires_in_days.as_ref().map(whole).unwrap_or_default(),
+        requests_per_minute: b.requests_per_minute.as_ref().map(whole).unwrap_or_default(),
     };
     let (key, secret) = state.core.create_api_key(&auth, req).await?;
     Ok(with_secret(&state, key, &secret))
@@ -257,8 +270,8 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct RollApiKey {
     /// How long the replaced secret keeps working: 0 (not at all) to 604800 (7 days).
-    #[schema(minimum = 0, maximum = 604_800)]
-    grace_seconds: i64,
+    #[schema(value_type = i64, minimum = 0, maximum = 604_800)]
+    grace_seconds: serde_json::Number,
 }
 
 /// Replace the key's secret (`API_KEY_ROLLED`): the new one is in this response only; the old
@@ -266,7 +279,7 @@ pub struct RollApiKey {
 /// `api_key_revoked`).
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/api-keys/{key_id}/roll", tag = "api keys", request_body = RollApiKey,
     params(("id" = Uuid, Path, description = "Tenant id"), ("key_id" = Uuid, Path, description = "Key id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body (the secret as `null`)")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key and body (the secret as `null`)")),
     responses((status = 201, body = ApiKeyWithSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn roll(
@@ -278,7 +291,7 @@ pub async fn roll(
     let tid = tenant(&caller, &raw)?;
     let auth = caller.0.principal.require_for_tenant::<ManageApiKeys>(tid)?;
     let id = key_id(&key)?;
-    let (key, secret) = state.core.roll_api_key(&auth, id, &b.grace_seconds.to_string()).await?;
+    let (key, secret) = state.core.roll_api_key(&auth, id, &whole(&b.grace_seconds)).await?;
     Ok(with_secret(&state, key, &secret))
 }
 
@@ -286,7 +299,7 @@ pub async fn roll(
 /// whatever the tenant's status; revoking a revoked key answers it as it is.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/api-keys/{key_id}/revoke", tag = "api keys",
     params(("id" = Uuid, Path, description = "Tenant id"), ("key_id" = Uuid, Path, description = "Key id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key")),
     responses((status = 200, body = ApiKeyOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke(

@@ -262,6 +262,8 @@ pub async fn verify(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
+    /// The tenant's id.
+    #[schema(format = Uuid)]
     pub tenant_id: String,
     /// A provider id of the catalog (`openai`).
     pub provider: String,

@@ -141,7 +141,7 @@ fn parse_new(state: &AppState, b: &CreateTenant) -> Result<NewTenant, Error> {
 /// Create a tenant (and its database). `slug` defaults from the name, `region` to the first
 /// configured one, `tier` to `standard`.
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "tenants", request_body = CreateTenant,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key and body")),
     responses((status = 201, body = TenantOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(

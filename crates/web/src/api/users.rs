@@ -117,7 +117,7 @@ pub struct CreateUser {
 /// Create a user: by invitation (`USER_INVITED`, the link goes by email) or with a one-time
 /// password returned once (`USER_CREATED`, tenant users only).
 #[utoipa::path(post, path = "/v1/admin/users", tag = "users", request_body = CreateUser,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key and body")),
     responses((status = 201, body = CreatedUser), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
