@@ -428,6 +428,18 @@ impl Verifier {
         self.cursor.store(last.seq, Ordering::Release);
     }
 
+    /// Forget at once what a change made by this node touches, without waiting for the feed
+    /// (which will bring the same change again, harmlessly): on the node that revoked a key,
+    /// rolled it or suspended its tenant, the very next verification sees it.
+    pub fn forget(&self, kind: ChangeKind, subject: Uuid) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        match kind {
+            ChangeKind::ApiKey => self.keys.retain(|e| e.record.key.id != subject),
+            ChangeKind::Tenant => self.keys.retain(|e| e.record.tenant.id.0 != subject),
+            ChangeKind::ServiceToken => self.tokens.retain(|e| e.token.id != subject),
+        }
+    }
+
     /// The feed was read to its end by a read that started at `read_started`.
     pub fn feed_read(&self, read_started: OffsetDateTime) {
         self.fresh_ms.fetch_max(millis(read_started), Ordering::AcqRel);

@@ -7,6 +7,7 @@ use crate::api_key::{ApiKey, NewApiKey, NewApiKeyRequest, last_four, parse_grace
 use crate::audit::EventType;
 use crate::error::{Error, Result};
 use crate::service_token::{NewServiceToken, NewServiceTokenRequest, SERVICE_TOKEN_PREFIX, ServiceToken};
+use crate::store::ChangeKind;
 use crate::token::Secret;
 use crate::user::Directory;
 use serde_json::json;
@@ -113,6 +114,7 @@ impl Core {
         if !self.store.roll_api_key(tenant, id, &roll, event).await? {
             return Err(Error::NotFound);
         }
+        self.verifier.forget(ChangeKind::ApiKey, id);
         let key = self.store.api_key(tenant, id).await?.ok_or(Error::NotFound)?;
         Ok((key, secret))
     }
@@ -133,6 +135,7 @@ impl Core {
             json!({ "key_id": id, "name": key.name }),
         );
         self.store.revoke_api_key(tenant, id, self.clock.now(), event).await?;
+        self.verifier.forget(ChangeKind::ApiKey, id);
         self.store.api_key(tenant, id).await?.ok_or(Error::NotFound)
     }
 
@@ -210,6 +213,7 @@ impl Core {
             json!({ "service_token_id": id, "name": name }),
         );
         if self.store.revoke_service_token(id, self.clock.now(), event).await? {
+            self.verifier.forget(ChangeKind::ServiceToken, id);
             Ok(())
         } else {
             Err(Error::NotFound)

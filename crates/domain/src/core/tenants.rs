@@ -101,6 +101,7 @@ impl Core {
             json!({ "tenant_id": id, "changes": changes }),
         );
         self.store.update_tenant(&tenant, event).await?;
+        self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         Ok(tenant)
     }
 
@@ -135,6 +136,7 @@ impl Core {
             json!({ "tenant_id": id, "old": old.status, "new": status, "reason": (!reason.is_empty()).then_some(reason) }),
         );
         self.store.update_tenant(&tenant, event).await?;
+        self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         if status == TenantStatus::Suspended {
             // Its users' sessions die at once (the session check refuses them anyway).
             self.store.delete_tenant_sessions(id).await?;
@@ -165,6 +167,7 @@ impl Core {
             json!({ "tenant_id": id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status }),
         );
         self.store.delete_tenant(id, self.clock.now(), event).await?;
+        self.verifier.forget(crate::store::ChangeKind::Tenant, id.0);
         Ok(tenant)
     }
 
