@@ -30,6 +30,7 @@ mod browser;
 mod browser_sso;
 mod credentials;
 mod data_plane;
+mod data_plane_security;
 mod edge;
 mod example_data_plane;
 mod guessing;

@@ -1,0 +1,207 @@
+//! The security review of issue 11's data-plane surface: each finding's regression test, and
+//! the attacks that were tried and held (tenant isolation, capabilities, CSRF on every new
+//! form, malformed data-plane input).
+
+use crate::both;
+use crate::data_plane::{api_key, owner, service_token, verify};
+use crate::helpers::*;
+use quarterdeck_domain::TenantId;
+use quarterdeck_domain::access::ManageProviderCredentials;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+both!(
+    async fn a_tenant_admin_reaches_no_other_tenants_key_through_any_portal_or_console_form(app) {
+        // Arrange: Acme with its admin, Globex with a key the data plane verifies.
+        let owner = owner(&app).await;
+        let acme = app.create_tenant("Acme", "acme").await;
+        let globex = app.create_tenant("Globex", "globex").await;
+        let (globex_key, secret) = api_key(&app, &owner, &globex, "").await;
+        let token = service_token(&app, &["keys:verify"], "").await;
+        let admin = app.tenant_admin(&acme, "acme", "ada@acme.example").await;
+        let page = admin.get_html("/portal/api-keys").await;
+        let events = app.control_value("SELECT CAST(count(*) AS TEXT) FROM tenant_audit WHERE event_type LIKE 'API_KEY%' OR event_type LIKE 'PROVIDER%' OR event_type LIKE 'SERVICE_TOKEN%'").await;
+
+        // Act: Globex's key id through Acme's own forms, and Globex's tenant id in the console's.
+        for (path, fields) in [
+            (format!("/portal/api-keys/{globex_key}/roll"), vec![("grace_seconds", "0")]),
+            (format!("/portal/api-keys/{globex_key}/revoke"), vec![]),
+            (format!("/tenants/{globex}/api-keys/{globex_key}/revoke"), vec![]),
+            (format!("/tenants/{acme}/api-keys/{globex_key}/revoke"), vec![]),
+        ] {
+            let r = admin.post_form(&path, &page, &fields).await;
+            assert!(
+                [403, 404].contains(&r.status().as_u16()),
+                "{path}: {}",
+                r.status()
+            );
+        }
+
+        // Assert: nothing changed, nothing recorded, the key still verifies with its secret.
+        assert_eq!(app.control_value("SELECT CAST(count(*) AS TEXT) FROM tenant_audit WHERE event_type LIKE 'API_KEY%' OR event_type LIKE 'PROVIDER%' OR event_type LIKE 'SERVICE_TOKEN%'").await, events);
+        assert_eq!(app.control_rows("api_key_secret").await, 1);
+        assert_eq!(verify(&app, &token, &secret).await.1["valid"], true);
+    }
+);
+
+both!(
+    async fn every_new_form_refuses_a_post_without_its_csrf_token(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let (key, _) = api_key(&app, &owner, &tid, "").await;
+        let admin = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
+        let page = admin.get_html("/portal/provider-credentials").await;
+        let r = admin
+            .post_form("/portal/provider-credentials/openai", &page, &[("api_key", "sk-kept-1234567890")])
+            .await;
+        assert_eq!(r.status(), 303);
+        let st_page = app.get_html("/settings/service-tokens").await;
+        let r = app
+            .post_form(
+                "/settings/service-tokens",
+                &st_page,
+                &[("name", "gw"), ("scopes", "keys:verify")],
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let st_id = app.core.store().service_tokens().await.unwrap()[0].id;
+        let before = rows(&app).await;
+
+        let tenant_posts = [
+            ("/portal/api-keys".to_owned(), vec![("name", "forged"), ("scopes", "read")]),
+            (format!("/portal/api-keys/{key}/roll"), vec![("grace_seconds", "0")]),
+            (format!("/portal/api-keys/{key}/revoke"), vec![]),
+            ("/portal/provider-credentials/openai".to_owned(), vec![("api_key", "sk-forged-000000000")]),
+            ("/portal/provider-credentials/openai/delete".to_owned(), vec![]),
+        ];
+        for (path, fields) in &tenant_posts {
+            for origin in [admin.origin.as_str(), "https://evil.example"] {
+                let r = admin
+                    .client
+                    .post(admin.url(path))
+                    .header("origin", origin)
+                    .form(fields)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 403, "{path} from {origin}");
+            }
+        }
+        let console_posts = [
+            ("/settings/service-tokens".to_owned(), vec![("name", "forged"), ("scopes", "keys:verify")]),
+            (format!("/settings/service-tokens/{st_id}/revoke"), vec![]),
+            (format!("/tenants/{tid}/api-keys/{key}/revoke"), vec![]),
+        ];
+        for (path, fields) in &console_posts {
+            let r = app
+                .client
+                .post(app.url(path))
+                .header("origin", &app.base_url)
+                .form(fields)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{path}");
+        }
+        assert_eq!(rows(&app).await, before, "no change, no event");
+        assert_eq!(app.control_rows("service_token").await, 1);
+        let sealed = app.control_value("SELECT hints FROM provider_credential").await;
+        assert!(!sealed.contains("0000"), "the credential was not replaced");
+    }
+);
+
+/// The audit trail's length and the live keys.
+async fn rows(app: &TestApp) -> (String, String) {
+    (
+        app.control_value("SELECT CAST(count(*) AS TEXT) FROM tenant_audit WHERE event_type LIKE 'API_KEY%' OR event_type LIKE 'PROVIDER%' OR event_type LIKE 'SERVICE_TOKEN%'").await,
+        app.control_value("SELECT CAST(count(*) AS TEXT) FROM api_key WHERE revoked_at IS NULL").await,
+    )
+}
+
+both!(
+    async fn the_data_plane_reads_no_cookie_and_answers_odd_input_without_a_5xx(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let (_, secret) = api_key(&app, &owner, &tid, "").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
+
+        // The owner's signed-in browser, without a bearer: a session is not a credential here.
+        let r = app
+            .client
+            .post(app.url("/v1/data-plane/keys/verify"))
+            .json(&json!({ "key": secret }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        // A personal access token is not a service token either.
+        let r = app
+            .client
+            .post(app.url("/v1/data-plane/keys/verify"))
+            .bearer_auth("qd_pat_0000000000000000000000000000000000000000000")
+            .json(&json!({ "key": secret }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        let deep = format!("{}1{}", "{\"key\":[".repeat(1), "]}");
+        let nested = format!("{{\"key\":{}\"x\"{}}}", "[".repeat(5000), "]".repeat(5000));
+        let verify_bodies: Vec<(String, &str)> = vec![
+            (deep, "json"),
+            (nested, "json"),
+            ("[\"key\"]".to_owned(), "json"),
+            ("{\"key\":\"a\",\"key\":\"b\"}".to_owned(), "json"),
+            ("{\"key\":\"qd_live_\u{0000}\"}".to_owned(), "json"),
+            ("{\"key\":\"\\ud800\"}".to_owned(), "json"),
+            ("key=x".to_owned(), "form"),
+        ];
+        for (body, kind) in verify_bodies {
+            let ct = if kind == "json" { "application/json" } else { "application/x-www-form-urlencoded" };
+            let r = app
+                .client
+                .post(app.url("/v1/data-plane/keys/verify"))
+                .bearer_auth(&token)
+                .header("content-type", ct)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_client_error(), "{body:.60}: {}", r.status());
+        }
+        for key in [
+            "x".repeat(100_000),
+            format!("{secret}\u{200b}"),
+            format!(" {secret}"),
+            secret.to_uppercase(),
+            "qd_live_ａｂｃ".to_owned(),
+            String::new(),
+        ] {
+            let (status, body) = verify(&app, &token, &key).await;
+            assert_eq!(status, 200, "{key:.40}");
+            assert_eq!(body["valid"], false, "{key:.40}");
+        }
+        for tenant_id in ["not-a-uuid", "", "00000000-0000-0000-0000-000000000000", "../../etc"] {
+            let r = app
+                .client
+                .post(app.url("/v1/data-plane/credentials/resolve"))
+                .bearer_auth(&token)
+                .json(&json!({ "tenant_id": tenant_id, "provider": "openai" }))
+                .send()
+                .await
+                .unwrap();
+            assert!([404, 422].contains(&r.status().as_u16()), "{tenant_id}: {}", r.status());
+        }
+        for provider in ["", "../openai", "OPENAI", "openai\u{0000}", &"p".repeat(10_000)] {
+            let r = app
+                .client
+                .post(app.url("/v1/data-plane/credentials/resolve"))
+                .bearer_auth(&token)
+                .json(&json!({ "tenant_id": tid, "provider": provider }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{provider:.20}");
+        }
+    }
+);
