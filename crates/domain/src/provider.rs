@@ -174,7 +174,6 @@ pub struct ProviderCredential {
 pub type CredentialInput = BTreeMap<String, String>;
 
 /// The input split into clear and secret fields, checked against the provider's fields.
-#[derive(Debug)]
 pub struct ParsedCredential {
     pub fields: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
@@ -229,7 +228,7 @@ impl ParsedCredential {
 }
 
 /// What the data plane gets: every field in clear.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct ResolvedCredential {
     pub tenant_id: TenantId,
     pub provider: String,
@@ -247,6 +246,38 @@ impl std::fmt::Display for ResolvedCredential {
             "credential {} ({}) of tenant {}",
             self.credential_id, self.provider, self.tenant_id
         )
+    }
+}
+
+/// The field names of a map whose values may be secrets: what a `Debug` shows of it.
+struct Names<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Names<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "***"))).finish()
+    }
+}
+
+impl std::fmt::Debug for ParsedCredential {
+    /// Field names only: a `?` in a log line must never print a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedCredential")
+            .field("fields", &self.fields)
+            .field("secrets", &Names(&self.secrets))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ResolvedCredential {
+    /// Every field is a secret here (they are all in clear): names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedCredential")
+            .field("tenant_id", &self.tenant_id)
+            .field("provider", &self.provider)
+            .field("credential_id", &self.credential_id)
+            .field("fields", &Names(&self.fields))
+            .field("updated_at", &self.updated_at)
+            .finish()
     }
 }
 
@@ -294,6 +325,18 @@ mod tests {
         let err = ParsedCredential::parse(&openai(), &input, &BTreeMap::new()).unwrap_err();
         let fields: Vec<&str> = err.fields().iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["token", "api_key"]);
+    }
+
+    #[test]
+    fn a_parsed_credential_printed_with_debug_shows_no_secret() {
+        let input = BTreeMap::from([
+            ("api_key".to_owned(), "sk-live-0000111122223333".to_owned()),
+            ("organization".to_owned(), "org-1".to_owned()),
+        ]);
+        let parsed = ParsedCredential::parse(&openai(), &input, &BTreeMap::new()).unwrap();
+        let printed = format!("{parsed:?} {parsed:#?}");
+        assert!(!printed.contains("sk-live"), "{printed}");
+        assert!(printed.contains("api_key") && printed.contains("org-1"), "{printed}");
     }
 
     #[test]

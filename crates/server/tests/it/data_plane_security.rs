@@ -11,6 +11,24 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 both!(
+    async fn a_resolved_credential_printed_with_debug_shows_no_secret(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let auth = owner.require_for_tenant::<ManageProviderCredentials>(tenant).unwrap();
+        let input = BTreeMap::from([("api_key".to_owned(), "sk-live-secret-0000111122223333".to_owned())]);
+        app.core.set_provider_credential(&auth, "openai", &input).await.unwrap();
+        let token = service_token(&app, &["credentials:read"], "").await;
+        let caller = app.core.authenticate_service(&token).await.unwrap();
+        let resolved = app.core.resolve_credential(&caller, tenant, "openai").await.unwrap();
+        assert_eq!(resolved.fields["api_key"], "sk-live-secret-0000111122223333");
+        let printed = format!("{resolved:?} {resolved:#?}");
+        assert!(!printed.contains("sk-live"), "a `?` in a log line must not print the secret: {printed}");
+        assert!(printed.contains("api_key"), "the field names are still there");
+    }
+);
+
+both!(
     async fn a_tenant_admin_reaches_no_other_tenants_key_through_any_portal_or_console_form(app) {
         // Arrange: Acme with its admin, Globex with a key the data plane verifies.
         let owner = owner(&app).await;
