@@ -140,9 +140,23 @@ impl ProviderCatalog {
     }
 }
 
+/// A secret shorter than this shows no last four characters: of a PIN or a short password
+/// they would be most of it (and hints are kept in clear, beside the sealed values).
+pub const MIN_CHARS_FOR_TAIL: usize = 16;
+
+/// The last four characters of a secret field's value, or "" for a short one.
+pub fn shown_tail(secret: &str) -> String {
+    if secret.chars().count() < MIN_CHARS_FOR_TAIL {
+        String::new()
+    } else {
+        crate::api_key::last_four(secret)
+    }
+}
+
 /// What is shown of a stored secret field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretHint {
+    /// Empty for a secret shorter than [`MIN_CHARS_FOR_TAIL`].
     pub last_four: String,
     /// 12 hex characters of HMAC-SHA256 (a key derived from the secret key) over the value:
     /// the same secret saved twice shows the same fingerprint; it reveals nothing of it.
@@ -337,6 +351,14 @@ mod tests {
         let printed = format!("{parsed:?} {parsed:#?}");
         assert!(!printed.contains("sk-live"), "{printed}");
         assert!(printed.contains("api_key") && printed.contains("org-1"), "{printed}");
+    }
+
+    #[test]
+    fn a_short_secret_shows_no_tail() {
+        assert_eq!(shown_tail("pw4242"), "");
+        assert_eq!(shown_tail("0123456789abcde"), "");
+        assert_eq!(shown_tail("0123456789abcdef"), "cdef");
+        assert_eq!(shown_tail("sk-proj-abcdefghijklmnop9876"), "9876");
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Core {
             .iter()
             .map(|(k, v)| {
                 let hint = SecretHint {
-                    last_four: crate::api_key::last_four(v),
+                    last_four: crate::provider::shown_tail(v),
                     fingerprint: self.fingerprint(v),
                 };
                 (k.clone(), hint)

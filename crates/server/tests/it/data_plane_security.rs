@@ -11,6 +11,50 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 both!(
+    async fn a_short_provider_secret_is_never_shown_again_nor_kept_in_clear_in_its_hint(app) {
+        // A catalog may have short secret fields (a PIN, a password): "the last four
+        // characters" of a 6-character secret are most of it, and the hint is in clear, in
+        // the database and on the page.
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let admin = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
+        let page = admin.get_html("/portal/provider-credentials").await;
+        let r = admin
+            .post_form("/portal/provider-credentials/anthropic", &page, &[("api_key", "pw4242")])
+            .await;
+        assert_eq!(r.status(), 303, "saved");
+        let page = admin.get_html("/portal/provider-credentials").await;
+        assert!(page.contains("Stored"), "the credential is there");
+        assert!(!page.contains("4242"), "no part of a short secret on the page");
+        let hints: String = app.control_value("SELECT hints FROM provider_credential").await;
+        assert!(!hints.contains("4242"), "no part of a short secret in clear at rest: {hints}");
+        // A long one still shows its last four, as designed.
+        let r = admin
+            .post_form(
+                "/portal/provider-credentials/openai",
+                &page,
+                &[("api_key", "sk-proj-abcdefghijklmnop9876")],
+            )
+            .await;
+        assert_eq!(r.status(), 303);
+        assert!(admin.get_html("/portal/provider-credentials").await.contains("9876"));
+        // And the data plane still resolves the short one in full.
+        let token = service_token(&app, &["credentials:read"], "").await;
+        let r = app
+            .client
+            .post(app.url("/v1/data-plane/credentials/resolve"))
+            .bearer_auth(&token)
+            .json(&json!({ "tenant_id": tid, "provider": "anthropic" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["fields"]["api_key"], "pw4242");
+    }
+);
+
+both!(
     async fn a_resolved_credential_printed_with_debug_shows_no_secret(app) {
         let owner = owner(&app).await;
         let tid = app.create_tenant("Acme", "acme").await;
