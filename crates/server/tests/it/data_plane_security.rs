@@ -207,7 +207,7 @@ both!(
             .unwrap();
         assert_eq!(r.status(), 401);
 
-        let deep = format!("{}1{}", "{\"key\":[".repeat(1), "]}");
+        let deep = "{\"key\":[1]}".to_owned();
         let nested = format!("{{\"key\":{}\"x\"{}}}", "[".repeat(5000), "]".repeat(5000));
         let verify_bodies: Vec<(String, &str)> = vec![
             (deep, "json"),
