@@ -82,6 +82,13 @@ impl Default for ProviderCatalog {
     }
 }
 
+/// Whether `s` can be a provider id (or field name) of a catalog: `[a-z0-9_-]{1,64}`. Anything
+/// else names no provider, and is answered as such before any query (PostgreSQL refuses a NUL
+/// in text with an error, not an empty answer).
+pub fn is_provider_id(s: &str) -> bool {
+    valid_ident(s)
+}
+
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64

@@ -26,7 +26,7 @@ both!(
         let page = admin.get_html("/portal/provider-credentials").await;
         assert!(page.contains("Stored"), "the credential is there");
         assert!(!page.contains("4242"), "no part of a short secret on the page");
-        let hints: String = app.control_value("SELECT hints FROM provider_credential").await;
+        let hints: String = app.control_value("SELECT CAST(hints AS TEXT) FROM provider_credential").await;
         assert!(!hints.contains("4242"), "no part of a short secret in clear at rest: {hints}");
         // A long one still shows its last four, as designed.
         let r = admin
@@ -167,8 +167,40 @@ both!(
         }
         assert_eq!(rows(&app).await, before, "no change, no event");
         assert_eq!(app.control_rows("service_token").await, 1);
-        let sealed = app.control_value("SELECT hints FROM provider_credential").await;
+        let sealed = app.control_value("SELECT CAST(hints AS TEXT) FROM provider_credential").await;
         assert!(!sealed.contains("0000"), "the credential was not replaced");
+    }
+);
+
+both!(
+    async fn a_provider_id_with_a_nul_or_odd_bytes_is_not_found_rather_than_a_500(app) {
+        // PostgreSQL refuses a NUL in text: an unchecked provider id reached the query and
+        // answered 500 on the data plane and in the portal.
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let auth = owner.require_for_tenant::<ManageProviderCredentials>(tenant).unwrap();
+        let input = BTreeMap::from([("api_key".to_owned(), "sk-live-0000111122223333".to_owned())]);
+        app.core.set_provider_credential(&auth, "openai", &input).await.unwrap();
+        let token = service_token(&app, &["credentials:read"], "").await;
+        for provider in ["openai\u{0000}", "\u{0000}", "open\u{0000}ai", "openai\u{ffff}"] {
+            let r = app
+                .client
+                .post(app.url("/v1/data-plane/credentials/resolve"))
+                .bearer_auth(&token)
+                .json(&json!({ "tenant_id": tid, "provider": provider }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "resolve {provider:?}");
+        }
+        let admin = app.tenant_admin(&tid, "acme", "ada@acme.example").await;
+        let page = admin.get_html("/portal/provider-credentials").await;
+        for path in ["/portal/provider-credentials/openai%00/delete", "/portal/provider-credentials/openai%00"] {
+            let r = admin.post_form(path, &page, &[("api_key", "sk-x-000000000000000")]).await;
+            assert_eq!(r.status(), 404, "{path}");
+        }
+        assert_eq!(app.control_rows("provider_credential").await, 1, "still stored");
     }
 );
 
