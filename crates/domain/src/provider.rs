@@ -82,6 +82,13 @@ impl Default for ProviderCatalog {
     }
 }
 
+/// Whether `s` can be a provider id (or field name) of a catalog: `[a-z0-9_-]{1,64}`. Anything
+/// else names no provider, and is answered as such before any query (PostgreSQL refuses a NUL
+/// in text with an error, not an empty answer).
+pub fn is_provider_id(s: &str) -> bool {
+    valid_ident(s)
+}
+
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -140,9 +147,23 @@ impl ProviderCatalog {
     }
 }
 
+/// A secret shorter than this shows no last four characters: of a PIN or a short password
+/// they would be most of it (and hints are kept in clear, beside the sealed values).
+pub const MIN_CHARS_FOR_TAIL: usize = 16;
+
+/// The last four characters of a secret field's value, or "" for a short one.
+pub fn shown_tail(secret: &str) -> String {
+    if secret.chars().count() < MIN_CHARS_FOR_TAIL {
+        String::new()
+    } else {
+        crate::api_key::last_four(secret)
+    }
+}
+
 /// What is shown of a stored secret field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretHint {
+    /// Empty for a secret shorter than [`MIN_CHARS_FOR_TAIL`].
     pub last_four: String,
     /// 12 hex characters of HMAC-SHA256 (a key derived from the secret key) over the value:
     /// the same secret saved twice shows the same fingerprint; it reveals nothing of it.
@@ -174,7 +195,6 @@ pub struct ProviderCredential {
 pub type CredentialInput = BTreeMap<String, String>;
 
 /// The input split into clear and secret fields, checked against the provider's fields.
-#[derive(Debug)]
 pub struct ParsedCredential {
     pub fields: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
@@ -229,7 +249,7 @@ impl ParsedCredential {
 }
 
 /// What the data plane gets: every field in clear.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct ResolvedCredential {
     pub tenant_id: TenantId,
     pub provider: String,
@@ -247,6 +267,38 @@ impl std::fmt::Display for ResolvedCredential {
             "credential {} ({}) of tenant {}",
             self.credential_id, self.provider, self.tenant_id
         )
+    }
+}
+
+/// The field names of a map whose values may be secrets: what a `Debug` shows of it.
+struct Names<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Names<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "***"))).finish()
+    }
+}
+
+impl std::fmt::Debug for ParsedCredential {
+    /// Field names only: a `?` in a log line must never print a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedCredential")
+            .field("fields", &self.fields)
+            .field("secrets", &Names(&self.secrets))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ResolvedCredential {
+    /// Every field is a secret here (they are all in clear): names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedCredential")
+            .field("tenant_id", &self.tenant_id)
+            .field("provider", &self.provider)
+            .field("credential_id", &self.credential_id)
+            .field("fields", &Names(&self.fields))
+            .field("updated_at", &self.updated_at)
+            .finish()
     }
 }
 
@@ -294,6 +346,26 @@ mod tests {
         let err = ParsedCredential::parse(&openai(), &input, &BTreeMap::new()).unwrap_err();
         let fields: Vec<&str> = err.fields().iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["token", "api_key"]);
+    }
+
+    #[test]
+    fn a_parsed_credential_printed_with_debug_shows_no_secret() {
+        let input = BTreeMap::from([
+            ("api_key".to_owned(), "sk-live-0000111122223333".to_owned()),
+            ("organization".to_owned(), "org-1".to_owned()),
+        ]);
+        let parsed = ParsedCredential::parse(&openai(), &input, &BTreeMap::new()).unwrap();
+        let printed = format!("{parsed:?} {parsed:#?}");
+        assert!(!printed.contains("sk-live"), "{printed}");
+        assert!(printed.contains("api_key") && printed.contains("org-1"), "{printed}");
+    }
+
+    #[test]
+    fn a_short_secret_shows_no_tail() {
+        assert_eq!(shown_tail("pw4242"), "");
+        assert_eq!(shown_tail("0123456789abcde"), "");
+        assert_eq!(shown_tail("0123456789abcdef"), "cdef");
+        assert_eq!(shown_tail("sk-proj-abcdefghijklmnop9876"), "9876");
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Core {
             .iter()
             .map(|(k, v)| {
                 let hint = SecretHint {
-                    last_four: crate::api_key::last_four(v),
+                    last_four: crate::provider::shown_tail(v),
                     fingerprint: self.fingerprint(v),
                 };
                 (k.clone(), hint)
@@ -145,6 +145,9 @@ impl Core {
         provider: &str,
     ) -> Result<()> {
         let tenant = auth.tenant();
+        if !crate::provider::is_provider_id(provider) {
+            return Err(Error::NotFound);
+        }
         self.tenant_of(Directory::Tenant(tenant)).await?;
         let existing = self
             .store
@@ -174,6 +177,9 @@ impl Core {
         provider: &str,
     ) -> Result<ResolvedCredential> {
         caller.require(ServiceScope::CredentialsRead)?;
+        if !crate::provider::is_provider_id(provider) {
+            return Err(Error::NotFound);
+        }
         let tenant = self.store.tenant(tenant_id).await?.ok_or(Error::NotFound)?;
         if !caller.token.reaches(tenant.region.as_str()) {
             return Err(Error::NotFound);

@@ -31,6 +31,7 @@ mod browser_sso;
 mod credentials;
 mod data_plane;
 mod data_plane_nodes;
+mod data_plane_security;
 mod edge;
 mod example_data_plane;
 mod guessing;

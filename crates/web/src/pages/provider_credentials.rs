@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use quarterdeck_domain::Error;
 use quarterdeck_domain::access::ManageProviderCredentials;
 use quarterdeck_domain::core::SignedIn;
-use quarterdeck_domain::provider::{CredentialInput, Provider, ProviderCredential};
+use quarterdeck_domain::provider::{CredentialInput, Provider, ProviderCredential, SecretHint};
 use quarterdeck_domain::tenant::Tenant;
 use serde::Deserialize;
 
@@ -63,6 +63,15 @@ struct Retry<'a> {
     errors: Errors,
 }
 
+/// "…abcd · fingerprint 0123…", or only the fingerprint for a secret too short to show a tail.
+fn hint_text(h: &SecretHint, between: &str) -> String {
+    if h.last_four.is_empty() {
+        format!("fingerprint {}", h.fingerprint)
+    } else {
+        format!("…{}{between}{}", h.last_four, h.fingerprint)
+    }
+}
+
 fn card(p: &Provider, stored: Option<&ProviderCredential>, retry: Option<&Retry<'_>>) -> ProviderCard {
     let retry = retry.filter(|r| r.provider == p.id);
     let fields = p
@@ -71,7 +80,7 @@ fn card(p: &Provider, stored: Option<&ProviderCredential>, retry: Option<&Retry<
         .map(|f| {
             let hint = stored
                 .and_then(|c| c.hints.get(&f.name))
-                .map(|h| format!("…{} · fingerprint {}", h.last_four, h.fingerprint));
+                .map(|h| hint_text(h, " · fingerprint "));
             let value = if f.secret {
                 String::new()
             } else if let Some(r) = retry {
@@ -97,7 +106,7 @@ fn card(p: &Provider, stored: Option<&ProviderCredential>, retry: Option<&Retry<
                 .iter()
                 .filter_map(|f| {
                     if let Some(h) = c.hints.get(&f.name) {
-                        Some((f.label.clone(), format!("…{}  ·  {}", h.last_four, h.fingerprint), true))
+                        Some((f.label.clone(), hint_text(h, "  ·  "), true))
                     } else {
                         c.fields.get(&f.name).map(|v| (f.label.clone(), v.clone(), false))
                     }
