@@ -296,11 +296,15 @@ impl Verifier {
             .await
             .map_err(|_| crate::Error::Busy)?
             .map_err(|_| crate::Error::Busy)?;
-        self.db_lookups.fetch_add(1, Ordering::Relaxed);
         let lookup = Lookup {
             epoch: self.epoch.load(Ordering::SeqCst),
         };
         Ok((permit, lookup))
+    }
+
+    /// Count a database lookup (made while holding a slot).
+    pub fn note_lookup(&self) {
+        self.db_lookups.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many database lookups misses have made (for tests and metrics).

@@ -104,16 +104,24 @@ impl Core {
                     return Err(Error::Unauthenticated);
                 }
                 let (_slot, lookup) = v.lookup_slot().await?;
-                match self
-                    .store
-                    .service_token_by_hash(&TokenHash(hex::encode(d)))
-                    .await
-                    .map_err(unavailable)?
-                {
-                    Some(token) => v.remember_token(lookup, d, token, now),
-                    None => {
-                        v.remember_unknown_token(d, now);
-                        return Err(Error::Unauthenticated);
+                // Another request may have looked it up while this one waited for the slot.
+                if let Some(e) = v.cached_token(&d, now) {
+                    e
+                } else if v.known_unknown_token(&d, now) {
+                    return Err(Error::Unauthenticated);
+                } else {
+                    v.note_lookup();
+                    match self
+                        .store
+                        .service_token_by_hash(&TokenHash(hex::encode(d)))
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        Some(token) => v.remember_token(lookup, d, token, now),
+                        None => {
+                            v.remember_unknown_token(d, now);
+                            return Err(Error::Unauthenticated);
+                        }
                     }
                 }
             }
@@ -145,16 +153,24 @@ impl Core {
                     return Ok(Verification::invalid(Refusal::Unknown));
                 }
                 let (_slot, lookup) = v.lookup_slot().await?;
-                match self
-                    .store
-                    .key_for_verification(&TokenHash(hex::encode(d)))
-                    .await
-                    .map_err(unavailable)?
-                {
-                    Some(record) => v.remember_key(lookup, d, record, now),
-                    None => {
-                        v.remember_unknown_key(d, now);
-                        return Ok(Verification::invalid(Refusal::Unknown));
+                // Another request may have looked it up while this one waited for the slot.
+                if let Some(e) = v.cached_key(&d, now) {
+                    e
+                } else if v.known_unknown_key(&d, now) {
+                    return Ok(Verification::invalid(Refusal::Unknown));
+                } else {
+                    v.note_lookup();
+                    match self
+                        .store
+                        .key_for_verification(&TokenHash(hex::encode(d)))
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        Some(record) => v.remember_key(lookup, d, record, now),
+                        None => {
+                            v.remember_unknown_key(d, now);
+                            return Ok(Verification::invalid(Refusal::Unknown));
+                        }
                     }
                 }
             }

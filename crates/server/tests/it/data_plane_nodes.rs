@@ -329,3 +329,22 @@ both!(
         .await;
     }
 );
+
+both!(
+    async fn a_revoked_service_token_is_refused_within_a_second_though_it_was_cached(app) {
+        let owner = owner(&app).await;
+        let token = service_token(&app, &["keys:verify"], "").await;
+        let caller = app.core.authenticate_service(&token).await.unwrap();
+        app.core.authenticate_service(&token).await.unwrap();
+        let auth = owner.require::<quarterdeck_domain::access::ManageServiceTokens>().unwrap();
+        app.core.revoke_service_token(&auth, caller.token.id).await.unwrap();
+        let revoked = Instant::now();
+        poll_until("the revoked token to be refused", || async {
+            app.core.authenticate_service(&token).await.is_err()
+        })
+        .await;
+        assert!(revoked.elapsed() <= BOUND, "refused only after {:?}", revoked.elapsed());
+        let (status, _) = verify(&app, &token, &format!("qd_live_{}", "x".repeat(43))).await;
+        assert_eq!(status, 401);
+    }
+);
