@@ -33,8 +33,11 @@ pub trait TenantStore: Send + Sync {
     async fn slug_taken(&self, slug: &TenantSlug) -> Result<bool>;
     async fn list_tenants(&self, filter: &TenantFilter) -> Result<(Vec<Tenant>, u64)>;
     async fn tenant_counts(&self) -> Result<StatusCounts>;
-    /// Write name, region, tier, metadata, status and updated_at.
-    async fn update_tenant(&self, tenant: &Tenant, event: NewEvent) -> Result<()>;
+    /// Write name, region, tier, metadata, status and updated_at — only if the row still has
+    /// the status and updated_at of `read` (what the change was computed from): otherwise a
+    /// `tenant_changed` conflict, so an edit never writes back a status a concurrent change
+    /// replaced (a suspension undone by a metadata edit that read the tenant before it).
+    async fn update_tenant(&self, tenant: &Tenant, read: &Tenant, event: NewEvent) -> Result<()>;
     /// Take the tenant out of service now; its database is dropped by [`Self::purge_tenants`].
     async fn delete_tenant(&self, id: TenantId, at: OffsetDateTime, event: NewEvent) -> Result<()>;
     /// Drop the databases of tenants deleted before `deleted_before`; returns their ids.

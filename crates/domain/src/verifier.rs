@@ -41,8 +41,11 @@ pub const UNKNOWN_TTL: Duration = Duration::seconds(60);
 pub const MAX_AGE: Duration = Duration::milliseconds(MAX_AGE_MS);
 /// Without a successful read of the feed for this long, positive entries are not served.
 pub const STALE_AFTER: Duration = Duration::milliseconds(STALE_AFTER_MS);
-/// At most this many database lookups for cache misses at once on a node.
+/// At most this many database lookups for cache misses of keys at once on a node.
 pub const MAX_LOOKUPS: usize = 16;
+/// At most this many for service tokens, apart: a flood of made-up bearer tokens (which needs
+/// no credential at all) must not take the slots that cold keys of real callers need.
+pub const MAX_TOKEN_LOOKUPS: usize = 4;
 /// How long a miss waits for a lookup slot before the answer is 503 `busy`.
 pub const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -195,6 +198,7 @@ pub struct Verifier {
     unknown_tokens: Shards<Unknown>,
     pub rates: RateTable,
     lookups: tokio::sync::Semaphore,
+    token_lookups: tokio::sync::Semaphore,
     /// The last change applied; `i64::MIN` until the feed was first read.
     cursor: AtomicI64,
     /// When the last successful read of the feed started (unix ms); `i64::MIN`: never.
@@ -233,6 +237,7 @@ impl Verifier {
             unknown_tokens: Shards::new(MAX_UNKNOWN),
             rates: RateTable::default(),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            token_lookups: tokio::sync::Semaphore::new(MAX_TOKEN_LOOKUPS),
             cursor: AtomicI64::new(i64::MIN),
             fresh_ms: AtomicI64::new(i64::MIN),
             epoch: AtomicU64::new(0),
@@ -292,7 +297,20 @@ impl Verifier {
     /// plane refuse a legitimate caller, while `busy` says "retry" — and costs an attacker
     /// flooding unknown keys as much as it costs them.
     pub async fn lookup_slot(&self) -> crate::Result<(tokio::sync::SemaphorePermit<'_>, Lookup)> {
-        let permit = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire())
+        self.slot_of(&self.lookups).await
+    }
+
+    /// A slot for a service-token lookup (at most [`MAX_TOKEN_LOOKUPS`] at once, apart from
+    /// the keys' slots).
+    pub async fn token_lookup_slot(&self) -> crate::Result<(tokio::sync::SemaphorePermit<'_>, Lookup)> {
+        self.slot_of(&self.token_lookups).await
+    }
+
+    async fn slot_of<'a>(
+        &'a self,
+        slots: &'a tokio::sync::Semaphore,
+    ) -> crate::Result<(tokio::sync::SemaphorePermit<'a>, Lookup)> {
+        let permit = tokio::time::timeout(LOOKUP_WAIT, slots.acquire())
             .await
             .map_err(|_| crate::Error::Busy)?
             .map_err(|_| crate::Error::Busy)?;

@@ -156,3 +156,20 @@ fn touches_are_collected_once_per_key_per_flush() {
     v.touch_key(&e);
     assert_eq!(v.take_touched().0, [Uuid::from_u128(5)]);
 }
+
+#[tokio::test]
+async fn a_flood_of_made_up_service_tokens_leaves_the_keys_lookup_slots_free() {
+    let v = Verifier::new();
+    let mut held = Vec::new();
+    for _ in 0..MAX_TOKEN_LOOKUPS {
+        held.push(v.token_lookup_slot().await.unwrap());
+    }
+    assert!(
+        matches!(v.token_lookup_slot().await, Err(crate::Error::Busy)),
+        "the tokens' slots are all taken"
+    );
+    let started = std::time::Instant::now();
+    let key_slot = v.lookup_slot().await;
+    assert!(key_slot.is_ok(), "a key's miss still gets a slot");
+    assert!(started.elapsed() < LOOKUP_WAIT, "at once");
+}

@@ -419,11 +419,11 @@ macro_rules! impl_store {
                 Ok(c)
             }
 
-            async fn update_tenant(&self, t: &Tenant, event: NewEvent) -> Result<()> {
+            async fn update_tenant(&self, t: &Tenant, read: &Tenant, event: NewEvent) -> Result<()> {
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query(
                     "UPDATE tenant SET name = $2, region = $3, tier = $4, metadata = $5, status = $6, updated_at = $7 \
-                     WHERE id = $1 AND deleted_at IS NULL",
+                     WHERE id = $1 AND deleted_at IS NULL AND status = $8 AND updated_at = $9",
                 )
                 .bind(t.id.0)
                 .bind(t.name.as_str())
@@ -432,11 +432,26 @@ macro_rules! impl_store {
                 .bind(Json(&t.metadata))
                 .bind(t.status.as_str())
                 .bind(enc_ts(t.updated_at))
+                .bind(read.status.as_str())
+                .bind(enc_ts(read.updated_at))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
                 if done.rows_affected() != 1 {
-                    return Err(Error::NotFound);
+                    let exists = sqlx::query("SELECT 1 AS one FROM tenant WHERE id = $1 AND deleted_at IS NULL")
+                        .bind(t.id.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    return Err(if exists {
+                        Error::Conflict {
+                            code: "tenant_changed",
+                            message: "The tenant was changed meanwhile. Reload it and try again.".to_owned(),
+                        }
+                    } else {
+                        Error::NotFound
+                    });
                 }
                 // Verification caches re-read the tenant (status, region, tier).
                 Self::note_change(&mut tx, quarterdeck_domain::store::ChangeKind::Tenant, t.id.0, t.updated_at).await?;

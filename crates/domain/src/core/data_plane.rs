@@ -103,7 +103,7 @@ impl Core {
                 if v.known_unknown_token(&d, now) {
                     return Err(Error::Unauthenticated);
                 }
-                let (_slot, lookup) = v.lookup_slot().await?;
+                let (_slot, lookup) = v.token_lookup_slot().await?;
                 // Another request may have looked it up while this one waited for the slot.
                 if let Some(e) = v.cached_token(&d, now) {
                     e

@@ -92,7 +92,7 @@ impl Core {
             tier: edit.tier,
             metadata: edit.metadata,
             updated_at: self.clock.now(),
-            ..old
+            ..old.clone()
         };
         let event = self.new_event(
             EventType::TenantMetadataUpdated,
@@ -100,7 +100,7 @@ impl Core {
             Some(id),
             json!({ "tenant_id": id, "changes": changes }),
         );
-        self.store.update_tenant(&tenant, event).await?;
+        self.store.update_tenant(&tenant, &old, event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         Ok(tenant)
     }
@@ -135,7 +135,7 @@ impl Core {
             Some(id),
             json!({ "tenant_id": id, "old": old.status, "new": status, "reason": (!reason.is_empty()).then_some(reason) }),
         );
-        self.store.update_tenant(&tenant, event).await?;
+        self.store.update_tenant(&tenant, &old, event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         if status == TenantStatus::Suspended {
             // Its users' sessions die at once (the session check refuses them anyway).

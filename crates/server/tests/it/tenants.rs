@@ -206,3 +206,37 @@ both!(
         assert_eq!(app.get(&format!("/tenants/{}", uuid::Uuid::now_v7())).await.status(), 404);
     }
 );
+
+both!(
+    async fn an_edit_computed_before_a_suspension_cannot_write_the_old_status_back(app) {
+        use quarterdeck_domain::access::Actor;
+        use quarterdeck_domain::audit::{EventType, NewEvent};
+        app.sign_in_owner().await;
+        let id = app.create_tenant("Acme", "acme").await;
+        let tid: quarterdeck_domain::TenantId = id.parse().unwrap();
+        // An edit reads the tenant (active)…
+        let read = app.core.store().tenant(tid).await.unwrap().unwrap();
+        // …a suspension commits meanwhile…
+        let page = app.get_html(&format!("/tenants/{id}")).await;
+        let r = app
+            .post_form(&format!("/tenants/{id}/status"), &page, &[("status", "suspended"), ("reason", "unpaid")])
+            .await;
+        assert_eq!(r.status(), 303);
+        // …then the edit writes what it computed from its read.
+        let mut edited = read.clone();
+        edited.name = quarterdeck_domain::tenant::TenantName::parse("Acme Renamed").unwrap();
+        edited.updated_at = app.clock_now();
+        let event = NewEvent::new(
+            app.clock_now(),
+            EventType::TenantMetadataUpdated,
+            &Actor::system(),
+            Some(tid),
+            serde_json::json!({}),
+        );
+        let err = app.core.store().update_tenant(&edited, &read, event).await.unwrap_err();
+        assert_eq!(err.code(), "tenant_changed");
+        let now = app.core.store().tenant(tid).await.unwrap().unwrap();
+        assert_eq!(now.status, quarterdeck_domain::TenantStatus::Suspended, "the suspension holds");
+        assert_eq!(now.name.as_str(), "Acme", "and the stale edit wrote nothing");
+    }
+);
