@@ -322,6 +322,7 @@ both!(
             assert_eq!(verify(&app, &token, &secret).await.1["valid"], true);
         }
         poll_until("last use of the key and the token to be written", || async {
+            app.core.flush_key_use().await.unwrap();
             app.control_value("SELECT CAST(COUNT(*) AS TEXT) FROM api_key WHERE last_used_at IS NOT NULL").await == "1"
                 && app.control_value("SELECT CAST(COUNT(*) AS TEXT) FROM service_token WHERE last_used_at IS NOT NULL").await
                     == "1"
