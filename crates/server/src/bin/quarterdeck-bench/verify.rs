@@ -12,7 +12,7 @@
 
 use super::verify_load::{self, Load, LoadSpec, Pick};
 use super::{
-    Backend, OWNER_EMAIL, OWNER_PASSWORD, Row, ServerPlan, fmt_ms, fmt_secs, own_cpu_ns, percentile, progress,
+    Backend, OWNER_EMAIL, OWNER_PASSWORD, Row, ServerPlan, fmt_ms, fmt_secs, percentile, progress,
     thread_shares, ticks_to_duration,
 };
 use anyhow::{Context, Result, anyhow};
@@ -188,25 +188,25 @@ async fn measured(server: &super::Server, tck: u64, spec: LoadSpec) -> Result<Me
     tokio::time::sleep_until(start_at.into()).await;
     let threads0 = server.thread_ticks();
     let cpu0 = server.cpu_ticks()?;
-    let own0 = own_cpu_ns()?;
+    let own0 = own_cpu_ticks();
     let machine0 = machine_busy_ticks();
     let load = match end_at {
         Some(end) => {
             tokio::time::sleep_until(end.into()).await;
-            let sample = (server.cpu_ticks()?, own_cpu_ns()?, machine_busy_ticks(), server.thread_ticks());
+            let sample = (server.cpu_ticks()?, own_cpu_ticks(), machine_busy_ticks(), server.thread_ticks());
             let load = handle.finish().await?;
             (load, sample)
         }
         None => {
             let load = handle.finish().await?;
-            let sample = (server.cpu_ticks()?, own_cpu_ns()?, machine_busy_ticks(), server.thread_ticks());
+            let sample = (server.cpu_ticks()?, own_cpu_ticks(), machine_busy_ticks(), server.thread_ticks());
             (load, sample)
         }
     };
     let (load, (cpu1, own1, machine1, threads1)) = load;
     let server_ticks = cpu1.saturating_sub(cpu0);
     let server_cpu = ticks_to_duration(server_ticks, tck);
-    let own_cpu = Duration::from_nanos(own1.saturating_sub(own0));
+    let own_cpu = ticks_to_duration(own1.saturating_sub(own0), tck);
     let machine = ticks_to_duration(machine1.saturating_sub(machine0), tck);
     Ok(Measured {
         by_thread: thread_shares(&threads0, &threads1, server_ticks),
@@ -269,6 +269,18 @@ fn push_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, title: &str, m: &Meas
     if !l.first_errors.is_empty() {
         notes.push(format!("{title}: {} error(s), e.g.: {}", l.errors, l.first_errors.join(" | ")));
     }
+}
+
+/// CPU ticks of this process, exited threads included (the load generator's thread may have
+/// ended by the time of the last sample).
+fn own_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// Busy ticks of the whole machine (`/proc/stat`: all but idle and iowait).
