@@ -19,6 +19,7 @@ pub mod mail;
 pub mod password;
 pub mod pat;
 pub mod provider;
+pub mod rate;
 pub mod role;
 pub mod service_token;
 pub mod session;
@@ -28,6 +29,7 @@ pub mod tenant;
 pub mod throttle;
 pub mod token;
 pub mod user;
+pub mod verifier;
 
 pub use crate::core::{Core, CoreConfig};
 pub use access::{Authorized, Principal};

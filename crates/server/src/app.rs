@@ -208,8 +208,14 @@ impl App {
             crate::audit::checkpoint_dir(&self.settings),
             time::Duration::minutes(i64::from(self.settings.audit_checkpoint_minutes)),
         ));
+        let (feed, flushes) = (
+            tokio::spawn(verifier_feed(self.core.clone())),
+            tokio::spawn(verifier_flushes(self.core.clone())),
+        );
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
         drop(self.data_dir_lock);
+        feed.abort();
+        flushes.abort();
         housekeeping.abort();
         outbox.abort();
         checkpoints.abort();
@@ -243,6 +249,57 @@ async fn housekeeping(core: Arc<Core>) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
+        }
+    }
+}
+
+/// How often the verification cache reads the change feed and flushes rate counts.
+const VERIFIER_TICK: Duration = Duration::from_millis(200);
+
+/// Keeps the verification cache honest: the change feed read every ~200 ms. A task of its
+/// own, so that slow flushes never delay it (a feed not read for 800 ms turns the cache off).
+async fn verifier_feed(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(VERIFIER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match core.sync_verifier().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the data-plane change feed is read again; verification cache on");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the data-plane change feed; verifying from the database");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Rate counts flushed every ~200 ms, last use of keys and tokens every ~1 s, credential-read
+/// tallies every ~10 s.
+async fn verifier_flushes(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(VERIFIER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n = n.wrapping_add(1);
+        if let Err(e) = core.flush_key_hits().await {
+            tracing::warn!(error = %e, "flushing API key rate counts failed; kept for the next flush");
+        }
+        if n.is_multiple_of(5)
+            && let Err(e) = core.flush_key_use().await
+        {
+            tracing::warn!(error = %e, "recording last use of API keys and service tokens failed");
+        }
+        if n.is_multiple_of(50)
+            && let Err(e) = core.flush_credential_reads().await
+        {
+            tracing::warn!(error = %e, "writing provider-credential read events failed");
         }
     }
 }

@@ -181,6 +181,8 @@ pub struct Core {
     pub hasher: PasswordHasher,
     pub config: CoreConfig,
     sign_in_throttle: SignInThrottle,
+    /// The data plane's caches and counters (see [`crate::verifier`]).
+    verifier: crate::verifier::Verifier,
 }
 
 impl Core {
@@ -198,6 +200,7 @@ impl Core {
             hasher,
             config,
             sign_in_throttle: SignInThrottle::default(),
+            verifier: crate::verifier::Verifier::new(),
         }
     }
 

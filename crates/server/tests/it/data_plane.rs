@@ -190,7 +190,8 @@ both!(
         }
         assert_eq!(app.core.flush_credential_reads().await.unwrap(), 0, "the minute is not over");
         app.clock.advance(time::Duration::seconds(61));
-        assert_eq!(app.core.flush_credential_reads().await.unwrap(), 1);
+        // The server's own flush (every ~10 s) may write it first: either way, once.
+        app.core.flush_credential_reads().await.unwrap();
         let reads = app.events_of("PROVIDER_CREDENTIAL_READ").await;
         assert_eq!(reads.len(), 1);
         assert_eq!(reads[0].details["count"], 3);

@@ -327,7 +327,7 @@ pub fn csrf_token(html: &str) -> String {
 }
 
 #[expect(clippy::disallowed_methods, reason = "the manual clock starts at the real time")]
-fn real_now() -> OffsetDateTime {
+pub fn real_now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 

@@ -29,6 +29,7 @@ mod browser;
 mod browser_sso;
 mod credentials;
 mod data_plane;
+mod data_plane_nodes;
 mod edge;
 mod guessing;
 mod impersonation;

@@ -48,6 +48,10 @@ pub struct VerifyRequest {
     pub key: String,
 }
 
+#[allow(
+    dead_code,
+    reason = "the documented shape of the answer; `verify` writes it borrowed (VerifyAnswer)"
+)]
 #[derive(Serialize, ToSchema)]
 pub struct VerifiedTenant {
     pub id: uuid::Uuid,
@@ -58,6 +62,10 @@ pub struct VerifiedTenant {
     pub region: String,
 }
 
+#[allow(
+    dead_code,
+    reason = "the documented shape of the answer; `verify` writes it borrowed (VerifyAnswer)"
+)]
 #[derive(Serialize, ToSchema)]
 pub struct VerifiedKey {
     pub id: uuid::Uuid,
@@ -79,6 +87,10 @@ pub struct KeyLimits {
 }
 
 /// `{"valid": true, tenant, key, limits}` or `{"valid": false, code, retry_after_seconds?}`.
+#[allow(
+    dead_code,
+    reason = "the documented shape of the answer; `verify` writes it borrowed (VerifyAnswer)"
+)]
 #[derive(Serialize, ToSchema)]
 pub struct VerifyResponse {
     pub valid: bool,
@@ -97,47 +109,80 @@ pub struct VerifyResponse {
     pub retry_after_seconds: Option<u64>,
 }
 
-impl VerifyResponse {
-    fn of(v: Verification) -> Self {
-        match v {
-            Verification::Valid { record, limits } => {
-                let KeyRecord { key, tenant, .. } = KeyRecord::clone(&record);
-                Self {
-                    valid: true,
-                    tenant: Some(VerifiedTenant {
-                        id: tenant.id.0,
-                        slug: tenant.slug.to_string(),
-                        status: tenant.status.as_str().to_owned(),
-                        tier: tenant.tier.as_str().to_owned(),
-                        region: tenant.region.as_str().to_owned(),
-                    }),
-                    key: Some(VerifiedKey {
-                        id: key.id,
-                        name: key.name,
-                        scopes: key.scopes,
-                        expires_at: key.expires_at,
-                    }),
-                    limits: Some(KeyLimits {
-                        requests_per_minute: limits.requests_per_minute,
-                        remaining: limits.remaining,
-                        reset_seconds: limits.reset_seconds,
-                    }),
-                    code: None,
-                    retry_after_seconds: None,
-                }
+/// The JSON of [`VerifyResponse`], borrowed from the cached record: nothing of the key or
+/// the tenant is copied per request.
+#[derive(Serialize)]
+struct VerifyAnswer<'a> {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<TenantRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<KeyRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<KeyLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TenantRef<'a> {
+    id: uuid::Uuid,
+    slug: &'a str,
+    status: &'static str,
+    tier: &'static str,
+    region: &'a str,
+}
+
+#[derive(Serialize)]
+struct KeyRef<'a> {
+    id: uuid::Uuid,
+    name: &'a str,
+    scopes: &'a [String],
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<time::OffsetDateTime>,
+}
+
+fn answer(v: &Verification) -> VerifyAnswer<'_> {
+    match v {
+        Verification::Valid { record, limits } => {
+            let KeyRecord { key, tenant, .. } = &**record;
+            VerifyAnswer {
+                valid: true,
+                tenant: Some(TenantRef {
+                    id: tenant.id.0,
+                    slug: tenant.slug.as_str(),
+                    status: tenant.status.as_str(),
+                    tier: tenant.tier.as_str(),
+                    region: tenant.region.as_str(),
+                }),
+                key: Some(KeyRef {
+                    id: key.id,
+                    name: &key.name,
+                    scopes: &key.scopes,
+                    expires_at: key.expires_at,
+                }),
+                limits: Some(KeyLimits {
+                    requests_per_minute: limits.requests_per_minute,
+                    remaining: limits.remaining,
+                    reset_seconds: limits.reset_seconds,
+                }),
+                code: None,
+                retry_after_seconds: None,
             }
-            Verification::Invalid {
-                refusal,
-                retry_after_secs,
-            } => Self {
-                valid: false,
-                tenant: None,
-                key: None,
-                limits: None,
-                code: Some(refusal.as_str().to_owned()),
-                retry_after_seconds: retry_after_secs.filter(|_| refusal == Refusal::RateLimited),
-            },
         }
+        Verification::Invalid {
+            refusal,
+            retry_after_secs,
+        } => VerifyAnswer {
+            valid: false,
+            tenant: None,
+            key: None,
+            limits: None,
+            code: Some(refusal.as_str()),
+            retry_after_seconds: retry_after_secs.filter(|_| *refusal == Refusal::RateLimited),
+        },
     }
 }
 
@@ -155,9 +200,11 @@ pub async fn verify(
     State(state): State<AppState>,
     Service(caller): Service,
     Body(req): Body<VerifyRequest>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let verdict = state.core.verify_api_key(&caller, &req.key).await?;
-    Ok(Json(VerifyResponse::of(verdict)))
+    // The answer's shape is `VerifyResponse` (the schema above).
+    Ok(Json(answer(&verdict)).into_response())
 }
 
 #[derive(Deserialize, ToSchema)]
