@@ -241,7 +241,6 @@ async fn run(
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-
     // Start-up.
     progress(&format!(
         "starting {} serve ({})",
@@ -609,7 +608,9 @@ impl ServerPlan {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let started = Instant::now();
-        let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
         let pid = child.id();
         Ok(Server {
             child,

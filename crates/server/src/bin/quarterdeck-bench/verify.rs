@@ -12,8 +12,8 @@
 
 use super::verify_load::{self, Load, LoadSpec, Pick};
 use super::{
-    Backend, OWNER_EMAIL, OWNER_PASSWORD, Row, ServerPlan, fmt_ms, fmt_secs, percentile, progress,
-    thread_shares, ticks_to_duration,
+    Backend, OWNER_EMAIL, OWNER_PASSWORD, Row, ServerPlan, fmt_ms, fmt_secs, percentile, progress, thread_shares,
+    ticks_to_duration,
 };
 use anyhow::{Context, Result, anyhow};
 use quarterdeck::Settings;
@@ -80,13 +80,9 @@ pub async fn run(
     notes: &mut Vec<String>,
 ) -> Result<()> {
     let plan = ServerPlan::new(server_bin, database_url)?;
-    let seeded = match seed(args, &plan, database_url).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&plan.dir);
-            return Err(e);
-        }
-    };
+    // Until the server owns it, the run's directory goes with this phase (error or Ctrl-C).
+    let mut dir = RemoveOnDrop(Some(plan.dir.clone()));
+    let seeded = seed(args, &plan, database_url).await?;
     let b = backend.name();
     rows.push(Row::info(
         &format!("verify ({b}): seeded {} tenants", seeded.tenants),
@@ -107,13 +103,17 @@ pub async fn run(
 
     progress("starting the server for the verification load");
     let mut server = plan.start()?;
+    dir.0 = None;
     let ready = server.wait_ready(Duration::from_secs(120)).await?;
     rows.push(Row::info(
         &format!("  time to ready with {} tenants", seeded.tenants),
         fmt_secs(ready),
     ));
     let settled = wait_idle(&server, tck, Duration::from_secs(180)).await?;
-    rows.push(Row::info("  start-up work settled (server < 5% CPU) after", fmt_secs(settled)));
+    rows.push(Row::info(
+        "  start-up work settled (server < 5% CPU) after",
+        fmt_secs(settled),
+    ));
 
     let keys = Arc::new(seeded.keys);
     let spec = |pick: Pick, warmup: f64, measure: Option<f64>| LoadSpec {
@@ -129,15 +129,32 @@ pub async fn run(
     let conns = args.verify_connections.max(1);
 
     if !args.verify_skip_cold {
-        progress(&format!("cold pass: every one of {} keys once, {conns} connections", keys.len()));
+        progress(&format!(
+            "cold pass: every one of {} keys once, {conns} connections",
+            keys.len()
+        ));
         let load = measured(&server, tck, spec(Pick::EachOnce, 0.0, None)).await?;
-        push_rows(rows, notes, &format!("verify cold pass (every key once, {conns} conns)"), &load, false);
+        push_rows(
+            rows,
+            notes,
+            &format!("verify cold pass (every key once, {conns} conns)"),
+            &load,
+            false,
+        );
     }
     let warm = args.verify_warmup_seconds;
     let secs = args.verify_seconds;
-    progress(&format!("uniform keys: {warm} s warm-up, then {secs} s measured, {conns} connections"));
+    progress(&format!(
+        "uniform keys: {warm} s warm-up, then {secs} s measured, {conns} connections"
+    ));
     let load = measured(&server, tck, spec(Pick::Uniform, warm, Some(secs))).await?;
-    push_rows(rows, notes, &format!("verify, uniform over all keys ({conns} conns)"), &load, true);
+    push_rows(
+        rows,
+        notes,
+        &format!("verify, uniform over all keys ({conns} conns)"),
+        &load,
+        true,
+    );
     if !args.verify_skip_zipf {
         progress(&format!("Zipf keys: {warm} s warm-up, then {secs} s measured"));
         let pick = Pick::zipf(keys.len(), 1.0);
@@ -161,6 +178,16 @@ pub async fn run(
          20,000/s means 0.8 ms on average"
     ));
     Ok(())
+}
+
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// `127.0.0.1:{port}` of `http://localhost:{port}`.
@@ -193,13 +220,23 @@ async fn measured(server: &super::Server, tck: u64, spec: LoadSpec) -> Result<Me
     let load = match end_at {
         Some(end) => {
             tokio::time::sleep_until(end.into()).await;
-            let sample = (server.cpu_ticks()?, own_cpu_ticks(), machine_busy_ticks(), server.thread_ticks());
+            let sample = (
+                server.cpu_ticks()?,
+                own_cpu_ticks(),
+                machine_busy_ticks(),
+                server.thread_ticks(),
+            );
             let load = handle.finish().await?;
             (load, sample)
         }
         None => {
             let load = handle.finish().await?;
-            let sample = (server.cpu_ticks()?, own_cpu_ticks(), machine_busy_ticks(), server.thread_ticks());
+            let sample = (
+                server.cpu_ticks()?,
+                own_cpu_ticks(),
+                machine_busy_ticks(),
+                server.thread_ticks(),
+            );
             (load, sample)
         }
     };
@@ -242,14 +279,24 @@ fn push_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, title: &str, m: &Meas
             "≥ 20,000 /s",
             rate >= TARGET_RATE,
         ));
-        rows.push(Row::check("  latency p50 / p99 / max", lat, "p99 ≤ 2 ms", p99 <= TARGET_P99 && l.ok > 0));
+        rows.push(Row::check(
+            "  latency p50 / p99 / max",
+            lat,
+            "p99 ≤ 2 ms",
+            p99 <= TARGET_P99 && l.ok > 0,
+        ));
         rows.push(Row::check(
             "  server CPU per verification",
             cpu,
             "≤ 30 µs",
             per <= TARGET_CPU && l.ok > 0,
         ));
-        rows.push(Row::check("  errors (non-200 or valid=false)", l.errors.to_string(), "0", l.errors == 0));
+        rows.push(Row::check(
+            "  errors (non-200 or valid=false)",
+            l.errors.to_string(),
+            "0",
+            l.errors == 0,
+        ));
     } else {
         rows.push(Row::info("  verifications per second", format!("{rate:.0} /s")));
         rows.push(Row::info("  latency p50 / p99 / max", lat));
@@ -267,7 +314,11 @@ fn push_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, title: &str, m: &Meas
         ),
     ));
     if !l.first_errors.is_empty() {
-        notes.push(format!("{title}: {} error(s), e.g.: {}", l.errors, l.first_errors.join(" | ")));
+        notes.push(format!(
+            "{title}: {} error(s), e.g.: {}",
+            l.errors,
+            l.first_errors.join(" | ")
+        ));
     }
 }
 
@@ -289,11 +340,7 @@ fn machine_busy_ticks() -> u64 {
     let Some(line) = stat.lines().next() else {
         return 0;
     };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     v.iter()
         .take(8)
@@ -344,7 +391,9 @@ async fn seed(args: &VerifyArgs, plan: &ServerPlan, database_url: Option<&str>) 
     let settings = settings_of(plan, database_url)?;
     quarterdeck::data_dir::prepare(&settings.data_dir, database_url.is_none())?;
     let core = app::core(&settings, Deps::default()).await?;
-    core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD).await.map_err(domain)?;
+    core.bootstrap_owner(OWNER_EMAIL, OWNER_PASSWORD)
+        .await
+        .map_err(domain)?;
     let (_, pat) = core
         .create_token_from_cli(
             OWNER_EMAIL,
@@ -364,7 +413,9 @@ async fn seed(args: &VerifyArgs, plan: &ServerPlan, database_url: Option<&str>) 
     // Tenants.
     let n_tenants = args.verify_tenants.max(1);
     let conc = args.verify_seed_concurrency.max(1);
-    progress(&format!("seeding {n_tenants} tenants through Core::create_tenant, {conc} at a time"));
+    progress(&format!(
+        "seeding {n_tenants} tenants through Core::create_tenant, {conc} at a time"
+    ));
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -412,7 +463,9 @@ async fn seed(args: &VerifyArgs, plan: &ServerPlan, database_url: Option<&str>) 
         .collect::<Result<_>>()?;
     let in_tenant = Arc::new(in_tenant);
     let n_keys = args.verify_keys.max(1);
-    progress(&format!("seeding {n_keys} keys through Core::create_api_key, {conc} at a time"));
+    progress(&format!(
+        "seeding {n_keys} keys through Core::create_api_key, {conc} at a time"
+    ));
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();

@@ -18,7 +18,10 @@ pub enum Pick {
     /// Uniformly at random.
     Uniform,
     /// Zipf-distributed ranks (`cdf`), mapped to keys through a fixed shuffle (`keys_by_rank`).
-    Zipf { cdf: Arc<Vec<f64>>, keys_by_rank: Arc<Vec<u32>> },
+    Zipf {
+        cdf: Arc<Vec<f64>>,
+        keys_by_rank: Arc<Vec<u32>>,
+    },
 }
 
 impl Pick {
@@ -140,7 +143,10 @@ async fn drive(spec: LoadSpec, start_at: Instant, end_at: Option<Instant>) -> Re
     let mut tasks = Vec::with_capacity(n);
     for c in 0..n {
         let shared = shared.clone();
-        tasks.push(tokio::spawn(connection(shared, 0x2545_f491_4f6c_dd1d ^ (c as u64 + 1) * 0x9e37_79b9)));
+        tasks.push(tokio::spawn(connection(
+            shared,
+            0x2545_f491_4f6c_dd1d ^ (c as u64 + 1) * 0x9e37_79b9,
+        )));
     }
     let mut load = Load {
         ok: 0,
@@ -205,7 +211,9 @@ fn pick(shared: &Shared, rng: &mut Rng) -> Option<usize> {
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    let s = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     Ok(s)
 }
@@ -215,7 +223,14 @@ async fn connection(shared: Arc<Shared>, seed: u64) -> Result<ConnStats> {
     let mut stats = ConnStats::default();
     let mut stream = connect(shared.spec.addr).await?;
     // All connections open before the first request.
-    tokio::time::sleep_until(shared.start_at.checked_sub(shared.spec.warmup).unwrap_or(shared.start_at).into()).await;
+    tokio::time::sleep_until(
+        shared
+            .start_at
+            .checked_sub(shared.spec.warmup)
+            .unwrap_or(shared.start_at)
+            .into(),
+    )
+    .await;
     let mut req: Vec<u8> = Vec::with_capacity(shared.head.len() + 256);
     let mut buf: Vec<u8> = vec![0; 16 * 1024];
     let measuring_from = shared.start_at;
@@ -239,7 +254,11 @@ async fn connection(shared: Arc<Shared>, seed: u64) -> Result<ConnStats> {
         let t1 = Instant::now();
         let counted = t0 >= measuring_from && shared.end_at.is_none_or(|end| t1 <= end);
         let failure = match outcome {
-            Ok(Answer { status: 200, valid: true, .. }) => None,
+            Ok(Answer {
+                status: 200,
+                valid: true,
+                ..
+            }) => None,
             Ok(a) => Some(format!(
                 "status {}: {}",
                 a.status,
