@@ -8,6 +8,9 @@
 //! the links left pending in the outbox (per second, p50/p99, server CPU per registration against
 //! one hash).
 //!
+//! The `verify` phase (`verify.rs`) seeds tenants and API keys through the product's own code
+//! and measures `POST /v1/data-plane/keys/verify` with a lean keep-alive load generator.
+//!
 //! Server CPU is read from `/proc/<pid>/stat` (utime + stime) before and after each phase;
 //! memory from `/proc/<pid>/status` (VmRSS, VmHWM). Linux only.
 //!
@@ -30,6 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, watch};
+
+#[path = "quarterdeck-bench/verify.rs"]
+mod verify;
+#[path = "quarterdeck-bench/verify_load.rs"]
+mod verify_load;
 
 const OWNER_EMAIL: &str = "bench-owner@example.com";
 const OWNER_PASSWORD: &str = "bench-owner-password-1234";
@@ -63,6 +71,15 @@ impl Backend {
             Backend::Postgres => Duration::from_millis(150),
         }
     }
+}
+
+/// A part of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Start-up, sign-ins, console pages, tenant creation, invitations, registrations.
+    Console,
+    /// Data-plane key verification (100k keys in 1k tenants by default).
+    Verify,
 }
 
 #[derive(Parser)]
@@ -105,6 +122,11 @@ struct Cli {
     /// Argon2id hashes measured in this process (the median is the reference).
     #[arg(long, default_value_t = 10)]
     hash_samples: usize,
+    /// The phases to run, comma-separated (`--only verify` runs the verification alone).
+    #[arg(long, alias = "only", value_enum, value_delimiter = ',', default_values_t = [Phase::Console, Phase::Verify])]
+    phases: Vec<Phase>,
+    #[command(flatten)]
+    verify: verify::VerifyArgs,
 }
 
 #[tokio::main]
@@ -129,31 +151,64 @@ async fn bench(cli: Cli) -> Result<()> {
             server_bin.display()
         );
     }
-    let pg = match cli.backend {
+    let admin_url = match cli.backend {
         Backend::Sqlite => None,
-        Backend::Postgres => {
-            let url = cli
-                .database_url
+        Backend::Postgres => Some(
+            cli.database_url
                 .as_deref()
-                .context("--backend postgres needs --database-url URL (an admin database)")?;
-            Some(PgScratch::create(url).await?)
+                .context("--backend postgres needs --database-url URL (an admin database)")?,
+        ),
+    };
+    let tck = clock_ticks_per_second();
+    let machine = Machine::read();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut failure = None;
+    for phase in [Phase::Console, Phase::Verify] {
+        if !cli.phases.contains(&phase) {
+            continue;
         }
-    };
-    // On Ctrl-C or SIGTERM the run is dropped, which kills the server; the databases are
-    // dropped below either way.
-    let result = tokio::select! {
-        r = run(&cli, &server_bin, pg.as_ref().map(|p| p.url.as_str())) => r,
-        () = interrupted() => Err(anyhow!("interrupted")),
-    };
-    if let Some(pg) = pg {
-        match pg.drop_all().await {
-            Ok(n) => progress(&format!("dropped {n} benchmark database(s)")),
-            Err(e) => eprintln!("quarterdeck-bench: warning: could not drop the databases: {e:#}"),
+        // Each phase on its own fresh database (PostgreSQL: created here, dropped after it).
+        let pg = match admin_url {
+            Some(url) => Some(PgScratch::create(url).await?),
+            None => None,
+        };
+        let url = pg.as_ref().map(|p| p.url.as_str());
+        // On Ctrl-C or SIGTERM the phase is dropped, which kills the server; the databases
+        // are dropped below either way.
+        let result = tokio::select! {
+            r = async {
+                match phase {
+                    Phase::Console => run(&cli, &server_bin, url, &machine, tck, &mut rows, &mut notes).await,
+                    Phase::Verify => verify::run(&cli.verify, cli.backend, &server_bin, url, tck, &mut rows, &mut notes).await,
+                }
+            } => r,
+            () = interrupted() => Err(anyhow!("interrupted")),
+        };
+        if let Some(pg) = pg {
+            let t = Instant::now();
+            match pg.drop_all().await {
+                Ok(n) => progress(&format!(
+                    "dropped {n} benchmark database(s) in {}",
+                    fmt_secs(t.elapsed())
+                )),
+                Err(e) => eprintln!("quarterdeck-bench: warning: could not drop the databases: {e:#}"),
+            }
+        }
+        if let Err(e) = result {
+            failure = Some(e);
+            break;
         }
     }
-    let report = result?;
-    print!("{report}");
-    Ok(())
+    notes.push(format!(
+        "server CPU from /proc/<pid>/stat at {tck} ticks/s; the load generator runs on the same {} core(s)",
+        machine.cores
+    ));
+    print!("{}", render_report(&cli, &machine, &rows, &notes));
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 async fn interrupted() {
@@ -177,12 +232,15 @@ fn progress(msg: &str) {
 
 // ---- the run ------------------------------------------------------------------------------
 
-async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result<String> {
-    let tck = clock_ticks_per_second();
-    let machine = Machine::read();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-
+async fn run(
+    cli: &Cli,
+    server_bin: &Path,
+    database_url: Option<&str>,
+    machine: &Machine,
+    tck: u64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     // Start-up.
     progress(&format!(
         "starting {} serve ({})",
@@ -469,10 +527,6 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
     rows.push(Row::info("peak RSS since the sign-in burst", fmt_mib(final_peak)));
 
     server.stop();
-    notes.push(format!(
-        "server CPU from /proc/<pid>/stat at {tck} ticks/s; the load generator runs on the same {} core(s)",
-        machine.cores
-    ));
     notes.push(
         "a sign-in is POST /login (the GET /login for its form and cookie happens before the clock starts)".to_owned(),
     );
@@ -480,7 +534,7 @@ async fn run(cli: &Cli, server_bin: &Path, database_url: Option<&str>) -> Result
         "CPU per sign-in / one hash divides by the hash's median CPU time (its wall time on an idle machine)"
             .to_owned(),
     );
-    Ok(render_report(cli, &machine, &rows, &notes))
+    Ok(())
 }
 
 // ---- the server under test ------------------------------------------------------------------
@@ -499,8 +553,20 @@ struct Server {
     started: Instant,
 }
 
-impl Server {
-    fn spawn(bin: &Path, database_url: Option<&str>) -> Result<Self> {
+/// A server's directory, address and settings, before it starts (the verify phase seeds its
+/// database in between).
+struct ServerPlan {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    addr: SocketAddr,
+    env: Vec<(&'static str, OsString)>,
+    log: PathBuf,
+    base: String,
+}
+
+impl ServerPlan {
+    fn new(bin: &Path, database_url: Option<&str>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("quarterdeck-bench-{}", uuid::Uuid::new_v4().simple()));
         let data = dir.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -508,9 +574,6 @@ impl Server {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let base = format!("http://localhost:{port}");
         let log = dir.join("server.log");
-        let out = File::create(&log)?;
-        let err = out.try_clone()?;
-
         let mut env: Vec<(&'static str, OsString)> = vec![
             ("QUARTERDECK_LISTEN", addr.to_string().into()),
             ("QUARTERDECK_BASE_URL", base.clone().into()),
@@ -524,25 +587,48 @@ impl Server {
         if let Some(url) = database_url {
             env.push(("QUARTERDECK_DATABASE_URL", url.into()));
         }
-        let mut cmd = settings_command(bin, &dir, &env);
+        Ok(Self {
+            bin: bin.to_owned(),
+            dir,
+            data,
+            addr,
+            env,
+            log,
+            base,
+        })
+    }
+
+    /// Start `quarterdeck serve` with these settings.
+    fn start(self) -> Result<Server> {
+        let out = File::create(&self.log)?;
+        let err = out.try_clone()?;
+        let mut cmd = settings_command(&self.bin, &self.dir, &self.env);
         cmd.arg("serve")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let started = Instant::now();
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
         let pid = child.id();
-        Ok(Self {
+        Ok(Server {
             child,
             pid,
-            bin: bin.to_owned(),
-            dir,
-            data,
-            env,
-            log,
-            base,
+            bin: self.bin,
+            dir: self.dir,
+            data: self.data,
+            env: self.env,
+            log: self.log,
+            base: self.base,
             started,
         })
+    }
+}
+
+impl Server {
+    fn spawn(bin: &Path, database_url: Option<&str>) -> Result<Self> {
+        ServerPlan::new(bin, database_url)?.start()
     }
 
     /// Run `quarterdeck <args>` with the server's settings; its standard output.
