@@ -379,12 +379,13 @@ fn domain(e: quarterdeck_domain::Error) -> anyhow::Error {
 
 /// The server's settings as `quarterdeck serve` will read them from the plan's environment.
 fn settings_of(plan: &ServerPlan, database_url: Option<&str>) -> Result<Settings> {
-    let mut s = Settings::default();
-    s.listen = plan.addr;
-    s.base_url = url::Url::parse(&plan.base)?;
-    s.data_dir = plan.data.clone();
-    s.database_url = database_url.map(str::to_owned);
-    Ok(s)
+    Ok(Settings {
+        listen: plan.addr,
+        base_url: url::Url::parse(&plan.base)?,
+        data_dir: plan.data.clone(),
+        database_url: database_url.map(str::to_owned),
+        ..Settings::default()
+    })
 }
 
 async fn seed(args: &VerifyArgs, plan: &ServerPlan, database_url: Option<&str>) -> Result<Seeded> {

@@ -145,7 +145,7 @@ async fn drive(spec: LoadSpec, start_at: Instant, end_at: Option<Instant>) -> Re
         let shared = shared.clone();
         tasks.push(tokio::spawn(connection(
             shared,
-            0x2545_f491_4f6c_dd1d ^ (c as u64 + 1) * 0x9e37_79b9,
+            0x2545_f491_4f6c_dd1d ^ ((c as u64 + 1) * 0x9e37_79b9),
         )));
     }
     let mut load = Load {
