@@ -160,14 +160,7 @@ impl NewApiKey {
     /// Every bad field at once.
     pub fn parse(req: &NewApiKeyRequest, policy: &ApiKeyPolicy) -> Result<Self> {
         let mut p = Problems::new();
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            p.push(FieldError::new(
-                "name",
-                "invalid_name",
-                "Name the key (at most 100 characters).",
-            ));
-        }
+        let name = crate::fields::name(&mut p, &req.name, "key");
         let mut scopes: Vec<String> = Vec::new();
         for s in &req.scopes {
             let s = s.trim();
@@ -186,20 +179,7 @@ impl NewApiKey {
         if req.scopes.is_empty() {
             p.push(FieldError::new("scopes", "invalid_scope", "Choose at least one scope."));
         }
-        let expires_in = match req.expires_in_days.trim() {
-            "" => None,
-            raw => match raw.parse::<i64>() {
-                Ok(d) if (1..=3650).contains(&d) => Some(Duration::days(d)),
-                _ => {
-                    p.push(FieldError::new(
-                        "expires_in_days",
-                        "invalid_expiry",
-                        "Choose an expiry between 1 and 3650 days, or none.",
-                    ));
-                    None
-                }
-            },
-        };
+        let expires_in = crate::fields::optional_expiry(&mut p, &req.expires_in_days);
         let requests_per_minute = match req.requests_per_minute.trim() {
             "" => None,
             raw => match raw.parse::<u32>() {
@@ -216,7 +196,7 @@ impl NewApiKey {
         };
         p.finish()?;
         Ok(Self {
-            name: name.to_owned(),
+            name,
             scopes,
             expires_in,
             requests_per_minute,

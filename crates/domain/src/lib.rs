@@ -13,6 +13,7 @@ pub mod clock;
 pub mod core;
 pub mod email;
 pub mod error;
+pub mod fields;
 pub mod ids;
 pub mod impersonation;
 pub mod mail;

@@ -97,14 +97,7 @@ impl NewServiceToken {
     /// Every bad field at once; `regions` are the configured ones.
     pub fn parse(req: &NewServiceTokenRequest, regions: &[String]) -> Result<Self> {
         let mut p = Problems::new();
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            p.push(FieldError::new(
-                "name",
-                "invalid_name",
-                "Name the token (at most 100 characters).",
-            ));
-        }
+        let name = crate::fields::name(&mut p, &req.name, "token");
         let mut scopes = Vec::new();
         for s in &req.scopes {
             match ServiceScope::parse(s) {
@@ -135,23 +128,10 @@ impl NewServiceToken {
                 None
             }
         };
-        let expires_in = match req.expires_in_days.trim() {
-            "" => None,
-            raw => match raw.parse::<i64>() {
-                Ok(d) if (1..=3650).contains(&d) => Some(Duration::days(d)),
-                _ => {
-                    p.push(FieldError::new(
-                        "expires_in_days",
-                        "invalid_expiry",
-                        "Choose an expiry between 1 and 3650 days, or none.",
-                    ));
-                    None
-                }
-            },
-        };
+        let expires_in = crate::fields::optional_expiry(&mut p, &req.expires_in_days);
         p.finish()?;
         Ok(Self {
-            name: name.to_owned(),
+            name,
             scopes,
             region,
             expires_in,

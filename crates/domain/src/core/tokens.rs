@@ -93,14 +93,7 @@ impl Core {
         // suspended one, like every other.
         self.writable_tenant(Directory::of(user.tenant_id)).await?;
         let mut p = Problems::new();
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            p.push(crate::error::FieldError::new(
-                "name",
-                "invalid_name",
-                "Name the token (at most 100 characters).",
-            ));
-        }
+        let name = crate::fields::name(&mut p, &req.name, "token");
         let scope = p.check(TokenScope::parse(&req.scope));
         let days = match req.expires_in_days.trim().parse::<i64>() {
             Ok(d) if (1..=365).contains(&d) => Some(d),
@@ -135,7 +128,7 @@ impl Core {
         let now = self.clock.now();
         let pat = PersonalAccessToken {
             id: Uuid::now_v7(),
-            name: name.to_owned(),
+            name,
             scope,
             owner_id: user.id,
             owner_email: user.email.to_string(),
