@@ -260,6 +260,15 @@ permission!(
     ManageServiceTokens => Capability::PlatformConfig
 );
 
+permission!(
+    /// Usage and cost across tenants (the console's Billing view).
+    ViewBilling => Capability::BillingRead
+);
+permission!(
+    /// Set and remove tenants' budgets: the owner and the billing-admin.
+    ManageBudgets => Capability::BillingManage
+);
+
 /// A permission over one tenant's data-plane resources (API keys, provider credentials).
 /// Which capability it takes depends on who asks: see [`Principal::require_for_tenant`].
 pub trait TenantPermission {
@@ -303,6 +312,19 @@ impl TenantPermission for ManageProviderCredentials {
             Capability::TenantConfig
         } else {
             Capability::TenantsManage
+        }
+    }
+}
+
+/// See a tenant's usage, cost and budget: in the tenant, its admins (`tenant:config`); on the
+/// platform, the owner and the billing-admin (`billing:read`).
+pub struct ReadUsage;
+impl TenantPermission for ReadUsage {
+    fn capability(own_tenant: bool) -> Capability {
+        if own_tenant {
+            Capability::TenantConfig
+        } else {
+            Capability::BillingRead
         }
     }
 }

@@ -242,6 +242,8 @@ pub struct KeyRecord {
     /// When this secret stops working (a roll's grace end), if it was replaced.
     pub secret_not_after: Option<OffsetDateTime>,
     pub tenant: TenantSnapshot,
+    /// Until when the tenant's hard budget limit stops its keys, if it does.
+    pub budget_block: Option<OffsetDateTime>,
 }
 
 /// Why a key does not verify (the `code` of `{"valid": false}`).
@@ -252,6 +254,7 @@ pub enum Refusal {
     Expired,
     Revoked,
     TenantSuspended,
+    BudgetExceeded,
     RateLimited,
 }
 
@@ -262,6 +265,7 @@ impl Refusal {
             Self::Expired => "expired",
             Self::Revoked => "revoked",
             Self::TenantSuspended => "tenant_suspended",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::RateLimited => "rate_limited",
         }
     }
@@ -269,7 +273,7 @@ impl Refusal {
 
 impl KeyRecord {
     /// The key's own verdict at `now`, before any rate limit: a revoked key, then an expired
-    /// key or a replaced secret past its grace, then the tenant's status.
+    /// key or a replaced secret past its grace, then the tenant's status, then a hard budget limit reached this month.
     pub fn judge(&self, now: OffsetDateTime) -> std::result::Result<(), Refusal> {
         if self.tenant.deleted {
             return Err(Refusal::Unknown);
@@ -285,6 +289,9 @@ impl KeyRecord {
         }
         if self.tenant.status == TenantStatus::Suspended {
             return Err(Refusal::TenantSuspended);
+        }
+        if self.budget_block.is_some_and(|until| now < until) {
+            return Err(Refusal::BudgetExceeded);
         }
         Ok(())
     }

@@ -59,10 +59,14 @@ pub enum EventType {
     ProviderCredentialSet,
     ProviderCredentialDeleted,
     ProviderCredentialRead,
+    BudgetSet,
+    BudgetRemoved,
+    BudgetThresholdReached,
+    BudgetExceeded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 38] = [
+    pub const ALL: [EventType; 42] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -101,6 +105,10 @@ impl EventType {
         Self::ProviderCredentialSet,
         Self::ProviderCredentialDeleted,
         Self::ProviderCredentialRead,
+        Self::BudgetSet,
+        Self::BudgetRemoved,
+        Self::BudgetThresholdReached,
+        Self::BudgetExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +151,10 @@ impl EventType {
             Self::ProviderCredentialSet => "PROVIDER_CREDENTIAL_SET",
             Self::ProviderCredentialDeleted => "PROVIDER_CREDENTIAL_DELETED",
             Self::ProviderCredentialRead => "PROVIDER_CREDENTIAL_READ",
+            Self::BudgetSet => "BUDGET_SET",
+            Self::BudgetRemoved => "BUDGET_REMOVED",
+            Self::BudgetThresholdReached => "BUDGET_THRESHOLD_REACHED",
+            Self::BudgetExceeded => "BUDGET_EXCEEDED",
         }
     }
 

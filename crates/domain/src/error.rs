@@ -73,6 +73,18 @@ pub enum Error {
     /// 429: too many attempts; try again after the given number of seconds.
     #[error("Too many attempts. Try again in {retry_after_secs} seconds.")]
     Throttled { retry_after_secs: u64 },
+    /// 400: the request as a whole cannot be read (not JSON, not the expected shape).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 413: the request holds more than a limit allows (e.g. events in a batch).
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// 415: the body's media type is not one this endpoint reads.
+    #[error("{message}")]
+    Unsupported { code: &'static str, message: String },
+    /// 429: a caller's rate limit is spent; try again after the given number of seconds.
+    #[error("Rate limit reached. Try again in {retry_after_secs} seconds.")]
+    RateLimited { retry_after_secs: u64 },
     /// 503: the server is busy (e.g. the password-hashing queue is full).
     #[error("The server is busy. Try again shortly.")]
     Busy,
@@ -100,6 +112,8 @@ impl Error {
             Error::SsoOnly => "sso_only",
             Error::SsoFailed(_) => "sso_failed",
             Error::Throttled { .. } => "too_many_attempts",
+            Error::BadRequest { code, .. } | Error::TooLarge { code, .. } | Error::Unsupported { code, .. } => code,
+            Error::RateLimited { .. } => "rate_limited",
             Error::Busy => "busy",
             Error::Internal(_) => "internal",
         }

@@ -48,6 +48,8 @@ pub enum Capability {
     PlatformConfig,
     /// Billing and usage views.
     BillingRead,
+    /// Set tenants' budgets.
+    BillingManage,
     /// Inside a tenant: see the tenant and its members.
     TenantRead,
     /// Inside a tenant: invite and manage the tenant's users and their roles.
@@ -72,6 +74,7 @@ const NAMED: &[(&str, Capability)] = &[
     ("settings:read", Capability::SettingsRead),
     ("platform:config", Capability::PlatformConfig),
     ("billing:read", Capability::BillingRead),
+    ("billing:manage", Capability::BillingManage),
     ("tenant:read", Capability::TenantRead),
     ("tenant:users:manage", Capability::TenantUsersManage),
     ("tenant:config", Capability::TenantConfig),
@@ -180,6 +183,7 @@ fn platform_roles() -> Vec<Role> {
                 SettingsRead,
                 PlatformConfig,
                 BillingRead,
+                BillingManage,
             ],
         ),
         Role::new(
@@ -191,8 +195,8 @@ fn platform_roles() -> Vec<Role> {
         Role::new(
             "billing-admin",
             Scope::Platform,
-            "Billing and usage views; no user or tenant changes.",
-            &[TenantsRead, BillingRead],
+            "Billing and usage views, and tenants' budgets; no user or tenant changes.",
+            &[TenantsRead, BillingRead, BillingManage],
         ),
     ]
 }

@@ -403,6 +403,109 @@ pub trait DataPlaneStore: Send + Sync {
     async fn record_credential_reads(&self, tally: &CredentialReads, event: NewEvent) -> Result<bool>;
 }
 
+/// What one sweep did in one tenant's database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Events inserted (not seen before).
+    pub inserted: u64,
+    /// The tenant's totals, after the sweep, for each month the entries touched.
+    pub months: Vec<(crate::usage::Month, Vec<crate::usage::MeterTotal>)>,
+}
+
+/// Usage: the per-region ingestion journal, the tenant databases' raw events and rollups,
+/// the control database's monthly summary, and budgets.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// What each id stands for, for ingestion: a live tenant, or an API key of one (its
+    /// tenant's region and status). Unknown ids and deleted tenants are absent. One query.
+    async fn usage_subjects(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, crate::usage::UsageSubject)>>;
+    /// Append accepted events to the region's journal, in one transaction.
+    async fn journal_append(&self, region: &str, entries: &[crate::usage::JournalEntry]) -> Result<()>;
+    /// The region's oldest `limit` journal entries with their sequence numbers.
+    async fn journal_take(&self, region: &str, limit: u32) -> Result<Vec<(i64, crate::usage::JournalEntry)>>;
+    /// Delete these entries (after they were applied).
+    async fn journal_delete(&self, region: &str, seqs: &[i64]) -> Result<()>;
+    /// How many entries wait in the region's journal, and when the oldest was received.
+    async fn journal_backlog(&self, region: &str) -> Result<(u64, Option<OffsetDateTime>)>;
+    /// Take or renew the region's sweep lease for `holder` until `until`; `false` while another
+    /// holder's lease is live.
+    async fn claim_sweep(
+        &self,
+        region: &str,
+        holder: uuid::Uuid,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Everything the region received before `through` is in the tenants' databases.
+    async fn set_swept_through(&self, region: &str, holder: uuid::Uuid, through: OffsetDateTime) -> Result<()>;
+    async fn swept_through(&self, region: &str) -> Result<Option<OffsetDateTime>>;
+
+    /// In the tenant's database, in one transaction: insert the entries not seen before (by
+    /// source and id) and fold those into the hourly rollups; then read the tenant's totals
+    /// for every month the entries touch.
+    async fn apply_usage(
+        &self,
+        tenant: TenantId,
+        entries: &[crate::usage::JournalEntry],
+        meters: &crate::usage::MeterCatalog,
+    ) -> Result<Applied>;
+    /// The tenant's rollups with `from <= hour < to`.
+    async fn usage_rollups(
+        &self,
+        tenant: TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<crate::usage::Rollup>>;
+    /// The tenant's totals per meter and dimension values with `from <= hour < to`.
+    async fn usage_totals(
+        &self,
+        tenant: TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        meters: &crate::usage::MeterCatalog,
+    ) -> Result<Vec<crate::usage::MeterTotal>>;
+    /// Drop the tenant's raw events older than `before` (rollups stay).
+    async fn prune_usage_events(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64>;
+    /// How many raw events the tenant's database holds (the benchmark's exactly-once count).
+    async fn usage_event_count(&self, tenant: TenantId) -> Result<u64>;
+
+    /// Replace the monthly summary of each (month, tenant) given, in one transaction.
+    async fn put_usage_months(
+        &self,
+        rows: &[(crate::usage::Month, TenantId, Vec<crate::usage::MeterTotal>)],
+    ) -> Result<()>;
+    /// Every tenant's totals for a month.
+    async fn usage_month(&self, month: crate::usage::Month) -> Result<Vec<(TenantId, crate::usage::MeterTotal)>>;
+    /// One tenant's totals for a month.
+    async fn usage_month_of(
+        &self,
+        month: crate::usage::Month,
+        tenant: TenantId,
+    ) -> Result<Vec<crate::usage::MeterTotal>>;
+
+    /// Set the tenant's budget (under the writable-tenant check: none), forget this month's
+    /// crossings and any block, and note the tenant in the change feed, with its event.
+    async fn put_budget(&self, budget: &crate::budget::Budget, month: &str, event: NewEvent) -> Result<()>;
+    /// Remove the budget (and any block), with its event; `false` if there was none.
+    async fn delete_budget(&self, tenant: TenantId, event: NewEvent) -> Result<bool>;
+    async fn budget(&self, tenant: TenantId) -> Result<Option<crate::budget::Budget>>;
+    async fn budgets(&self) -> Result<Vec<crate::budget::Budget>>;
+    /// Until when the tenant's keys are stopped by its hard limit, if they are.
+    async fn budget_block(&self, tenant: TenantId) -> Result<Option<OffsetDateTime>>;
+    /// Record a crossing once per tenant and month: the event, the emails and (with
+    /// `block_until`) the block and a change-feed entry, in one transaction. `false` if it was
+    /// already recorded (by this or another node).
+    async fn record_budget_crossing(
+        &self,
+        tenant: TenantId,
+        month: &str,
+        crossing: crate::budget::Crossing,
+        block_until: Option<OffsetDateTime>,
+        emails: &[Email],
+        event: NewEvent,
+    ) -> Result<bool>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
     TenantStore
@@ -414,6 +517,7 @@ pub trait Store:
     + TokenStore
     + SsoStore
     + DataPlaneStore
+    + UsageStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

@@ -34,6 +34,7 @@ fn record(key: Uuid, tenant: Uuid, rpm: Option<u32>) -> KeyRecord {
             region: Region::from_stored("eu-west".into()),
             deleted: false,
         },
+        budget_block: None,
     }
 }
 

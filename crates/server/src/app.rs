@@ -104,6 +104,9 @@ pub async fn core_with_key(
         secret_key,
         api_keys: settings.api_key_policy()?,
         providers: settings.provider_catalog()?,
+        meters: settings.usage_catalogs()?.0,
+        pricing: settings.usage_catalogs()?.1,
+        usage: settings.usage_policy(),
     };
     Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
 }
@@ -208,14 +211,16 @@ impl App {
             crate::audit::checkpoint_dir(&self.settings),
             time::Duration::minutes(i64::from(self.settings.audit_checkpoint_minutes)),
         ));
-        let (feed, flushes) = (
+        let (feed, flushes, sweeper) = (
             tokio::spawn(verifier_feed(self.core.clone())),
             tokio::spawn(verifier_flushes(self.core.clone())),
+            tokio::spawn(usage_sweeper(self.core.clone())),
         );
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
         drop(self.data_dir_lock);
         feed.abort();
         flushes.abort();
+        sweeper.abort();
         housekeeping.abort();
         outbox.abort();
         checkpoints.abort();
@@ -249,6 +254,37 @@ async fn housekeeping(core: Arc<Core>) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
+        }
+        match core.prune_usage().await {
+            Ok(n) if n > 0 => tracing::info!(events = n, "dropped raw usage events past retention"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dropping raw usage events past retention failed"),
+        }
+    }
+}
+
+/// How often the usage journals are swept into the tenants' databases.
+const SWEEP_TICK: Duration = Duration::from_millis(250);
+
+/// Moves accepted usage from each region's journal into the tenants' databases (a sweep
+/// reads until the journal is drained; only the node holding a region's lease sweeps it).
+async fn usage_sweeper(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(SWEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match core.sweep_all_usage().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("usage sweeps work again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "sweeping the usage journal failed; the entries stay for the next sweep");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -107,6 +107,20 @@ pub struct Settings {
     /// The providers tenants store credentials for (`[[providers]]` tables: id, name, fields
     /// with name, label, secret, required). Default: OpenAI and Anthropic.
     pub providers: Vec<quarterdeck_domain::provider::Provider>,
+    /// What usage events are counted by (`[[meters]]` tables: type, name, value, aggregation
+    /// sum/count/max, dimensions, unit). Default: `llm.tokens` (sum of `tokens`, by `model`)
+    /// and `api.requests` (count, by `endpoint`).
+    pub meters: Vec<quarterdeck_domain::usage::Meter>,
+    /// The price book (`[pricing]`: currency, minor_units, `[[pricing.prices]]` with meter,
+    /// when, unit_price in minor units, per, tiers).
+    pub pricing: quarterdeck_domain::pricing::PricingSettings,
+    /// Days raw usage events are kept in the tenant's database (hourly rollups are kept
+    /// forever); also how far back an event may be dated, less a day. At least 8.
+    pub usage_raw_retention_days: u32,
+    /// Most events in one usage batch.
+    pub usage_max_batch_events: usize,
+    /// Usage events per second one service token may send to one node (twice that in a burst).
+    pub usage_events_per_second: u32,
 }
 
 impl Default for Settings {
@@ -161,6 +175,11 @@ impl Default for Settings {
             providers: quarterdeck_domain::provider::ProviderCatalog::default()
                 .providers()
                 .to_vec(),
+            meters: quarterdeck_domain::usage::MeterCatalog::defaults(),
+            pricing: default_pricing(),
+            usage_raw_retention_days: 35,
+            usage_max_batch_events: 1000,
+            usage_events_per_second: 200_000,
         }
     }
 }
@@ -217,7 +236,37 @@ pub const KEYS: &[(&str, bool)] = &[
     ("api_key_prefix", false),
     ("api_key_scopes", false),
     ("providers", false),
+    ("meters", false),
+    ("pricing", false),
+    ("usage_raw_retention_days", false),
+    ("usage_max_batch_events", false),
+    ("usage_events_per_second", false),
 ];
+
+/// The default price book: USD 2.50 per million LLM tokens, USD 0.10 per thousand requests.
+fn default_pricing() -> quarterdeck_domain::pricing::PricingSettings {
+    use quarterdeck_domain::pricing::{Price, PricingSettings};
+    PricingSettings {
+        currency: "USD".to_owned(),
+        minor_units: 100,
+        prices: vec![
+            Price {
+                meter: "llm.tokens".to_owned(),
+                when: Default::default(),
+                unit_price: 250,
+                per: 1_000_000,
+                tiers: Default::default(),
+            },
+            Price {
+                meter: "api.requests".to_owned(),
+                when: Default::default(),
+                unit_price: 10,
+                per: 1_000,
+                tiers: Default::default(),
+            },
+        ],
+    }
+}
 
 /// Variables with the prefix that are not settings but are known (not warned about).
 const OTHER_VARS: &[&str] = &["CONFIG", "LOG"];
@@ -289,6 +338,31 @@ impl Settings {
         }
         if self.regions.is_empty() {
             bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
+        }
+        for r in &self.regions {
+            if r.is_empty()
+                || r.len() > 32
+                || !r.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                bail!(
+                    "regions (QUARTERDECK_REGIONS): {r:?} must be 1 to 32 lowercase letters, digits and hyphens, starting with a letter or digit"
+                );
+            }
+        }
+        self.usage_catalogs()?;
+        if self.usage_raw_retention_days < 8 {
+            bail!(
+                "usage_raw_retention_days (QUARTERDECK_USAGE_RAW_RETENTION_DAYS) must be at least 8: duplicates are recognised for as long as raw events are kept, and that must be at least 7 days"
+            );
+        }
+        if !(1..=10_000).contains(&self.usage_max_batch_events) {
+            bail!("usage_max_batch_events (QUARTERDECK_USAGE_MAX_BATCH_EVENTS) must be between 1 and 10000");
+        }
+        if self.usage_events_per_second == 0 {
+            bail!("usage_events_per_second (QUARTERDECK_USAGE_EVENTS_PER_SECOND) must be at least 1");
         }
         if self.database_max_connections < 4 {
             bail!(
@@ -384,6 +458,34 @@ impl Settings {
 
     /// The role catalog: built-in, or the platform roles plus `roles_file`'s tenant roles.
     /// The API key prefix and scope catalog, checked.
+    /// The meters and the price book, checked against each other.
+    pub fn usage_catalogs(
+        &self,
+    ) -> Result<(
+        quarterdeck_domain::usage::MeterCatalog,
+        quarterdeck_domain::pricing::PriceBook,
+    )> {
+        let meters =
+            quarterdeck_domain::usage::MeterCatalog::new(self.meters.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pricing = quarterdeck_domain::pricing::PriceBook::new(self.pricing.clone(), &meters)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((meters, pricing))
+    }
+
+    /// How usage is taken in and kept.
+    pub fn usage_policy(&self) -> quarterdeck_domain::core::UsagePolicy {
+        let days = i64::from(self.usage_raw_retention_days);
+        quarterdeck_domain::core::UsagePolicy {
+            raw_retention: time::Duration::days(days),
+            limits: quarterdeck_domain::usage::IngestLimits {
+                max_batch: self.usage_max_batch_events,
+                max_age: time::Duration::days(days - 1),
+                max_skew: time::Duration::minutes(5),
+            },
+            events_per_second: self.usage_events_per_second,
+        }
+    }
+
     pub fn api_key_policy(&self) -> Result<quarterdeck_domain::api_key::ApiKeyPolicy> {
         quarterdeck_domain::api_key::ApiKeyPolicy::new(&self.api_key_prefix, self.api_key_scopes.clone())
             .map_err(|e| anyhow::anyhow!("{e} (QUARTERDECK_API_KEY_PREFIX / QUARTERDECK_API_KEY_SCOPES)"))

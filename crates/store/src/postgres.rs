@@ -17,6 +17,9 @@ static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 
 type Ts = time::OffsetDateTime;
 
+/// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
+const GREATEST: &str = "GREATEST";
+
 /// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
 const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
@@ -99,6 +102,12 @@ impl PgStore {
             wait: limits.wait,
             audit_key: None,
         })
+    }
+
+    /// Every region's usage journal is a table in the control database (today all regions'
+    /// tenant databases share this cluster); PostgreSQL serialises its writers itself.
+    async fn journal_pool(&self, _region: &str) -> Result<(PgPool, Option<std::sync::Arc<tokio::sync::Mutex<()>>>)> {
+        Ok((self.pool.clone(), None))
     }
 
     /// PostgreSQL queues writers itself (the audit head's row lock).
@@ -275,6 +284,7 @@ fn retire(control: PgPool, wait: Duration) -> crate::pools::Retire {
 crate::sql::impl_store!(PgStore, Postgres);
 crate::sql_sso::impl_sso_store!(PgStore, Postgres);
 crate::sql_data_plane::impl_data_plane_store!(PgStore, Postgres);
+crate::sql_usage::impl_usage_store!(PgStore, Postgres);
 
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {

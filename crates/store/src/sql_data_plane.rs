@@ -312,8 +312,9 @@ macro_rules! impl_data_plane_store {
             async fn key_for_verification(&self, hash: &TokenHash) -> Result<Option<KeyRecord>> {
                 let sql = format!(
                     "SELECT {API_KEY_COLUMNS}, s.not_after, t.slug AS t_slug, t.status AS t_status, t.tier AS t_tier, \
-                     t.region AS t_region, t.deleted_at AS t_deleted_at \
+                     t.region AS t_region, t.deleted_at AS t_deleted_at, b.until AS budget_until \
                      FROM api_key_secret s JOIN api_key k ON k.id = s.key_id JOIN tenant t ON t.id = k.tenant_id \
+                     LEFT JOIN budget_block b ON b.tenant_id = t.id \
                      WHERE s.secret_hash = $1"
                 );
                 let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -338,6 +339,7 @@ macro_rules! impl_data_plane_store {
                     key,
                     secret_not_after: opt_ts(&r, "not_after")?,
                     tenant,
+                    budget_block: opt_ts(&r, "budget_until")?,
                 }))
             }
 

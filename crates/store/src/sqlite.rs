@@ -12,6 +12,13 @@ use std::time::Duration;
 
 static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/control");
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/tenant");
+static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/journal");
+
+/// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
+const GREATEST: &str = "max";
+
+/// A region's journal: its own file, with one writer at a time queued here.
+type Journal = (SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>);
 
 /// Unix microseconds.
 type Ts = i64;
@@ -37,6 +44,8 @@ pub struct SqliteStore {
     tenants: PoolCache<Sqlite>,
     /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
     audit_key: Option<quarterdeck_domain::audit::AuditKey>,
+    /// Each region's usage journal (`usage/<region>.db`), opened on first use.
+    journals: tokio::sync::Mutex<std::collections::HashMap<String, Journal>>,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -72,7 +81,41 @@ impl SqliteStore {
             // Files, not connections: the only cap is `max_open` pools.
             tenants: PoolCache::new(limits, limits.max_open, None),
             audit_key: None,
+            journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The region's usage journal: `{data_dir}/usage/{region}.db`, created and migrated on
+    /// first use. A file of its own so that ingestion never waits for the control database's
+    /// writer (the audit chain), and so that a region's usage stays in its region's storage.
+    async fn journal_pool(&self, region: &str) -> Result<(SqlitePool, Option<std::sync::Arc<tokio::sync::Mutex<()>>>)> {
+        if region.is_empty()
+            || region.len() > 32
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::Internal(format!(
+                "refusing unsafe region name {region:?} for a journal file"
+            )));
+        }
+        let mut journals = self.journals.lock().await;
+        if let Some((pool, lock)) = journals.get(region) {
+            return Ok((pool.clone(), Some(lock.clone())));
+        }
+        let dir = self.data_dir.join("usage");
+        private_dir(&dir).map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{region}.db"));
+        private_file(&path)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(3)
+            .connect_with(options(&path).create_if_missing(true))
+            .await
+            .map_err(db_err)?;
+        JOURNAL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        journals.insert(region.to_owned(), (pool.clone(), lock.clone()));
+        Ok((pool, Some(lock)))
     }
 
     async fn writer_permit(&self) -> Option<crate::WriterPermit> {
@@ -183,6 +226,7 @@ async fn applied(pool: &SqlitePool) -> usize {
 crate::sql::impl_store!(SqliteStore, Sqlite);
 crate::sql_sso::impl_sso_store!(SqliteStore, Sqlite);
 crate::sql_data_plane::impl_data_plane_store!(SqliteStore, Sqlite);
+crate::sql_usage::impl_usage_store!(SqliteStore, Sqlite);
 
 impl quarterdeck_domain::store::Store for SqliteStore {
     fn backend(&self) -> &'static str {

@@ -23,7 +23,10 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::SsoFailed(_) => StatusCode::UNAUTHORIZED,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::LinkInvalid(_) => StatusCode::GONE,
-        Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::Throttled { .. } | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -42,7 +45,7 @@ fn log_internal(e: &Error) -> Option<String> {
 
 fn retry_after(e: &Error, resp: &mut Response) {
     let secs = match e {
-        Error::Throttled { retry_after_secs } => Some(*retry_after_secs),
+        Error::Throttled { retry_after_secs } | Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
         Error::Busy => Some(1),
         _ => None,
     };

@@ -229,6 +229,9 @@ impl Core {
         loop {
             let changes = self.store.data_plane_changes(after, FEED_PAGE).await?;
             v.apply(&changes);
+            for c in &changes {
+                self.usage.forget(c.kind, c.subject);
+            }
             match changes.last() {
                 Some(last) if changes.len() == FEED_PAGE as usize => after = last.seq,
                 _ => break,

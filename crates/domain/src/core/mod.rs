@@ -4,6 +4,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod billing;
 mod credentials;
 mod data_plane;
 mod impersonation;
@@ -12,12 +13,18 @@ mod setup;
 mod sso;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 
+pub use billing::{
+    BillingOverview, BillingRow, CostLine, CostReport, DayValue, Freshness, MAX_REPORT_DAYS, MeterUsage, MonthCost,
+    Share, UsageReport, UsageRow,
+};
 pub use data_plane::{ServiceCaller, Verification};
 pub use outbox::MAX_ATTEMPTS;
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
+pub use usage::{IngestReport, SweepReport, UsagePolicy};
 pub use users::{InviteRequest, NewUserRequest, UserView};
 
 use crate::access::{Actor, Principal};
@@ -85,6 +92,12 @@ pub struct CoreConfig {
     pub api_keys: crate::api_key::ApiKeyPolicy,
     /// The providers tenants store credentials for.
     pub providers: crate::provider::ProviderCatalog,
+    /// The meters usage events are counted by.
+    pub meters: crate::usage::MeterCatalog,
+    /// The price book cost is computed with.
+    pub pricing: crate::pricing::PriceBook,
+    /// Usage ingestion's limits and the raw events' retention.
+    pub usage: UsagePolicy,
 }
 
 fn plain_invitation(to: &str, inviter: &str, org: &str, link: &str, expires: &str) -> Email {
@@ -131,6 +144,9 @@ impl Default for CoreConfig {
             secret_key: crate::sso::SecretKey::from_bytes([0; 32]),
             api_keys: crate::api_key::ApiKeyPolicy::default(),
             providers: crate::provider::ProviderCatalog::default(),
+            meters: crate::usage::MeterCatalog::default(),
+            pricing: crate::pricing::PriceBook::default(),
+            usage: UsagePolicy::default(),
         }
     }
 }
@@ -183,6 +199,8 @@ pub struct Core {
     sign_in_throttle: SignInThrottle,
     /// The data plane's caches and counters (see [`crate::verifier`]).
     verifier: crate::verifier::Verifier,
+    /// Usage ingestion's per-node state (see [`usage`]).
+    usage: usage::UsageState,
 }
 
 impl Core {
@@ -201,6 +219,7 @@ impl Core {
             config,
             sign_in_throttle: SignInThrottle::default(),
             verifier: crate::verifier::Verifier::new(),
+            usage: usage::UsageState::default(),
         }
     }
 

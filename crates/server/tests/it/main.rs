@@ -50,3 +50,4 @@ mod sso;
 mod sso_saml;
 mod storage;
 mod tenants;
+mod usage;

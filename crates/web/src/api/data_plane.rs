@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/keys/verify", post(verify))
         .route("/credentials/resolve", post(resolve))
+        .route("/usage", post(super::usage_ingest::ingest))
         .fallback(|| async { ApiError(Error::NotFound) })
 }
 
@@ -118,6 +119,7 @@ fn refusal_codes() -> utoipa::openapi::Object {
                 Refusal::Expired,
                 Refusal::Revoked,
                 Refusal::TenantSuspended,
+                Refusal::BudgetExceeded,
                 Refusal::RateLimited,
             ]
             .map(Refusal::as_str),

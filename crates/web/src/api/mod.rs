@@ -14,6 +14,7 @@ mod limits;
 mod openapi;
 pub mod schema;
 mod tenants;
+pub mod usage_ingest;
 mod users;
 
 pub use limits::{ApiLimits, SecretFields};

@@ -2,7 +2,7 @@
 //! served at `/v1/openapi.json`.
 
 use super::schema::*;
-use super::{api_keys, audit, data_plane, tenants, users};
+use super::{api_keys, audit, data_plane, tenants, usage_ingest, users};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
         users::assign_role, users::revoke_role,
         users::invitations, users::resend_invitation, users::revoke_invitation,
         audit::list, audit::export,
-        data_plane::verify, data_plane::resolve,
+        data_plane::verify, data_plane::resolve, usage_ingest::ingest,
     ),
     components(schemas(
         TenantOut, TenantList, UserOut, UserList, CreatedUser, InvitationOut, EventOut, EventList, ErrorBody, ErrorDetail, FieldOut,
@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         data_plane::VerifyRequest, data_plane::VerifyResponse, data_plane::KeyValid, data_plane::KeyInvalid,
         data_plane::VerifiedTenant, data_plane::VerifiedKey, data_plane::KeyLimits,
         data_plane::ResolveRequest, data_plane::ResolveResponse,
+        usage_ingest::UsageEvent, usage_ingest::RejectedEvent, usage_ingest::UsageAccepted,
     )),
     modifiers(&Bearer, &EdgeResponses),
 )]

@@ -1,0 +1,753 @@
+//! Usage metering: meters (configuration), usage events as the data plane posts them
+//! (CloudEvents 1.0 JSON), and the shapes they take on their way (journal entry, raw event,
+//! hourly rollup).
+//!
+//! An event's quantity is an integer (count the smallest unit: tokens, milliseconds, bytes);
+//! money is never a float either (`pricing.rs`). Dimensions are strings, and only the ones a
+//! meter keeps are stored.
+
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::{Duration, OffsetDateTime};
+
+/// How a meter folds its events' values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// The sum of the values.
+    Sum,
+    /// The number of events (no value field).
+    Count,
+    /// The largest value.
+    Max,
+}
+
+impl Aggregation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sum => "sum",
+            Self::Count => "count",
+            Self::Max => "max",
+        }
+    }
+
+    /// Fold `b` into `a`.
+    pub fn fold(self, a: i64, b: i64) -> i64 {
+        match self {
+            Self::Sum | Self::Count => a.saturating_add(b),
+            Self::Max => a.max(b),
+        }
+    }
+}
+
+/// A meter: which events it counts and how (`[[meters]]` in the settings file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meter {
+    /// The CloudEvents `type` it counts, e.g. `llm.tokens`; also the meter's id.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// What people read, e.g. "LLM tokens".
+    pub name: String,
+    /// The `data` field holding the quantity (required for `sum` and `max`, unused by `count`).
+    #[serde(default)]
+    pub value: Option<String>,
+    pub aggregation: Aggregation,
+    /// The `data` fields kept as dimensions (others are dropped).
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// The unit shown beside quantities, e.g. "tokens".
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+/// The configured meters, checked.
+#[derive(Clone, Debug, Default)]
+pub struct MeterCatalog {
+    meters: Vec<Meter>,
+}
+
+/// Longest meter type, source, event id and dimension value accepted.
+pub const MAX_TYPE_CHARS: usize = 128;
+pub const MAX_ID_CHARS: usize = 256;
+pub const MAX_DIMENSION_CHARS: usize = 128;
+/// Most dimensions a meter keeps.
+pub const MAX_DIMENSIONS: usize = 8;
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TYPE_CHARS
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+}
+
+impl MeterCatalog {
+    /// Check the meters: distinct types, a value field where the aggregation needs one, at
+    /// most [`MAX_DIMENSIONS`] dimensions with plain names.
+    pub fn new(meters: Vec<Meter>) -> Result<Self> {
+        let bad = |m: &str| Error::internal(format!("meters: {m}"));
+        for (i, m) in meters.iter().enumerate() {
+            if !is_name(&m.event_type) {
+                return Err(bad(&format!(
+                    "type {:?} must be 1 to {MAX_TYPE_CHARS} of letters, digits and . _ - : /",
+                    m.event_type
+                )));
+            }
+            if meters[..i].iter().any(|o| o.event_type == m.event_type) {
+                return Err(bad(&format!("type {:?} appears twice", m.event_type)));
+            }
+            if m.name.trim().is_empty() {
+                return Err(bad(&format!("meter {:?} needs a name", m.event_type)));
+            }
+            match (m.aggregation, &m.value) {
+                (Aggregation::Sum | Aggregation::Max, None) => {
+                    return Err(bad(&format!(
+                        "meter {:?} ({}) needs `value`: the data field holding the quantity",
+                        m.event_type,
+                        m.aggregation.as_str()
+                    )));
+                }
+                (_, Some(v)) if !is_name(v) => {
+                    return Err(bad(&format!(
+                        "meter {:?}: value field {v:?} is not a plain name",
+                        m.event_type
+                    )));
+                }
+                _ => {}
+            }
+            if m.dimensions.len() > MAX_DIMENSIONS {
+                return Err(bad(&format!(
+                    "meter {:?} keeps more than {MAX_DIMENSIONS} dimensions",
+                    m.event_type
+                )));
+            }
+            for (j, d) in m.dimensions.iter().enumerate() {
+                if !is_name(d) || m.dimensions[..j].contains(d) || m.value.as_deref() == Some(d.as_str()) {
+                    return Err(bad(&format!(
+                        "meter {:?}: dimension {d:?} must be a plain name, listed once, not the value field",
+                        m.event_type
+                    )));
+                }
+            }
+        }
+        Ok(Self { meters })
+    }
+
+    /// The default meters: LLM tokens by model, and requests.
+    pub fn defaults() -> Vec<Meter> {
+        vec![
+            Meter {
+                event_type: "llm.tokens".to_owned(),
+                name: "LLM tokens".to_owned(),
+                value: Some("tokens".to_owned()),
+                aggregation: Aggregation::Sum,
+                dimensions: vec!["model".to_owned()],
+                unit: Some("tokens".to_owned()),
+            },
+            Meter {
+                event_type: "api.requests".to_owned(),
+                name: "API requests".to_owned(),
+                value: None,
+                aggregation: Aggregation::Count,
+                dimensions: vec!["endpoint".to_owned()],
+                unit: Some("requests".to_owned()),
+            },
+        ]
+    }
+
+    pub fn meters(&self) -> &[Meter] {
+        &self.meters
+    }
+
+    pub fn get(&self, event_type: &str) -> Option<&Meter> {
+        self.meters.iter().find(|m| m.event_type == event_type)
+    }
+}
+
+/// Why one event of a batch was not accepted (the `code` in the response's `rejected`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not a CloudEvent: not an object, or `specversion`, `id`, `source` or `type` missing or
+    /// malformed.
+    InvalidEvent,
+    /// `type` names no configured meter.
+    UnknownMeter,
+    /// `subject` is neither a tenant API key's id nor a tenant's id (that this token may reach).
+    UnknownSubject,
+    /// The subject's tenant is suspended.
+    TenantSuspended,
+    /// `time` is not RFC 3339, is in the future, or is older than the raw-event window.
+    BadTime,
+    /// The meter's value field is missing from `data`.
+    MissingValue,
+    /// The value is not a non-negative integer.
+    InvalidValue,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 7] = [
+        Self::InvalidEvent,
+        Self::UnknownMeter,
+        Self::UnknownSubject,
+        Self::TenantSuspended,
+        Self::BadTime,
+        Self::MissingValue,
+        Self::InvalidValue,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidEvent => "invalid_event",
+            Self::UnknownMeter => "unknown_meter",
+            Self::UnknownSubject => "unknown_subject",
+            Self::TenantSuspended => "tenant_suspended",
+            Self::BadTime => "bad_time",
+            Self::MissingValue => "missing_value",
+            Self::InvalidValue => "invalid_value",
+        }
+    }
+}
+
+/// One rejected event: where it was in the batch, its id if it had one, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub index: usize,
+    pub id: Option<String>,
+    pub code: RejectReason,
+    pub message: String,
+}
+
+/// An event that passed every check that needs no lookup; its subject is still a bare id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedEvent {
+    pub index: usize,
+    pub source: String,
+    pub id: String,
+    pub meter: String,
+    pub time: OffsetDateTime,
+    pub subject: uuid::Uuid,
+    pub value: i64,
+    /// Canonical JSON of the kept dimensions (keys sorted).
+    pub dims: String,
+}
+
+/// How events are accepted: the time window and the batch cap.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestLimits {
+    /// Most events in one request.
+    pub max_batch: usize,
+    /// Oldest event time accepted, counted back from now (the raw-event window less a day, so
+    /// an accepted event's duplicate is always still there to be found).
+    pub max_age: Duration,
+    /// How far in the future an event's time may be (clock skew).
+    pub max_skew: Duration,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            max_age: Duration::days(34),
+            max_skew: Duration::minutes(5),
+        }
+    }
+}
+
+/// The request's shape, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Envelope {
+    /// `application/cloudevents-batch+json`: a JSON array of events.
+    Batch,
+    /// `application/cloudevents+json`: one event.
+    Single,
+}
+
+impl Envelope {
+    /// The envelope for a `Content-Type` (parameters ignored); `application/json` is taken as
+    /// a batch if the body is an array, else one event (decided by [`parse_events`]).
+    pub fn from_content_type(ct: Option<&str>) -> Result<Option<Self>> {
+        let essence = ct
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/cloudevents-batch+json" => Ok(Some(Self::Batch)),
+            "application/cloudevents+json" => Ok(Some(Self::Single)),
+            "application/json" => Ok(None),
+            _ => Err(Error::Unsupported {
+                code: "unsupported_media_type",
+                message: "Send application/cloudevents-batch+json (an array of events) or application/cloudevents+json (one event).".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Parse a request body into events, each either parsed (lookups still to do) or rejected.
+/// A body that is not JSON, or not the envelope's shape, or holds more than `max_batch`
+/// events, fails as a whole.
+pub fn parse_events(
+    body: &[u8],
+    envelope: Option<Envelope>,
+    meters: &MeterCatalog,
+    limits: &IngestLimits,
+    now: OffsetDateTime,
+) -> Result<(Vec<ParsedEvent>, Vec<Rejected>)> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Error::BadRequest {
+        code: "invalid_json",
+        message: format!("The body is not JSON: {e}."),
+    })?;
+    let items = match (envelope, value) {
+        (Some(Envelope::Batch) | None, serde_json::Value::Array(items)) => items,
+        (Some(Envelope::Single) | None, v @ serde_json::Value::Object(_)) => vec![v],
+        (Some(Envelope::Batch), _) => {
+            return Err(Error::BadRequest {
+                code: "invalid_batch",
+                message: "A batch (application/cloudevents-batch+json) is a JSON array of events.".to_owned(),
+            });
+        }
+        _ => {
+            return Err(Error::BadRequest {
+                code: "invalid_event",
+                message: "An event (application/cloudevents+json) is a JSON object.".to_owned(),
+            });
+        }
+    };
+    if items.len() > limits.max_batch {
+        return Err(Error::TooLarge {
+            code: "batch_too_large",
+            message: format!(
+                "A batch holds at most {} events; this one has {}. Split it.",
+                limits.max_batch,
+                items.len()
+            ),
+        });
+    }
+    let mut ok = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match parse_one(index, item, meters, limits, now) {
+            Ok(e) => ok.push(e),
+            Err(r) => rejected.push(r),
+        }
+    }
+    Ok((ok, rejected))
+}
+
+fn parse_one(
+    index: usize,
+    item: serde_json::Value,
+    meters: &MeterCatalog,
+    limits: &IngestLimits,
+    now: OffsetDateTime,
+) -> std::result::Result<ParsedEvent, Rejected> {
+    let serde_json::Value::Object(mut obj) = item else {
+        return Err(Rejected {
+            index,
+            id: None,
+            code: RejectReason::InvalidEvent,
+            message: "An event is a JSON object.".to_owned(),
+        });
+    };
+    let text = |obj: &serde_json::Map<String, serde_json::Value>, k: &str| {
+        obj.get(k).and_then(|v| v.as_str()).map(str::to_owned)
+    };
+    let id = text(&obj, "id").filter(|s| !s.is_empty() && s.chars().count() <= MAX_ID_CHARS);
+    let reject = |code: RejectReason, message: String| Rejected {
+        index,
+        id: id.clone(),
+        code,
+        message,
+    };
+    let Some(event_id) = id.clone() else {
+        return Err(reject(
+            RejectReason::InvalidEvent,
+            format!("`id` is required: a string of 1 to {MAX_ID_CHARS} characters (the deduplication key)."),
+        ));
+    };
+    if text(&obj, "specversion").as_deref() != Some("1.0") {
+        return Err(reject(
+            RejectReason::InvalidEvent,
+            "`specversion` must be \"1.0\".".to_owned(),
+        ));
+    }
+    let Some(source) = text(&obj, "source").filter(|s| !s.is_empty() && s.chars().count() <= MAX_ID_CHARS) else {
+        return Err(reject(
+            RejectReason::InvalidEvent,
+            format!("`source` is required: a string of 1 to {MAX_ID_CHARS} characters."),
+        ));
+    };
+    let Some(event_type) = text(&obj, "type") else {
+        return Err(reject(
+            RejectReason::InvalidEvent,
+            "`type` is required: the meter.".to_owned(),
+        ));
+    };
+    let Some(meter) = meters.get(&event_type) else {
+        return Err(reject(
+            RejectReason::UnknownMeter,
+            "`type` names no configured meter.".to_owned(),
+        ));
+    };
+    let subject = match obj.get("subject").and_then(|v| v.as_str()).map(uuid::Uuid::parse_str) {
+        Some(Ok(u)) => u,
+        _ => {
+            return Err(reject(
+                RejectReason::UnknownSubject,
+                "`subject` must be a tenant API key's id or a tenant's id.".to_owned(),
+            ));
+        }
+    };
+    let time = match obj.get("time") {
+        None | Some(serde_json::Value::Null) => now,
+        Some(serde_json::Value::String(s)) => {
+            match OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => t,
+                Err(_) => {
+                    return Err(reject(
+                        RejectReason::BadTime,
+                        "`time` must be an RFC 3339 timestamp.".to_owned(),
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(reject(
+                RejectReason::BadTime,
+                "`time` must be an RFC 3339 timestamp.".to_owned(),
+            ));
+        }
+    };
+    if time > now + limits.max_skew {
+        return Err(reject(RejectReason::BadTime, "`time` is in the future.".to_owned()));
+    }
+    if time < now - limits.max_age {
+        return Err(reject(
+            RejectReason::BadTime,
+            format!("`time` is older than {} days.", limits.max_age.whole_days()),
+        ));
+    }
+    let data = match obj.remove("data") {
+        Some(serde_json::Value::Object(m)) => m,
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(_) => {
+            return Err(reject(
+                RejectReason::InvalidEvent,
+                "`data` must be a JSON object.".to_owned(),
+            ));
+        }
+    };
+    let value = match (&meter.value, meter.aggregation) {
+        (_, Aggregation::Count) => 1,
+        (Some(field), _) => match data.get(field) {
+            None | Some(serde_json::Value::Null) => {
+                return Err(reject(
+                    RejectReason::MissingValue,
+                    format!("`data.{field}` (the quantity of {event_type}) is missing."),
+                ));
+            }
+            Some(v) => match quantity(v) {
+                Some(n) => n,
+                None => {
+                    return Err(reject(
+                        RejectReason::InvalidValue,
+                        format!("`data.{field}` must be a non-negative integer."),
+                    ));
+                }
+            },
+        },
+        (None, _) => 1,
+    };
+    let mut dims = BTreeMap::new();
+    for d in &meter.dimensions {
+        let v = match data.get(d) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::Bool(b)) => b.to_string(),
+            _ => continue,
+        };
+        if v.chars().count() > MAX_DIMENSION_CHARS {
+            return Err(reject(
+                RejectReason::InvalidEvent,
+                format!("`data.{d}` is longer than {MAX_DIMENSION_CHARS} characters."),
+            ));
+        }
+        dims.insert(d.clone(), v);
+    }
+    Ok(ParsedEvent {
+        index,
+        source,
+        id: event_id,
+        meter: meter.event_type.clone(),
+        time,
+        subject,
+        value,
+        dims: dims_key(&dims),
+    })
+}
+
+/// A quantity: a non-negative integer (a JSON number without fraction, or a string of digits).
+fn quantity(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e18)
+                .map(|f| f as i64)
+        }),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+    .filter(|n| *n >= 0)
+}
+
+/// The canonical text of a set of dimension values (JSON, keys sorted): what rollups group by.
+pub fn dims_key(dims: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(dims).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The dimension values back from their canonical text.
+pub fn dims_of(key: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(key).unwrap_or_default()
+}
+
+/// Dimension values as people read them: `model=gpt-4o, region=eu`, or "—" for none.
+pub fn dims_label(key: &str) -> String {
+    let d = dims_of(key);
+    if d.is_empty() {
+        return "—".to_owned();
+    }
+    d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// What a subject id stands for, as ingestion needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageSubject {
+    pub tenant_id: TenantId,
+    /// Set when the subject was an API key.
+    pub api_key_id: Option<uuid::Uuid>,
+    pub region: String,
+    pub suspended: bool,
+    /// The tenant's priority tier (prices may differ by tier).
+    pub tier: crate::tenant::PriorityTier,
+}
+
+/// An accepted event, bound to its tenant: what the journal holds until a sweep moves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub tenant_id: TenantId,
+    pub api_key_id: Option<uuid::Uuid>,
+    pub source: String,
+    pub event_id: String,
+    pub meter: String,
+    pub time: OffsetDateTime,
+    pub value: i64,
+    pub dims: String,
+    pub received_at: OffsetDateTime,
+}
+
+/// One hour of one meter for one combination of dimension values and one API key (none when
+/// the subject was the tenant): what a tenant's database keeps after the raw events go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollup {
+    /// The hour's start (UTC).
+    pub hour: OffsetDateTime,
+    pub meter: String,
+    pub dims: String,
+    pub api_key_id: Option<uuid::Uuid>,
+    pub value: i64,
+    pub events: i64,
+}
+
+/// A meter's total over a span for one combination of dimension values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterTotal {
+    pub meter: String,
+    pub dims: String,
+    pub value: i64,
+    pub events: i64,
+}
+
+/// The start of the UTC hour holding `t`.
+pub fn hour_of(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_time(time::Time::from_hms(t.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
+}
+
+/// A calendar month (UTC): the billing period of budgets and cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    pub year: i32,
+    pub month: time::Month,
+}
+
+impl Month {
+    pub fn of(t: OffsetDateTime) -> Self {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        Self {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    /// `YYYY-MM`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (y, m) = s.trim().split_once('-')?;
+        if y.len() != 4 || m.len() != 2 {
+            return None;
+        }
+        let year: i32 = y.parse().ok()?;
+        let month = time::Month::try_from(m.parse::<u8>().ok()?).ok()?;
+        (2000..=9999).contains(&year).then_some(Self { year, month })
+    }
+
+    pub fn start(self) -> OffsetDateTime {
+        time::Date::from_calendar_date(self.year, self.month, 1)
+            .unwrap_or(time::Date::MIN)
+            .midnight()
+            .assume_utc()
+    }
+
+    pub fn next(self) -> Self {
+        if self.month == time::Month::December {
+            Self {
+                year: self.year + 1,
+                month: time::Month::January,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month.next(),
+            }
+        }
+    }
+
+    pub fn previous(self) -> Self {
+        if self.month == time::Month::January {
+            Self {
+                year: self.year - 1,
+                month: time::Month::December,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month.previous(),
+            }
+        }
+    }
+
+    /// The first instant after the month.
+    pub fn end(self) -> OffsetDateTime {
+        self.next().start()
+    }
+
+    /// "December 2026".
+    pub fn label(self) -> String {
+        format!("{} {}", self.month, self.year)
+    }
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, u8::from(self.month))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests unwrap")]
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> MeterCatalog {
+        MeterCatalog::new(MeterCatalog::defaults()).unwrap()
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn event(id: &str) -> serde_json::Value {
+        json!({"specversion": "1.0", "id": id, "source": "gw", "type": "llm.tokens",
+               "subject": uuid::Uuid::nil().to_string(), "data": {"tokens": 12, "model": "gpt-4o", "other": "x"}})
+    }
+
+    fn parse(v: serde_json::Value) -> (Vec<ParsedEvent>, Vec<Rejected>) {
+        parse_events(
+            &serde_json::to_vec(&v).unwrap(),
+            Some(Envelope::Batch),
+            &catalog(),
+            &IngestLimits::default(),
+            now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_good_event_keeps_only_the_meters_dimensions() {
+        let (ok, rejected) = parse(json!([event("a")]));
+        assert!(rejected.is_empty());
+        assert_eq!(ok[0].value, 12);
+        assert_eq!(ok[0].dims, r#"{"model":"gpt-4o"}"#);
+        assert_eq!(ok[0].time, now());
+    }
+
+    #[test]
+    fn each_bad_event_is_rejected_with_its_reason_and_the_rest_accepted() {
+        let mut unknown = event("b");
+        unknown["type"] = json!("nope");
+        let mut no_value = event("c");
+        no_value["data"] = json!({"model": "m"});
+        let mut fraction = event("d");
+        fraction["data"]["tokens"] = json!(1.5);
+        let mut future = event("e");
+        future["time"] = json!("2099-01-01T00:00:00Z");
+        let mut bad_subject = event("f");
+        bad_subject["subject"] = json!("someone");
+        let (ok, rejected) = parse(json!([event("a"), unknown, no_value, fraction, future, bad_subject, 7]));
+        assert_eq!(ok.len(), 1);
+        let codes: Vec<_> = rejected.iter().map(|r| (r.index, r.code)).collect();
+        assert_eq!(
+            codes,
+            vec![
+                (1, RejectReason::UnknownMeter),
+                (2, RejectReason::MissingValue),
+                (3, RejectReason::InvalidValue),
+                (4, RejectReason::BadTime),
+                (5, RejectReason::UnknownSubject),
+                (6, RejectReason::InvalidEvent),
+            ]
+        );
+        assert_eq!(rejected[0].id.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_batch_over_the_cap_is_refused_whole() {
+        let items: Vec<_> = (0..1001).map(|i| event(&i.to_string())).collect();
+        let body = serde_json::to_vec(&items).unwrap();
+        let err = parse_events(
+            &body,
+            Some(Envelope::Batch),
+            &catalog(),
+            &IngestLimits::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "batch_too_large");
+    }
+
+    #[test]
+    fn months_count_across_the_year_end() {
+        let m = Month::parse("2026-12").unwrap();
+        assert_eq!(m.next().to_string(), "2027-01");
+        assert_eq!(m.previous().to_string(), "2026-11");
+        assert_eq!(Month::of(m.end() - Duration::seconds(1)), m);
+        assert!(Month::parse("2026-13").is_none());
+    }
+}
