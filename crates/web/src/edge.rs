@@ -182,13 +182,13 @@ async fn read_body_first(State(limits): State<EdgeLimits>, req: Request, next: N
 }
 
 /// The 408 of the timeout, the 413 of the body limit (or of an extractor that hit it) are
-/// answered like every other error; a response that already has a body (a handler's own
-/// error, such as 413 `batch_too_large`) is left as it is.
+/// answered like every other error; a domain error already rendered (marked
+/// [`crate::error::Rendered`], such as 413 `batch_too_large`) is left as it is.
 async fn render_edge_errors(req: Request, next: Next) -> Response {
     let api = is_api(req.uri().path());
     let resp = next.run(req).await;
-    // A handler's own rendered error (e.g. 413 `batch_too_large`) already says what it means.
-    if resp.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+    // A domain error already rendered (e.g. 413 `batch_too_large`) says what it means.
+    if resp.extensions().get::<crate::error::Rendered>().is_some() {
         return resp;
     }
     match resp.status() {

@@ -84,6 +84,7 @@ impl IntoResponse for HtmlError {
         };
         let mut resp = page(status, title, message, reference);
         retry_after(&self.0, &mut resp);
+        resp.extensions_mut().insert(Rendered);
         resp
     }
 }
@@ -103,6 +104,11 @@ fn page(status: StatusCode, title: String, message: String, reference: Option<St
     )
         .into_response()
 }
+
+/// Marks a response as an error already rendered from a domain error (a page or JSON), so the
+/// edge's renderer of bare 408/413 answers leaves it as it is (e.g. 413 `batch_too_large`).
+#[derive(Clone, Copy, Debug)]
+pub struct Rendered;
 
 /// The JSON error, with the request's id.
 fn json(status: StatusCode, code: &str, message: String, fields: &[quarterdeck_domain::error::FieldError]) -> Response {
@@ -150,6 +156,7 @@ impl IntoResponse for ApiError {
         };
         let mut resp = json(status, self.0.code(), message, self.0.fields());
         retry_after(&self.0, &mut resp);
+        resp.extensions_mut().insert(Rendered);
         resp
     }
 }
