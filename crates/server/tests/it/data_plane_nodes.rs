@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 const BOUND: Duration = Duration::from_secs(1);
 
 /// A `quarterdeck serve` process on the test's PostgreSQL database, stopped when dropped.
-struct Node {
+pub struct Node {
     child: std::process::Child,
-    url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -29,7 +29,7 @@ impl Drop for Node {
 }
 
 impl Node {
-    async fn start(app: &TestApp) -> Self {
+    pub async fn start(app: &TestApp) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -51,3 +51,4 @@ mod sso_saml;
 mod storage;
 mod tenants;
 mod usage;
+mod usage_nodes;
