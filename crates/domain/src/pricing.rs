@@ -146,10 +146,24 @@ impl PriceBook {
     }
 
     /// The cost in minor units of `quantity` of a meter at these dimension values (rounded
-    /// half up), with the price used.
+    /// half up), with the price used: what one line shows.
     pub fn cost(&self, meter: &str, dims: &str, tier: PriorityTier, quantity: i64) -> (i64, Option<AppliedPrice>) {
+        let (micros, price) = self.cost_micros(meter, dims, tier, quantity);
+        (round_micros(micros), price)
+    }
+
+    /// The same cost in millionths of a minor unit, unrounded enough that totals can add lines
+    /// first and round once: spreading usage over many dimension values (each line under half
+    /// a cent) must not make it free.
+    pub fn cost_micros(
+        &self,
+        meter: &str,
+        dims: &str,
+        tier: PriorityTier,
+        quantity: i64,
+    ) -> (i128, Option<AppliedPrice>) {
         match self.price(meter, dims, tier) {
-            Some(p) => (line_cost(quantity, &p), Some(p)),
+            Some(p) => (line_micros(quantity, &p), Some(p)),
             None => (0, None),
         }
     }
@@ -164,12 +178,26 @@ impl PriceBook {
     }
 }
 
+/// Millionths of a minor unit per minor unit.
+const MICROS: i128 = 1_000_000;
+
+/// `quantity × unit_price / per` in millionths of a minor unit (rounded half up there).
+pub fn line_micros(quantity: i64, p: &AppliedPrice) -> i128 {
+    let num = i128::from(quantity)
+        .saturating_mul(i128::from(p.unit_price))
+        .saturating_mul(MICROS);
+    let per = i128::from(p.per.max(1));
+    num.saturating_add(per / 2) / per
+}
+
+/// Millionths back to minor units, rounded half up, saturating at `i64::MAX`.
+pub fn round_micros(micros: i128) -> i64 {
+    i64::try_from(micros.saturating_add(MICROS / 2) / MICROS).unwrap_or(i64::MAX)
+}
+
 /// `quantity × unit_price / per`, rounded half up, saturating at `i64::MAX`.
 pub fn line_cost(quantity: i64, p: &AppliedPrice) -> i64 {
-    let num = i128::from(quantity) * i128::from(p.unit_price);
-    let per = i128::from(p.per.max(1));
-    let rounded = (num + per / 2) / per;
-    i64::try_from(rounded).unwrap_or(i64::MAX)
+    round_micros(line_micros(quantity, p))
 }
 
 /// `USD 12.34` for 1234 with 100 minor units; a negative amount keeps its sign.
@@ -274,6 +302,29 @@ mod tests {
                 }
             ),
             i64::MAX
+        );
+    }
+
+    #[test]
+    fn many_small_lines_add_up_before_they_are_rounded() {
+        let b = book();
+        // 1,000 lines of 1,000 tokens at USD 1.00 per million: 0.1 cent each, 1 dollar in all.
+        let micros: i128 = (0..1000)
+            .map(|i| {
+                b.cost_micros(
+                    "llm.tokens",
+                    &format!(r#"{{"model":"m{i}"}}"#),
+                    PriorityTier::Standard,
+                    1000,
+                )
+                .0
+            })
+            .sum();
+        assert_eq!(round_micros(micros), 100);
+        assert_eq!(
+            b.cost("llm.tokens", r#"{"model":"m1"}"#, PriorityTier::Standard, 1000)
+                .0,
+            0
         );
     }
 

@@ -408,7 +408,8 @@ pub trait DataPlaneStore: Send + Sync {
 pub struct Applied {
     /// Events inserted (not seen before).
     pub inserted: u64,
-    /// The tenant's totals, after the sweep, for each month the entries touched.
+    /// For each month the entries touched, the tenant's month totals (after the sweep) of each
+    /// meter and dimension values the entries touched.
     pub months: Vec<(crate::usage::Month, Vec<crate::usage::MeterTotal>)>,
 }
 
@@ -421,8 +422,14 @@ pub trait UsageStore: Send + Sync {
     async fn usage_subjects(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, crate::usage::UsageSubject)>>;
     /// Append accepted events to the region's journal, in one transaction.
     async fn journal_append(&self, region: &str, entries: &[crate::usage::JournalEntry]) -> Result<()>;
-    /// The region's oldest `limit` journal entries with their sequence numbers.
-    async fn journal_take(&self, region: &str, limit: u32) -> Result<Vec<(i64, crate::usage::JournalEntry)>>;
+    /// The region's oldest `limit` journal entries after sequence number `after`, with their
+    /// sequence numbers.
+    async fn journal_take(
+        &self,
+        region: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, crate::usage::JournalEntry)>>;
     /// Delete these entries (after they were applied).
     async fn journal_delete(&self, region: &str, seqs: &[i64]) -> Result<()>;
     /// How many entries wait in the region's journal, and when the oldest was received.
@@ -464,12 +471,13 @@ pub trait UsageStore: Send + Sync {
         to: OffsetDateTime,
         meters: &crate::usage::MeterCatalog,
     ) -> Result<Vec<crate::usage::MeterTotal>>;
-    /// Drop the tenant's raw events older than `before` (rollups stay).
+    /// Drop the tenant's raw events received before `before` (rollups stay).
     async fn prune_usage_events(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64>;
     /// How many raw events the tenant's database holds (the benchmark's exactly-once count).
     async fn usage_event_count(&self, tenant: TenantId) -> Result<u64>;
 
-    /// Replace the monthly summary of each (month, tenant) given, in one transaction.
+    /// Write these rows of the monthly summary (each replacing the row of its month, tenant,
+    /// meter and dimension values), in one transaction.
     async fn put_usage_months(
         &self,
         rows: &[(crate::usage::Month, TenantId, Vec<crate::usage::MeterTotal>)],
@@ -493,13 +501,16 @@ pub trait UsageStore: Send + Sync {
     /// Until when the tenant's keys are stopped by its hard limit, if they are.
     async fn budget_block(&self, tenant: TenantId) -> Result<Option<OffsetDateTime>>;
     /// Record a crossing once per tenant and month: the event, the emails and (with
-    /// `block_until`) the block and a change-feed entry, in one transaction. `false` if it was
-    /// already recorded (by this or another node).
+    /// `block_until`) the block and a change-feed entry, in one transaction — only while the
+    /// tenant's budget is still the one judged (`budget_at`, its `updated_at`). `false` if it
+    /// was already recorded (by this or another node) or the budget changed meanwhile.
+    #[allow(clippy::too_many_arguments, reason = "one transaction's every part")]
     async fn record_budget_crossing(
         &self,
         tenant: TenantId,
         month: &str,
         crossing: crate::budget::Crossing,
+        budget_at: OffsetDateTime,
         block_until: Option<OffsetDateTime>,
         emails: &[Email],
         event: NewEvent,

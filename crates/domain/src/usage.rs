@@ -75,6 +75,9 @@ pub const MAX_ID_CHARS: usize = 256;
 pub const MAX_DIMENSION_CHARS: usize = 128;
 /// Most dimensions a meter keeps.
 pub const MAX_DIMENSIONS: usize = 8;
+/// The largest quantity one event may carry (10^12): sums over millions of events stay far
+/// from `i64::MAX`, and the rollups saturate rather than fail if they ever get there.
+pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()
@@ -357,7 +360,7 @@ fn parse_one(
     let text = |obj: &serde_json::Map<String, serde_json::Value>, k: &str| {
         obj.get(k).and_then(|v| v.as_str()).map(str::to_owned)
     };
-    let id = text(&obj, "id").filter(|s| !s.is_empty() && s.chars().count() <= MAX_ID_CHARS);
+    let id = text(&obj, "id").filter(|s| plain_text(s, MAX_ID_CHARS));
     let reject = |code: RejectReason, message: String| Rejected {
         index,
         id: id.clone(),
@@ -367,7 +370,7 @@ fn parse_one(
     let Some(event_id) = id.clone() else {
         return Err(reject(
             RejectReason::InvalidEvent,
-            format!("`id` is required: a string of 1 to {MAX_ID_CHARS} characters (the deduplication key)."),
+            format!("`id` is required: 1 to {MAX_ID_CHARS} characters, no control characters (the deduplication key)."),
         ));
     };
     if text(&obj, "specversion").as_deref() != Some("1.0") {
@@ -376,10 +379,10 @@ fn parse_one(
             "`specversion` must be \"1.0\".".to_owned(),
         ));
     }
-    let Some(source) = text(&obj, "source").filter(|s| !s.is_empty() && s.chars().count() <= MAX_ID_CHARS) else {
+    let Some(source) = text(&obj, "source").filter(|s| plain_text(s, MAX_ID_CHARS)) else {
         return Err(reject(
             RejectReason::InvalidEvent,
-            format!("`source` is required: a string of 1 to {MAX_ID_CHARS} characters."),
+            format!("`source` is required: 1 to {MAX_ID_CHARS} characters, no control characters."),
         ));
     };
     let Some(event_type) = text(&obj, "type") else {
@@ -456,7 +459,7 @@ fn parse_one(
                 None => {
                     return Err(reject(
                         RejectReason::InvalidValue,
-                        format!("`data.{field}` must be a non-negative integer."),
+                        format!("`data.{field}` must be an integer from 0 to {MAX_QUANTITY}."),
                     ));
                 }
             },
@@ -471,10 +474,10 @@ fn parse_one(
             Some(serde_json::Value::Bool(b)) => b.to_string(),
             _ => continue,
         };
-        if v.chars().count() > MAX_DIMENSION_CHARS {
+        if !plain_text(&v, MAX_DIMENSION_CHARS) && !v.is_empty() {
             return Err(reject(
                 RejectReason::InvalidEvent,
-                format!("`data.{d}` is longer than {MAX_DIMENSION_CHARS} characters."),
+                format!("`data.{d}` must be at most {MAX_DIMENSION_CHARS} characters, no control characters."),
             ));
         }
         dims.insert(d.clone(), v);
@@ -491,6 +494,12 @@ fn parse_one(
     })
 }
 
+/// 1 to `max` characters, none of them a control character (NUL is refused by PostgreSQL's
+/// `text`; the others have no place in an id or a label).
+fn plain_text(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
+}
+
 /// A quantity: a non-negative integer (a JSON number without fraction, or a string of digits).
 fn quantity(v: &serde_json::Value) -> Option<i64> {
     match v {
@@ -504,7 +513,7 @@ fn quantity(v: &serde_json::Value) -> Option<i64> {
         }
         _ => None,
     }
-    .filter(|n| *n >= 0)
+    .filter(|n| (0..=MAX_QUANTITY).contains(n))
 }
 
 /// The canonical text of a set of dimension values (JSON, keys sorted): what rollups group by.
@@ -710,7 +719,19 @@ mod tests {
         future["time"] = json!("2099-01-01T00:00:00Z");
         let mut bad_subject = event("f");
         bad_subject["subject"] = json!("someone");
-        let (ok, rejected) = parse(json!([event("a"), unknown, no_value, fraction, future, bad_subject, 7]));
+        let mut huge = event("h");
+        huge["data"]["tokens"] = json!(MAX_QUANTITY + 1);
+        let (ok, rejected) = parse(json!([
+            event("a"),
+            unknown,
+            no_value,
+            fraction,
+            future,
+            bad_subject,
+            7,
+            huge,
+            event("nul\u{0}id")
+        ]));
         assert_eq!(ok.len(), 1);
         let codes: Vec<_> = rejected.iter().map(|r| (r.index, r.code)).collect();
         assert_eq!(
@@ -722,6 +743,8 @@ mod tests {
                 (4, RejectReason::BadTime),
                 (5, RejectReason::UnknownSubject),
                 (6, RejectReason::InvalidEvent),
+                (7, RejectReason::InvalidValue),
+                (8, RejectReason::InvalidEvent),
             ]
         );
         assert_eq!(rejected[0].id.as_deref(), Some("b"));

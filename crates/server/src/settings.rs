@@ -353,6 +353,9 @@ impl Settings {
             }
         }
         self.usage_catalogs()?;
+        if self.usage_raw_retention_days > 3650 {
+            bail!("usage_raw_retention_days (QUARTERDECK_USAGE_RAW_RETENTION_DAYS) must be at most 3650");
+        }
         if self.usage_raw_retention_days < 8 {
             bail!(
                 "usage_raw_retention_days (QUARTERDECK_USAGE_RAW_RETENTION_DAYS) must be at least 8: duplicates are recognised for as long as raw events are kept, and that must be at least 7 days"
@@ -363,6 +366,13 @@ impl Settings {
         }
         if self.usage_events_per_second == 0 {
             bail!("usage_events_per_second (QUARTERDECK_USAGE_EVENTS_PER_SECOND) must be at least 1");
+        }
+        if self.usage_max_batch_events as u64 > 2 * u64::from(self.usage_events_per_second) {
+            bail!(
+                "usage_max_batch_events ({}) is more than twice usage_events_per_second ({}): a full batch could never be accepted",
+                self.usage_max_batch_events,
+                self.usage_events_per_second
+            );
         }
         if self.database_max_connections < 4 {
             bail!(
@@ -670,6 +680,37 @@ mod tests {
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbase_ulr = \"http://x\"\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("base_ulr"), "{err}");
+    }
+
+    #[test]
+    fn usage_settings_that_could_never_work_are_refused_at_start() {
+        let refused = |s: Settings| s.validate().unwrap_err().to_string();
+        let base = Settings::default;
+        assert!(base().validate().is_ok());
+        let e = refused(Settings {
+            usage_raw_retention_days: 7,
+            ..base()
+        });
+        assert!(e.contains("usage_raw_retention_days"), "{e}");
+        let e = refused(Settings {
+            usage_raw_retention_days: 4_000_000,
+            ..base()
+        });
+        assert!(e.contains("at most 3650"), "{e}");
+        let e = refused(Settings {
+            usage_events_per_second: 100,
+            ..base()
+        });
+        assert!(e.contains("usage_max_batch_events"), "{e}");
+        let e = refused(Settings {
+            regions: vec!["EU_West".into()],
+            ..base()
+        });
+        assert!(e.contains("EU_West"), "{e}");
+        let mut bad_price = base();
+        bad_price.pricing.prices[0].meter = "gpu.seconds".into();
+        let e = refused(bad_price);
+        assert!(e.contains("gpu.seconds"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ macro_rules! impl_usage_store {
             Aggregation, JournalEntry, MeterCatalog, MeterTotal, Month, Rollup, UsageSubject,
         };
         use std::collections::{BTreeSet, HashSet};
+        type UsageByMonth = std::collections::BTreeMap<Month, Vec<MeterTotal>>;
 
         /// Rows per multi-row statement: well under SQLite's 32,766 parameters at 10 a row.
         const ROWS_PER_STATEMENT: usize = 300;
@@ -80,6 +81,13 @@ macro_rules! impl_usage_store {
                 events: r.try_get("events").map_err(db_err)?,
             })
         }
+
+        /// One meter and dimension values over a span (by `usage_rollup_series_idx`). SQLite's
+        /// SUM fails on overflow and PostgreSQL's is numeric: both kept within `i64` by the
+        /// saturating rollups and the per-event cap, and capped here on PostgreSQL's side.
+        const SERIES_SQL: &str = "SELECT CAST(SUM(value) AS BIGINT) AS total, MAX(value) AS largest, \
+             CAST(SUM(events) AS BIGINT) AS events FROM usage_rollup \
+             WHERE meter = $1 AND dims = $2 AND hour >= $3 AND hour < $4";
 
         const TOTALS_SQL: &str = "SELECT meter, dims, CAST(SUM(value) AS BIGINT) AS total, MAX(value) AS largest, \
              CAST(SUM(events) AS BIGINT) AS events FROM usage_rollup WHERE hour >= $1 AND hour < $2 \
@@ -191,11 +199,14 @@ macro_rules! impl_usage_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn journal_take(&self, region: &str, limit: u32) -> Result<Vec<(i64, JournalEntry)>> {
+            async fn journal_take(&self, region: &str, after: i64, limit: u32) -> Result<Vec<(i64, JournalEntry)>> {
                 let (pool, _) = self.journal_pool(region).await?;
-                let sql = format!("SELECT {JOURNAL_COLUMNS} FROM usage_journal WHERE region = $1 ORDER BY seq LIMIT $2");
+                let sql = format!(
+                    "SELECT {JOURNAL_COLUMNS} FROM usage_journal WHERE region = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(region)
+                    .bind(after)
                     .bind(i64::from(limit))
                     .fetch_all(&pool)
                     .await
@@ -333,7 +344,6 @@ macro_rules! impl_usage_store {
                 }
                 // Fold what was new into its hours.
                 let mut folds: BTreeMap<(OffsetDateTime, &str, &str, String), (i64, i64)> = BTreeMap::new();
-                let mut months = BTreeSet::new();
                 for e in fresh.iter().filter(|e| inserted.contains(&(e.source.clone(), e.event_id.clone()))) {
                     let agg = meters.get(&e.meter).map_or(Aggregation::Sum, |m| m.aggregation);
                     let key = (
@@ -345,23 +355,27 @@ macro_rules! impl_usage_store {
                     let slot = folds.entry(key).or_insert((if agg == Aggregation::Max { i64::MIN } else { 0 }, 0));
                     slot.0 = agg.fold(slot.0, e.value);
                     slot.1 += 1;
-                    months.insert(Month::of(e.time));
                 }
                 for by_max in [false, true] {
                     let rows: Vec<_> = folds
                         .iter()
                         .filter(|((_, m, _, _), _)| meters.get(m).is_some_and(|m| m.aggregation == Aggregation::Max) == by_max)
                         .collect();
+                    // Saturating, never failing: an overflow here would fail the tenant's every
+                    // later sweep.
                     let value = if by_max {
                         format!("{GREATEST}(usage_rollup.value, excluded.value)")
                     } else {
-                        "usage_rollup.value + excluded.value".to_owned()
+                        "CASE WHEN usage_rollup.value > 9223372036854775807 - excluded.value THEN 9223372036854775807 \
+                         ELSE usage_rollup.value + excluded.value END"
+                            .to_owned()
                     };
                     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                         let sql = format!(
                             "INSERT INTO usage_rollup (hour, meter, dims, api_key_id, value, events) VALUES {} \
                              ON CONFLICT (hour, meter, dims, api_key_id) DO UPDATE SET value = {value}, \
-                             events = usage_rollup.events + excluded.events",
+                             events = CASE WHEN usage_rollup.events > 9223372036854775807 - excluded.events \
+                             THEN 9223372036854775807 ELSE usage_rollup.events + excluded.events END",
                             placeholders(chunk.len(), 6, 1)
                         );
                         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -372,15 +386,35 @@ macro_rules! impl_usage_store {
                     }
                 }
                 tx.commit().await.map_err(db_err)?;
-                // The months the entries touch, even when nothing was new (a sweep repeated
-                // after a crash must still write the summary it did not get to write).
+                // What the entries touch, even when nothing was new (a sweep repeated after a
+                // crash must still write the summary it did not get to write): the month
+                // totals of each meter and dimension values touched, recomputed from the
+                // rollups (an index range each), never added to.
+                let mut touched: BTreeSet<(Month, &str, &str)> = BTreeSet::new();
                 for e in &fresh {
-                    months.insert(Month::of(e.time));
+                    touched.insert((Month::of(e.time), e.meter.as_str(), e.dims.as_str()));
                 }
-                let mut out = Vec::with_capacity(months.len());
-                for m in months {
-                    out.push((m, tenant_totals(&*pool, m.start(), m.end(), meters).await?));
+                let mut by_month: UsageByMonth = UsageByMonth::new();
+                for (m, meter, dims) in touched {
+                    let r = sqlx::query(SERIES_SQL)
+                        .bind(meter)
+                        .bind(dims)
+                        .bind(enc_ts(m.start()))
+                        .bind(enc_ts(m.end()))
+                        .fetch_one(&*pool)
+                        .await
+                        .map_err(db_err)?;
+                    let by_max = meters.get(meter).is_some_and(|x| x.aggregation == Aggregation::Max);
+                    let value: Option<i64> = r.try_get(if by_max { "largest" } else { "total" }).map_err(db_err)?;
+                    let events: Option<i64> = r.try_get("events").map_err(db_err)?;
+                    by_month.entry(m).or_default().push(MeterTotal {
+                        meter: meter.to_owned(),
+                        dims: dims.to_owned(),
+                        value: value.unwrap_or(0),
+                        events: events.unwrap_or(0),
+                    });
                 }
+                let out: Vec<_> = by_month.into_iter().collect();
                 Ok(Applied {
                     inserted: u64::try_from(inserted.len()).unwrap_or(0),
                     months: out,
@@ -426,7 +460,7 @@ macro_rules! impl_usage_store {
 
             async fn prune_usage_events(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64> {
                 let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
-                let done = sqlx::query("DELETE FROM usage_event WHERE event_time < $1")
+                let done = sqlx::query("DELETE FROM usage_event WHERE received_at < $1")
                     .bind(enc_ts(before))
                     .execute(&*pool)
                     .await
@@ -450,30 +484,14 @@ macro_rules! impl_usage_store {
                 }
                 let _writer = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let mut by_month: BTreeMap<Month, Vec<TenantId>> = BTreeMap::new();
-                for (m, t, _) in rows {
-                    by_month.entry(*m).or_default().push(*t);
-                }
-                for (m, tenants) in &by_month {
-                    for chunk in tenants.chunks(ROWS_PER_STATEMENT) {
-                        let sql = format!(
-                            "DELETE FROM usage_month WHERE month = $1 AND tenant_id IN ({})",
-                            list(chunk.len(), 2)
-                        );
-                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(m.to_string());
-                        for t in chunk {
-                            q = q.bind(t.0);
-                        }
-                        q.execute(&mut *tx).await.map_err(db_err)?;
-                    }
-                }
                 let flat: Vec<(String, Uuid, &MeterTotal)> = rows
                     .iter()
                     .flat_map(|(m, t, totals)| totals.iter().map(move |x| (m.to_string(), t.0, x)))
                     .collect();
                 for chunk in flat.chunks(ROWS_PER_STATEMENT) {
                     let sql = format!(
-                        "INSERT INTO usage_month (month, tenant_id, meter, dims, value, events) VALUES {}",
+                        "INSERT INTO usage_month (month, tenant_id, meter, dims, value, events) VALUES {} \
+                         ON CONFLICT (month, tenant_id, meter, dims) DO UPDATE SET value = excluded.value, events = excluded.events",
                         placeholders(chunk.len(), 6, 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -629,6 +647,7 @@ macro_rules! impl_usage_store {
                 tenant: TenantId,
                 month: &str,
                 crossing: Crossing,
+                budget_at: OffsetDateTime,
                 block_until: Option<OffsetDateTime>,
                 emails: &[Email],
                 event: NewEvent,
@@ -638,12 +657,14 @@ macro_rules! impl_usage_store {
                 let won = sqlx::query(
                     "INSERT INTO budget_crossing (tenant_id, month, kind, at) SELECT $1, $2, $3, $4 \
                      WHERE EXISTS (SELECT 1 FROM tenant WHERE id = $1 AND deleted_at IS NULL) \
+                     AND EXISTS (SELECT 1 FROM tenant_budget WHERE tenant_id = $1 AND updated_at = $5) \
                      ON CONFLICT (tenant_id, month, kind) DO NOTHING",
                 )
                 .bind(tenant.0)
                 .bind(month)
                 .bind(crossing.as_str())
                 .bind(enc_ts(at))
+                .bind(enc_ts(budget_at))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;

@@ -344,7 +344,8 @@ impl Core {
         });
         MonthCost {
             month,
-            total: lines.iter().map(|l| l.cost).fold(0, i64::saturating_add),
+            // Lines added first, rounded once (see `PriceBook::cost_micros`).
+            total: self.cost_of(totals, tier),
             lines,
         }
     }

@@ -82,7 +82,13 @@ const MAX_SUBJECTS: usize = 200_000;
 pub struct UsageState {
     subjects: Mutex<HashMap<Uuid, (Option<UsageSubject>, OffsetDateTime)>>,
     buckets: Mutex<HashMap<Uuid, Bucket>>,
-    crossings: Mutex<HashSet<(TenantId, Month, &'static str)>>,
+    /// Crossings recorded, by the budget version they were judged against (a changed budget
+    /// starts afresh on every node without being told).
+    crossings: Mutex<HashSet<(TenantId, Month, &'static str, OffsetDateTime)>>,
+    /// Per region: where the next sweep reads from (0: the start).
+    cursors: Mutex<HashMap<String, i64>>,
+    /// Tenants whose database could not be written: failures so far, and not before when.
+    resting: Mutex<HashMap<TenantId, (u32, OffsetDateTime)>>,
     pub(crate) node: Uuid,
 }
 
@@ -92,6 +98,8 @@ impl Default for UsageState {
             subjects: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             crossings: Mutex::new(HashSet::new()),
+            cursors: Mutex::new(HashMap::new()),
+            resting: Mutex::new(HashMap::new()),
             node: Uuid::new_v4(),
         }
     }
@@ -104,7 +112,38 @@ struct Bucket {
     at: OffsetDateTime,
 }
 
+/// A lock that a panic elsewhere does not poison for good.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl UsageState {
+    fn cursor(&self, region: &str) -> i64 {
+        lock(&self.cursors).get(region).copied().unwrap_or(0)
+    }
+
+    fn set_cursor(&self, region: &str, seq: i64) {
+        lock(&self.cursors).insert(region.to_owned(), seq);
+    }
+
+    /// Whether the tenant is being left alone after failures.
+    fn resting(&self, t: TenantId, now: OffsetDateTime) -> bool {
+        lock(&self.resting).get(&t).is_some_and(|(_, until)| now < *until)
+    }
+
+    /// Count a failure and rest the tenant for 2^n seconds (at most 5 minutes).
+    fn failed(&self, t: TenantId, now: OffsetDateTime) -> u32 {
+        let mut r = lock(&self.resting);
+        let e = r.entry(t).or_insert((0, now));
+        e.0 = e.0.saturating_add(1);
+        e.1 = now + Duration::seconds((1_i64 << e.0.min(9)).min(300));
+        e.0
+    }
+
+    fn recovered(&self, t: TenantId) {
+        lock(&self.resting).remove(&t);
+    }
+
     /// A change from the feed (or made here): forget what it touches.
     pub fn forget(&self, kind: ChangeKind, subject: Uuid) {
         let mut s = self.subjects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -263,13 +302,18 @@ impl Core {
     }
 
     /// Move a region's journal into its tenants' databases: one transaction per tenant, the
-    /// monthly summary replaced for what changed, budgets checked, the journal entries
+    /// monthly summary rewritten for what changed, budgets checked, the journal entries
     /// deleted. Only the holder of the region's lease sweeps (several nodes may try).
+    ///
+    /// A tenant whose database cannot be written keeps its entries and is left alone for a
+    /// while (doubling up to 5 minutes); reads go on past its entries (a cursor that wraps
+    /// when the journal's end is reached), so it never holds up the other tenants.
     pub async fn sweep_usage(&self, region: &str) -> Result<SweepReport> {
         let started = self.clock.now();
+        let node = self.usage.node;
         if !self
             .store
-            .claim_sweep(region, self.usage.node, started, started + SWEEP_LEASE)
+            .claim_sweep(region, node, started, started + SWEEP_LEASE)
             .await?
         {
             return Ok(SweepReport {
@@ -277,15 +321,18 @@ impl Core {
                 ..SweepReport::default()
             });
         }
-        let batch = self.store.journal_take(region, SWEEP_TAKE).await?;
+        let after = self.usage.cursor(region);
+        let batch = self.store.journal_take(region, after, SWEEP_TAKE).await?;
         let taken = batch.len();
-        if batch.is_empty() {
-            self.store.set_swept_through(region, self.usage.node, started).await?;
-            return Ok(SweepReport {
-                drained: true,
-                ..SweepReport::default()
-            });
-        }
+        let full = taken == SWEEP_TAKE as usize;
+        self.usage.set_cursor(
+            region,
+            if full {
+                batch.last().map_or(0, |(seq, _)| *seq)
+            } else {
+                0
+            },
+        );
         let mut by_tenant: BTreeMap<TenantId, (Vec<i64>, Vec<JournalEntry>)> = BTreeMap::new();
         for (seq, e) in batch {
             let slot = by_tenant.entry(e.tenant_id).or_default();
@@ -293,15 +340,22 @@ impl Core {
             slot.1.push(e);
         }
         let ids: Vec<Uuid> = by_tenant.keys().map(|t| t.0).collect();
-        let live: HashMap<Uuid, UsageSubject> = self.store.usage_subjects(&ids).await?.into_iter().collect();
+        let live: HashMap<Uuid, UsageSubject> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.usage_subjects(&ids).await?.into_iter().collect()
+        };
         let mut done_seqs: Vec<i64> = Vec::with_capacity(taken);
         let mut work: Vec<(TenantId, Vec<i64>, Vec<JournalEntry>)> = Vec::new();
+        let mut held = false;
         for (t, (seqs, entries)) in by_tenant {
-            if live.contains_key(&t.0) {
-                work.push((t, seqs, entries));
-            } else {
+            if !live.contains_key(&t.0) {
                 tracing::warn!(tenant = %t.0, events = entries.len(), "usage for a deleted tenant dropped");
                 done_seqs.extend(seqs);
+            } else if self.usage.resting(t, started) {
+                held = true;
+            } else {
+                work.push((t, seqs, entries));
             }
         }
         let tenants = work.len();
@@ -309,23 +363,20 @@ impl Core {
         let results = Mutex::new(Vec::new());
         let worker = || async {
             loop {
-                let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+                let next = lock(&queue).pop();
                 let Some((t, seqs, entries)) = next else { break };
                 let outcome = self.store.apply_usage(t, &entries, &self.config.meters).await;
-                results
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((t, seqs, outcome));
+                lock(&results).push((t, seqs, outcome));
             }
         };
         tokio::join!(worker(), worker(), worker(), worker());
         debug_assert_eq!(SWEEP_PARALLEL, 4);
         let mut inserted = 0;
-        let mut failed = false;
         let mut months = Vec::new();
         for (t, seqs, outcome) in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
             match outcome {
                 Ok(applied) => {
+                    self.usage.recovered(t);
                     inserted += applied.inserted;
                     done_seqs.extend(seqs);
                     for (m, totals) in applied.months {
@@ -333,46 +384,68 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    failed = true;
-                    tracing::warn!(tenant = %t.0, error = %e, "usage could not be applied to the tenant's database; kept for the next sweep");
+                    held = true;
+                    let failures = self.usage.failed(t, started);
+                    if failures.is_power_of_two() {
+                        tracing::warn!(tenant = %t.0, failures, error = %e,
+                            "usage could not be applied to the tenant's database; kept, and tried again later");
+                    }
                 }
             }
         }
+        // A long sweep must not let another node start the same work meanwhile.
+        let now = self.clock.now();
+        self.store.claim_sweep(region, node, now, now + SWEEP_LEASE).await?;
         self.store.put_usage_months(&months).await?;
         if let Err(e) = self.check_budgets(&months, &live).await {
             tracing::warn!(error = %e, "budgets could not be checked; the next sweep tries again");
         }
         self.store.journal_delete(region, &done_seqs).await?;
-        let drained = taken < SWEEP_TAKE as usize && !failed;
+        // Read to the end from the start: everything received before this sweep began is in
+        // (but for a tenant being held back, which the warning names).
+        let drained = !full && after == 0;
         if drained {
-            self.store.set_swept_through(region, self.usage.node, started).await?;
+            self.store.set_swept_through(region, node, started).await?;
         }
         Ok(SweepReport {
             taken,
             inserted,
             tenants,
-            drained,
+            drained: drained && !held,
             not_ours: false,
         })
     }
 
-    /// Every region's sweep until each is drained or another node holds it (the server
-    /// calls this every ~250 ms).
+    /// Every region's sweep, each until it has read its journal to the end or another node
+    /// holds it (the server calls this every ~250 ms). A region that fails is logged and the
+    /// others are still swept.
     pub async fn sweep_all_usage(&self) -> Result<u64> {
         let mut inserted = 0;
+        let mut failed = None;
         for region in self.usage_regions() {
             loop {
-                let r = self.sweep_usage(&region).await?;
-                inserted += r.inserted;
-                if r.drained || r.not_ours || r.taken == 0 {
-                    break;
+                match self.sweep_usage(&region).await {
+                    Ok(r) => {
+                        inserted += r.inserted;
+                        if r.not_ours || r.taken < SWEEP_TAKE as usize {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
         }
-        Ok(inserted)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(inserted),
+        }
     }
 
-    /// Drop raw events past the retention window in every tenant (hourly housekeeping).
+    /// Drop raw events received before the retention window in every tenant (hourly
+    /// housekeeping).
     pub async fn prune_usage(&self) -> Result<u64> {
         let before = self.clock.now() - self.config.usage.raw_retention;
         let mut dropped = 0;
@@ -387,10 +460,11 @@ impl Core {
 
     /// The cost of a month's totals for a tenant of `tier`, in minor units.
     pub(crate) fn cost_of(&self, totals: &[MeterTotal], tier: crate::tenant::PriorityTier) -> i64 {
-        totals
+        let micros = totals
             .iter()
-            .map(|t| self.config.pricing.cost(&t.meter, &t.dims, tier, t.value).0)
-            .fold(0_i64, i64::saturating_add)
+            .map(|t| self.config.pricing.cost_micros(&t.meter, &t.dims, tier, t.value).0)
+            .fold(0_i128, i128::saturating_add);
+        crate::pricing::round_micros(micros)
     }
 
     /// After a sweep: for each tenant with a budget whose current month moved, record the
@@ -412,11 +486,16 @@ impl Core {
             .into_iter()
             .map(|b| (b.tenant_id, b))
             .collect();
-        for (m, t, totals) in touched {
+        let mut seen = HashSet::new();
+        for (m, t, _) in touched {
             let (Some(budget), Some(subject)) = (budgets.get(t), live.get(&t.0)) else {
                 continue;
             };
-            let spent = self.cost_of(totals, subject.tier);
+            if !seen.insert(*t) {
+                continue;
+            }
+            let totals = self.store.usage_month_of(*m, *t).await?;
+            let spent = self.cost_of(&totals, subject.tier);
             self.record_standing(budget, *m, spent).await?;
         }
         Ok(())
@@ -433,33 +512,21 @@ impl Core {
             crossings.push(Crossing::Exceeded);
         }
         for c in crossings {
-            let key = (budget.tenant_id, month, c.as_str());
-            if self
-                .usage
-                .crossings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&key)
-            {
+            let key = (budget.tenant_id, month, c.as_str(), budget.updated_at);
+            if lock(&self.usage.crossings).contains(&key) {
                 continue;
             }
             self.record_crossing(budget, month, spent, c).await?;
-            self.usage
-                .crossings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key);
+            let mut known = lock(&self.usage.crossings);
+            known.retain(|(_, m, _, _)| *m == month);
+            known.insert(key);
         }
         Ok(())
     }
 
     /// Forget the crossings recorded in memory for a tenant (its budget changed).
     pub(crate) fn forget_crossings(&self, tenant: TenantId) {
-        self.usage
-            .crossings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|(t, _, _)| *t != tenant);
+        lock(&self.usage.crossings).retain(|(t, _, _, _)| *t != tenant);
     }
 
     async fn record_crossing(&self, budget: &Budget, month: Month, spent: i64, c: Crossing) -> Result<()> {
@@ -528,19 +595,28 @@ impl Core {
             .tenant_admin_emails(budget.tenant_id)
             .await?
             .into_iter()
-            .map(|to| {
-                let text = format!("{what}\n\nSee usage and cost: {link}\n");
-                crate::mail::Email {
-                    to,
-                    subject: subject.clone(),
-                    html: text.clone(),
-                    text,
-                }
+            .map(|to| crate::mail::Email {
+                to,
+                subject: subject.clone(),
+                text: format!("{what}\n\nSee usage and cost: {link}\n"),
+                html: format!(
+                    "<p>{}</p>\n<p><a href=\"{}\">See usage and cost</a></p>\n",
+                    escape_html(&what),
+                    escape_html(&link)
+                ),
             })
             .collect();
         let recorded = self
             .store
-            .record_budget_crossing(budget.tenant_id, &month.to_string(), c, block_until, &emails, event)
+            .record_budget_crossing(
+                budget.tenant_id,
+                &month.to_string(),
+                c,
+                budget.updated_at,
+                block_until,
+                &emails,
+                event,
+            )
             .await?;
         if recorded && block_until.is_some() {
             self.verifier.forget(ChangeKind::Tenant, budget.tenant_id.0);
@@ -563,6 +639,22 @@ impl Core {
             .map(|u| u.email.as_str().to_owned())
             .collect())
     }
+}
+
+/// Text for an HTML email body (tenant names are data).
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn entry(e: &ParsedEvent, s: &UsageSubject, now: OffsetDateTime) -> JournalEntry {

@@ -326,3 +326,189 @@ both!(
         assert_eq!(app.events_of("BUDGET_SET").await.len(), 2);
     }
 );
+
+both!(
+    async fn a_quantity_past_the_cap_or_an_id_with_a_nul_is_refused_alone(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let token = service_token(&app, &["usage:write"], "").await;
+        let batch = json!([
+            tokens("ok", &tid, 7, "m"),
+            tokens("huge", &tid, 1_000_000_000_001, "m"),
+            tokens("nul\u{0}id", &tid, 1, "m"),
+            tokens("ok-2", &tid, 1, "nul\u{0}model"),
+        ]);
+        let (status, body) = send(&app, &token, &batch).await;
+        // PostgreSQL's text refuses NUL: before, the whole batch failed there with 503.
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], 1);
+        let codes: Vec<&str> = body["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, vec!["invalid_value", "invalid_event", "invalid_event"]);
+        until_tokens(&app, &owner, tenant, 7).await;
+    }
+);
+
+both!(
+    async fn rollups_saturate_instead_of_failing_the_tenants_every_sweep(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let meters = MeterCatalog::new(MeterCatalog::defaults()).unwrap();
+        let now = app.clock_now();
+        let big = |id: &str| JournalEntry {
+            tenant_id: tenant,
+            api_key_id: None,
+            source: "s".into(),
+            event_id: id.into(),
+            meter: "llm.tokens".into(),
+            time: now,
+            value: i64::MAX / 2 + 1,
+            dims: "{}".into(),
+            received_at: now,
+        };
+        let store = app.core.store();
+        // Before, the second apply failed (bigint out of range / integer overflow), and the
+        // tenant's entries stayed in the journal for ever.
+        store.apply_usage(tenant, &[big("a")], &meters).await.unwrap();
+        let applied = store.apply_usage(tenant, &[big("b")], &meters).await.unwrap();
+        assert_eq!(applied.inserted, 1);
+        assert_eq!(applied.months[0].1[0].value, i64::MAX);
+    }
+);
+
+both!(
+    async fn a_budget_raised_on_another_node_is_enforced_again_when_exceeded_anew(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let (key, secret) = api_key(&app, &owner, &tid, "").await;
+        let token = service_token(&app, &["usage:write", "keys:verify"], "").await;
+        let billing = owner.require::<ManageBudgets>().unwrap();
+        let one_dollar = BudgetRequest {
+            amount: "1".into(),
+            threshold_percent: String::new(),
+            hard_limit: true,
+        };
+        app.core.set_budget(&billing, tenant, &one_dollar).await.unwrap();
+        send(&app, &token, &json!([tokens("a", &key.to_string(), 500_000, "m")])).await;
+        poll_until("the key stopped", || async {
+            verify(&app, &token, &secret).await.1["code"] == "budget_exceeded"
+        })
+        .await;
+        // Another node raises the budget: this node's core is not told, only the database.
+        let now = app.clock_now();
+        let raised = quarterdeck_domain::budget::Budget {
+            tenant_id: tenant,
+            amount: 200,
+            threshold_percent: 80,
+            hard_limit: true,
+            updated_by: None,
+            updated_at: now + time::Duration::seconds(1),
+        };
+        let event = quarterdeck_domain::audit::NewEvent::new(
+            now,
+            quarterdeck_domain::audit::EventType::BudgetSet,
+            &quarterdeck_domain::access::Actor::system(),
+            Some(tenant),
+            json!({}),
+        );
+        app.core
+            .store()
+            .put_budget(&raised, &Month::of(now).to_string(), event)
+            .await
+            .unwrap();
+        poll_until("the key working again", || async {
+            verify(&app, &token, &secret).await.1["valid"] == true
+        })
+        .await;
+        // USD 2.50 in all: past the raised USD 2.00.
+        send(&app, &token, &json!([tokens("b", &key.to_string(), 500_000, "m")])).await;
+        poll_until("the key stopped again", || async {
+            verify(&app, &token, &secret).await.1["code"] == "budget_exceeded"
+        })
+        .await;
+        assert_eq!(app.events_of("BUDGET_EXCEEDED").await.len(), 2);
+    }
+);
+
+both!(
+    async fn a_crossing_judged_against_a_budget_since_changed_is_not_recorded(app) {
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let billing = owner.require::<ManageBudgets>().unwrap();
+        let req = |amount: &str| BudgetRequest {
+            amount: amount.into(),
+            threshold_percent: String::new(),
+            hard_limit: true,
+        };
+        let old = app.core.set_budget(&billing, tenant, &req("1")).await.unwrap();
+        app.clock.advance(time::Duration::seconds(1));
+        app.core.set_budget(&billing, tenant, &req("100")).await.unwrap();
+        let now = app.clock_now();
+        let event = quarterdeck_domain::audit::NewEvent::new(
+            now,
+            quarterdeck_domain::audit::EventType::BudgetExceeded,
+            &quarterdeck_domain::access::Actor::system(),
+            Some(tenant),
+            json!({}),
+        );
+        // A sweep that read the old budget and finished after the raise.
+        let recorded = app
+            .core
+            .store()
+            .record_budget_crossing(
+                tenant,
+                &Month::of(now).to_string(),
+                quarterdeck_domain::budget::Crossing::Exceeded,
+                old.budget.updated_at,
+                Some(Month::of(now).end()),
+                &[],
+                event,
+            )
+            .await
+            .unwrap();
+        assert!(!recorded);
+        assert_eq!(app.core.store().budget_block(tenant).await.unwrap(), None);
+        assert!(app.events_of("BUDGET_EXCEEDED").await.is_empty());
+    }
+);
+
+both!(
+    async fn raw_events_are_kept_for_the_window_after_they_arrive_whatever_time_they_claim(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let meters = MeterCatalog::new(MeterCatalog::defaults()).unwrap();
+        let now = app.clock_now();
+        let backdated = JournalEntry {
+            tenant_id: tenant,
+            api_key_id: None,
+            source: "s".into(),
+            event_id: "old".into(),
+            meter: "llm.tokens".into(),
+            time: now - time::Duration::days(34),
+            value: 1,
+            dims: "{}".into(),
+            received_at: now,
+        };
+        let store = app.core.store();
+        store.apply_usage(tenant, std::slice::from_ref(&backdated), &meters).await.unwrap();
+        // A day later the housekeeping prunes what arrived more than 35 days ago: not this one,
+        // so a resend is still recognised.
+        app.clock.advance(time::Duration::days(1));
+        app.core.prune_usage().await.unwrap();
+        assert_eq!(store.usage_event_count(tenant).await.unwrap(), 1);
+        let again = store.apply_usage(tenant, &[backdated], &meters).await.unwrap();
+        assert_eq!(again.inserted, 0);
+        app.clock.advance(time::Duration::days(35));
+        app.core.prune_usage().await.unwrap();
+        assert_eq!(store.usage_event_count(tenant).await.unwrap(), 0);
+    }
+);

@@ -11,7 +11,9 @@ CREATE TABLE security.usage_event (
     received_at  timestamptz NOT NULL,
     PRIMARY KEY (source, event_id)
 );
-CREATE INDEX usage_event_time_idx ON security.usage_event (event_time);
+-- Raw events are dropped by when they were received: a duplicate's original stays for the
+-- whole window after it arrived, whatever time the event claims.
+CREATE INDEX usage_event_received_idx ON security.usage_event (received_at);
 
 -- Per hour × meter × dimension values × API key: the meter's fold (sum, count or max) and the
 -- number of events. Kept.
@@ -24,3 +26,5 @@ CREATE TABLE security.usage_rollup (
     events      bigint NOT NULL,
     PRIMARY KEY (hour, meter, dims, api_key_id)
 );
+-- A meter and dimension values over a month (the summary's recomputation of what changed).
+CREATE INDEX usage_rollup_series_idx ON security.usage_rollup (meter, dims, hour);

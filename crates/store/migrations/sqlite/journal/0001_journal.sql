@@ -1,7 +1,7 @@
 -- A region's usage ingestion journal (its own file, usage/<region>.db): accepted events wait
 -- here until a sweep moves them into their tenant's database, in bulk.
 CREATE TABLE usage_journal (
-    seq          INTEGER PRIMARY KEY,
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a sweep deletes by seq
     region       TEXT NOT NULL,
     tenant_id    BLOB NOT NULL,
     api_key_id   BLOB,

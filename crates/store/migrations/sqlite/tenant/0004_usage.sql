@@ -11,7 +11,9 @@ CREATE TABLE usage_event (
     received_at  INTEGER NOT NULL,
     PRIMARY KEY (source, event_id)
 ) WITHOUT ROWID;
-CREATE INDEX usage_event_time_idx ON usage_event (event_time);
+-- Raw events are dropped by when they were received: a duplicate's original stays for the
+-- whole window after it arrived, whatever time the event claims.
+CREATE INDEX usage_event_received_idx ON usage_event (received_at);
 
 -- Per hour × meter × dimension values × API key: the meter's fold (sum, count or max) and the
 -- number of events. Kept.
@@ -24,3 +26,5 @@ CREATE TABLE usage_rollup (
     events      INTEGER NOT NULL,
     PRIMARY KEY (hour, meter, dims, api_key_id)
 ) WITHOUT ROWID;
+-- A meter and dimension values over a month (the summary's recomputation of what changed).
+CREATE INDEX usage_rollup_series_idx ON usage_rollup (meter, dims, hour);
