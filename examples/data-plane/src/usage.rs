@@ -42,6 +42,17 @@ pub struct UsageConfig {
     pub flush_interval: Duration,
     /// Most events waiting; past it the oldest is dropped.
     pub queue_capacity: usize,
+    /// The clock events are dated by (the wall clock unless a test injects another).
+    pub now: fn() -> OffsetDateTime,
+}
+
+/// The wall clock.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the example's one reading of the wall clock; UsageConfig::now lets tests inject theirs"
+)]
+pub fn system_now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
 }
 
 impl Default for UsageConfig {
@@ -53,6 +64,7 @@ impl Default for UsageConfig {
             batch_size: 500,
             flush_interval: Duration::from_secs(1),
             queue_capacity: 10_000,
+            now: system_now,
         }
     }
 }
@@ -94,7 +106,7 @@ impl Reporter {
 
     /// Queues the events of one served request. Never waits on the network.
     pub fn record(&self, served: &Served<'_>) {
-        let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let now = (self.config.now)().format(&Rfc3339).unwrap_or_default();
         let mut events = Vec::with_capacity(2);
         if let (Some(meter), Some((model, tokens))) = (&self.config.token_meter, served.tokens) {
             events.push(self.event(meter, served.key_id, &now, json!({ "tokens": tokens, "model": model })));
