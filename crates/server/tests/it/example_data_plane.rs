@@ -90,7 +90,7 @@ both!(
             .post_form("/portal/provider-credentials/openai", &page, &[("api_key", "sk-acme-0123456789wxyz")])
             .await;
         assert_eq!(r.status(), 303);
-        let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
         let gateway = Gateway::start(&app, &token).await;
         let r = create_key(&admin, &[("name", "gateway"), ("scopes", "read")]).await;
         let html = r.text().await.unwrap();
@@ -123,7 +123,7 @@ both!(
         let globex = app.create_tenant("Globex", "globex").await;
         store_openai_key(&app, &owner, &acme, "sk-acme-0123456789wxyz").await;
         store_openai_key(&app, &owner, &globex, "sk-globex-0123456789").await;
-        let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
         let gateway = Gateway::start(&app, &token).await;
 
         let (_, limited) = api_key(&app, &owner, &globex, "3").await;
