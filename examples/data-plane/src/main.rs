@@ -1,14 +1,17 @@
 //! Runs the example data plane.
 //!
 //! Environment: `QUARTERDECK_URL` (Quarterdeck's base URL), `QUARTERDECK_SERVICE_TOKEN` or
-//! `QUARTERDECK_SERVICE_TOKEN_FILE` (a service token with `keys:verify` and `credentials:read`),
-//! `DATA_PLANE_PROVIDER` (default `openai`), `DATA_PLANE_LISTEN` (default `127.0.0.1:8095`),
-//! `RUST_LOG` (default `info`).
+//! `QUARTERDECK_SERVICE_TOKEN_FILE` (a service token with `keys:verify`, `credentials:read` and
+//! `usage:write`), `DATA_PLANE_PROVIDER` (default `openai`), `DATA_PLANE_LISTEN` (default
+//! `127.0.0.1:8095`), `DATA_PLANE_SOURCE` (the usage events' `source`, default
+//! `quarterdeck-example-data-plane`), `DATA_PLANE_TOKEN_METER` (default `llm.tokens`) and
+//! `DATA_PLANE_REQUEST_METER` (default `api.requests`; either empty to report none), `RUST_LOG`
+//! (default `info`).
 
 use std::env;
 
 use anyhow::{Context, bail};
-use quarterdeck_example_data_plane::{Config, serve};
+use quarterdeck_example_data_plane::{Config, UsageConfig, serve_until};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use url::Url;
@@ -29,11 +32,14 @@ async fn main() -> anyhow::Result<()> {
         provider = %config.provider,
         "example data plane listening"
     );
-    tokio::select! {
-        served = serve(listener, config) => served.context("serving")?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
-    }
-    Ok(())
+    let stop = async {
+        // An error here means no signal handler could be installed: then run until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("stopping");
+    };
+    serve_until(listener, config, stop).await.context("serving")
 }
 
 fn config_from_env() -> anyhow::Result<Config> {
@@ -55,9 +61,25 @@ fn config_from_env() -> anyhow::Result<Config> {
         bail!("the service token is empty");
     }
     let provider = env::var("DATA_PLANE_PROVIDER").unwrap_or_else(|_| "openai".to_owned());
+    let defaults = UsageConfig::default();
+    let meter = |name: &str, default: Option<String>| match env::var(name) {
+        Ok(v) if v.trim().is_empty() => None,
+        Ok(v) => Some(v.trim().to_owned()),
+        Err(_) => default,
+    };
+    let usage = UsageConfig {
+        source: env::var("DATA_PLANE_SOURCE").unwrap_or(defaults.source.clone()),
+        token_meter: meter("DATA_PLANE_TOKEN_METER", defaults.token_meter.clone()),
+        request_meter: meter("DATA_PLANE_REQUEST_METER", defaults.request_meter.clone()),
+        ..defaults
+    };
+    if usage.source.trim().is_empty() {
+        bail!("DATA_PLANE_SOURCE is empty");
+    }
     Ok(Config {
         quarterdeck_url,
         service_token,
         provider,
+        usage,
     })
 }

@@ -10,16 +10,19 @@ use std::io;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 use uuid::Uuid;
 
 use crate::refusal::Refusal;
+use crate::usage::BatchAnswer;
 
 /// Every call to Quarterdeck ends within this time, connection included.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// A usage batch (up to a few hundred KiB, off the request path) may take longer.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A caller whose key Quarterdeck vouched for.
 #[derive(Debug, Clone)]
@@ -68,12 +71,25 @@ struct ErrorDetail {
 }
 
 /// The client for Quarterdeck's data-plane API: one connection pool, the service token as a
-/// sensitive header (never printed, never logged).
+/// sensitive header (never printed, never logged). Cloning shares the pool.
+#[derive(Clone)]
 pub struct Quarterdeck {
     http: reqwest::Client,
     verify_url: Url,
     resolve_url: Url,
+    usage_url: Url,
     authorization: HeaderValue,
+}
+
+/// What became of a usage batch.
+pub enum UsageOutcome {
+    /// Taken (200): each event accepted or rejected on its own.
+    Taken(BatchAnswer),
+    /// Refused for good (a 4xx other than 429): the same body would be refused again.
+    Refused { status: StatusCode, code: String },
+    /// Not taken now (429, 5xx, unreachable, timed out): send the same batch again, after
+    /// `retry_after` when Quarterdeck said.
+    Later { retry_after: Option<Duration> },
 }
 
 impl Quarterdeck {
@@ -95,6 +111,7 @@ impl Quarterdeck {
             http,
             verify_url: endpoint(base, &["v1", "data-plane", "keys", "verify"])?,
             resolve_url: endpoint(base, &["v1", "data-plane", "credentials", "resolve"])?,
+            usage_url: endpoint(base, &["v1", "data-plane", "usage"])?,
             authorization,
         })
     }
@@ -154,6 +171,49 @@ impl Quarterdeck {
         }
     }
 
+    /// Sends a batch of usage events (a JSON array of CloudEvents).
+    pub async fn report_usage(&self, batch: &serde_json::Value) -> UsageOutcome {
+        let sent = self
+            .http
+            .post(self.usage_url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/cloudevents-batch+json")
+            .timeout(USAGE_TIMEOUT)
+            .body(batch.to_string())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(error = %causes(&e), "Quarterdeck unreachable for usage");
+                return UsageOutcome::Later { retry_after: None };
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::OK {
+            return match response.json::<BatchAnswer>().await {
+                Ok(answer) => UsageOutcome::Taken(answer),
+                // The body was cut or garbled on its way back: sending again is safe (same ids).
+                Err(_) => UsageOutcome::Later { retry_after: None },
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return UsageOutcome::Later { retry_after };
+        }
+        let code = response
+            .json::<ErrorAnswer>()
+            .await
+            .map(|a| a.error.code)
+            .unwrap_or_default();
+        UsageOutcome::Refused { status, code }
+    }
+
     async fn post(&self, url: &Url, body: serde_json::Value) -> Result<reqwest::Response, Refusal> {
         self.http
             .post(url.clone())
@@ -185,6 +245,7 @@ fn verification(answer: VerifyAnswer) -> Result<Verified, Refusal> {
         Some("expired") => Err(Refusal::ExpiredKey),
         Some("revoked") => Err(Refusal::RevokedKey),
         Some("tenant_suspended") => Err(Refusal::TenantSuspended),
+        Some("budget_exceeded") => Err(Refusal::BudgetExceeded),
         Some("rate_limited") => Err(Refusal::RateLimited {
             retry_after_seconds: answer.retry_after_seconds.unwrap_or(1),
         }),

@@ -2,8 +2,9 @@
 //! loopback stand-in for Quarterdeck that answers canned JSON (the end-to-end test against a real
 //! Quarterdeck lives in the server's integration suite).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -17,7 +18,9 @@ use tokio::net::TcpListener;
 use url::Url;
 use uuid::Uuid;
 
-use super::{Config, bearer_key, last_four, serve};
+use super::{Config, UsageConfig, bearer_key, last_four, serve};
+
+mod usage;
 
 const SERVICE_TOKEN: &str = "qd_svc_test_token";
 const TENANT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
@@ -30,6 +33,26 @@ const PROVIDER_SECRET: &str = "sk-test-abcdefgh1234";
 struct Calls {
     verify: AtomicUsize,
     resolve: AtomicUsize,
+    /// Each usage post: when, its content type, its body.
+    usage: Mutex<Vec<(Instant, String, Value)>>,
+    /// How the next usage posts are answered (status, Retry-After); 200 when none is left.
+    usage_script: Mutex<VecDeque<(StatusCode, Option<u64>)>>,
+}
+
+impl Calls {
+    fn usage_posts(&self) -> Vec<(Instant, String, Value)> {
+        self.usage.lock().unwrap().clone()
+    }
+
+    /// Every event of the posts answered 200, in order.
+    fn events_taken(&self) -> Vec<Value> {
+        let answers: Vec<_> = self.usage_posts();
+        answers
+            .into_iter()
+            .filter(|(_, _, body)| body["_taken"] == true)
+            .flat_map(|(_, _, body)| body["events"].as_array().unwrap().clone())
+            .collect()
+    }
 }
 
 fn valid(tenant: Uuid) -> Value {
@@ -68,6 +91,7 @@ async fn fake_verify(State(calls): State<Arc<Calls>>, headers: HeaderMap, Json(b
         "qd_live_revoked" => invalid("revoked"),
         "qd_live_suspended" => invalid("tenant_suspended"),
         "qd_live_novel" => invalid("insufficient_credits"),
+        "qd_live_overbudget" => invalid("budget_exceeded"),
         "qd_live_limited" => {
             Json(json!({"valid": false, "code": "rate_limited", "retry_after_seconds": 7})).into_response()
         }
@@ -109,6 +133,39 @@ async fn fake_resolve(State(calls): State<Arc<Calls>>, headers: HeaderMap, Json(
     .into_response()
 }
 
+/// Quarterdeck's usage endpoint: records each post, answers by the script (else 200).
+async fn fake_usage(State(calls): State<Arc<Calls>>, headers: HeaderMap, body: String) -> Response {
+    let scripted = calls.usage_script.lock().unwrap().pop_front();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let events: Value = serde_json::from_str(&body).unwrap();
+    let taken = authorized(&headers) && scripted.is_none();
+    calls
+        .usage
+        .lock()
+        .unwrap()
+        .push((Instant::now(), content_type, json!({"_taken": taken, "events": events})));
+    if !authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    }
+    match scripted {
+        Some((status, retry_after)) => {
+            let mut response = error(status, "scripted");
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert("retry-after", seconds.into());
+            }
+            response
+        }
+        None => {
+            let n = events.as_array().map_or(0, Vec::len);
+            Json(json!({"accepted": n, "rejected": []})).into_response()
+        }
+    }
+}
+
 async fn listen(router: Router) -> Url {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
@@ -133,16 +190,18 @@ impl World {
         let quarterdeck = Router::new()
             .route("/v1/data-plane/keys/verify", post(fake_verify))
             .route("/v1/data-plane/credentials/resolve", post(fake_resolve))
+            .route("/v1/data-plane/usage", post(fake_usage))
             .with_state(calls.clone());
         let quarterdeck_url = listen(quarterdeck).await;
         World::in_front_of(quarterdeck_url, calls, service_token, provider).await
     }
 
     async fn in_front_of(quarterdeck_url: Url, calls: Arc<Calls>, service_token: &str, provider: &str) -> World {
-        let config = Config {
-            quarterdeck_url,
-            service_token: service_token.to_owned(),
-            provider: provider.to_owned(),
+        let mut config = Config::new(quarterdeck_url, service_token, provider);
+        config.usage = UsageConfig {
+            source: "gateway-test-1".to_owned(),
+            flush_interval: Duration::from_millis(50),
+            ..UsageConfig::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_plane = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
@@ -204,11 +263,15 @@ async fn a_verified_key_is_served_with_its_tenant_key_and_the_credential_last_fo
     let (status, _, body) = world.whoami("qd_live_good").await;
     assert_eq!((status, body), (StatusCode::OK, expected.clone()));
 
+    // A chat also says what it used: "hello" is 2 tokens, echoed.
+    let mut chatted = expected.clone();
+    chatted["usage"] = json!({"model": "gpt-4o-mini", "prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4});
     let (status, _, body) = world.chat(Some("Bearer qd_live_good"), r#"{"prompt": "hello"}"#).await;
-    assert_eq!((status, body), (StatusCode::OK, expected.clone()));
+    assert_eq!((status, body), (StatusCode::OK, chatted.clone()));
 
+    // Without a `prompt`, the whole body is the prompt: `[1,2]`, 5 characters.
     let (status, _, body) = world.chat(Some("bearer qd_live_good"), "[1, 2]").await;
-    assert_eq!((status, body), (StatusCode::OK, expected));
+    assert_eq!((status, body), (StatusCode::OK, chatted));
     assert_eq!(world.calls.verify.load(Ordering::SeqCst), 3);
     assert_eq!(world.calls.resolve.load(Ordering::SeqCst), 3);
 }
@@ -377,21 +440,21 @@ async fn a_path_prefix_of_the_quarterdeck_url_is_kept() {
 
 #[test]
 fn the_config_never_prints_the_service_token() {
-    let config = Config {
-        quarterdeck_url: Url::parse("https://quarterdeck.example.com").unwrap(),
-        service_token: SERVICE_TOKEN.to_owned(),
-        provider: "openai".to_owned(),
-    };
+    let config = Config::new(
+        Url::parse("https://quarterdeck.example.com").unwrap(),
+        SERVICE_TOKEN,
+        "openai",
+    );
     assert!(!format!("{config:?}").contains(SERVICE_TOKEN));
 }
 
 #[test]
 fn a_config_quarterdeck_cannot_be_reached_with_is_refused() {
-    let mut config = Config {
-        quarterdeck_url: Url::parse("ftp://quarterdeck.example.com").unwrap(),
-        service_token: SERVICE_TOKEN.to_owned(),
-        provider: "openai".to_owned(),
-    };
+    let mut config = Config::new(
+        Url::parse("ftp://quarterdeck.example.com").unwrap(),
+        SERVICE_TOKEN,
+        "openai",
+    );
     assert!(super::router(config.clone()).is_err());
     config.quarterdeck_url = Url::parse("https://quarterdeck.example.com").unwrap();
     config.service_token = "qd_svc_\nbroken".to_owned();

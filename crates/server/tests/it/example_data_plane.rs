@@ -1,14 +1,16 @@
 //! The example data plane (`examples/data-plane`, the SaaS product's own gateway) in front of a
 //! real Quarterdeck: a tenant's key works, a revoked key is refused within a second, a
-//! suspended tenant is refused, a key over its limit gets 429.
+//! suspended tenant is refused, a key over its limit gets 429; the requests it serves are
+//! counted exactly in the tenant's usage, and a hard budget stops the key (402).
 
 use crate::both;
 use crate::data_plane::{api_key, owner, service_token};
 use crate::helpers::*;
 use crate::portal_data_plane::{create_key, key_id_in, shown_secret};
 use quarterdeck_domain::TenantId;
-use quarterdeck_domain::access::ManageProviderCredentials;
-use serde_json::Value;
+use quarterdeck_domain::access::{ManageBudgets, ManageProviderCredentials, ReadUsage};
+use quarterdeck_domain::budget::BudgetRequest;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,11 +26,9 @@ impl Gateway {
     async fn start(app: &TestApp, token: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = quarterdeck_example_data_plane::Config {
-            quarterdeck_url: app.base_url.parse().unwrap(),
-            service_token: token.to_owned(),
-            provider: "openai".to_owned(),
-        };
+        let mut config = quarterdeck_example_data_plane::Config::new(app.base_url.parse().unwrap(), token, "openai");
+        config.usage.source = "gateway-it-1".to_owned();
+        config.usage.flush_interval = Duration::from_millis(100);
         tokio::spawn(quarterdeck_example_data_plane::serve(listener, config));
         Self {
             url,
@@ -40,6 +40,16 @@ impl Gateway {
         self.client
             .get(format!("{}/v1/whoami", self.url))
             .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn chat(&self, key: &str, prompt: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/chat", self.url))
+            .bearer_auth(key)
+            .json(&json!({ "prompt": prompt }))
             .send()
             .await
             .unwrap()
@@ -80,7 +90,7 @@ both!(
             .post_form("/portal/provider-credentials/openai", &page, &[("api_key", "sk-acme-0123456789wxyz")])
             .await;
         assert_eq!(r.status(), 303);
-        let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
         let gateway = Gateway::start(&app, &token).await;
         let r = create_key(&admin, &[("name", "gateway"), ("scopes", "read")]).await;
         let html = r.text().await.unwrap();
@@ -113,7 +123,7 @@ both!(
         let globex = app.create_tenant("Globex", "globex").await;
         store_openai_key(&app, &owner, &acme, "sk-acme-0123456789wxyz").await;
         store_openai_key(&app, &owner, &globex, "sk-globex-0123456789").await;
-        let token = service_token(&app, &["keys:verify", "credentials:read"], "").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
         let gateway = Gateway::start(&app, &token).await;
 
         let (_, limited) = api_key(&app, &owner, &globex, "3").await;
@@ -137,5 +147,89 @@ both!(
         gateway.refused_within(&key, 403, suspended_at, PROPAGATION).await;
         let body: Value = gateway.whoami(&key).await.json().await.unwrap();
         assert_eq!(body["error"], "tenant_suspended");
+    }
+);
+
+both!(
+    async fn requests_through_the_example_gateway_are_counted_exactly_and_a_hard_budget_stops_its_key(app) {
+        let owner = owner(&app).await;
+        let acme = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = acme.parse().unwrap();
+        store_openai_key(&app, &owner, &acme, "sk-acme-0123456789wxyz").await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
+        let gateway = Gateway::start(&app, &token).await;
+        let (key_id, key) = api_key(&app, &owner, &acme, "").await;
+
+        const N: i64 = 7;
+        let mut tokens = 0;
+        for i in 0..N {
+            let r = gateway.chat(&key, &"x".repeat(40 * (i as usize + 1))).await;
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            tokens += body["usage"]["total_tokens"].as_i64().unwrap();
+        }
+        // 40, 80, … 280 characters: 10 + 20 + … + 70 prompt tokens, echoed.
+        assert_eq!(tokens, 2 * 280);
+
+        // The tenant's usage (what the portal's usage page reads) counts exactly N requests and
+        // the tokens the gateway answered, all under the key, once the sweep has them.
+        let proof = owner.require_for_tenant::<ReadUsage>(tenant).unwrap();
+        let today = app.clock_now().date();
+        let (from, to) = (today.previous_day().unwrap(), today.next_day().unwrap());
+        let total = |report: &quarterdeck_domain::core::UsageReport, meter: &str| {
+            report.meters.iter().find(|m| m.meter.event_type == meter).map_or(0, |m| m.total)
+        };
+        poll_until("the gateway's usage swept", || async {
+            let report = app.core.usage_report(&proof, from, to).await.unwrap();
+            total(&report, "api.requests") == N && total(&report, "llm.tokens") == tokens
+        })
+        .await;
+        let report = app.core.usage_report(&proof, from, to).await.unwrap();
+        let requests = report.meters.iter().find(|m| m.meter.event_type == "api.requests").unwrap();
+        assert_eq!(requests.events, N);
+        assert_eq!(requests.by_key.len(), 1);
+        assert_eq!(requests.by_key[0].key, key_id.to_string());
+        assert_eq!(requests.by_key[0].value, N);
+        assert_eq!(requests.by_dimension[0].label, "endpoint=/v1/chat");
+        let llm = report.meters.iter().find(|m| m.meter.event_type == "llm.tokens").unwrap();
+        assert_eq!((llm.total, llm.events), (tokens, N));
+        assert_eq!(llm.by_dimension[0].label, "model=gpt-4o-mini");
+        let cost = app.core.cost_report(&proof, 1).await.unwrap();
+        let quantity = |meter: &str| -> i64 {
+            cost.months[0].lines.iter().filter(|l| l.meter == meter).map(|l| l.quantity).sum()
+        };
+        assert_eq!((quantity("api.requests"), quantity("llm.tokens")), (N, tokens));
+        // The raw events themselves: one per meter per request, however the batches went.
+        assert_eq!(app.core.store().usage_event_count(tenant).await.unwrap(), 2 * N as u64);
+
+        // USD 0.05 with a hard limit: 20,000 tokens at USD 2.50 per million. Each chat of
+        // 16,000 characters uses 8,000.
+        let billing = owner.require::<ManageBudgets>().unwrap();
+        let budget = BudgetRequest {
+            amount: "0.05".into(),
+            threshold_percent: String::new(),
+            hard_limit: true,
+        };
+        app.core.set_budget(&billing, tenant, &budget).await.unwrap();
+        let big = "y".repeat(16_000);
+        let mut served = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let r = gateway.chat(&key, &big).await;
+            if r.status() != 200 {
+                break (r.status().as_u16(), r.json::<Value>().await.unwrap());
+            }
+            served += 1;
+            assert!(Instant::now() < deadline, "the key still works after {served} chats");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(served >= 3, "stopped only past the budget, after {served} chats");
+        assert_eq!(refused.0, 402, "{}", refused.1);
+        assert_eq!(refused.1["error"], "budget_exceeded");
+        assert!(refused.1["message"].as_str().unwrap().contains("monthly budget"));
+        let status = app.core.budget_status(&proof).await.unwrap().unwrap();
+        assert!(status.blocked);
+        assert!(status.spent >= 5, "spent {}", status.spent);
+        assert_eq!(app.events_of("BUDGET_EXCEEDED").await.len(), 1);
     }
 );
