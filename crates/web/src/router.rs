@@ -9,7 +9,7 @@
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    api_keys, audit, dashboard, impersonation, login, portal, provider_credentials, register, roles, service_tokens,
+    api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles, service_tokens,
     settings, setup, sso, sso_settings, tenant_users, tenants, tokens, users,
 };
 use crate::state::AppState;
@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{id}", get(users::show_platform))
         .route("/users/{id}/{action}", post(users::act_platform))
         .route("/roles", get(roles::list))
+        .route("/billing", get(billing::show))
+        .route("/billing.csv", get(billing::export))
         .route("/audit", get(audit::list))
         .route("/audit/{id}", get(audit::show))
         .route("/settings", get(settings::show))
