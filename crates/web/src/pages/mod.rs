@@ -16,6 +16,7 @@ pub mod settings;
 pub mod setup;
 pub mod sso;
 pub mod sso_settings;
+pub mod tenant_usage;
 pub mod tenant_users;
 pub mod tenants;
 pub mod tokens;
