@@ -9,8 +9,8 @@
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles, service_tokens,
-    settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, users,
+    api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles,
+    service_tokens, settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, users,
 };
 use crate::state::AppState;
 use crate::{assets, edge, pages};

@@ -17,7 +17,11 @@ async fn signed_in_as(app: &TestApp, email: &str, roles: &[&str]) -> reqwest::Cl
     let login = c.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
     let r = c
         .post(app.url("/login"))
-        .form(&[("csrf_token", csrf_token(&login).as_str()), ("email", email), ("password", OWNER_PASSWORD)])
+        .form(&[
+            ("csrf_token", csrf_token(&login).as_str()),
+            ("email", email),
+            ("password", OWNER_PASSWORD),
+        ])
         .send()
         .await
         .unwrap();
@@ -42,7 +46,8 @@ async fn tenants_with_tokens(app: &TestApp, tenants: &[(&str, &str, i64)]) -> Ve
 
 /// Where `name`'s row link is in the page (panics when it is not there).
 fn position(html: &str, name: &str) -> usize {
-    html.find(&format!(">{name}</a></th>")).unwrap_or_else(|| panic!("{name} is not in the table"))
+    html.find(&format!(">{name}</a></th>"))
+        .unwrap_or_else(|| panic!("{name} is not in the table"))
 }
 
 both!(

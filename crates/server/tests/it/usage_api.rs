@@ -171,5 +171,20 @@ both!(
         let removed = app.events_of("BUDGET_REMOVED").await;
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].actor_email.as_deref(), Some(OWNER_EMAIL));
+
+        // Every status these calls answered is in the document.
+        let doc: Value = app.get("/v1/openapi.json").await.json().await.unwrap();
+        let ops = &doc["paths"]["/v1/admin/tenants/{id}/budget"];
+        for (method, statuses) in [("get", &["200", "401", "403", "404"][..]), ("put", &["200", "401", "403", "404", "422"]), ("delete", &["204", "401", "403", "404"])] {
+            for status in statuses {
+                assert!(ops[method]["responses"][*status].is_object(), "{method} {status}");
+            }
+        }
+        for p in ["usage", "cost"] {
+            let op = &doc["paths"][format!("/v1/admin/tenants/{{id}}/{p}")]["get"];
+            for status in ["200", "401", "403", "404", "422"] {
+                assert!(op["responses"][status].is_object(), "{p} {status}");
+            }
+        }
     }
 );

@@ -291,7 +291,8 @@ pub async fn usage(
 }
 
 fn ymd(d: Date) -> String {
-    d.format(format_description!("[year]-[month]-[day]")).unwrap_or_default()
+    d.format(format_description!("[year]-[month]-[day]"))
+        .unwrap_or_default()
 }
 
 fn key_share(s: &Share) -> KeyShare {

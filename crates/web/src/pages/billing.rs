@@ -100,9 +100,10 @@ fn asked(q: &BillingQuery, now: time::OffsetDateTime) -> Asked {
 
 /// The month's cost as a share of the budget, in percent.
 fn percent_used(r: &BillingRow) -> Option<i64> {
-    r.budget.as_ref().filter(|b| b.amount > 0).map(|b| {
-        i64::try_from(i128::from(r.cost) * 100 / i128::from(b.amount)).unwrap_or(i64::MAX)
-    })
+    r.budget
+        .as_ref()
+        .filter(|b| b.amount > 0)
+        .map(|b| i64::try_from(i128::from(r.cost) * 100 / i128::from(b.amount)).unwrap_or(i64::MAX))
 }
 
 fn sort_rows(rows: &mut [BillingRow], key: SortKey, ascending: bool) {
@@ -253,7 +254,12 @@ fn page(chrome: Chrome, a: &Asked, o: &BillingOverview, meters: &[Meter], prices
         month_input: a.month.to_string(),
         prev_link: link(a.month.previous(), a.sort, a.ascending),
         next_link: link(a.month.next(), a.sort, a.ascending),
-        csv_link: format!("/billing.csv?month={}&sort={}&dir={}", a.month, a.sort.as_str(), if a.ascending { "asc" } else { "desc" }),
+        csv_link: format!(
+            "/billing.csv?month={}&sort={}&dir={}",
+            a.month,
+            a.sort.as_str(),
+            if a.ascending { "asc" } else { "desc" }
+        ),
         meters: meters
             .iter()
             .map(|m| MeterColumn {
@@ -350,7 +356,12 @@ fn decimal(minor: i64, minor_units: i64) -> String {
 
 fn csv(o: &BillingOverview, meters: &[Meter], minor_units: i64) -> String {
     let mut out = String::new();
-    let mut head = vec!["Tenant".to_owned(), "Tenant id".to_owned(), "Status".to_owned(), "Tier".to_owned()];
+    let mut head = vec![
+        "Tenant".to_owned(),
+        "Tenant id".to_owned(),
+        "Status".to_owned(),
+        "Tier".to_owned(),
+    ];
     head.extend(meters.iter().map(|m| match &m.unit {
         Some(u) => format!("{} ({u})", m.name),
         None => m.name.clone(),
@@ -376,7 +387,12 @@ fn csv(o: &BillingOverview, meters: &[Meter], minor_units: i64) -> String {
         );
         f.push(r.events.to_string());
         f.push(decimal(r.cost, minor_units));
-        f.push(r.budget.as_ref().map(|b| decimal(b.amount, minor_units)).unwrap_or_default());
+        f.push(
+            r.budget
+                .as_ref()
+                .map(|b| decimal(b.amount, minor_units))
+                .unwrap_or_default(),
+        );
         f.push(percent_used(r).map(|p| p.to_string()).unwrap_or_default());
         csv_line(&mut out, &f);
     }
@@ -410,7 +426,10 @@ pub async fn export(
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         body,
@@ -428,7 +447,12 @@ mod tests {
         let mut out = String::new();
         csv_line(
             &mut out,
-            &[neutralise("=SUM(A1)"), neutralise("a,\"b\""), neutralise("plain"), neutralise("@x")],
+            &[
+                neutralise("=SUM(A1)"),
+                neutralise("a,\"b\""),
+                neutralise("plain"),
+                neutralise("@x"),
+            ],
         );
         assert_eq!(out, "'=SUM(A1),\"a,\"\"b\"\"\",plain,'@x\r\n");
         assert_eq!(decimal(123_456, 100), "1234.56");

@@ -123,7 +123,13 @@ pub async fn usage_card(state: &AppState, s: &SignedIn, tenant: TenantId) -> Res
         .iter()
         .map(|m| MeterTotalRow {
             name: m.name.clone(),
-            quantity: group(per_meter.get(m.event_type.as_str()).copied().unwrap_or(0).unsigned_abs()),
+            quantity: group(
+                per_meter
+                    .get(m.event_type.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    .unsigned_abs(),
+            ),
             unit: m.unit.clone().unwrap_or_default(),
         })
         .collect();
