@@ -9,8 +9,8 @@
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
 use crate::error::ApiError;
 use crate::pages::{
-    api_keys, audit, dashboard, impersonation, login, portal, provider_credentials, register, roles, service_tokens,
-    settings, setup, sso, sso_settings, tenant_users, tenants, tokens, users,
+    api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles,
+    service_tokens, settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, users,
 };
 use crate::state::AppState;
 use crate::{assets, edge, pages};
@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}", get(tenants::show).post(tenants::update))
         .route("/tenants/{id}/status", post(tenants::change_status))
         .route("/tenants/{id}/delete", post(tenants::delete))
+        .route("/tenants/{id}/budget", post(tenant_usage::set_budget))
+        .route("/tenants/{id}/budget/delete", post(tenant_usage::remove_budget))
         .route("/tenants/{id}/impersonate", post(impersonation::start))
         .route("/tenants/{tid}/api-keys/{id}/revoke", post(api_keys::console_revoke))
         .route("/tenants/{tid}/users/{uid}", get(users::show_tenant_user))
@@ -56,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{id}", get(users::show_platform))
         .route("/users/{id}/{action}", post(users::act_platform))
         .route("/roles", get(roles::list))
+        .route("/billing", get(billing::show))
+        .route("/billing.csv", get(billing::export))
         .route("/audit", get(audit::list))
         .route("/audit/{id}", get(audit::show))
         .route("/settings", get(settings::show))

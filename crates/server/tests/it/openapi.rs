@@ -119,6 +119,7 @@ both!(
             "/v1/admin/users/{id}/invitation", "/v1/admin/audit/events", "/v1/admin/audit/events/export",
             "/v1/admin/tenants/{id}/api-keys", "/v1/admin/tenants/{id}/api-keys/{key_id}",
             "/v1/admin/tenants/{id}/api-keys/{key_id}/roll", "/v1/admin/tenants/{id}/api-keys/{key_id}/revoke",
+            "/v1/admin/tenants/{id}/usage", "/v1/admin/tenants/{id}/cost", "/v1/admin/tenants/{id}/budget",
             "/v1/data-plane/keys/verify", "/v1/data-plane/credentials/resolve",
         ] {
             assert!(doc["paths"][p].is_object(), "{p}");

@@ -37,7 +37,7 @@ both!(
 );
 
 /// Make a platform user with the given roles directly in the store (inviting comes later).
-async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
+pub async fn platform_user(app: &TestApp, email: &str, roles: &[&str]) {
     use quarterdeck_domain::password::NewPassword;
     let user = quarterdeck_domain::user::User {
         id: quarterdeck_domain::UserId::new(),

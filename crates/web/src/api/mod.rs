@@ -14,6 +14,7 @@ mod limits;
 mod openapi;
 pub mod schema;
 mod tenants;
+mod usage;
 pub mod usage_ingest;
 mod users;
 
@@ -48,6 +49,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/admin/tenants/{id}/api-keys/{key_id}", get(api_keys::get))
         .route("/admin/tenants/{id}/api-keys/{key_id}/roll", post(api_keys::roll))
         .route("/admin/tenants/{id}/api-keys/{key_id}/revoke", post(api_keys::revoke))
+        .route("/admin/tenants/{id}/usage", get(usage::usage))
+        .route("/admin/tenants/{id}/cost", get(usage::cost))
+        .route(
+            "/admin/tenants/{id}/budget",
+            get(usage::get_budget)
+                .put(usage::put_budget)
+                .delete(usage::delete_budget),
+        )
         .route("/admin/users", get(users::list).post(users::create))
         .route(
             "/admin/users/{id}",

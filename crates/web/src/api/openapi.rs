@@ -2,20 +2,21 @@
 //! served at `/v1/openapi.json`.
 
 use super::schema::*;
-use super::{api_keys, audit, data_plane, tenants, usage_ingest, users};
+use super::{api_keys, audit, data_plane, tenants, usage, usage_ingest, users};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Quarterdeck Automation API", description = "Tenants, their API keys, users, role assignments, invitations and the audit trail under `/v1/admin/`: authenticate with a personal access token (`Authorization: Bearer qd_pat_…`, scheme `bearer`). The data plane's questions under `/v1/data-plane/` (verify a tenant API key, resolve a provider credential): authenticate with a service token (`Authorization: Bearer qd_svc_…`, scheme `service_token`)."),
+    info(title = "Quarterdeck Automation API", description = "Tenants, their API keys, usage, cost and budgets, users, role assignments, invitations and the audit trail under `/v1/admin/`: authenticate with a personal access token (`Authorization: Bearer qd_pat_…`, scheme `bearer`). The data plane's questions under `/v1/data-plane/` (verify a tenant API key, resolve a provider credential): authenticate with a service token (`Authorization: Bearer qd_svc_…`, scheme `service_token`)."),
     paths(
         tenants::list, tenants::create, tenants::get, tenants::update, tenants::set_status, tenants::delete,
         api_keys::list, api_keys::create, api_keys::get, api_keys::roll, api_keys::revoke,
         users::list, users::create, users::get, users::update, users::delete,
         users::assign_role, users::revoke_role,
         users::invitations, users::resend_invitation, users::revoke_invitation,
+        usage::usage, usage::cost, usage::get_budget, usage::put_budget, usage::delete_budget,
         audit::list, audit::export,
         data_plane::verify, data_plane::resolve, usage_ingest::ingest,
     ),
@@ -26,6 +27,8 @@ use utoipa::{Modify, OpenApi};
         data_plane::VerifyRequest, data_plane::VerifyResponse, data_plane::KeyValid, data_plane::KeyInvalid,
         data_plane::VerifiedTenant, data_plane::VerifiedKey, data_plane::KeyLimits,
         data_plane::ResolveRequest, data_plane::ResolveResponse,
+        usage::UsageOut, usage::MeterUsageOut, usage::UsageDay, usage::DimensionShare, usage::KeyShare, usage::FreshnessOut,
+        usage::CostOut, usage::MonthCostOut, usage::CostLineOut, usage::BudgetOut, usage::BudgetStanding, usage::SetBudget,
         usage_ingest::UsageEvent, usage_ingest::RejectedEvent, usage_ingest::UsageAccepted,
     )),
     modifiers(&Bearer, &EdgeResponses),

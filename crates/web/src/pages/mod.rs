@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod billing;
 pub mod dashboard;
 pub mod impersonation;
 pub mod login;
@@ -15,6 +16,7 @@ pub mod settings;
 pub mod setup;
 pub mod sso;
 pub mod sso_settings;
+pub mod tenant_usage;
 pub mod tenant_users;
 pub mod tenants;
 pub mod tokens;
@@ -33,6 +35,8 @@ pub struct Chrome {
     pub csrf_token: String,
     pub me_email: String,
     pub nav: &'static str,
+    /// Whether the nav shows Billing (`billing:read`).
+    pub billing: bool,
 }
 
 impl Chrome {
@@ -41,6 +45,7 @@ impl Chrome {
             csrf_token: s.session.csrf_token.clone(),
             me_email: s.user.email.to_string(),
             nav,
+            billing: s.principal.can(&quarterdeck_domain::role::Capability::BillingRead),
         }
     }
     pub fn signed_out(csrf_token: String) -> Self {
@@ -48,6 +53,7 @@ impl Chrome {
             csrf_token,
             me_email: String::new(),
             nav: "",
+            billing: false,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `/tenants`: list, New Tenant, the tenant page (edit, status, delete).
+//! `/tenants`: list, New Tenant, the tenant page (edit, status, delete; its usage card is in
+//! `tenant_usage.rs`).
 
 use super::{Chrome, Errors, Opt, fmt_time, options, render};
 use crate::auth::CurrentSession;
@@ -48,7 +49,7 @@ impl From<&Tenant> for TenantRow {
     }
 }
 
-fn tenant_id(raw: &str) -> Result<TenantId, Error> {
+pub(super) fn tenant_id(raw: &str) -> Result<TenantId, Error> {
     raw.parse().map_err(|_| Error::NotFound)
 }
 
@@ -255,6 +256,8 @@ pub struct ShowPage {
     /// The tenant's API keys (metadata), for who may read them; Revoke for who manages them.
     pub keys: Option<Vec<super::api_keys::KeyRow>>,
     pub can_revoke_keys: bool,
+    /// This month's usage and cost, and the budget, for who may read them.
+    pub usage: Option<super::tenant_usage::UsageCard>,
 }
 
 #[derive(Deserialize, Default)]
@@ -286,11 +289,12 @@ fn show_page(s: &SignedIn, t: &Tenant, regions: &[String]) -> ShowPage {
             .principal
             .require_for_tenant::<quarterdeck_domain::access::ManageApiKeys>(t.id)
             .is_ok(),
+        usage: None,
     }
 }
 
 /// The tenant page with its Team section filled in.
-async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPage, Error> {
+pub(super) async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPage, Error> {
     let mut page = show_page(s, t, &state.core.config.regions);
     let now = state.core.clock.now();
     page.team = state
@@ -304,6 +308,7 @@ async fn full_page(state: &AppState, s: &SignedIn, t: &Tenant) -> Result<ShowPag
         .collect();
     page.admin_role = state.core.catalog().admin_role().to_owned();
     page.keys = super::api_keys::tenant_keys(state, s, t.id).await?;
+    page.usage = super::tenant_usage::usage_card(state, s, t.id).await?;
     Ok(page)
 }
 
@@ -320,6 +325,8 @@ pub async fn show(
         Some("details") => Some("Changes saved."),
         Some("status") => Some("Status changed."),
         Some("key_revoked") => Some("API key revoked."),
+        Some("budget") => Some("Budget saved."),
+        Some("budget_removed") => Some("Budget removed."),
         _ => None,
     };
     Ok(render(&page))
