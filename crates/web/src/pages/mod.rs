@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod chart;
 pub mod dashboard;
 pub mod impersonation;
 pub mod login;
@@ -18,6 +19,7 @@ pub mod sso_settings;
 pub mod tenant_users;
 pub mod tenants;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 
 use askama::Template;
