@@ -283,6 +283,20 @@ both!(
 );
 
 both!(
+    async fn the_owner_impersonating_the_tenant_reads_its_usage_and_cost(app) {
+        let acme = acme_with_usage(&app).await;
+        let support = crate::impersonation::switch_to(&app, &acme.tid, "acme").await;
+        let dashboard = support.get_html("/portal").await;
+        assert!(dashboard.contains("Impersonating.") && dashboard.contains("href=\"/portal/usage\""), "{dashboard}");
+        assert!(dashboard.contains("id=\"stat-cost\""));
+        let page = support.get_html("/portal/usage").await;
+        assert!(section(&page, "meter-llm-tokens").contains("2,600,000 tokens"));
+        let page = support.get_html("/portal/cost").await;
+        assert!(page.contains("<strong class=\"cost-total\">USD 6.50</strong>"));
+    }
+);
+
+both!(
     async fn the_usage_page_draws_its_chart_at_phone_width_in_a_real_browser(app) {
         let Some(browser) = crate::browser::Browser::start().await else {
             return;
