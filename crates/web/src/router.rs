@@ -10,7 +10,7 @@ use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site}
 use crate::error::ApiError;
 use crate::pages::{
     api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles,
-    service_tokens, settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, users,
+    service_tokens, settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, usage, users,
 };
 use crate::state::AppState;
 use crate::{assets, edge, pages};
@@ -96,6 +96,9 @@ pub fn router(state: AppState) -> Router {
             "/portal/provider-credentials/{provider}/delete",
             post(provider_credentials::delete),
         )
+        .route("/portal/usage", get(usage::usage))
+        .route("/portal/usage.csv", get(usage::usage_csv))
+        .route("/portal/cost", get(usage::cost))
         .route("/portal/settings/users", get(tenant_users::list))
         .route(
             "/portal/settings/users/new",

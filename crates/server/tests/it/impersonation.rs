@@ -11,7 +11,7 @@ fn rcm(s: &mut quarterdeck::Settings) {
 }
 
 /// Start impersonating `tid` from the console; returns the tenant-host browser, signed in.
-async fn switch_to(app: &TestApp, tid: &str, slug: &str) -> TenantClient {
+pub(crate) async fn switch_to(app: &TestApp, tid: &str, slug: &str) -> TenantClient {
     let page = app.get_html(&format!("/tenants/{tid}")).await;
     assert!(
         page.contains("Every action will be audited under your platform user id")

@@ -44,6 +44,7 @@ mod outbox_lease;
 mod pg_budget;
 mod portal;
 mod portal_data_plane;
+mod portal_usage;
 mod settings;
 mod setup;
 mod sso;

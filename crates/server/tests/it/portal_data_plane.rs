@@ -8,7 +8,7 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 
 /// Invite `email` into the tenant with `role`, register and sign in on the tenant's host.
-async fn member(app: &TestApp, tid: &str, slug: &str, email: &str, role: &str) -> TenantClient {
+pub(crate) async fn member(app: &TestApp, tid: &str, slug: &str, email: &str, role: &str) -> TenantClient {
     let r = app.invite(email, tid, &[role]).await;
     assert_eq!(r.status(), 303, "invite {email} as {role}");
     let c = app.tenant_client(slug);
@@ -416,7 +416,7 @@ both!(
 );
 
 /// The page is no wider than the window (no sideways scrolling).
-async fn fits(c: &fantoccini::Client, what: &str) {
+pub(crate) async fn fits(c: &fantoccini::Client, what: &str) {
     let widths = c
         .execute(
             "return [document.documentElement.scrollWidth, window.innerWidth];",

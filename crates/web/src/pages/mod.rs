@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod billing;
+pub mod chart;
 pub mod dashboard;
 pub mod impersonation;
 pub mod login;
@@ -20,6 +21,7 @@ pub mod tenant_usage;
 pub mod tenant_users;
 pub mod tenants;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 
 use askama::Template;

@@ -13,7 +13,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use quarterdeck_domain::access::{ManageDirectory, ManageProviderCredentials, ReadApiKeys, ReadDirectory};
+use quarterdeck_domain::access::{ManageDirectory, ManageProviderCredentials, ReadApiKeys, ReadDirectory, ReadUsage};
 use quarterdeck_domain::core::SignedIn;
 use quarterdeck_domain::role::{Capability, Scope};
 use quarterdeck_domain::tenant::Tenant;
@@ -34,6 +34,8 @@ pub struct PortalChrome {
     /// API keys (admins and developers) and provider credentials (admins) in the navigation.
     pub can_api_keys: bool,
     pub can_credentials: bool,
+    /// Usage and Cost (who may read the tenant's usage: its admins, billing on the platform).
+    pub can_usage: bool,
     /// "You are impersonating …" banner: (who, since when).
     pub impersonation: Option<(String, String)>,
 }
@@ -54,6 +56,7 @@ impl PortalChrome {
                 .principal
                 .require_for_tenant::<ManageProviderCredentials>(t.id)
                 .is_ok(),
+            can_usage: s.principal.require_for_tenant::<ReadUsage>(t.id).is_ok(),
             impersonation: s
                 .impersonation
                 .as_ref()
@@ -74,6 +77,8 @@ pub struct DashboardPage {
     pub key_count: Option<u64>,
     /// Providers with a stored credential, for who may manage them.
     pub credential_count: Option<u64>,
+    /// This month's cost and each meter's total, for who may read usage.
+    pub usage: Option<super::usage::UsageCards>,
 }
 
 pub async fn dashboard(
@@ -98,8 +103,10 @@ pub async fn dashboard(
         Ok(auth) => Some(state.core.provider_credential_count(&auth).await?),
         Err(_) => None,
     };
+    let usage = super::usage::dashboard_cards(&state, &s, &t).await?;
     Ok(render(&DashboardPage {
         chrome: PortalChrome::new(&s, &t, "dashboard"),
+        usage,
         key_count,
         credential_count,
         active: count("ACTIVE"),
