@@ -72,7 +72,9 @@ pub async fn run(
     // Tenants.
     let n = args.billing_tenants.max(1);
     let conc = args.billing_seed_concurrency.max(1);
-    progress(&format!("billing: creating {n} tenants through Core::create_tenant, {conc} at a time"));
+    progress(&format!(
+        "billing: creating {n} tenants through Core::create_tenant, {conc} at a time"
+    ));
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();

@@ -16,7 +16,9 @@ use super::ingest_load::{self, IngestSpec, Sent};
 use super::verify::{
     RemoveOnDrop, close, domain, machine_busy_ticks, own_cpu_ticks, server_addr, settings_of, wait_idle,
 };
-use super::{Backend, OWNER_EMAIL, Row, ServerPlan, fmt_ms, fmt_secs, percentile, progress, thread_shares, ticks_to_duration};
+use super::{
+    Backend, OWNER_EMAIL, Row, ServerPlan, fmt_ms, fmt_secs, percentile, progress, thread_shares, ticks_to_duration,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use quarterdeck::app::{self, Deps};
 use quarterdeck_domain::access::{InTenant, ManageApiKeys, ManageTenants};
@@ -135,7 +137,9 @@ pub async fn run(
     };
     progress(&format!(
         "ingest: {conns} clients, batches of {batch} ({dups} duplicates each), {seconds} s{}",
-        args.ingest_events.map(|n| format!(" or {n} events")).unwrap_or_default()
+        args.ingest_events
+            .map(|n| format!(" or {n} events"))
+            .unwrap_or_default()
     ));
     let month_at_start = Month::of(time::OffsetDateTime::now_utc());
     let threads0 = server.thread_ticks();

@@ -287,7 +287,10 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
                         let rejected = v.get("rejected").and_then(|r| r.as_array()).map_or(0, Vec::len);
                         if rejected > 0 || accepted != spec.batch as u64 {
                             out.rejected += rejected as u64;
-                            note(&mut out, format!("accepted {accepted}, rejected {rejected}: {}", head_of(&b)));
+                            note(
+                                &mut out,
+                                format!("accepted {accepted}, rejected {rejected}: {}", head_of(&b)),
+                            );
                         }
                         out.latencies.push(t1 - t0);
                         break true;
