@@ -122,7 +122,9 @@ pub async fn run(
     ));
 
     // A month's summary for each.
-    let month = Month::of(time::OffsetDateTime::now_utc());
+    let month = Month::of(quarterdeck_domain::clock::Clock::now(
+        &quarterdeck_domain::clock::SystemClock,
+    ));
     let store = open_store(&settings).await?;
     let t0 = Instant::now();
     let mut summary_rows = 0;

@@ -141,7 +141,9 @@ pub async fn run(
             .map(|n| format!(" or {n} events"))
             .unwrap_or_default()
     ));
-    let month_at_start = Month::of(time::OffsetDateTime::now_utc());
+    let month_at_start = Month::of(quarterdeck_domain::clock::Clock::now(
+        &quarterdeck_domain::clock::SystemClock,
+    ));
     let threads0 = server.thread_ticks();
     let cpu0 = server.cpu_ticks()?;
     let own0 = own_cpu_ticks();
@@ -319,7 +321,7 @@ async fn sample_while(handle: ingest_load::Handle, store: &dyn Store, region: &s
         tokio::select! {
             sent = &mut finish => return Ok((sent?, samples)),
             _ = tick.tick() => {
-                let now = time::OffsetDateTime::now_utc();
+                let now = quarterdeck_domain::clock::Clock::now(&quarterdeck_domain::clock::SystemClock);
                 let (backlog, oldest) = store.journal_backlog(region).await.map_err(domain)?;
                 let through = store.swept_through(region).await.map_err(domain)?;
                 let age = |t: time::OffsetDateTime| Duration::try_from(now - t).unwrap_or_default();
@@ -353,7 +355,9 @@ async fn check(
         }
     }
     let mut months = vec![month];
-    let now = Month::of(time::OffsetDateTime::now_utc());
+    let now = Month::of(quarterdeck_domain::clock::Clock::now(
+        &quarterdeck_domain::clock::SystemClock,
+    ));
     if now != month {
         months.push(now);
     }

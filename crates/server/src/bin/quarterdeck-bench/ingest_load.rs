@@ -240,7 +240,7 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
         }
         let start = shared.next_unique.fetch_add(fresh, Ordering::Relaxed);
         let time: Arc<str> = Arc::from(
-            time::OffsetDateTime::now_utc()
+            quarterdeck_domain::clock::Clock::now(&quarterdeck_domain::clock::SystemClock)
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         );
@@ -253,7 +253,7 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
             write_event(&mut body, &shared, i, &time);
         }
         for _ in 0..dups {
-            body.push(b',');
+            body.extend_from_slice(b",");
             if accepted_total == 0 {
                 // The first batch: an event earlier in this very batch.
                 write_event(&mut body, &shared, start + rng.next() % fresh, &time);
