@@ -11,6 +11,9 @@
 //! The `verify` phase (`verify.rs`) seeds tenants and API keys through the product's own code
 //! and measures `POST /v1/data-plane/keys/verify` with a lean keep-alive load generator.
 //!
+//! The `ingest` phase (`ingest.rs`) seeds tenants and keys the same way, posts usage batches
+//! (`POST /v1/data-plane/usage`) and checks that every unique event was counted exactly once.
+//!
 //! Server CPU is read from `/proc/<pid>/stat` (utime + stime) before and after each phase;
 //! memory from `/proc/<pid>/status` (VmRSS, VmHWM). Linux only.
 //!
@@ -34,6 +37,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, watch};
 
+#[path = "quarterdeck-bench/billing.rs"]
+mod billing;
+#[path = "quarterdeck-bench/ingest.rs"]
+mod ingest;
+#[path = "quarterdeck-bench/ingest_load.rs"]
+mod ingest_load;
 #[path = "quarterdeck-bench/verify.rs"]
 mod verify;
 #[path = "quarterdeck-bench/verify_load.rs"]
@@ -80,6 +89,10 @@ enum Phase {
     Console,
     /// Data-plane key verification (100k keys in 1k tenants by default).
     Verify,
+    /// Usage ingestion (batches of CloudEvents across 1k tenants), then the exactly-once check.
+    Ingest,
+    /// The cross-tenant billing overview with 10k tenants (not in the default phases).
+    Billing,
 }
 
 #[derive(Parser)]
@@ -123,10 +136,14 @@ struct Cli {
     #[arg(long, default_value_t = 10)]
     hash_samples: usize,
     /// The phases to run, comma-separated (`--only verify` runs the verification alone).
-    #[arg(long, alias = "only", value_enum, value_delimiter = ',', default_values_t = [Phase::Console, Phase::Verify])]
+    #[arg(long, alias = "only", value_enum, value_delimiter = ',', default_values_t = [Phase::Console, Phase::Verify, Phase::Ingest])]
     phases: Vec<Phase>,
     #[command(flatten)]
     verify: verify::VerifyArgs,
+    #[command(flatten)]
+    ingest: ingest::IngestArgs,
+    #[command(flatten)]
+    billing: billing::BillingArgs,
 }
 
 #[tokio::main]
@@ -164,7 +181,7 @@ async fn bench(cli: Cli) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut failure = None;
-    for phase in [Phase::Console, Phase::Verify] {
+    for phase in [Phase::Console, Phase::Verify, Phase::Ingest, Phase::Billing] {
         if !cli.phases.contains(&phase) {
             continue;
         }
@@ -181,6 +198,8 @@ async fn bench(cli: Cli) -> Result<()> {
                 match phase {
                     Phase::Console => run(&cli, &server_bin, url, &machine, tck, &mut rows, &mut notes).await,
                     Phase::Verify => verify::run(&cli.verify, cli.backend, &server_bin, url, tck, &mut rows, &mut notes).await,
+                    Phase::Ingest => ingest::run(&cli.ingest, cli.backend, &server_bin, url, tck, &mut rows, &mut notes).await,
+                    Phase::Billing => billing::run(&cli.billing, cli.backend, &server_bin, url, &mut rows, &mut notes).await,
                 }
             } => r,
             () = interrupted() => Err(anyhow!("interrupted")),

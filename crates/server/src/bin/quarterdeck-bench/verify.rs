@@ -180,7 +180,7 @@ pub async fn run(
     Ok(())
 }
 
-struct RemoveOnDrop(Option<std::path::PathBuf>);
+pub(super) struct RemoveOnDrop(pub(super) Option<std::path::PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -191,7 +191,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// `127.0.0.1:{port}` of `http://localhost:{port}`.
-fn server_addr(base: &str) -> std::net::SocketAddr {
+pub(super) fn server_addr(base: &str) -> std::net::SocketAddr {
     let port = base
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -324,7 +324,7 @@ fn push_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, title: &str, m: &Meas
 
 /// CPU ticks of this process, exited threads included (the load generator's thread may have
 /// ended by the time of the last sample).
-fn own_cpu_ticks() -> u64 {
+pub(super) fn own_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -335,7 +335,7 @@ fn own_cpu_ticks() -> u64 {
 }
 
 /// Busy ticks of the whole machine (`/proc/stat`: all but idle and iowait).
-fn machine_busy_ticks() -> u64 {
+pub(super) fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().next() else {
         return 0;
@@ -350,7 +350,7 @@ fn machine_busy_ticks() -> u64 {
 
 /// Wait until the server uses under 5% of a core over a second (start-up migrations of every
 /// tenant database done); the time waited.
-async fn wait_idle(server: &super::Server, tck: u64, limit: Duration) -> Result<Duration> {
+pub(super) async fn wait_idle(server: &super::Server, tck: u64, limit: Duration) -> Result<Duration> {
     let t0 = Instant::now();
     loop {
         let a = server.cpu_ticks()?;
@@ -368,7 +368,7 @@ async fn wait_idle(server: &super::Server, tck: u64, limit: Duration) -> Result<
 
 // ---- seeding ------------------------------------------------------------------------------
 
-fn domain(e: quarterdeck_domain::Error) -> anyhow::Error {
+pub(super) fn domain(e: quarterdeck_domain::Error) -> anyhow::Error {
     let fields: Vec<String> = e
         .fields()
         .iter()
@@ -378,7 +378,7 @@ fn domain(e: quarterdeck_domain::Error) -> anyhow::Error {
 }
 
 /// The server's settings as `quarterdeck serve` will read them from the plan's environment.
-fn settings_of(plan: &ServerPlan, database_url: Option<&str>) -> Result<Settings> {
+pub(super) fn settings_of(plan: &ServerPlan, database_url: Option<&str>) -> Result<Settings> {
     Ok(Settings {
         listen: plan.addr,
         base_url: url::Url::parse(&plan.base)?,
@@ -522,7 +522,7 @@ async fn seed(args: &VerifyArgs, plan: &ServerPlan, database_url: Option<&str>) 
 
 /// Let go of the seeding `Core` (its pools close as they drop) before the server opens the
 /// same database.
-async fn close(core: Arc<Core>) {
+pub(super) async fn close(core: Arc<Core>) {
     drop(core);
     tokio::time::sleep(Duration::from_millis(200)).await;
 }

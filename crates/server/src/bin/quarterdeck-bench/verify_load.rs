@@ -342,11 +342,11 @@ async fn exchange(stream: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Resu
     })
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn content_length(head: &[u8]) -> Option<usize> {
+pub(super) fn content_length(head: &[u8]) -> Option<usize> {
     for line in head.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:") {
