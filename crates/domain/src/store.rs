@@ -417,6 +417,8 @@ pub struct Applied {
 /// the control database's monthly summary, and budgets.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
+    /// How many tenants a sweep should write at once (each holds one tenant connection).
+    fn sweep_parallelism(&self) -> usize;
     /// What each id stands for, for ingestion: a live tenant, or an API key of one (its
     /// tenant's region and status). Unknown ids and deleted tenants are absent. One query.
     async fn usage_subjects(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, crate::usage::UsageSubject)>>;

@@ -17,6 +17,9 @@ static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 
 type Ts = time::OffsetDateTime;
 
+/// Multi-row statements number their parameters (`$1`…).
+const NUMBERED_PARAMS: bool = true;
+
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "GREATEST";
 
@@ -40,6 +43,10 @@ pub struct PgStore {
     wait: Duration,
     /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
     audit_key: Option<quarterdeck_domain::audit::AuditKey>,
+    /// Tenants a usage sweep writes at once: half the tenant connection slots (the other
+    /// half stays for requests), at most 8. Mostly waiting (connecting, the commit's fsync),
+    /// so more than the cores.
+    sweep_parallel: usize,
 }
 
 fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
@@ -101,6 +108,7 @@ impl PgStore {
             ),
             wait: limits.wait,
             audit_key: None,
+            sweep_parallel: (tenant_slots / 2).clamp(1, 8),
         })
     }
 

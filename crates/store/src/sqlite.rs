@@ -14,6 +14,9 @@ static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migration
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/tenant");
 static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite/journal");
 
+/// Multi-row statements use plain `?` parameters here (see `sql_usage.rs`).
+const NUMBERED_PARAMS: bool = false;
+
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "max";
 
@@ -46,6 +49,8 @@ pub struct SqliteStore {
     audit_key: Option<quarterdeck_domain::audit::AuditKey>,
     /// Each region's usage journal (`usage/<region>.db`), opened on first use.
     journals: tokio::sync::Mutex<std::collections::HashMap<String, Journal>>,
+    /// Tenants a usage sweep writes at once.
+    sweep_parallel: usize,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -82,6 +87,7 @@ impl SqliteStore {
             tenants: PoolCache::new(limits, limits.max_open, None),
             audit_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            sweep_parallel: 4,
         })
     }
 

@@ -66,10 +66,12 @@ pub struct SweepReport {
     pub not_ours: bool,
 }
 
-/// Journal entries one sweep reads at most.
-const SWEEP_TAKE: u32 = 50_000;
-/// Tenants swept at once (each holds one tenant connection).
-const SWEEP_PARALLEL: usize = 4;
+/// Journal entries one sweep reads at most (~50 MB at most in memory). Large, because a
+/// sweep's cost is mostly per tenant touched (on PostgreSQL a connection and an fsync each),
+/// not per event: the more a sweep carries, the less it costs per event.
+const SWEEP_TAKE: u32 = 200_000;
+/// Most tenants swept at once (the store says how many: `sweep_parallelism`).
+const SWEEP_PARALLEL_MAX: usize = 8;
 /// How long a sweep lease lasts without renewal.
 const SWEEP_LEASE: Duration = Duration::seconds(30);
 /// How long a subject lookup is kept (the change feed drops it sooner).
@@ -361,16 +363,29 @@ impl Core {
         let tenants = work.len();
         let queue = Mutex::new(work);
         let results = Mutex::new(Vec::new());
-        let worker = || async {
+        let parallel = self.store.sweep_parallelism().clamp(1, SWEEP_PARALLEL_MAX);
+        let (queue_ref, results_ref) = (&queue, &results);
+        let worker = |i: usize| async move {
+            if i >= parallel {
+                return;
+            }
             loop {
-                let next = lock(&queue).pop();
+                let next = lock(queue_ref).pop();
                 let Some((t, seqs, entries)) = next else { break };
                 let outcome = self.store.apply_usage(t, &entries, &self.config.meters).await;
-                lock(&results).push((t, seqs, outcome));
+                lock(results_ref).push((t, seqs, outcome));
             }
         };
-        tokio::join!(worker(), worker(), worker(), worker());
-        debug_assert_eq!(SWEEP_PARALLEL, 4);
+        tokio::join!(
+            worker(0),
+            worker(1),
+            worker(2),
+            worker(3),
+            worker(4),
+            worker(5),
+            worker(6),
+            worker(7)
+        );
         let mut inserted = 0;
         let mut months = Vec::new();
         for (t, seqs, outcome) in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
