@@ -261,6 +261,12 @@ permission!(
 );
 
 permission!(
+    /// Webhook endpoints (create, edit, roll, delete, resend) and the events feed: platform
+    /// configuration, the owner's.
+    ManageWebhooks => Capability::PlatformConfig
+);
+
+permission!(
     /// Usage and cost across tenants (the console's Billing view).
     ViewBilling => Capability::BillingRead
 );

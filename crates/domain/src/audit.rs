@@ -63,10 +63,14 @@ pub enum EventType {
     BudgetRemoved,
     BudgetThresholdReached,
     BudgetExceeded,
+    WebhookEndpointCreated,
+    WebhookEndpointUpdated,
+    WebhookEndpointDeleted,
+    WebhookDeliveryResent,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 42] = [
+    pub const ALL: [EventType; 46] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -109,6 +113,10 @@ impl EventType {
         Self::BudgetRemoved,
         Self::BudgetThresholdReached,
         Self::BudgetExceeded,
+        Self::WebhookEndpointCreated,
+        Self::WebhookEndpointUpdated,
+        Self::WebhookEndpointDeleted,
+        Self::WebhookDeliveryResent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -155,6 +163,10 @@ impl EventType {
             Self::BudgetRemoved => "BUDGET_REMOVED",
             Self::BudgetThresholdReached => "BUDGET_THRESHOLD_REACHED",
             Self::BudgetExceeded => "BUDGET_EXCEEDED",
+            Self::WebhookEndpointCreated => "WEBHOOK_ENDPOINT_CREATED",
+            Self::WebhookEndpointUpdated => "WEBHOOK_ENDPOINT_UPDATED",
+            Self::WebhookEndpointDeleted => "WEBHOOK_ENDPOINT_DELETED",
+            Self::WebhookDeliveryResent => "WEBHOOK_DELIVERY_RESENT",
         }
     }
 
@@ -172,9 +184,19 @@ pub struct NewEvent {
     pub actor: Actor,
     pub tenant_id: Option<TenantId>,
     pub details: Value,
+    /// The public event this change publishes (webhooks and the events feed), written by the
+    /// store in the same transaction; its id is this event's id.
+    pub published: Option<crate::webhook::Published>,
 }
 
 impl NewEvent {
+    /// This change also publishes `p` to the product (see [`crate::webhook`]).
+    #[must_use]
+    pub fn publish(mut self, p: crate::webhook::Published) -> Self {
+        self.published = Some(p);
+        self
+    }
+
     /// `ts` is truncated to microseconds, the precision both databases keep.
     pub fn new(
         ts: OffsetDateTime,
@@ -207,6 +229,7 @@ impl NewEvent {
             actor: actor.clone(),
             tenant_id,
             details,
+            published: None,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod token;
 pub mod usage;
 pub mod user;
 pub mod verifier;
+pub mod webhook;
 
 pub use crate::core::{Core, CoreConfig};
 pub use access::{Authorized, Principal};

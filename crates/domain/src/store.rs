@@ -519,6 +519,89 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// Webhook endpoints, their deliveries, and the events feed (control database). Events and
+/// their deliveries are written by the audited transaction of the change that publishes them
+/// (`NewEvent::published`), not through this trait.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Every endpoint, oldest first.
+    async fn webhook_endpoints(&self) -> Result<Vec<crate::webhook::Endpoint>>;
+    async fn webhook_endpoint(&self, id: uuid::Uuid) -> Result<Option<crate::webhook::Endpoint>>;
+    /// Refused with `Conflict { code: "too_many_endpoints" }` past `max`.
+    async fn create_webhook_endpoint(&self, e: &crate::webhook::Endpoint, max: usize, event: NewEvent) -> Result<()>;
+    /// Writes every field of `e` (the row must exist: else `NotFound`). `redeliver_from`:
+    /// re-enabled, so the endpoint's pending deliveries are due at once with a fresh window.
+    async fn update_webhook_endpoint(
+        &self,
+        e: &crate::webhook::Endpoint,
+        redeliver_from: Option<OffsetDateTime>,
+        event: NewEvent,
+    ) -> Result<()>;
+    /// Deletes it and its deliveries; `NotFound` if it was not there.
+    async fn delete_webhook_endpoint(&self, id: uuid::Uuid, event: NewEvent) -> Result<()>;
+    /// Disables an endpoint that is still failing since `failing_since` (no success since),
+    /// with its audit event and the owners' emails; false if it recovered or was changed.
+    async fn disable_failing_endpoint(
+        &self,
+        id: uuid::Uuid,
+        failing_since: OffsetDateTime,
+        emails: &[Email],
+        event: NewEvent,
+    ) -> Result<bool>;
+    /// Claims up to `limit` due deliveries for `lease` until `lease_until`: pending, due, not
+    /// leased, of an enabled endpoint, and the first pending one of their (endpoint, tenant)
+    /// (later events of a tenant wait for the earlier ones). At most `per_endpoint` per endpoint
+    /// counting `in_flight` (what this node is already sending), so a slow endpoint cannot take
+    /// every slot. Each is claimed by one conditional update, so across nodes one attempt is
+    /// made per delivery at a time.
+    async fn claim_webhook_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease: uuid::Uuid,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        in_flight: &std::collections::HashMap<uuid::Uuid, u32>,
+        per_endpoint: u32,
+    ) -> Result<Vec<crate::webhook::Claimed>>;
+    /// Records an attempt (only the lease's holder can: false if the lease was lost), the
+    /// delivery's next state, and the endpoint's `failing_since` (cleared by a success, set by
+    /// the first failure). Returns the endpoint's `failing_since` after it.
+    async fn finish_webhook_attempt(
+        &self,
+        delivery: uuid::Uuid,
+        lease: uuid::Uuid,
+        at: OffsetDateTime,
+        attempt: &crate::webhook::Attempt,
+        next: crate::webhook::Next,
+    ) -> Result<Option<Option<OffsetDateTime>>>;
+    /// The endpoint's deliveries, newest first, before `before` (a delivery id) if given.
+    async fn webhook_deliveries(
+        &self,
+        endpoint: uuid::Uuid,
+        limit: u32,
+        before: Option<uuid::Uuid>,
+    ) -> Result<Vec<crate::webhook::DeliveryView>>;
+    async fn webhook_delivery(&self, id: uuid::Uuid) -> Result<Option<crate::webhook::DeliveryView>>;
+    /// Queues the delivery's event again to its endpoint (a new delivery, due now); `NotFound`
+    /// if the delivery or its event is gone.
+    async fn resend_webhook_delivery(
+        &self,
+        delivery: uuid::Uuid,
+        new_id: uuid::Uuid,
+        now: OffsetDateTime,
+        event: NewEvent,
+    ) -> Result<crate::webhook::DeliveryView>;
+    /// Events after `after` (their seq) in order, of the given types (all if empty).
+    async fn published_after(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: u32,
+    ) -> Result<Vec<crate::webhook::FeedEvent>>;
+    /// Drops events that occurred before `before` and their deliveries; returns how many events.
+    async fn prune_webhook_events(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
     TenantStore
@@ -531,6 +614,7 @@ pub trait Store:
     + SsoStore
     + DataPlaneStore
     + UsageStore
+    + WebhookStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

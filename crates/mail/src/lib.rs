@@ -25,7 +25,7 @@ use serde::Deserialize;
 pub use crate::log::LogMailer;
 pub use crate::resend::{DEFAULT_RESEND_API_URL, ResendMailer, ResendSettings};
 pub use crate::smtp::{SmtpMailer, SmtpSettings, SmtpTls};
-pub use crate::templates::{invitation_email, sso_notice_email};
+pub use crate::templates::{invitation_email, notice_email, sso_notice_email};
 
 /// Which transport delivers email, with its settings.
 ///

@@ -138,6 +138,63 @@ pub fn sso_notice_email(to: &str, inviter: &str, organisation: &str, link: &str,
     }
 }
 
+#[derive(Template)]
+#[template(path = "notice.txt")]
+struct NoticeText<'a> {
+    message: &'a str,
+    link_text: &'a str,
+    link: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+struct NoticeHtml<'a> {
+    subject: &'a str,
+    message: &'a str,
+    link_text: &'a str,
+    link: &'a str,
+}
+
+/// A notice to a person about something that happened (a budget crossed, a webhook endpoint
+/// disabled): one paragraph and one link.
+pub fn notice_email(to: &str, subject: &str, message: &str, link_text: &str, link: &str) -> Email {
+    let (subject, message, link_text, link) = (
+        one_line(subject),
+        one_line(message),
+        one_line(link_text),
+        one_line(link),
+    );
+    let (subject, message, link_text, link) = (subject.as_str(), message.as_str(), link_text.as_str(), link.as_str());
+    let fallback = || format!("{message}\n\n{link_text}: {link}\n");
+    let text = NoticeText {
+        message,
+        link_text,
+        link,
+    }
+    .render()
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering notice.txt failed");
+        fallback()
+    });
+    let html = NoticeHtml {
+        subject,
+        message,
+        link_text,
+        link,
+    }
+    .render()
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering notice.html failed");
+        format!("<pre>{}</pre>", escape_html(&fallback()))
+    });
+    Email {
+        to: one_line(to),
+        subject: subject.to_owned(),
+        text,
+        html,
+    }
+}
+
 /// `s` with each run of control characters (newlines, tabs, ...) made one space, trimmed.
 fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

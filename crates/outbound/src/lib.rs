@@ -213,6 +213,31 @@ impl Outbound {
         Ok(out)
     }
 
+    /// `POST url` with `headers` and `body` (a webhook): the answer's status, its body read
+    /// to at most `limit` bytes and dropped.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<u16, OutboundError> {
+        let url = Url::parse(url).map_err(|_| OutboundError::InvalidUrl)?;
+        let mut request = http::Request::post(url.as_str());
+        for (k, v) in headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = request.body(body).map_err(|_| OutboundError::InvalidUrl)?;
+        Ok(self.send(request, limit).await?.status().as_u16())
+    }
+
+    /// Would a request to `url` be sent (its form, and every address of its host under the
+    /// policy)? For a form to say so when the URL is saved; each request checks again.
+    pub async fn check(&self, url: &str) -> Result<(), OutboundError> {
+        let url = Url::parse(url).map_err(|_| OutboundError::InvalidUrl)?;
+        self.preflight(&url).await.map(|_| ())
+    }
+
     /// The checks made before anything is sent: the URL's form, and the addresses of its host
     /// (resolved here for a clear message; the connection's own resolution checks again).
     /// Returns the client for its scheme.

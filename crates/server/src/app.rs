@@ -100,6 +100,7 @@ pub async fn core_with_key(
             },
         },
         render_invitation: quarterdeck_mail::invitation_email,
+        render_notice: quarterdeck_mail::notice_email,
         render_sso_notice: quarterdeck_mail::sso_notice_email,
         secret_key,
         api_keys: settings.api_key_policy()?,
@@ -108,7 +109,12 @@ pub async fn core_with_key(
         pricing: settings.usage_catalogs()?.1,
         usage: settings.usage_policy(),
     };
-    Ok(Arc::new(Core::new(store, deps.clock, deps.rng, hasher, config)))
+    let mut core = Core::new(store, deps.clock, deps.rng, hasher, config);
+    core.set_webhook_sender(Arc::new(crate::webhooks::OutboundWebhooks(Arc::new(
+        quarterdeck_outbound::Outbound::new(settings.outbound_policy()?)
+            .map_err(|e| anyhow::anyhow!("the outbound HTTP client: {e}"))?,
+    ))));
+    Ok(Arc::new(core))
 }
 
 impl App {
@@ -216,11 +222,13 @@ impl App {
             tokio::spawn(verifier_flushes(self.core.clone())),
             tokio::spawn(usage_sweeper(self.core.clone())),
         );
+        let webhooks = tokio::spawn(crate::webhooks::deliver(self.core.clone()));
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
         drop(self.data_dir_lock);
         feed.abort();
         flushes.abort();
         sweeper.abort();
+        webhooks.abort();
         housekeeping.abort();
         outbox.abort();
         checkpoints.abort();
@@ -259,6 +267,11 @@ async fn housekeeping(core: Arc<Core>) {
             Ok(n) if n > 0 => tracing::info!(events = n, "dropped raw usage events past retention"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "dropping raw usage events past retention failed"),
+        }
+        match core.prune_webhook_events().await {
+            Ok(n) if n > 0 => tracing::info!(events = n, "dropped published events past the feed's 30 days"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dropping published events past retention failed"),
         }
     }
 }

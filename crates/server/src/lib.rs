@@ -7,6 +7,7 @@ pub mod data_dir;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use app::App;
 pub use settings::Settings;

@@ -13,6 +13,7 @@ mod sql;
 mod sql_data_plane;
 mod sql_sso;
 mod sql_usage;
+mod sql_webhooks;
 mod sqlite;
 
 pub use pools::{PoolLimits, TenantPool};

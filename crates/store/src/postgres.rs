@@ -293,6 +293,7 @@ crate::sql::impl_store!(PgStore, Postgres);
 crate::sql_sso::impl_sso_store!(PgStore, Postgres);
 crate::sql_data_plane::impl_data_plane_store!(PgStore, Postgres);
 crate::sql_usage::impl_usage_store!(PgStore, Postgres);
+crate::sql_webhooks::impl_webhook_store!(PgStore, Postgres);
 
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -180,7 +180,7 @@ macro_rules! impl_store {
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
-                Ok(())
+                Self::publish_in(tx, event).await
             }
 
             /// Queue an email in the outbox, inside a control-database transaction.

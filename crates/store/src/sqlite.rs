@@ -233,6 +233,7 @@ crate::sql::impl_store!(SqliteStore, Sqlite);
 crate::sql_sso::impl_sso_store!(SqliteStore, Sqlite);
 crate::sql_data_plane::impl_data_plane_store!(SqliteStore, Sqlite);
 crate::sql_usage::impl_usage_store!(SqliteStore, Sqlite);
+crate::sql_webhooks::impl_webhook_store!(SqliteStore, Sqlite);
 
 impl quarterdeck_domain::store::Store for SqliteStore {
     fn backend(&self) -> &'static str {

@@ -10,6 +10,7 @@ use crate::service_token::{NewServiceToken, NewServiceTokenRequest, SERVICE_TOKE
 use crate::store::ChangeKind;
 use crate::token::Secret;
 use crate::user::Directory;
+use crate::webhook::{Published, Topic};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -41,18 +42,20 @@ impl Core {
             rolled_at: None,
             revoked_at: None,
         };
-        let event = self.new_event(
-            EventType::ApiKeyCreated,
-            auth.actor(),
-            Some(tenant),
-            json!({
-                "key_id": key.id,
-                "name": key.name,
-                "scopes": key.scopes,
-                "expires_at": key.expires_at.map(super::rfc3339),
-                "requests_per_minute": key.requests_per_minute,
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::ApiKeyCreated,
+                auth.actor(),
+                Some(tenant),
+                json!({
+                    "key_id": key.id,
+                    "name": key.name,
+                    "scopes": key.scopes,
+                    "expires_at": key.expires_at.map(super::rfc3339),
+                    "requests_per_minute": key.requests_per_minute,
+                }),
+            )
+            .publish(Published::api_key(Topic::ApiKeyCreated, &key));
         self.store.create_api_key(&key, &secret.hash(), event).await?;
         Ok((key, secret))
     }
@@ -128,12 +131,20 @@ impl Core {
         if key.revoked_at.is_some() {
             return Ok(key);
         }
-        let event = self.new_event(
-            EventType::ApiKeyRevoked,
-            auth.actor(),
-            Some(tenant),
-            json!({ "key_id": id, "name": key.name }),
-        );
+        let event = self
+            .new_event(
+                EventType::ApiKeyRevoked,
+                auth.actor(),
+                Some(tenant),
+                json!({ "key_id": id, "name": key.name }),
+            )
+            .publish(Published::api_key(
+                Topic::ApiKeyRevoked,
+                &ApiKey {
+                    revoked_at: Some(self.clock.now()),
+                    ..key.clone()
+                },
+            ));
         self.store.revoke_api_key(tenant, id, self.clock.now(), event).await?;
         self.verifier.forget(ChangeKind::ApiKey, id);
         self.store.api_key(tenant, id).await?.ok_or(Error::NotFound)

@@ -13,6 +13,7 @@ use crate::provider::{
 use crate::service_token::ServiceScope;
 use crate::tenant::TenantStatus;
 use crate::user::Directory;
+use crate::webhook::Published;
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -132,7 +133,8 @@ impl Core {
                 "fields": credential.fields.keys().chain(credential.hints.keys()).collect::<Vec<_>>(),
                 "fingerprints": credential.hints.iter().map(|(k, h)| (k.clone(), h.fingerprint.clone())).collect::<BTreeMap<_, _>>(),
             }),
-        );
+        )
+        .publish(Published::provider_credential(tenant, id, &provider.id, "set"));
         self.store.put_provider_credential(&credential, event).await?;
         Ok(credential)
     }
@@ -154,12 +156,19 @@ impl Core {
             .provider_credential(tenant, provider)
             .await?
             .ok_or(Error::NotFound)?;
-        let event = self.new_event(
-            EventType::ProviderCredentialDeleted,
-            auth.actor(),
-            Some(tenant),
-            json!({ "credential_id": existing.id, "provider": existing.provider }),
-        );
+        let event = self
+            .new_event(
+                EventType::ProviderCredentialDeleted,
+                auth.actor(),
+                Some(tenant),
+                json!({ "credential_id": existing.id, "provider": existing.provider }),
+            )
+            .publish(Published::provider_credential(
+                tenant,
+                existing.id,
+                &existing.provider,
+                "deleted",
+            ));
         if self.store.delete_provider_credential(tenant, provider, event).await? {
             Ok(())
         } else {

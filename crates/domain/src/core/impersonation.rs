@@ -11,6 +11,7 @@ use crate::role::Capability;
 use crate::session::Session;
 use crate::token::{Secret, TokenHash};
 use crate::user::Directory;
+use crate::webhook::{Published, Topic};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -62,16 +63,18 @@ impl Core {
             expires_at: now + self.config.impersonation_ttl,
             ended_at: None,
         };
-        let event = self.new_event(
-            EventType::ImpersonationStarted,
-            &by.actor(),
-            Some(tenant.id),
-            json!({
-                "impersonation_id": imp.id, "impersonator_id": by.user_id, "impersonator_email": by.email,
-                "tenant_id": tenant.id, "tenant_slug": tenant.slug, "reason": imp.reason,
-                "expires_at": imp.expires_at.unix_timestamp(),
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::ImpersonationStarted,
+                &by.actor(),
+                Some(tenant.id),
+                json!({
+                    "impersonation_id": imp.id, "impersonator_id": by.user_id, "impersonator_email": by.email,
+                    "tenant_id": tenant.id, "tenant_slug": tenant.slug, "reason": imp.reason,
+                    "expires_at": imp.expires_at.unix_timestamp(),
+                }),
+            )
+            .publish(Published::impersonation(Topic::ImpersonationStarted, &imp, None));
         let handoff = Secret::generate(&*self.rng, "qd_imp_");
         self.store
             .start_impersonation(&imp, &handoff.hash(), now + HANDOFF_TTL, event)
@@ -191,16 +194,25 @@ impl Core {
         );
         actor.impersonation = Some((imp.id, imp.tenant_id));
         let now = self.clock.now();
-        let event = self.new_event(
-            EventType::ImpersonationEnded,
-            &actor,
-            Some(imp.tenant_id),
-            json!({
-                "impersonation_id": imp.id, "impersonator_id": imp.impersonator_id,
-                "impersonator_email": imp.impersonator_email, "tenant_id": imp.tenant_id,
-                "reason": reason, "duration_seconds": (now - imp.started_at).whole_seconds(),
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::ImpersonationEnded,
+                &actor,
+                Some(imp.tenant_id),
+                json!({
+                    "impersonation_id": imp.id, "impersonator_id": imp.impersonator_id,
+                    "impersonator_email": imp.impersonator_email, "tenant_id": imp.tenant_id,
+                    "reason": reason, "duration_seconds": (now - imp.started_at).whole_seconds(),
+                }),
+            )
+            .publish(Published::impersonation(
+                Topic::ImpersonationEnded,
+                &Impersonation {
+                    ended_at: Some(now),
+                    ..imp.clone()
+                },
+                Some(reason),
+            ));
         Ok(ImpersonationEnd {
             id: imp.id,
             at: now,

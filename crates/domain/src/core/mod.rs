@@ -15,6 +15,7 @@ mod tenants;
 mod tokens;
 mod usage;
 mod users;
+mod webhooks;
 
 pub use billing::{
     BillingOverview, BillingRow, CostLine, CostReport, DayValue, Freshness, MAX_REPORT_DAYS, MeterUsage, MonthCost,
@@ -26,6 +27,7 @@ pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
 pub use usage::{IngestReport, SweepReport, UsagePolicy};
 pub use users::{InviteRequest, NewUserRequest, UserView};
+pub use webhooks::{DELIVERY_LEASE, EndpointWithSecret, FeedPage, MAX_FEED_PAGE, feed_cursor};
 
 use crate::access::{Actor, Principal};
 use crate::audit::{EventType, NewEvent};
@@ -49,6 +51,8 @@ pub type RenderInvitation = fn(&str, &str, &str, &str, &str) -> Email;
 /// Renders the notice an SSO-only organisation sends instead: (to, inviter, organisation,
 /// sign-in link, identity provider's name) → the message.
 pub type RenderSsoNotice = fn(&str, &str, &str, &str, &str) -> Email;
+/// Renders a notice: (to, subject, message, link text, link) → the message.
+pub type RenderNotice = fn(&str, &str, &str, &str, &str) -> Email;
 
 /// How links in emails are built: from the configured base URL, never from a request.
 #[derive(Clone, Debug)]
@@ -86,6 +90,7 @@ pub struct CoreConfig {
     pub links: Links,
     pub render_invitation: RenderInvitation,
     pub render_sso_notice: RenderSsoNotice,
+    pub render_notice: RenderNotice,
     /// Seals the client secrets of identity providers and the tenants' provider credentials.
     pub secret_key: crate::sso::SecretKey,
     /// The prefix and scope catalog of tenant API keys.
@@ -120,6 +125,16 @@ fn plain_sso_notice(to: &str, inviter: &str, org: &str, link: &str, provider: &s
     }
 }
 
+fn plain_notice(to: &str, subject: &str, message: &str, link_text: &str, link: &str) -> Email {
+    let text = format!("{message}\n\n{link_text}: {link}\n");
+    Email {
+        to: to.to_owned(),
+        subject: subject.to_owned(),
+        html: text.clone(),
+        text,
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
@@ -141,6 +156,7 @@ impl Default for CoreConfig {
             },
             render_invitation: plain_invitation,
             render_sso_notice: plain_sso_notice,
+            render_notice: plain_notice,
             secret_key: crate::sso::SecretKey::from_bytes([0; 32]),
             api_keys: crate::api_key::ApiKeyPolicy::default(),
             providers: crate::provider::ProviderCatalog::default(),
@@ -201,6 +217,11 @@ pub struct Core {
     verifier: crate::verifier::Verifier,
     /// Usage ingestion's per-node state (see [`usage`]).
     usage: usage::UsageState,
+    /// Where webhooks are sent through (see [`webhooks`]).
+    webhooks: Arc<dyn crate::webhook::WebhookSender>,
+    webhook_counts: crate::webhook::DeliveryCounters,
+    /// This node's lease token for the deliveries it claims.
+    webhook_node: uuid::Uuid,
 }
 
 impl Core {
@@ -220,6 +241,9 @@ impl Core {
             sign_in_throttle: SignInThrottle::default(),
             verifier: crate::verifier::Verifier::new(),
             usage: usage::UsageState::default(),
+            webhooks: Arc::new(crate::webhook::NoSender),
+            webhook_counts: crate::webhook::DeliveryCounters::default(),
+            webhook_node: uuid::Uuid::new_v4(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::sso::{
 use crate::tenant::{Tenant, TenantStatus};
 use crate::token::{Secret, TokenHash};
 use crate::user::{Directory, User, UserStatus};
+use crate::webhook::{Published, Topic};
 use serde_json::json;
 use time::Duration;
 
@@ -709,16 +710,24 @@ impl Core {
             t.status.check_writable()?;
         }
         let now = self.clock.now();
-        let event = self.new_event(
-            EventType::UserLinked,
-            &Actor::user(user.id, user.email.clone()),
-            d.tenant_id(),
-            json!({
-                "user_id": user.id, "email": user.email, "tenant_id": d.tenant_id(),
-                "provider_id": provider.id, "issuer": login.issuer, "subject": login.subject,
-                "previous_status": user.status.as_str(), "status": "ACTIVE",
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::UserLinked,
+                &Actor::user(user.id, user.email.clone()),
+                d.tenant_id(),
+                json!({
+                    "user_id": user.id, "email": user.email, "tenant_id": d.tenant_id(),
+                    "provider_id": provider.id, "issuer": login.issuer, "subject": login.subject,
+                    "previous_status": user.status.as_str(), "status": "ACTIVE",
+                }),
+            )
+            .publish(Published::user(
+                Topic::UserActivated,
+                &User {
+                    status: UserStatus::Active,
+                    ..user.clone()
+                },
+            ));
         match self
             .store
             .link_identity(d, user.id, provider.id, login, now, event)
@@ -790,16 +799,18 @@ impl Core {
             tenant_id: target.tenant_id(),
             created_at: self.clock.now(),
         };
-        let event = self.new_event(
-            EventType::UserProvisioned,
-            &Actor::user(user.id, user.email.clone()),
-            target.tenant_id(),
-            json!({
-                "user_id": user.id, "email": user.email, "tenant_id": target.tenant_id(),
-                "roles": user.roles, "status": "ACTIVE", "provider_id": provider.id,
-                "issuer": login.issuer, "subject": login.subject,
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::UserProvisioned,
+                &Actor::user(user.id, user.email.clone()),
+                target.tenant_id(),
+                json!({
+                    "user_id": user.id, "email": user.email, "tenant_id": target.tenant_id(),
+                    "roles": user.roles, "status": "ACTIVE", "provider_id": provider.id,
+                    "issuer": login.issuer, "subject": login.subject,
+                }),
+            )
+            .publish(Published::user(Topic::UserActivated, &user));
         match self.store.provision_user(&user, provider.id, login, event).await {
             Ok(()) => Ok(user),
             // Someone took the email (or the identity) a moment ago: nothing was written.

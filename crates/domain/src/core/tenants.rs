@@ -6,6 +6,7 @@ use crate::audit::EventType;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::tenant::{NewTenant, StatusCounts, Tenant, TenantEdit, TenantFilter, TenantStatus};
+use crate::webhook::{Published, Topic};
 use serde_json::json;
 
 impl Core {
@@ -27,16 +28,18 @@ impl Core {
             created_at: now,
             updated_at: now,
         };
-        let event = self.new_event(
-            EventType::TenantCreated,
-            auth.actor(),
-            Some(tenant.id),
-            json!({
-                "tenant_id": tenant.id, "slug": tenant.slug, "name": tenant.name,
-                "region": tenant.region, "tier": tenant.tier, "status": tenant.status,
-                "metadata": tenant.metadata,
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::TenantCreated,
+                auth.actor(),
+                Some(tenant.id),
+                json!({
+                    "tenant_id": tenant.id, "slug": tenant.slug, "name": tenant.name,
+                    "region": tenant.region, "tier": tenant.tier, "status": tenant.status,
+                    "metadata": tenant.metadata,
+                }),
+            )
+            .publish(Published::tenant(Topic::TenantCreated, &tenant));
         self.store.create_tenant(&tenant, event).await?;
         Ok(tenant)
     }
@@ -94,12 +97,14 @@ impl Core {
             updated_at: self.clock.now(),
             ..old.clone()
         };
-        let event = self.new_event(
-            EventType::TenantMetadataUpdated,
-            auth.actor(),
-            Some(id),
-            json!({ "tenant_id": id, "changes": changes }),
-        );
+        let event = self
+            .new_event(
+                EventType::TenantMetadataUpdated,
+                auth.actor(),
+                Some(id),
+                json!({ "tenant_id": id, "changes": changes }),
+            )
+            .publish(Published::tenant(Topic::TenantUpdated, &tenant));
         self.store.update_tenant(&tenant, &old, event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         Ok(tenant)
@@ -134,7 +139,8 @@ impl Core {
             auth.actor(),
             Some(id),
             json!({ "tenant_id": id, "old": old.status, "new": status, "reason": (!reason.is_empty()).then_some(reason) }),
-        );
+        )
+        .publish(Published::tenant_status_changed(&tenant, old.status, (!reason.is_empty()).then_some(reason)));
         self.store.update_tenant(&tenant, &old, event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         if status == TenantStatus::Suspended {
@@ -160,12 +166,14 @@ impl Core {
                 format!("Type {} to confirm.", tenant.slug),
             ));
         }
-        let event = self.new_event(
-            EventType::TenantDeleted,
-            auth.actor(),
-            Some(id),
-            json!({ "tenant_id": id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status }),
-        );
+        let event = self
+            .new_event(
+                EventType::TenantDeleted,
+                auth.actor(),
+                Some(id),
+                json!({ "tenant_id": id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status }),
+            )
+            .publish(Published::tenant(Topic::TenantDeleted, &tenant));
         self.store.delete_tenant(id, self.clock.now(), event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, id.0);
         Ok(tenant)

@@ -556,19 +556,33 @@ impl Core {
                 budget.hard_limit.then(|| month.end()),
             ),
         };
-        let event = self.new_event(
-            event_type,
-            &crate::access::Actor::system(),
-            Some(budget.tenant_id),
-            serde_json::json!({
-                "month": month.to_string(),
-                "amount": budget.amount,
-                "spent": spent,
-                "currency": book.currency(),
-                "threshold_percent": budget.threshold_percent,
-                "hard_limit": budget.hard_limit,
-            }),
-        );
+        let event = self
+            .new_event(
+                event_type,
+                &crate::access::Actor::system(),
+                Some(budget.tenant_id),
+                serde_json::json!({
+                    "month": month.to_string(),
+                    "amount": budget.amount,
+                    "spent": spent,
+                    "currency": book.currency(),
+                    "threshold_percent": budget.threshold_percent,
+                    "hard_limit": budget.hard_limit,
+                }),
+            )
+            .publish(crate::webhook::Published::budget(
+                match c {
+                    Crossing::Threshold => crate::webhook::Topic::BudgetThresholdReached,
+                    Crossing::Exceeded => crate::webhook::Topic::BudgetExceeded,
+                },
+                budget.tenant_id,
+                &month.to_string(),
+                budget.amount,
+                spent,
+                budget.threshold_percent,
+                budget.hard_limit,
+                book.currency(),
+            ));
         let link = format!("{}/portal/cost", self.config.links.origin(Some(tenant.slug.as_str())));
         let (subject, what) = match c {
             Crossing::Threshold => (
@@ -610,16 +624,7 @@ impl Core {
             .tenant_admin_emails(budget.tenant_id)
             .await?
             .into_iter()
-            .map(|to| crate::mail::Email {
-                to,
-                subject: subject.clone(),
-                text: format!("{what}\n\nSee usage and cost: {link}\n"),
-                html: format!(
-                    "<p>{}</p>\n<p><a href=\"{}\">See usage and cost</a></p>\n",
-                    escape_html(&what),
-                    escape_html(&link)
-                ),
-            })
+            .map(|to| (self.config.render_notice)(&to, &subject, &what, "See usage and cost", &link))
             .collect();
         let recorded = self
             .store
@@ -654,22 +659,6 @@ impl Core {
             .map(|u| u.email.as_str().to_owned())
             .collect())
     }
-}
-
-/// Text for an HTML email body (tenant names are data).
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn entry(e: &ParsedEvent, s: &UsageSubject, now: OffsetDateTime) -> JournalEntry {

@@ -18,6 +18,7 @@ use crate::sso::SignInMode;
 use crate::tenant::Tenant;
 use crate::token::{Secret, TokenHash};
 use crate::user::{Directory, InvitationState, NewInvitation, User, UserStatus, parse_display_name};
+use crate::webhook::{Published, Topic};
 use serde_json::json;
 use time::macros::format_description;
 
@@ -168,15 +169,17 @@ impl Core {
             created_at: self.clock.now(),
         };
         let invitation = self.new_invitation(by, &user, tenant.as_ref()).await?;
-        let event = self.new_event(
-            EventType::UserInvited,
-            &by.actor(),
-            dir.tenant_id(),
-            json!({
-                "user_id": user.id, "email": user.email, "tenant_id": dir.tenant_id(),
-                "roles": user.roles, "status": "INVITED", "expires_at": invitation.expires_at.unix_timestamp(),
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::UserInvited,
+                &by.actor(),
+                dir.tenant_id(),
+                json!({
+                    "user_id": user.id, "email": user.email, "tenant_id": dir.tenant_id(),
+                    "roles": user.roles, "status": "INVITED", "expires_at": invitation.expires_at.unix_timestamp(),
+                }),
+            )
+            .publish(Published::user(Topic::UserInvited, &user));
         self.store.create_user(&user, None, Some(&invitation), event).await?;
         Ok(user)
     }
@@ -250,6 +253,13 @@ impl Core {
         if events.is_empty() {
             return Ok(());
         }
+        let after = User {
+            roles: roles.clone(),
+            ..user.clone()
+        };
+        events[0] = events[0]
+            .clone()
+            .publish(Published::user_roles_changed(&after, &user.roles));
         // A platform user who may no longer impersonate stops now, in the same step.
         let still_may = self
             .principal_of(&User {
@@ -296,12 +306,21 @@ impl Core {
                 });
             }
         };
-        let event = self.new_event(
-            event_type,
-            &by.actor(),
-            dir.tenant_id(),
-            json!({ "user_id": id, "email": user.email, "tenant_id": dir.tenant_id() }),
-        );
+        let event = self
+            .new_event(
+                event_type,
+                &by.actor(),
+                dir.tenant_id(),
+                json!({ "user_id": id, "email": user.email, "tenant_id": dir.tenant_id() }),
+            )
+            .publish(Published::user(
+                if suspend {
+                    Topic::UserSuspended
+                } else {
+                    Topic::UserActivated
+                },
+                &User { status, ..user.clone() },
+            ));
         let ending = if suspend {
             self.impersonations_ending(dir, id, "impersonator_suspended").await?
         } else {
@@ -325,7 +344,8 @@ impl Core {
             &by.actor(),
             dir.tenant_id(),
             json!({ "user_id": id, "email": user.email, "roles": user.roles, "status": user.status, "tenant_id": dir.tenant_id() }),
-        );
+        )
+        .publish(Published::user(Topic::UserDeleted, &user));
         let ending = self.impersonations_ending(dir, id, "impersonator_removed").await?;
         self.store.delete_user(dir, id, event, &ending).await
     }
@@ -412,7 +432,14 @@ impl Core {
             &crate::access::Actor::user(user.id, user.email.clone()),
             dir.tenant_id(),
             json!({ "user_id": user.id, "email": user.email, "tenant_id": dir.tenant_id(), "roles": user.roles, "status": "ACTIVE" }),
-        );
+        )
+        .publish(Published::user(
+            Topic::UserActivated,
+            &User {
+                status: UserStatus::Active,
+                ..user.clone()
+            },
+        ));
         self.store
             .accept_invitation(dir, &TokenHash::of(token), self.clock.now(), &hash, event)
             .await?
@@ -519,16 +546,18 @@ impl Core {
             created_at: self.clock.now(),
         };
         let (otp, credential) = self.otp_credential(req.force_change).await?;
-        let event = self.new_event(
-            EventType::UserCreated,
-            &by.actor(),
-            Some(own),
-            json!({
-                "user_id": user.id, "email": user.email, "tenant_id": own, "roles": user.roles,
-                "status": "ACTIVE", "force_password_change": req.force_change,
-                "one_time_password_expires_at": credential.otp_expires_at.map(|t| t.unix_timestamp()),
-            }),
-        );
+        let event = self
+            .new_event(
+                EventType::UserCreated,
+                &by.actor(),
+                Some(own),
+                json!({
+                    "user_id": user.id, "email": user.email, "tenant_id": own, "roles": user.roles,
+                    "status": "ACTIVE", "force_password_change": req.force_change,
+                    "one_time_password_expires_at": credential.otp_expires_at.map(|t| t.unix_timestamp()),
+                }),
+            )
+            .publish(Published::user(Topic::UserActivated, &user));
         self.store.create_user(&user, Some(&credential), None, event).await?;
         Ok((user, otp))
     }

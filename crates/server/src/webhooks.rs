@@ -1,0 +1,108 @@
+//! Webhook delivery on this node: the outbound client as the domain's [`WebhookSender`], and
+//! the loop that claims due deliveries and sends them, several at a time.
+//!
+//! At most [`IN_FLIGHT`] attempts run at once on a node, and at most [`PER_ENDPOINT`] of them
+//! for one endpoint, so an endpoint that hangs (each attempt ends after 10 s) holds a few slots
+//! and never the others. Claims are leases in the database, so several nodes share the work
+//! and each delivery is attempted by one of them at a time.
+
+use quarterdeck_domain::core::Core;
+use quarterdeck_domain::webhook::{Attempt, WebhookSender};
+use quarterdeck_outbound::Outbound;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Attempts in flight on one node.
+pub const IN_FLIGHT: u32 = 64;
+/// Attempts in flight on one node for one endpoint.
+pub const PER_ENDPOINT: u32 = 16;
+/// How long the loop rests when nothing was due.
+const IDLE: Duration = Duration::from_millis(200);
+/// The most of an endpoint's answer read (then dropped): only its status matters.
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// Sends through the outbound policy: https (http only to allowed ranges), no private
+/// addresses, no redirects, 10 s in all.
+pub struct OutboundWebhooks(pub Arc<Outbound>);
+
+#[async_trait::async_trait]
+impl WebhookSender for OutboundWebhooks {
+    async fn check(&self, url: &url::Url) -> Result<(), String> {
+        self.0.check(url.as_str()).await.map_err(|e| e.to_string())
+    }
+
+    async fn post(&self, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Attempt {
+        let started = Instant::now();
+        let result = self.0.post(url, &headers, body, ANSWER_LIMIT).await;
+        let millis = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        match result {
+            Ok(status) if (200..300).contains(&status) => Attempt::Delivered { status, millis },
+            Ok(status) => Attempt::Status { status, millis },
+            Err(quarterdeck_outbound::OutboundError::Redirect(status)) => Attempt::Status { status, millis },
+            Err(e) => Attempt::Failed {
+                code: e.code().to_owned(),
+                millis,
+            },
+        }
+    }
+}
+
+/// Claims and sends due deliveries for as long as the server runs.
+pub async fn deliver(core: Arc<Core>) {
+    let in_flight: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let mut failing = false;
+    loop {
+        let busy = in_flight.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let free = IN_FLIGHT.saturating_sub(busy.values().sum());
+        let claimed = match core.claim_webhooks(free, &busy, PER_ENDPOINT).await {
+            Ok(c) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("webhook deliveries can be claimed again");
+                }
+                c
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed; trying again");
+                }
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            if free == 0 {
+                // Every slot taken: go on as soon as one is free.
+                let _ = tokio::time::timeout(IDLE, freed.notified()).await;
+            } else {
+                tokio::time::sleep(IDLE).await;
+            }
+            continue;
+        }
+        for c in claimed {
+            let endpoint = c.endpoint_id;
+            *in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(endpoint)
+                .or_default() += 1;
+            let (core, in_flight, freed) = (core.clone(), in_flight.clone(), freed.clone());
+            tokio::spawn(async move {
+                if let Err(e) = core.deliver_webhook(c).await {
+                    tracing::warn!(error = %e, endpoint = %endpoint, "a webhook attempt could not be recorded; its lease runs out and it is tried again");
+                }
+                let mut m = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(n) = m.get_mut(&endpoint) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        m.remove(&endpoint);
+                    }
+                }
+                freed.notify_one();
+            });
+        }
+    }
+}
