@@ -390,12 +390,12 @@ impl Core {
             && at - since >= DISABLE_AFTER
             && endpoint.enabled
         {
-            self.disable_failing(&endpoint, since, at).await?;
+            self.disable_failing(&endpoint, since).await?;
         }
         Ok(attempt)
     }
 
-    async fn disable_failing(&self, e: &Endpoint, since: OffsetDateTime, at: OffsetDateTime) -> Result<()> {
+    async fn disable_failing(&self, e: &Endpoint, since: OffsetDateTime) -> Result<()> {
         let owners: Vec<String> = self
             .store
             .list_users(Directory::Platform)
@@ -430,7 +430,6 @@ impl Core {
             json!({ "endpoint_id": e.id, "url": e.url, "enabled": false, "reason": "failing",
                         "failing_since": crate::webhook::rfc3339(since) }),
         );
-        let _ = at;
         if self.store.disable_failing_endpoint(e.id, since, &emails, event).await? {
             tracing::warn!(endpoint = %e.id, "a webhook endpoint failing for 3 days was disabled; the owners were emailed");
         }
