@@ -74,11 +74,12 @@ pub async fn deliver(core: Arc<Core>) {
             }
         };
         if claimed.is_empty() {
-            if free == 0 {
-                // Every slot taken: go on as soon as one is free.
-                let _ = tokio::time::timeout(IDLE, freed.notified()).await;
-            } else {
+            // Nothing due now. An attempt that ends may make its tenant's next event due (or
+            // free a slot): look again as soon as one does, else after a while.
+            if busy.is_empty() {
                 tokio::time::sleep(IDLE).await;
+            } else {
+                let _ = tokio::time::timeout(IDLE, freed.notified()).await;
             }
             continue;
         }

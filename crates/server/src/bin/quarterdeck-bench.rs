@@ -47,6 +47,8 @@ mod ingest_load;
 mod verify;
 #[path = "quarterdeck-bench/verify_load.rs"]
 mod verify_load;
+#[path = "quarterdeck-bench/webhooks.rs"]
+mod webhooks;
 
 const OWNER_EMAIL: &str = "bench-owner@example.com";
 const OWNER_PASSWORD: &str = "bench-owner-password-1234";
@@ -93,6 +95,8 @@ enum Phase {
     Ingest,
     /// The cross-tenant billing overview with 10k tenants (not in the default phases).
     Billing,
+    /// Webhook delivery throughput to a loopback receiver (not in the default phases).
+    Webhooks,
 }
 
 #[derive(Parser)]
@@ -144,6 +148,8 @@ struct Cli {
     ingest: ingest::IngestArgs,
     #[command(flatten)]
     billing: billing::BillingArgs,
+    #[command(flatten)]
+    webhooks: webhooks::WebhookArgs,
 }
 
 #[tokio::main]
@@ -181,7 +187,13 @@ async fn bench(cli: Cli) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut failure = None;
-    for phase in [Phase::Console, Phase::Verify, Phase::Ingest, Phase::Billing] {
+    for phase in [
+        Phase::Console,
+        Phase::Verify,
+        Phase::Ingest,
+        Phase::Billing,
+        Phase::Webhooks,
+    ] {
         if !cli.phases.contains(&phase) {
             continue;
         }
@@ -200,6 +212,7 @@ async fn bench(cli: Cli) -> Result<()> {
                     Phase::Verify => verify::run(&cli.verify, cli.backend, &server_bin, url, tck, &mut rows, &mut notes).await,
                     Phase::Ingest => ingest::run(&cli.ingest, cli.backend, &server_bin, url, tck, &mut rows, &mut notes).await,
                     Phase::Billing => billing::run(&cli.billing, cli.backend, &server_bin, url, &mut rows, &mut notes).await,
+                    Phase::Webhooks => webhooks::run(&cli.webhooks, cli.backend, &server_bin, url, &mut rows, &mut notes).await,
                 }
             } => r,
             () = interrupted() => Err(anyhow!("interrupted")),
