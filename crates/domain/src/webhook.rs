@@ -5,10 +5,12 @@
 //! that subscribe.
 
 use crate::api_key::ApiKey;
+use crate::budget::{Budget, Crossing};
 use crate::error::{Error, FieldError, Problems, Result};
 use crate::ids::TenantId;
 use crate::impersonation::Impersonation;
 use crate::tenant::{Tenant, TenantStatus};
+use crate::usage::Month;
 use crate::user::User;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -233,23 +235,18 @@ impl Published {
         }
     }
     /// `budget.threshold_reached`, `budget.exceeded`: amounts in minor units.
-    pub fn budget(
-        topic: Topic,
-        tenant: TenantId,
-        month: &str,
-        amount: i64,
-        spent: i64,
-        threshold_percent: u8,
-        hard_limit: bool,
-        currency: &str,
-    ) -> Self {
+    pub fn budget(crossing: Crossing, budget: &Budget, month: Month, spent: i64, currency: &str) -> Self {
         Self {
-            topic,
-            tenant_id: Some(tenant),
+            topic: match crossing {
+                Crossing::Threshold => Topic::BudgetThresholdReached,
+                Crossing::Exceeded => Topic::BudgetExceeded,
+            },
+            tenant_id: Some(budget.tenant_id),
             data: json!({
                 "budget": {
-                    "tenant_id": tenant, "month": month, "amount": amount, "currency": currency,
-                    "threshold_percent": threshold_percent, "hard_limit": hard_limit,
+                    "tenant_id": budget.tenant_id, "month": month.to_string(), "amount": budget.amount,
+                    "currency": currency, "threshold_percent": budget.threshold_percent,
+                    "hard_limit": budget.hard_limit,
                 },
                 "spent": spent,
             }),

@@ -570,19 +570,7 @@ impl Core {
                     "hard_limit": budget.hard_limit,
                 }),
             )
-            .publish(crate::webhook::Published::budget(
-                match c {
-                    Crossing::Threshold => crate::webhook::Topic::BudgetThresholdReached,
-                    Crossing::Exceeded => crate::webhook::Topic::BudgetExceeded,
-                },
-                budget.tenant_id,
-                &month.to_string(),
-                budget.amount,
-                spent,
-                budget.threshold_percent,
-                budget.hard_limit,
-                book.currency(),
-            ));
+            .publish(crate::webhook::Published::budget(c, budget, month, spent, book.currency()));
         let link = format!("{}/portal/cost", self.config.links.origin(Some(tenant.slug.as_str())));
         let (subject, what) = match c {
             Crossing::Threshold => (
