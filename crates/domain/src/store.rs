@@ -163,6 +163,9 @@ pub trait ImpersonationStore: Send + Sync {
     async fn impersonation(&self, id: uuid::Uuid) -> Result<Option<Impersonation>>;
     /// The live (not ended) impersonations started by a platform user.
     async fn live_impersonations_of(&self, impersonator: UserId) -> Result<Vec<Impersonation>>;
+    /// Impersonations past their expiry that were never ended (nobody used them after it),
+    /// oldest first, at most `limit`.
+    async fn expired_impersonations(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Impersonation>>;
     /// End it (once: `false` if it had ended already) and delete its sessions, with the event.
     async fn end_impersonation(
         &self,
@@ -529,11 +532,15 @@ pub trait WebhookStore: Send + Sync {
     async fn webhook_endpoint(&self, id: uuid::Uuid) -> Result<Option<crate::webhook::Endpoint>>;
     /// Refused with `Conflict { code: "too_many_endpoints" }` past `max`.
     async fn create_webhook_endpoint(&self, e: &crate::webhook::Endpoint, max: usize, event: NewEvent) -> Result<()>;
-    /// Writes every field of `e` (the row must exist: else `NotFound`). `redeliver_from`:
-    /// re-enabled, so the endpoint's pending deliveries are due at once with a fresh window.
+    /// Writes the fields an owner edits (URL, description, subscription, region, enabled and
+    /// its reason, the secrets) if the row is still as read (`updated_at == read_at`): else
+    /// `NotFound`, or `Conflict { code: "endpoint_changed" }` when someone changed it meanwhile.
+    /// `redeliver_from`: re-enabled, so `failing_since` is cleared and the endpoint's pending
+    /// deliveries are due at once with a fresh window.
     async fn update_webhook_endpoint(
         &self,
         e: &crate::webhook::Endpoint,
+        read_at: OffsetDateTime,
         redeliver_from: Option<OffsetDateTime>,
         event: NewEvent,
     ) -> Result<()>;
@@ -548,22 +555,24 @@ pub trait WebhookStore: Send + Sync {
         emails: &[Email],
         event: NewEvent,
     ) -> Result<bool>;
-    /// Claims up to `limit` due deliveries for `lease` until `lease_until`: pending, due, not
-    /// leased, of an enabled endpoint, and the first pending one of their (endpoint, tenant)
-    /// (later events of a tenant wait for the earlier ones). At most `per_endpoint` per endpoint
-    /// counting `in_flight` (what this node is already sending), so a slow endpoint cannot take
-    /// every slot. Each is claimed by one conditional update, so across nodes one attempt is
-    /// made per delivery at a time.
+    /// Claims up to `limit` due deliveries until `lease_until`, each under a lease of its own:
+    /// pending, due, not leased, of an enabled endpoint, and the first pending one of their
+    /// (endpoint, tenant) (later events of a tenant wait for the earlier ones). At most
+    /// `per_endpoint` per endpoint counting `in_flight` (what this node is already sending),
+    /// chosen in the query, so one endpoint's backlog neither takes every slot nor hides the
+    /// other endpoints' due deliveries. Each is claimed by one conditional update that checks
+    /// all of this again, so across nodes one attempt is made per delivery at a time.
     async fn claim_webhook_deliveries(
         &self,
         now: OffsetDateTime,
-        lease: uuid::Uuid,
         lease_until: OffsetDateTime,
         limit: u32,
         in_flight: &std::collections::HashMap<uuid::Uuid, u32>,
         per_endpoint: u32,
     ) -> Result<Vec<crate::webhook::Claimed>>;
-    /// Records an attempt (only the lease's holder can: false if the lease was lost), the
+    /// Gives a claimed delivery back unattempted (its endpoint was disabled or deleted meanwhile).
+    async fn release_webhook_lease(&self, delivery: uuid::Uuid, lease: uuid::Uuid) -> Result<()>;
+    /// Records an attempt (only the lease's holder can: `None` if the lease was lost), the
     /// delivery's next state, and the endpoint's `failing_since` (cleared by a success, set by
     /// the first failure). Returns the endpoint's `failing_since` after it.
     async fn finish_webhook_attempt(

@@ -153,6 +153,10 @@ fn clip(s: &str, n: usize) -> String {
 pub struct Published {
     pub topic: Topic,
     pub tenant_id: Option<TenantId>,
+    /// The tenant's region when the publisher has the tenant at hand (the store looks it up
+    /// otherwise): a tenant's own events carry it, as its row may not exist yet or any more
+    /// when the event is written.
+    pub region: Option<String>,
     pub data: Value,
 }
 
@@ -190,6 +194,7 @@ impl Published {
         Self {
             topic,
             tenant_id: Some(t.id),
+            region: Some(t.region.as_str().to_owned()),
             data: json!({ "tenant": tenant_json(t) }),
         }
     }
@@ -197,6 +202,7 @@ impl Published {
         Self {
             topic: Topic::TenantStatusChanged,
             tenant_id: Some(t.id),
+            region: Some(t.region.as_str().to_owned()),
             data: json!({ "tenant": tenant_json(t), "previous_status": previous, "reason": reason }),
         }
     }
@@ -206,6 +212,7 @@ impl Published {
         Self {
             topic,
             tenant_id: u.tenant_id,
+            region: None,
             data: json!({ "user": user_json(u) }),
         }
     }
@@ -213,6 +220,7 @@ impl Published {
         Self {
             topic: Topic::UserRolesChanged,
             tenant_id: u.tenant_id,
+            region: None,
             data: json!({ "user": user_json(u), "previous_roles": previous }),
         }
     }
@@ -220,6 +228,7 @@ impl Published {
         Self {
             topic,
             tenant_id: Some(k.tenant_id),
+            region: None,
             data: json!({ "api_key": api_key_json(k) }),
         }
     }
@@ -228,6 +237,7 @@ impl Published {
         Self {
             topic: Topic::ProviderCredentialChanged,
             tenant_id: Some(tenant),
+            region: None,
             data: json!({
                 "provider_credential": { "id": credential_id, "tenant_id": tenant, "provider": provider },
                 "action": action,
@@ -242,6 +252,7 @@ impl Published {
                 Crossing::Exceeded => Topic::BudgetExceeded,
             },
             tenant_id: Some(budget.tenant_id),
+            region: None,
             data: json!({
                 "budget": {
                     "tenant_id": budget.tenant_id, "month": month.to_string(), "amount": budget.amount,
@@ -256,11 +267,13 @@ impl Published {
         Self {
             topic,
             tenant_id: Some(imp.tenant_id),
+            region: None,
             data: json!({
                 "impersonation": {
                     "id": imp.id, "tenant_id": imp.tenant_id, "impersonator_id": imp.impersonator_id,
                     "impersonator_email": imp.impersonator_email, "reason": imp.reason,
                     "started_at": rfc3339(imp.started_at), "expires_at": rfc3339(imp.expires_at),
+                    "ended_at": imp.ended_at.map(rfc3339),
                 },
                 "end_reason": end_reason,
             }),
@@ -457,6 +470,10 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub delivery_id: Uuid,
+    /// This claim's lease: only its holder may record the attempt, and only until
+    /// `leased_until` (after that another node may have claimed the delivery again).
+    pub lease: Uuid,
+    pub leased_until: OffsetDateTime,
     pub endpoint_id: Uuid,
     pub event_id: Uuid,
     pub topic: String,

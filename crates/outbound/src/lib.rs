@@ -180,20 +180,8 @@ impl Outbound {
         request: http::Request<Vec<u8>>,
         limit: usize,
     ) -> Result<http::Response<Vec<u8>>, OutboundError> {
-        let url = Url::parse(&request.uri().to_string()).map_err(|_| OutboundError::InvalidUrl)?;
-        let client = self.preflight(&url).await?;
-        let (parts, body) = request.into_parts();
-        let mut response = client
-            .request(parts.method, url)
-            .headers(parts.headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| from_reqwest(&e))?;
+        let mut response = self.answer(request).await?;
         let status = response.status();
-        if status.is_redirection() {
-            return Err(OutboundError::Redirect(status.as_u16()));
-        }
         if response.content_length().is_some_and(|n| n > limit as u64) {
             return Err(OutboundError::TooLarge(limit));
         }
@@ -213,14 +201,35 @@ impl Outbound {
         Ok(out)
     }
 
-    /// `POST url` with `headers` and `body` (a webhook): the answer's status, its body read
-    /// to at most `limit` bytes and dropped.
+    /// Sends `request` under the policy and returns the answer with its body unread; a redirect
+    /// is an error (never followed).
+    async fn answer(&self, request: http::Request<Vec<u8>>) -> Result<reqwest::Response, OutboundError> {
+        let url = Url::parse(&request.uri().to_string()).map_err(|_| OutboundError::InvalidUrl)?;
+        let client = self.preflight(&url).await?;
+        let (parts, body) = request.into_parts();
+        let response = client
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| from_reqwest(&e))?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(OutboundError::Redirect(status.as_u16()));
+        }
+        Ok(response)
+    }
+
+    /// `POST url` with `headers` and `body` (a webhook): the answer's status, all that counts.
+    /// Up to `drain` bytes of its body are read (so the connection can be used again) and
+    /// dropped; a longer or broken body does not change the answer.
     pub async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
         body: Vec<u8>,
-        limit: usize,
+        drain: usize,
     ) -> Result<u16, OutboundError> {
         let url = Url::parse(url).map_err(|_| OutboundError::InvalidUrl)?;
         let mut request = http::Request::post(url.as_str());
@@ -228,7 +237,31 @@ impl Outbound {
             request = request.header(k.as_str(), v.as_str());
         }
         let request = request.body(body).map_err(|_| OutboundError::InvalidUrl)?;
-        Ok(self.send(request, limit).await?.status().as_u16())
+        let deadline = tokio::time::Instant::now() + TOTAL_TIMEOUT;
+        let result = tokio::time::timeout_at(deadline, self.answer(request))
+            .await
+            .unwrap_or(Err(OutboundError::Timeout));
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(code = e.code(), error = %e, "outbound request refused or failed");
+                return Err(e);
+            }
+        };
+        let status = response.status().as_u16();
+        if response.content_length().is_none_or(|n| n <= drain as u64) {
+            let _ = tokio::time::timeout_at(deadline, async {
+                let mut read = 0;
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    read += chunk.len();
+                    if read > drain {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        Ok(status)
     }
 
     /// Would a request to `url` be sent (its form, and every address of its host under the

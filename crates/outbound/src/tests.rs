@@ -185,3 +185,37 @@ async fn an_allowed_address_is_fetched() {
         .unwrap();
     assert_eq!(body, b"hello");
 }
+
+#[tokio::test]
+async fn a_post_is_answered_by_its_status_even_when_the_body_is_long_or_broken() {
+    let big = vec![b'x'; 200 * 1024];
+    let mut announced = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", big.len()).into_bytes();
+    announced.extend_from_slice(&big);
+    let mut streamed = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec();
+    streamed.extend_from_slice(&big);
+    // A body shorter than announced: the connection closes mid-body.
+    let broken = b"HTTP/1.1 202 Accepted\r\ncontent-length: 100\r\n\r\npartial".to_vec();
+    let out = loopback_allowed();
+    for (answer, status) in [(announced, 200), (streamed, 204), (broken, 202)] {
+        let (port, _) = answering(answer).await;
+        let got = out
+            .post(&format!("http://127.0.0.1:{port}/"), &[], b"{}".to_vec(), 1024)
+            .await;
+        assert_eq!(got, Ok(status));
+    }
+}
+
+#[tokio::test]
+async fn a_post_is_not_redirected() {
+    let (target, target_hits) = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
+    let (port, _) = answering(
+        format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{target}/\r\ncontent-length: 0\r\n\r\n")
+            .into_bytes(),
+    )
+    .await;
+    let got = loopback_allowed()
+        .post(&format!("http://127.0.0.1:{port}/"), &[], b"{}".to_vec(), 1024)
+        .await;
+    assert_eq!(got, Err(OutboundError::Redirect(307)));
+    assert_eq!(target_hits.load(Ordering::SeqCst), 0);
+}

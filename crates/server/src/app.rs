@@ -222,13 +222,18 @@ impl App {
             tokio::spawn(verifier_flushes(self.core.clone())),
             tokio::spawn(usage_sweeper(self.core.clone())),
         );
-        let webhooks = tokio::spawn(crate::webhooks::deliver(self.core.clone()));
+        let webhooks = self
+            .settings
+            .deliver_webhooks
+            .then(|| tokio::spawn(crate::webhooks::deliver(self.core.clone())));
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
         drop(self.data_dir_lock);
         feed.abort();
         flushes.abort();
         sweeper.abort();
-        webhooks.abort();
+        if let Some(w) = webhooks {
+            w.abort();
+        }
         housekeeping.abort();
         outbox.abort();
         checkpoints.abort();
@@ -267,6 +272,11 @@ async fn housekeeping(core: Arc<Core>) {
             Ok(n) if n > 0 => tracing::info!(events = n, "dropped raw usage events past retention"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "dropping raw usage events past retention failed"),
+        }
+        match core.end_expired_impersonations().await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "ended impersonations that expired unused"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ending expired impersonations failed"),
         }
         match core.prune_webhook_events().await {
             Ok(n) if n > 0 => tracing::info!(events = n, "dropped published events past the feed's 30 days"),

@@ -77,6 +77,9 @@ pub struct Settings {
     pub resend_api_url: String,
     /// How often the worker looks for email to deliver, in milliseconds.
     pub outbox_poll_ms: u64,
+    /// Whether this node sends webhooks (the delivery loop). Off for a node that should only
+    /// serve requests; deliveries wait for a node that has it on.
+    pub deliver_webhooks: bool,
     /// The key identity providers' client secrets are sealed with (64 hex characters or 32
     /// bytes in base64). Unset: `{data_dir}/secret.key`, made on first start.
     pub secret_key: Option<String>,
@@ -161,6 +164,7 @@ impl Default for Settings {
             resend_api_key_file: None,
             resend_api_url: "https://api.resend.com".to_owned(),
             outbox_poll_ms: 1000,
+            deliver_webhooks: true,
             secret_key: None,
             secret_key_file: None,
             header_read_timeout_seconds: 10,
@@ -224,6 +228,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("resend_api_key_file", false),
     ("resend_api_url", false),
     ("outbox_poll_ms", false),
+    ("deliver_webhooks", false),
     ("secret_key", true),
     ("secret_key_file", false),
     ("header_read_timeout_seconds", false),

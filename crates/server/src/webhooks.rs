@@ -20,7 +20,8 @@ pub const IN_FLIGHT: u32 = 64;
 pub const PER_ENDPOINT: u32 = 16;
 /// How long the loop rests when nothing was due.
 const IDLE: Duration = Duration::from_millis(200);
-/// The most of an endpoint's answer read (then dropped): only its status matters.
+/// The most of an endpoint's answer read (then dropped, so the connection is reused): only
+/// its status matters.
 const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// Sends through the outbound policy: https (http only to allowed ranges), no private

@@ -1289,6 +1289,12 @@ macro_rules! impl_store {
                 rows.iter().map(impersonation_from_row).collect()
             }
 
+            async fn expired_impersonations(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Impersonation>> {
+                let sql = format!("SELECT {IMPERSONATION_COLUMNS} FROM impersonation WHERE ended_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(enc_ts(now)).bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter().map(impersonation_from_row).collect()
+            }
+
             async fn end_impersonation(&self, id: Uuid, at: OffsetDateTime, reason: &str, event: NewEvent) -> Result<bool> {
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query("UPDATE impersonation SET ended_at = $2, end_reason = $3, handoff_hash = NULL WHERE id = $1 AND ended_at IS NULL")

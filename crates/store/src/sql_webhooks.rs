@@ -89,8 +89,9 @@ macro_rules! impl_webhook_store {
                 if endpoints.is_empty() {
                     return Ok(());
                 }
-                let region: Option<String> = match p.tenant_id {
-                    Some(t) => sqlx::query("SELECT region FROM tenant WHERE id = $1")
+                let region: Option<String> = match (&p.region, p.tenant_id) {
+                    (Some(r), _) => Some(r.clone()),
+                    (None, Some(t)) => sqlx::query("SELECT region FROM tenant WHERE id = $1")
                         .bind(t.0)
                         .fetch_optional(&mut **tx)
                         .await
@@ -98,7 +99,7 @@ macro_rules! impl_webhook_store {
                         .map(|r| r.try_get("region"))
                         .transpose()
                         .map_err(db_err)?,
-                    None => None,
+                    (None, None) => None,
                 };
                 let order_key = p.tenant_id.map(|t| t.0.to_string()).unwrap_or_default();
                 for r in &endpoints {
@@ -122,34 +123,29 @@ macro_rules! impl_webhook_store {
                 Ok(())
             }
 
-            async fn write_endpoint(tx: &mut Transaction<'static, $Db>, e: &Endpoint, insert: bool) -> Result<u64> {
-                let sql = if insert {
+            async fn insert_endpoint(tx: &mut Transaction<'static, $Db>, e: &Endpoint) -> Result<()> {
+                sqlx::query(
                     "INSERT INTO webhook_endpoint (url, description, event_types, region, enabled, disabled_reason, secret_sealed, \
                      previous_secret_sealed, previous_secret_until, failing_since, created_at, updated_at, id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                } else {
-                    "UPDATE webhook_endpoint SET url = $1, description = $2, event_types = $3, region = $4, enabled = $5, \
-                     disabled_reason = $6, secret_sealed = $7, previous_secret_sealed = $8, previous_secret_until = $9, \
-                     failing_since = $10, created_at = $11, updated_at = $12 WHERE id = $13"
-                };
-                let done = sqlx::query(sql)
-                    .bind(&e.url)
-                    .bind(&e.description)
-                    .bind(e.subscription.to_stored())
-                    .bind(e.region.as_deref())
-                    .bind(e.enabled)
-                    .bind(e.disabled_reason.as_deref())
-                    .bind(&e.secret_sealed)
-                    .bind(e.previous_secret_sealed.as_deref())
-                    .bind(e.previous_secret_until.map(enc_ts))
-                    .bind(e.failing_since.map(enc_ts))
-                    .bind(enc_ts(e.created_at))
-                    .bind(enc_ts(e.updated_at))
-                    .bind(e.id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db_err)?;
-                Ok(done.rows_affected())
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&e.url)
+                .bind(&e.description)
+                .bind(e.subscription.to_stored())
+                .bind(e.region.as_deref())
+                .bind(e.enabled)
+                .bind(e.disabled_reason.as_deref())
+                .bind(&e.secret_sealed)
+                .bind(e.previous_secret_sealed.as_deref())
+                .bind(e.previous_secret_until.map(enc_ts))
+                .bind(e.failing_since.map(enc_ts))
+                .bind(enc_ts(e.created_at))
+                .bind(enc_ts(e.updated_at))
+                .bind(e.id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                Ok(())
             }
         }
 
@@ -188,15 +184,55 @@ macro_rules! impl_webhook_store {
                         message: format!("at most {max} webhook endpoints; delete one first"),
                     });
                 }
-                Self::write_endpoint(&mut tx, e, true).await?;
+                Self::insert_endpoint(&mut tx, e).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(())
             }
 
-            async fn update_webhook_endpoint(&self, e: &Endpoint, redeliver_from: Option<OffsetDateTime>, event: NewEvent) -> Result<()> {
+            async fn update_webhook_endpoint(
+                &self,
+                e: &Endpoint,
+                read_at: OffsetDateTime,
+                redeliver_from: Option<OffsetDateTime>,
+                event: NewEvent,
+            ) -> Result<()> {
                 let (mut tx, _permit) = self.begin_audited(&event).await?;
-                if Self::write_endpoint(&mut tx, e, false).await? != 1 {
-                    return Err(Error::NotFound);
+                // failing_since is the delivery loop's: left as it is, unless re-enabling.
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoint SET url = $1, description = $2, event_types = $3, region = $4, enabled = $5, \
+                     disabled_reason = $6, secret_sealed = $7, previous_secret_sealed = $8, previous_secret_until = $9, \
+                     updated_at = $10, failing_since = CASE WHEN $11 THEN NULL ELSE failing_since END \
+                     WHERE id = $12 AND updated_at = $13",
+                )
+                .bind(&e.url)
+                .bind(&e.description)
+                .bind(e.subscription.to_stored())
+                .bind(e.region.as_deref())
+                .bind(e.enabled)
+                .bind(e.disabled_reason.as_deref())
+                .bind(&e.secret_sealed)
+                .bind(e.previous_secret_sealed.as_deref())
+                .bind(e.previous_secret_until.map(enc_ts))
+                .bind(enc_ts(e.updated_at))
+                .bind(redeliver_from.is_some())
+                .bind(e.id)
+                .bind(enc_ts(read_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() != 1 {
+                    let exists = sqlx::query("SELECT 1 AS one FROM webhook_endpoint WHERE id = $1")
+                        .bind(e.id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    return Err(match exists {
+                        None => Error::NotFound,
+                        Some(_) => Error::Conflict {
+                            code: "endpoint_changed",
+                            message: "the endpoint was changed meanwhile; reload it and try again".to_owned(),
+                        },
+                    });
                 }
                 if let Some(at) = redeliver_from {
                     sqlx::query(
@@ -260,26 +296,33 @@ macro_rules! impl_webhook_store {
             async fn claim_webhook_deliveries(
                 &self,
                 now: OffsetDateTime,
-                lease: Uuid,
                 lease_until: OffsetDateTime,
                 limit: u32,
                 in_flight: &std::collections::HashMap<Uuid, u32>,
                 per_endpoint: u32,
             ) -> Result<Vec<Claimed>> {
-                // Candidates: the head of each (endpoint, tenant) queue, due and free. Looked at
-                // a few times over, then each claimed by a conditional update: of two nodes
-                // picking the same row, one updates it.
+                // Candidates: the head of each (endpoint, tenant) queue, due and free, at most
+                // `per_endpoint` per endpoint, taken round-robin across endpoints (each one's
+                // earliest due first, then each one's second...), so one endpoint's backlog never
+                // hides another's. Enough are read that skipping the endpoints this node already
+                // has at its cap (at most what it has in flight) still leaves `limit`. Each is
+                // then claimed by a conditional update that checks it all again: of two nodes
+                // picking the same row one gets it, and a row that stopped qualifying is left.
                 let rows = sqlx::query(
-                    "SELECT d.id, d.endpoint_id FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id \
-                     WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1) \
-                     AND w.enabled = $3 \
-                     AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = d.endpoint_id \
-                       AND p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq) \
-                     ORDER BY d.next_attempt_at, d.seq LIMIT $2",
+                    "SELECT id, endpoint_id FROM ( \
+                       SELECT d.id, d.endpoint_id, d.next_attempt_at, d.seq, \
+                         ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.seq) AS rn \
+                       FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id \
+                       WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                         AND (d.leased_until IS NULL OR d.leased_until <= $1) AND w.enabled = $3 \
+                         AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = d.endpoint_id \
+                           AND p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq) \
+                     ) heads WHERE rn <= $4 ORDER BY rn, next_attempt_at, seq LIMIT $2",
                 )
                 .bind(enc_ts(now))
-                .bind(i64::from(limit.saturating_mul(4).max(limit)))
+                .bind(i64::from(limit) + in_flight.values().map(|n| i64::from(*n)).sum::<i64>())
                 .bind(true)
+                .bind(i64::from(per_endpoint))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
@@ -295,26 +338,32 @@ macro_rules! impl_webhook_store {
                     if *count >= per_endpoint {
                         continue;
                     }
-                    *count += 1;
+                    let lease = Uuid::new_v4();
                     let writer = self.writer_permit().await;
                     let row = sqlx::query(
                         "UPDATE webhook_delivery SET lease_token = $2, leased_until = $3, \
                          first_attempt_at = COALESCE(first_attempt_at, $4) \
-                         WHERE id = $1 AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
+                         WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $4 \
+                           AND (leased_until IS NULL OR leased_until <= $4) \
+                           AND EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.id = webhook_delivery.endpoint_id AND w.enabled = $5) \
+                           AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = webhook_delivery.endpoint_id \
+                             AND p.order_key = webhook_delivery.order_key AND p.status = 'pending' AND p.seq < webhook_delivery.seq) \
                          RETURNING event_seq, attempts, first_attempt_at",
                     )
                     .bind(id)
                     .bind(lease)
                     .bind(enc_ts(lease_until))
                     .bind(enc_ts(now))
+                    .bind(true)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err)?;
+                    drop(writer);
                     let Some(row) = row else { continue };
+                    *count += 1;
                     let event_seq: i64 = row.try_get("event_seq").map_err(db_err)?;
                     let attempts: i64 = row.try_get("attempts").map_err(db_err)?;
                     let first: Option<Ts> = row.try_get("first_attempt_at").map_err(db_err)?;
-                    drop(writer);
                     let ev = sqlx::query("SELECT id, event_type, body FROM webhook_event WHERE seq = $1")
                         .bind(event_seq)
                         .fetch_optional(&self.pool)
@@ -323,6 +372,8 @@ macro_rules! impl_webhook_store {
                     let Some(ev) = ev else { continue };
                     out.push(Claimed {
                         delivery_id: id,
+                        lease,
+                        leased_until: lease_until,
                         endpoint_id,
                         event_id: ev.try_get("id").map_err(db_err)?,
                         topic: ev.try_get("event_type").map_err(db_err)?,
@@ -332,6 +383,17 @@ macro_rules! impl_webhook_store {
                     });
                 }
                 Ok(out)
+            }
+
+            async fn release_webhook_lease(&self, delivery: Uuid, lease: Uuid) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                sqlx::query("UPDATE webhook_delivery SET lease_token = NULL, leased_until = NULL WHERE id = $1 AND lease_token = $2")
+                    .bind(delivery)
+                    .bind(lease)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
             }
 
             async fn finish_webhook_attempt(
@@ -352,7 +414,7 @@ macro_rules! impl_webhook_store {
                 let row = sqlx::query(
                     "UPDATE webhook_delivery SET status = $3, attempts = attempts + 1, next_attempt_at = $4, last_attempt_at = $5, \
                      last_status = $6, last_response_ms = $7, last_error = $8, lease_token = NULL, leased_until = NULL \
-                     WHERE id = $1 AND lease_token = $2 RETURNING endpoint_id",
+                     WHERE id = $1 AND lease_token = $2 AND status = 'pending' RETURNING endpoint_id",
                 )
                 .bind(delivery)
                 .bind(lease)
@@ -438,23 +500,25 @@ macro_rules! impl_webhook_store {
             }
 
             async fn published_after(&self, after: i64, topics: &[String], limit: u32) -> Result<Vec<FeedEvent>> {
-                let known: Vec<&str> = topics.iter().filter_map(|t| Topic::parse(t)).map(Topic::as_str).collect();
-                let filter = if topics.is_empty() {
-                    String::new()
-                } else if known.is_empty() {
+                // Catalog names only, each once (at most the catalog's size), bound as parameters.
+                let known: std::collections::BTreeSet<&str> = topics.iter().filter_map(|t| Topic::parse(t)).map(Topic::as_str).collect();
+                if !topics.is_empty() && known.is_empty() {
                     return Ok(Vec::new());
+                }
+                let filter = if known.is_empty() {
+                    String::new()
                 } else {
-                    // Only catalog names reach the SQL (parsed above), quoted as literals.
-                    format!(" AND event_type IN ({})", known.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", "))
+                    let marks: Vec<String> = (0..known.len()).map(|i| format!("${}", i + 3)).collect();
+                    format!(" AND event_type IN ({})", marks.join(", "))
                 };
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                let sql = format!(
                     "SELECT seq, id, event_type, body, occurred_at FROM webhook_event WHERE seq > $1{filter} ORDER BY seq LIMIT $2"
-                )))
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(i64::from(limit));
+                for t in &known {
+                    q = q.bind(*t);
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
                 rows.iter()
                     .map(|r| {
                         Ok(FeedEvent {
@@ -469,20 +533,43 @@ macro_rules! impl_webhook_store {
             }
 
             async fn prune_webhook_events(&self, before: OffsetDateTime) -> Result<u64> {
-                let _writer = self.writer_permit().await;
-                let mut tx = self.pool.begin().await.map_err(db_err)?;
-                sqlx::query("DELETE FROM webhook_delivery WHERE event_seq IN (SELECT seq FROM webhook_event WHERE occurred_at < $1)")
+                // In batches, each its own short transaction, so a month of events is dropped
+                // without holding the writer (on SQLite) or a long lock (on PostgreSQL).
+                const BATCH: i64 = 1000;
+                let mut pruned = 0;
+                loop {
+                    let _writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let upto: Option<i64> = sqlx::query(
+                        "SELECT MAX(seq) AS upto FROM (SELECT seq FROM webhook_event WHERE occurred_at < $1 ORDER BY seq LIMIT $2) oldest",
+                    )
                     .bind(enc_ts(before))
-                    .execute(&mut *tx)
+                    .bind(BATCH)
+                    .fetch_one(&mut *tx)
                     .await
+                    .map_err(db_err)?
+                    .try_get("upto")
                     .map_err(db_err)?;
-                let done = sqlx::query("DELETE FROM webhook_event WHERE occurred_at < $1")
-                    .bind(enc_ts(before))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                Ok(done.rows_affected())
+                    let Some(upto) = upto else { break };
+                    sqlx::query("DELETE FROM webhook_delivery WHERE event_seq <= $1 AND event_seq IN (SELECT seq FROM webhook_event WHERE occurred_at < $2)")
+                        .bind(upto)
+                        .bind(enc_ts(before))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let done = sqlx::query("DELETE FROM webhook_event WHERE seq <= $1 AND occurred_at < $2")
+                        .bind(upto)
+                        .bind(enc_ts(before))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)?;
+                    pruned += done.rows_affected();
+                    if done.rows_affected() < BATCH as u64 {
+                        break;
+                    }
+                }
+                Ok(pruned)
             }
         }
     };

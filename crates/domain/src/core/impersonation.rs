@@ -178,6 +178,23 @@ impl Core {
         }))
     }
 
+    /// Ends the impersonations that expired unused (their end is otherwise seen only at the
+    /// next request of their session), so each has its `impersonation.ended`. Housekeeping.
+    pub async fn end_expired_impersonations(&self) -> Result<usize> {
+        let mut ended = 0;
+        loop {
+            let batch = self.store.expired_impersonations(self.clock.now(), 100).await?;
+            let n = batch.len();
+            for imp in &batch {
+                self.end_impersonation(imp, "expired").await?;
+            }
+            ended += n;
+            if n < 100 {
+                return Ok(ended);
+            }
+        }
+    }
+
     /// End `imp` (once) with its `IMPERSONATION_ENDED` and its sessions.
     pub(super) async fn end_impersonation(&self, imp: &Impersonation, reason: &'static str) -> Result<()> {
         let end = self.impersonation_end(imp, reason)?;
@@ -193,7 +210,11 @@ impl Core {
             crate::email::EmailAddress::parse(&imp.impersonator_email)?,
         );
         actor.impersonation = Some((imp.id, imp.tenant_id));
-        let now = self.clock.now();
+        // An expired one ended when it expired, however late that is noticed.
+        let now = match reason {
+            "expired" => self.clock.now().min(imp.expires_at),
+            _ => self.clock.now(),
+        };
         let event = self
             .new_event(
                 EventType::ImpersonationEnded,

@@ -220,8 +220,6 @@ pub struct Core {
     /// Where webhooks are sent through (see [`webhooks`]).
     webhooks: Arc<dyn crate::webhook::WebhookSender>,
     webhook_counts: crate::webhook::DeliveryCounters,
-    /// This node's lease token for the deliveries it claims.
-    webhook_node: uuid::Uuid,
 }
 
 impl Core {
@@ -243,7 +241,6 @@ impl Core {
             usage: usage::UsageState::default(),
             webhooks: Arc::new(crate::webhook::NoSender),
             webhook_counts: crate::webhook::DeliveryCounters::default(),
-            webhook_node: uuid::Uuid::new_v4(),
         }
     }
 

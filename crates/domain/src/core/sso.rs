@@ -710,24 +710,28 @@ impl Core {
             t.status.check_writable()?;
         }
         let now = self.clock.now();
-        let event = self
-            .new_event(
-                EventType::UserLinked,
-                &Actor::user(user.id, user.email.clone()),
-                d.tenant_id(),
-                json!({
-                    "user_id": user.id, "email": user.email, "tenant_id": d.tenant_id(),
-                    "provider_id": provider.id, "issuer": login.issuer, "subject": login.subject,
-                    "previous_status": user.status.as_str(), "status": "ACTIVE",
-                }),
-            )
-            .publish(Published::user(
+        let linked = self.new_event(
+            EventType::UserLinked,
+            &Actor::user(user.id, user.email.clone()),
+            d.tenant_id(),
+            json!({
+                "user_id": user.id, "email": user.email, "tenant_id": d.tenant_id(),
+                "provider_id": provider.id, "issuer": login.issuer, "subject": login.subject,
+                "previous_status": user.status.as_str(), "status": "ACTIVE",
+            }),
+        );
+        // Only an invited user becomes active by linking; an active one stays as they were.
+        let event = if user.status == UserStatus::Invited {
+            linked.publish(Published::user(
                 Topic::UserActivated,
                 &User {
                     status: UserStatus::Active,
                     ..user.clone()
                 },
-            ));
+            ))
+        } else {
+            linked
+        };
         match self
             .store
             .link_identity(d, user.id, provider.id, login, now, event)

@@ -29,10 +29,37 @@ pub const DELIVERY_LEASE: Duration = Duration::seconds(60);
 pub const MAX_FEED_PAGE: u32 = 500;
 
 /// An endpoint created or its secret rolled: the secret is shown once.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EndpointWithSecret {
     pub endpoint: Endpoint,
     pub secret: String,
+}
+
+impl std::fmt::Debug for EndpointWithSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointWithSecret")
+            .field("endpoint", &self.endpoint)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// An endpoint's URL as the audit trail keeps it: a query string may carry the receiver's own
+/// credential (`?token=…`), so only its presence is kept.
+fn audited_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let had_query = u.query().is_some();
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut s = u.to_string();
+            if had_query {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "(unparsable)".to_owned(),
+    }
 }
 
 /// A page of the events feed: the events (their JSON bodies, as delivered) and the cursor to
@@ -112,7 +139,7 @@ impl Core {
             EventType::WebhookEndpointCreated,
             auth.actor(),
             None,
-            json!({ "endpoint_id": id, "url": endpoint.url, "event_types": endpoint.subscription.patterns(),
+            json!({ "endpoint_id": id, "url": audited_url(&endpoint.url), "event_types": endpoint.subscription.patterns(),
                     "region": endpoint.region, "enabled": endpoint.enabled }),
         );
         self.store
@@ -153,13 +180,13 @@ impl Core {
             auth.actor(),
             None,
             json!({
-                "endpoint_id": id, "url": e.url, "event_types": e.subscription.patterns(), "region": e.region,
-                "enabled": e.enabled, "previous": { "url": old.url, "event_types": old.subscription.patterns(),
+                "endpoint_id": id, "url": audited_url(&e.url), "event_types": e.subscription.patterns(), "region": e.region,
+                "enabled": e.enabled, "previous": { "url": audited_url(&old.url), "event_types": old.subscription.patterns(),
                 "region": old.region, "enabled": old.enabled },
             }),
         );
         self.store
-            .update_webhook_endpoint(&e, enabling.then_some(now), event)
+            .update_webhook_endpoint(&e, old.updated_at, enabling.then_some(now), event)
             .await?;
         Ok(e)
     }
@@ -216,7 +243,9 @@ impl Core {
             None,
             json!({ "endpoint_id": id, "secret_rolled": true, "previous_valid_until": e.previous_secret_until.map(crate::webhook::rfc3339) }),
         );
-        self.store.update_webhook_endpoint(&e, None, event).await?;
+        self.store
+            .update_webhook_endpoint(&e, old.updated_at, None, event)
+            .await?;
         Ok(EndpointWithSecret { endpoint: e, secret })
     }
 
@@ -226,7 +255,7 @@ impl Core {
             EventType::WebhookEndpointDeleted,
             auth.actor(),
             None,
-            json!({ "endpoint_id": id, "url": old.url }),
+            json!({ "endpoint_id": id, "url": audited_url(&old.url) }),
         );
         self.store.delete_webhook_endpoint(id, event).await
     }
@@ -309,14 +338,7 @@ impl Core {
         }
         let now = self.clock.now();
         self.store
-            .claim_webhook_deliveries(
-                now,
-                self.webhook_node,
-                now + DELIVERY_LEASE,
-                limit,
-                in_flight,
-                per_endpoint,
-            )
+            .claim_webhook_deliveries(now, now + DELIVERY_LEASE, limit, in_flight, per_endpoint)
             .await
     }
 
@@ -349,20 +371,49 @@ impl Core {
         ])
     }
 
-    /// One attempt of a claimed delivery, and what follows from it.
+    /// One attempt of a claimed delivery, and what follows from it. Nothing is sent when the
+    /// lease ran out before the attempt could start (another node may hold the delivery now),
+    /// nor when the endpoint was disabled or deleted since the claim (the delivery is given
+    /// back, unattempted).
     pub async fn deliver_webhook(&self, c: Claimed) -> Result<Attempt> {
-        let Some(endpoint) = self.store.webhook_endpoint(c.endpoint_id).await? else {
+        let now = self.clock.now();
+        if now >= c.leased_until {
             return Ok(Attempt::Failed {
-                code: "endpoint_deleted".to_owned(),
+                code: "lease_expired".to_owned(),
                 millis: 0,
             });
+        }
+        let endpoint = match self.store.webhook_endpoint(c.endpoint_id).await? {
+            Some(e) if e.enabled => e,
+            other => {
+                self.store.release_webhook_lease(c.delivery_id, c.lease).await?;
+                let code = if other.is_some() {
+                    "endpoint_disabled"
+                } else {
+                    "endpoint_deleted"
+                };
+                return Ok(Attempt::Failed {
+                    code: code.to_owned(),
+                    millis: 0,
+                });
+            }
         };
-        let now = self.clock.now();
-        let headers = self.signed_headers(&endpoint, &c, now)?;
-        let attempt = self
-            .webhooks
-            .post(&endpoint.url, headers, c.body.clone().into_bytes())
-            .await;
+        let attempt = match self.signed_headers(&endpoint, &c, now) {
+            Ok(headers) => {
+                self.webhooks
+                    .post(&endpoint.url, headers, c.body.clone().into_bytes())
+                    .await
+            }
+            Err(e) => {
+                // A secret that no longer opens (the secret key was changed): an attempt that
+                // failed, retried with back-off like any other, and said once in the log.
+                tracing::error!(endpoint = %endpoint.id, error = %e, "a webhook could not be signed");
+                Attempt::Failed {
+                    code: "signing_failed".to_owned(),
+                    millis: 0,
+                }
+            }
+        };
         let at = self.clock.now();
         let first = c.first_attempt_at.unwrap_or(now);
         let next = if attempt.ok() {
@@ -384,7 +435,7 @@ impl Core {
         }
         let failing = self
             .store
-            .finish_webhook_attempt(c.delivery_id, self.webhook_node, at, &attempt, next)
+            .finish_webhook_attempt(c.delivery_id, c.lease, at, &attempt, next)
             .await?;
         if let Some(Some(since)) = failing
             && at - since >= DISABLE_AFTER
@@ -408,7 +459,7 @@ impl Core {
         let message = format!(
             "The webhook endpoint {} has failed every delivery since {} and was disabled. \
              Its events are kept for 30 days: enable it again to send what is pending.",
-            e.url,
+            audited_url(&e.url),
             crate::webhook::rfc3339(since)
         );
         let emails: Vec<_> = owners
@@ -427,7 +478,7 @@ impl Core {
             EventType::WebhookEndpointUpdated,
             &Actor::system(),
             None,
-            json!({ "endpoint_id": e.id, "url": e.url, "enabled": false, "reason": "failing",
+            json!({ "endpoint_id": e.id, "url": audited_url(&e.url), "enabled": false, "reason": "failing",
                         "failing_since": crate::webhook::rfc3339(since) }),
         );
         if self.store.disable_failing_endpoint(e.id, since, &emails, event).await? {

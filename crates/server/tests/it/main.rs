@@ -55,3 +55,4 @@ mod tenants;
 mod usage;
 mod usage_api;
 mod usage_nodes;
+mod webhook_claims;
