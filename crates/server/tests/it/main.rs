@@ -55,3 +55,5 @@ mod tenants;
 mod usage;
 mod usage_api;
 mod usage_nodes;
+mod webhook_receiver;
+mod webhooks;
