@@ -705,6 +705,40 @@ both!(
     }
 );
 
+both!(
+    async fn an_endpoint_limited_to_a_region_gets_that_regions_tenants_events_from_their_creation_on(app) {
+        let owner = owner(&app).await;
+        let rx = Receiver::start().await;
+        let auth = owner.require::<ManageWebhooks>().unwrap();
+        let draft = EndpointDraft::parse(&rx.url("eu"), "eu only", &["*"], Some("eu-west"), true, &regions()).unwrap();
+        let eu = app.core.create_webhook_endpoint(&auth, draft).await.unwrap();
+        rx.set_secrets("eu", &[&eu.secret]).await;
+        rx.set_clock(app.clock_now()).await;
+        let everything = hook(&app, &owner, &rx, "all", &["*"], true).await;
+        // An eu-west tenant (the console's default region), a us-east one, a platform user.
+        let acme = app.create_tenant("Acme", "acme").await;
+        let new = quarterdeck_domain::tenant::NewTenant {
+            slug: TenantSlug::parse("globex").unwrap(),
+            name: TenantName::parse("Globex").unwrap(),
+            region: quarterdeck_domain::tenant::Region::parse("us-east", &regions()).unwrap(),
+            tier: quarterdeck_domain::tenant::PriorityTier::Standard,
+            metadata: Default::default(),
+        };
+        let globex = app.core.create_tenant(&manage(&owner), new).await.unwrap().id.to_string();
+        assert_eq!(app.invite("ops@platform.example", "", &["owner"]).await.status(), 303);
+        rename(&app, &owner, &acme, "Acme Two").await;
+        rename(&app, &owner, &globex, "Globex Two").await;
+        // The unlimited endpoint has all five: the loop has been by.
+        rx.wait_for("all", 5, Duration::from_secs(10)).await;
+        all_delivered(&app, &owner, everything.endpoint.id, 5).await;
+        let got = rx.wait_for("eu", 2, Duration::from_secs(10)).await;
+        assert_verified(&got);
+        assert_eq!(types_of(&got), ["tenant.created", "tenant.updated"], "acme's, from its creation");
+        assert!(got.iter().all(|d| d.tenant.as_deref() == Some(acme.as_str())));
+        all_delivered(&app, &owner, eu.endpoint.id, 2).await;
+    }
+);
+
 /// Two `serve` processes beside the test's own server, on one PostgreSQL database: 200 events,
 /// each delivered exactly once to a receiver that always answers 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
