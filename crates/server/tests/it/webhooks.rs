@@ -739,6 +739,82 @@ both!(
     }
 );
 
+/// Arranges `n` more queue heads beside the endpoint's delivery `of`: copies of it, each under
+/// a queue key of its own (as if `n` more tenants had an event waiting), written straight into
+/// the control database. Cheaper than creating `n` tenants, each with its database.
+async fn more_queue_heads(app: &TestApp, of: uuid::Uuid, n: usize) {
+    use sqlx::ConnectOptions;
+    const SQL: &str = "INSERT INTO webhook_delivery (id, endpoint_id, event_seq, order_key, status, attempts, next_attempt_at, created_at) \
+         SELECT $1, endpoint_id, event_seq, $2, status, attempts, next_attempt_at, created_at FROM webhook_delivery WHERE id = $3";
+    match &app.pg_url {
+        Some(url) => {
+            let mut conn = pg_conn(url).await;
+            sqlx::query("SET search_path TO identity")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            for i in 0..n {
+                let done = sqlx::query(SQL)
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(format!("arranged-{i}"))
+                    .bind(of)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(done.rows_affected(), 1);
+            }
+        }
+        None => {
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(app.data_dir().join("control.db"))
+                .busy_timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .unwrap();
+            for i in 0..n {
+                let done = sqlx::query(SQL)
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(format!("arranged-{i}"))
+                    .bind(of)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(done.rows_affected(), 1);
+            }
+        }
+    }
+}
+
+both!(
+    async fn a_dead_endpoint_with_hundreds_of_tenants_waiting_delays_no_other_endpoint(app) {
+        let owner = owner(&app).await;
+        let rx = Receiver::start().await;
+        // Disabled while its queue is arranged: 301 tenants' events waiting for it.
+        let dead = hook(&app, &owner, &rx, "dead", &["tenant.*"], false).await;
+        rx.script("dead", &[Rule::always(Answer::Hang)]).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let head = views(&app, &owner, dead.endpoint.id).await[0].id;
+        more_queue_heads(&app, head, 300).await;
+        let auth = owner.require::<ManageWebhooks>().unwrap();
+        app.core.set_webhook_endpoint_enabled(&auth, dead.endpoint.id, true).await.unwrap();
+        // It takes its share of the node's slots (16), each hanging for 10 s.
+        poll_within("the dead endpoint's attempts to start", Duration::from_secs(5), || async {
+            rx.deliveries("dead").await.len() >= 16
+        })
+        .await;
+
+        // Another endpoint's event, newer than all of those: delivered at once all the same.
+        let live = hook(&app, &owner, &rx, "live", &["tenant.*"], true).await;
+        let started = Instant::now();
+        rename(&app, &owner, &tid, "Acme Two").await;
+        let got = rx.wait_for("live", 1, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_verified(&got);
+        all_delivered(&app, &owner, live.endpoint.id, 1).await;
+        assert!(rx.deliveries("dead").await.len() <= 16, "at most 16 at once to one endpoint");
+    }
+);
+
 /// Two `serve` processes beside the test's own server, on one PostgreSQL database: 200 events,
 /// each delivered exactly once to a receiver that always answers 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
