@@ -10,6 +10,10 @@
 //! Each request served is reported as usage (`/v1/data-plane/usage`, see [`usage`]): the tokens
 //! it used and the request itself, with the verified key as the subject, sent in batches in the
 //! background.
+//!
+//! With a webhook secret configured, it also receives Quarterdeck's `tenant.*` webhooks at
+//! `POST /quarterdeck/webhooks` (see [`webhooks`]): verified, it provisions a tenant on
+//! `tenant.created` and refuses a tenant's traffic once `tenant.status_changed` says suspended.
 
 use std::fmt;
 use std::future::Future;
@@ -31,9 +35,11 @@ use uuid::Uuid;
 mod quarterdeck;
 mod refusal;
 pub mod usage;
+pub mod webhooks;
 
 pub use refusal::Refusal;
 pub use usage::UsageConfig;
+pub use webhooks::{TenantState, Tenants, WebhookConfig};
 
 use quarterdeck::{Credential, Quarterdeck, Verified};
 
@@ -60,6 +66,9 @@ pub struct Config {
     pub provider: String,
     /// How usage is reported.
     pub usage: UsageConfig,
+    /// Quarterdeck's webhooks (`POST /quarterdeck/webhooks`), when an endpoint's secret is
+    /// given; `None`: no webhook route.
+    pub webhooks: Option<WebhookConfig>,
 }
 
 impl Config {
@@ -70,6 +79,7 @@ impl Config {
             service_token: service_token.into(),
             provider: provider.into(),
             usage: UsageConfig::default(),
+            webhooks: None,
         }
     }
 }
@@ -81,6 +91,7 @@ impl fmt::Debug for Config {
             .field("service_token", &"[redacted]")
             .field("provider", &self.provider)
             .field("usage", &self.usage)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -89,6 +100,19 @@ struct App {
     quarterdeck: Quarterdeck,
     provider: String,
     usage: Arc<usage::Reporter>,
+    /// The tenants as their webhooks told (with webhooks configured).
+    tenants: Option<Tenants>,
+}
+
+impl App {
+    /// Who Quarterdeck says is calling, unless the tenant's webhooks said it is suspended.
+    async fn verify(&self, key: &str) -> Result<Verified, Refusal> {
+        let caller = self.quarterdeck.verify(key).await?;
+        if self.tenants.as_ref().is_some_and(|t| t.suspended(caller.tenant.id)) {
+            return Err(Refusal::TenantSuspended);
+        }
+        Ok(caller)
+    }
 }
 
 /// The service's routes: `POST /v1/chat` and `GET /v1/whoami`; starts the usage sender on the
@@ -107,17 +131,25 @@ fn start(config: Config) -> std::io::Result<(Router, Arc<App>)> {
         let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         runtime.spawn(usage.clone().run(quarterdeck.clone()));
     }
+    let receiver = config.webhooks.map(webhooks::Receiver::new).transpose()?.map(Arc::new);
     let app = Arc::new(App {
         quarterdeck,
         provider: config.provider,
         usage,
+        tenants: receiver.as_ref().map(|r| r.tenants().clone()),
     });
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/chat", post(chat))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app.clone());
-    Ok((router, app))
+    if let Some(receiver) = receiver {
+        router = router.merge(
+            Router::new()
+                .route("/quarterdeck/webhooks", post(webhooks::receive))
+                .with_state(receiver),
+        );
+    }
+    Ok((router.layer(DefaultBodyLimit::max(BODY_LIMIT)), app))
 }
 
 /// Serves [`router`] on `listener` until the listener fails.
@@ -184,7 +216,7 @@ struct ServedCredential {
 
 async fn whoami(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Served>, Refusal> {
     let key = bearer_key(&headers)?;
-    let caller = app.quarterdeck.verify(key).await?;
+    let caller = app.verify(key).await?;
     let credential = app.quarterdeck.resolve(caller.tenant.id, &app.provider).await?;
     app.usage.record(&usage::Served {
         key_id: caller.key.id,
@@ -199,7 +231,7 @@ async fn whoami(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<
 /// it served and reports what was used.
 async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Json<Served>, Refusal> {
     let key = bearer_key(&headers)?;
-    let caller = app.quarterdeck.verify(key).await?;
+    let caller = app.verify(key).await?;
     // Only a verified caller's body is looked at, and it is read before the credential is
     // resolved, so a bad request costs no audited credential read.
     let prompt: serde_json::Value = serde_json::from_slice(&body).map_err(|_| Refusal::InvalidBody)?;

@@ -5,13 +5,15 @@
 //! `usage:write`), `DATA_PLANE_PROVIDER` (default `openai`), `DATA_PLANE_LISTEN` (default
 //! `127.0.0.1:8095`), `DATA_PLANE_SOURCE` (the usage events' `source`, default
 //! `quarterdeck-example-data-plane`), `DATA_PLANE_TOKEN_METER` (default `llm.tokens`) and
-//! `DATA_PLANE_REQUEST_METER` (default `api.requests`; either empty to report none), `RUST_LOG`
-//! (default `info`).
+//! `DATA_PLANE_REQUEST_METER` (default `api.requests`; either empty to report none),
+//! `QUARTERDECK_WEBHOOK_SECRET` or `QUARTERDECK_WEBHOOK_SECRET_FILE` (the `whsec_…` secret of a
+//! Quarterdeck webhook endpoint pointing at `/quarterdeck/webhooks`; two separated by a space
+//! during a roll; unset: no webhook route), `RUST_LOG` (default `info`).
 
 use std::env;
 
 use anyhow::{Context, bail};
-use quarterdeck_example_data_plane::{Config, UsageConfig, serve_until};
+use quarterdeck_example_data_plane::{Config, UsageConfig, WebhookConfig, serve_until};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use url::Url;
@@ -45,17 +47,8 @@ async fn main() -> anyhow::Result<()> {
 fn config_from_env() -> anyhow::Result<Config> {
     let url = env::var("QUARTERDECK_URL").context("QUARTERDECK_URL is not set")?;
     let quarterdeck_url = Url::parse(&url).context("QUARTERDECK_URL is not a URL")?;
-    let service_token = match (
-        env::var("QUARTERDECK_SERVICE_TOKEN"),
-        env::var_os("QUARTERDECK_SERVICE_TOKEN_FILE"),
-    ) {
-        (Ok(_), Some(_)) => bail!("set QUARTERDECK_SERVICE_TOKEN or QUARTERDECK_SERVICE_TOKEN_FILE, not both"),
-        (Ok(token), None) => token,
-        (Err(_), Some(path)) => std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read QUARTERDECK_SERVICE_TOKEN_FILE {}", path.to_string_lossy()))?
-            .trim()
-            .to_owned(),
-        (Err(_), None) => bail!("QUARTERDECK_SERVICE_TOKEN or QUARTERDECK_SERVICE_TOKEN_FILE must be set"),
+    let Some(service_token) = secret_from_env("QUARTERDECK_SERVICE_TOKEN")? else {
+        bail!("QUARTERDECK_SERVICE_TOKEN or QUARTERDECK_SERVICE_TOKEN_FILE must be set");
     };
     if service_token.is_empty() {
         bail!("the service token is empty");
@@ -76,10 +69,31 @@ fn config_from_env() -> anyhow::Result<Config> {
     if usage.source.trim().is_empty() {
         bail!("DATA_PLANE_SOURCE is empty");
     }
+    let webhooks = secret_from_env("QUARTERDECK_WEBHOOK_SECRET")?.map(|secrets| WebhookConfig {
+        secrets: secrets.split_whitespace().map(str::to_owned).collect(),
+        ..WebhookConfig::new(String::new())
+    });
     Ok(Config {
         quarterdeck_url,
         service_token,
         provider,
         usage,
+        webhooks,
     })
+}
+
+/// `NAME` itself, or the contents of the file `NAME_FILE` (not both), trimmed; `None` if neither.
+fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
+    let file = format!("{name}_FILE");
+    match (env::var(name), env::var_os(&file)) {
+        (Ok(_), Some(_)) => bail!("set {name} or {file}, not both"),
+        (Ok(value), None) => Ok(Some(value.trim().to_owned())),
+        (Err(_), Some(path)) => Ok(Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {file} {}", path.to_string_lossy()))?
+                .trim()
+                .to_owned(),
+        )),
+        (Err(_), None) => Ok(None),
+    }
 }

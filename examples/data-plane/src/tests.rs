@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::{Config, UsageConfig, bearer_key, last_four, serve};
 
 mod usage;
+mod webhooks;
 
 const SERVICE_TOKEN: &str = "qd_svc_test_token";
 const TENANT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
@@ -197,7 +198,30 @@ impl World {
     }
 
     async fn in_front_of(quarterdeck_url: Url, calls: Arc<Calls>, service_token: &str, provider: &str) -> World {
+        World::in_front_of_with(quarterdeck_url, calls, service_token, provider, None).await
+    }
+
+    /// The data plane with Quarterdeck's webhooks received as `webhooks` says.
+    async fn with_webhooks(webhooks: crate::WebhookConfig) -> World {
+        let calls = Arc::new(Calls::default());
+        let quarterdeck = Router::new()
+            .route("/v1/data-plane/keys/verify", post(fake_verify))
+            .route("/v1/data-plane/credentials/resolve", post(fake_resolve))
+            .route("/v1/data-plane/usage", post(fake_usage))
+            .with_state(calls.clone());
+        let quarterdeck_url = listen(quarterdeck).await;
+        World::in_front_of_with(quarterdeck_url, calls, SERVICE_TOKEN, "openai", Some(webhooks)).await
+    }
+
+    async fn in_front_of_with(
+        quarterdeck_url: Url,
+        calls: Arc<Calls>,
+        service_token: &str,
+        provider: &str,
+        webhooks: Option<crate::WebhookConfig>,
+    ) -> World {
         let mut config = Config::new(quarterdeck_url, service_token, provider);
+        config.webhooks = webhooks;
         config.usage = UsageConfig {
             source: "gateway-test-1".to_owned(),
             flush_interval: Duration::from_millis(50),

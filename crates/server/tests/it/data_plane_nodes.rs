@@ -30,6 +30,11 @@ impl Drop for Node {
 
 impl Node {
     pub async fn start(app: &TestApp) -> Self {
+        Self::start_with(app, &[]).await
+    }
+
+    /// A node with these settings in its environment besides the test's (`QUARTERDECK_…`).
+    pub async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -50,6 +55,7 @@ impl Node {
             .env("QUARTERDECK_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUARTERDECK_BASE_URL", format!("http://localhost:{port}"))
             .env("QUARTERDECK_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,15 +1,19 @@
 //! The example data plane (`examples/data-plane`, the SaaS product's own gateway) in front of a
 //! real Quarterdeck: a tenant's key works, a revoked key is refused within a second, a
 //! suspended tenant is refused, a key over its limit gets 429; the requests it serves are
-//! counted exactly in the tenant's usage, and a hard budget stops the key (402).
+//! counted exactly in the tenant's usage, and a hard budget stops the key (402). With a webhook
+//! endpoint pointing at it (`tenant.*`), it provisions each tenant Quarterdeck creates and
+//! refuses a tenant's traffic once it hears the tenant was suspended.
 
 use crate::both;
 use crate::data_plane::{api_key, owner, service_token};
 use crate::helpers::*;
 use crate::portal_data_plane::{create_key, key_id_in, shown_secret};
 use quarterdeck_domain::TenantId;
-use quarterdeck_domain::access::{ManageBudgets, ManageProviderCredentials, ReadUsage};
+use quarterdeck_domain::TenantStatus;
+use quarterdeck_domain::access::{ManageBudgets, ManageProviderCredentials, ManageTenants, ManageWebhooks, ReadUsage};
 use quarterdeck_domain::budget::BudgetRequest;
+use quarterdeck_domain::webhook::EndpointDraft;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,6 +38,41 @@ impl Gateway {
             url,
             client: reqwest::Client::new(),
         }
+    }
+
+    /// The gateway with Quarterdeck's webhooks: an endpoint (subscribed to `tenant.*`, made by
+    /// the owner) at its `/quarterdeck/webhooks`, verified with the endpoint's secret. Returns
+    /// what the gateway knows of its tenants, and the endpoint's id.
+    async fn start_with_webhooks(
+        app: &TestApp,
+        who: &quarterdeck_domain::Principal,
+        token: &str,
+    ) -> (Self, quarterdeck_example_data_plane::Tenants, uuid::Uuid) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let auth = who.require::<ManageWebhooks>().unwrap();
+        let regions = ["eu-west".to_owned(), "us-east".to_owned()];
+        let draft = EndpointDraft::parse(
+            &format!("{url}/quarterdeck/webhooks"),
+            "example gateway",
+            &["tenant.*"],
+            None,
+            true,
+            &regions,
+        )
+        .unwrap();
+        let made = app.core.create_webhook_endpoint(&auth, draft).await.unwrap();
+        let mut config = quarterdeck_example_data_plane::Config::new(app.base_url.parse().unwrap(), token, "openai");
+        config.usage.source = "gateway-it-hooks".to_owned();
+        let webhooks = quarterdeck_example_data_plane::WebhookConfig::new(made.secret);
+        let tenants = webhooks.tenants.clone();
+        config.webhooks = Some(webhooks);
+        tokio::spawn(quarterdeck_example_data_plane::serve(listener, config));
+        let gateway = Self {
+            url,
+            client: reqwest::Client::new(),
+        };
+        (gateway, tenants, made.endpoint.id)
     }
 
     async fn whoami(&self, key: &str) -> reqwest::Response {
@@ -231,5 +270,86 @@ both!(
         assert!(status.blocked);
         assert!(status.spent >= 5, "spent {}", status.spent);
         assert_eq!(app.events_of("BUDGET_EXCEEDED").await.len(), 1);
+    }
+);
+
+both!(
+    async fn the_example_gateway_provisions_a_tenant_from_its_webhook_and_refuses_it_once_told_it_is_suspended(app) {
+        let owner = owner(&app).await;
+        let token = service_token(&app, &["keys:verify", "credentials:read", "usage:write"], "").await;
+        let (gateway, tenants, endpoint) = Gateway::start_with_webhooks(&app, &owner, &token).await;
+
+        // Created in the console: the gateway hears tenant.created and provisions it.
+        let acme = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = acme.parse().unwrap();
+        poll_until("the gateway to provision acme", || async { tenants.get(tenant.0).is_some() }).await;
+        let state = tenants.get(tenant.0).unwrap();
+        assert!(state.provisioned);
+        assert_eq!((state.slug.as_str(), state.status.as_str()), ("acme", "active"));
+        store_openai_key(&app, &owner, &acme, "sk-acme-0123456789wxyz").await;
+        let (_, key) = api_key(&app, &owner, &acme, "").await;
+        assert_eq!(gateway.whoami(&key).await.status(), 200);
+
+        // Suspended: the gateway hears it and refuses the tenant's traffic.
+        let manage = owner.require::<ManageTenants>().unwrap();
+        app.core
+            .set_tenant_status(&manage, tenant, TenantStatus::Suspended, "unpaid")
+            .await
+            .unwrap();
+        poll_until("the gateway to hear of the suspension", || async {
+            tenants.get(tenant.0).is_some_and(|t| t.status == "suspended")
+        })
+        .await;
+        let r = gateway.whoami(&key).await;
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "tenant_suspended");
+
+        // Active again: served again. Deleted: deprovisioned.
+        app.core
+            .set_tenant_status(&manage, tenant, TenantStatus::Active, "paid")
+            .await
+            .unwrap();
+        poll_until("the gateway to hear of the reactivation", || async {
+            tenants.get(tenant.0).is_some_and(|t| t.status == "active")
+        })
+        .await;
+        assert_eq!(gateway.whoami(&key).await.status(), 200);
+        app.core.delete_tenant(&manage, tenant, "acme").await.unwrap();
+        poll_until("the gateway to deprovision acme", || async {
+            tenants.get(tenant.0).is_some_and(|t| !t.provisioned)
+        })
+        .await;
+
+        // Every delivery verified and answered 204 at the first attempt; a forged one is refused.
+        let auth = owner.require::<ManageWebhooks>().unwrap();
+        // The gateway applies an event before it answers: the last answer may still be on its way.
+        poll_until("every delivery recorded", || async {
+            let d = app.core.webhook_deliveries(&auth, endpoint, 50, None).await.unwrap();
+            d.len() == 4 && d.iter().all(|d| d.status != "pending")
+        })
+        .await;
+        let deliveries = app.core.webhook_deliveries(&auth, endpoint, 50, None).await.unwrap();
+        let types: Vec<&str> = deliveries.iter().rev().map(|d| d.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            ["tenant.created", "tenant.status_changed", "tenant.status_changed", "tenant.deleted"]
+        );
+        assert!(
+            deliveries.iter().all(|d| d.status == "delivered" && d.attempts == 1 && d.last_status == Some(204)),
+            "{deliveries:?}"
+        );
+        let forged = gateway
+            .client
+            .post(format!("{}/quarterdeck/webhooks", gateway.url))
+            .header("webhook-id", "evt_forged")
+            .header("webhook-timestamp", app.clock_now().unix_timestamp().to_string())
+            .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJlIGF0IGFsbCwgbm90IG9uZQ==")
+            .body(r#"{"type": "tenant.created", "data": {"tenant": {"id": "0190a000-0000-7000-8000-000000000001"}}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 401);
+        assert!(tenants.get("0190a000-0000-7000-8000-000000000001".parse().unwrap()).is_none());
     }
 );

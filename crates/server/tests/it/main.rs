@@ -56,3 +56,5 @@ mod usage;
 mod usage_api;
 mod usage_nodes;
 mod webhook_claims;
+mod webhook_receiver;
+mod webhooks;
