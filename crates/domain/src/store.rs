@@ -555,13 +555,13 @@ pub trait WebhookStore: Send + Sync {
         emails: &[Email],
         event: NewEvent,
     ) -> Result<bool>;
-    /// Claims up to `limit` due deliveries until `lease_until`, each under a lease of its own:
+    /// Claims up to `limit` due deliveries until `lease_until`, under a lease of this claim's own:
     /// pending, due, not leased, of an enabled endpoint, and the first pending one of their
     /// (endpoint, tenant) (later events of a tenant wait for the earlier ones). At most
     /// `per_endpoint` per endpoint counting `in_flight` (what this node is already sending),
     /// chosen in the query, so one endpoint's backlog neither takes every slot nor hides the
-    /// other endpoints' due deliveries. Each is claimed by one conditional update that checks
-    /// all of this again, so across nodes one attempt is made per delivery at a time.
+    /// other endpoints' due deliveries. They are claimed by one conditional update that checks
+    /// all of this again for each, so across nodes one attempt is made per delivery at a time.
     async fn claim_webhook_deliveries(
         &self,
         now: OffsetDateTime,

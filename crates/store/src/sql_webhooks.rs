@@ -327,54 +327,81 @@ macro_rules! impl_webhook_store {
                 .await
                 .map_err(db_err)?;
                 let mut counts = in_flight.clone();
-                let mut out = Vec::new();
+                let mut chosen: Vec<Uuid> = Vec::new();
                 for r in &rows {
-                    if out.len() >= limit as usize {
+                    if chosen.len() >= limit as usize {
                         break;
                     }
-                    let id: Uuid = r.try_get("id").map_err(db_err)?;
                     let endpoint_id: Uuid = r.try_get("endpoint_id").map_err(db_err)?;
                     let count = counts.entry(endpoint_id).or_insert(0);
-                    if *count >= per_endpoint {
-                        continue;
+                    if *count < per_endpoint {
+                        *count += 1;
+                        chosen.push(r.try_get("id").map_err(db_err)?);
                     }
-                    let lease = Uuid::new_v4();
-                    let writer = self.writer_permit().await;
-                    let row = sqlx::query(
-                        "UPDATE webhook_delivery SET lease_token = $2, leased_until = $3, \
-                         first_attempt_at = COALESCE(first_attempt_at, $4) \
-                         WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $4 \
-                           AND (leased_until IS NULL OR leased_until <= $4) \
-                           AND EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.id = webhook_delivery.endpoint_id AND w.enabled = $5) \
-                           AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = webhook_delivery.endpoint_id \
-                             AND p.order_key = webhook_delivery.order_key AND p.status = 'pending' AND p.seq < webhook_delivery.seq) \
-                         RETURNING event_seq, attempts, first_attempt_at",
-                    )
-                    .bind(id)
+                }
+                if chosen.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One statement claims them all under this claim's own lease (a later claim of
+                // any of them, by this node or another, has another).
+                let lease = Uuid::new_v4();
+                let marks: Vec<String> = (0..chosen.len()).map(|i| format!("${}", i + 5)).collect();
+                let sql = format!(
+                    "UPDATE webhook_delivery SET lease_token = $1, leased_until = $2, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3) \
+                     WHERE id IN ({}) AND status = 'pending' AND next_attempt_at <= $3 \
+                       AND (leased_until IS NULL OR leased_until <= $3) \
+                       AND EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.id = webhook_delivery.endpoint_id AND w.enabled = $4) \
+                       AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = webhook_delivery.endpoint_id \
+                         AND p.order_key = webhook_delivery.order_key AND p.status = 'pending' AND p.seq < webhook_delivery.seq) \
+                     RETURNING id, endpoint_id, event_seq, attempts, first_attempt_at",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(lease)
                     .bind(enc_ts(lease_until))
                     .bind(enc_ts(now))
-                    .bind(true)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    drop(writer);
-                    let Some(row) = row else { continue };
-                    *count += 1;
-                    let event_seq: i64 = row.try_get("event_seq").map_err(db_err)?;
-                    let attempts: i64 = row.try_get("attempts").map_err(db_err)?;
-                    let first: Option<Ts> = row.try_get("first_attempt_at").map_err(db_err)?;
-                    let ev = sqlx::query("SELECT id, event_type, body FROM webhook_event WHERE seq = $1")
-                        .bind(event_seq)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                    let Some(ev) = ev else { continue };
+                    .bind(true);
+                for id in &chosen {
+                    q = q.bind(*id);
+                }
+                let writer = self.writer_permit().await;
+                let claimed = q.fetch_all(&self.pool).await.map_err(db_err)?;
+                drop(writer);
+                if claimed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut by_id = std::collections::HashMap::new();
+                let mut seqs = Vec::new();
+                for r in &claimed {
+                    let id: Uuid = r.try_get("id").map_err(db_err)?;
+                    let event_seq: i64 = r.try_get("event_seq").map_err(db_err)?;
+                    seqs.push(event_seq);
+                    by_id.insert(id, r);
+                }
+                let marks: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 1)).collect();
+                let sql = format!("SELECT seq, id, event_type, body FROM webhook_event WHERE seq IN ({})", marks.join(", "));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for seq in &seqs {
+                    q = q.bind(*seq);
+                }
+                let mut events = std::collections::HashMap::new();
+                for ev in q.fetch_all(&self.pool).await.map_err(db_err)? {
+                    let seq: i64 = ev.try_get("seq").map_err(db_err)?;
+                    events.insert(seq, ev);
+                }
+                let mut out = Vec::with_capacity(claimed.len());
+                for id in chosen {
+                    let Some(r) = by_id.get(&id) else { continue };
+                    let event_seq: i64 = r.try_get("event_seq").map_err(db_err)?;
+                    let Some(ev) = events.get(&event_seq) else { continue };
+                    let attempts: i64 = r.try_get("attempts").map_err(db_err)?;
+                    let first: Option<Ts> = r.try_get("first_attempt_at").map_err(db_err)?;
                     out.push(Claimed {
                         delivery_id: id,
                         lease,
                         leased_until: lease_until,
-                        endpoint_id,
+                        endpoint_id: r.try_get("endpoint_id").map_err(db_err)?,
                         event_id: ev.try_get("id").map_err(db_err)?,
                         topic: ev.try_get("event_type").map_err(db_err)?,
                         body: ev.try_get("body").map_err(db_err)?,
@@ -431,20 +458,32 @@ macro_rules! impl_webhook_store {
                     return Ok(None);
                 };
                 let endpoint: Uuid = row.try_get("endpoint_id").map_err(db_err)?;
-                let sql = if attempt.ok() {
-                    "UPDATE webhook_endpoint SET failing_since = NULL WHERE id = $1 RETURNING failing_since"
+                // The endpoint's row is written only when its state changes (the first failure,
+                // the first success after failures): concurrent attempts to one endpoint do not
+                // queue on its row lock.
+                let since = if attempt.ok() {
+                    sqlx::query("UPDATE webhook_endpoint SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                        .bind(endpoint)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    None
                 } else {
-                    "UPDATE webhook_endpoint SET failing_since = COALESCE(failing_since, $2) WHERE id = $1 RETURNING failing_since"
-                };
-                let since = sqlx::query(sql)
-                    .bind(endpoint)
-                    .bind(enc_ts(at))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let since = match since {
-                    Some(r) => r.try_get::<Option<Ts>, _>("failing_since").map_err(db_err)?.map(dec_ts),
-                    None => None,
+                    sqlx::query("UPDATE webhook_endpoint SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL")
+                        .bind(endpoint)
+                        .bind(enc_ts(at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let row = sqlx::query("SELECT failing_since FROM webhook_endpoint WHERE id = $1")
+                        .bind(endpoint)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    match row {
+                        Some(r) => r.try_get::<Option<Ts>, _>("failing_since").map_err(db_err)?.map(dec_ts),
+                        None => None,
+                    }
                 };
                 tx.commit().await.map_err(db_err)?;
                 Ok(Some(since))
