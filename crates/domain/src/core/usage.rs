@@ -570,7 +570,13 @@ impl Core {
                     "hard_limit": budget.hard_limit,
                 }),
             )
-            .publish(crate::webhook::Published::budget(c, budget, month, spent, book.currency()));
+            .publish(crate::webhook::Published::budget(
+                c,
+                budget,
+                month,
+                spent,
+                book.currency(),
+            ));
         let link = format!("{}/portal/cost", self.config.links.origin(Some(tenant.slug.as_str())));
         let (subject, what) = match c {
             Crossing::Threshold => (

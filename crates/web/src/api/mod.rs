@@ -164,9 +164,7 @@ fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ax
     }
     // serde fills a struct from a JSON array too, field by field: only objects are bodies.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            ApiError(Error::field("_body", "invalid_body", "The body must be a JSON object.")).into_response(),
-        );
+        return Err(ApiError(Error::field("_body", "invalid_body", "The body must be a JSON object.")).into_response());
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())).into_response())

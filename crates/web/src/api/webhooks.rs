@@ -22,9 +22,7 @@ use quarterdeck_domain::Error;
 use quarterdeck_domain::access::{Authorized, ManageWebhooks};
 use quarterdeck_domain::core::{EndpointWithSecret, MAX_FEED_PAGE};
 use quarterdeck_domain::error::{FieldError, Problems};
-use quarterdeck_domain::webhook::{
-    DeliveryView, Endpoint, EndpointDraft, MAX_DESCRIPTION_CHARS, MAX_URL_CHARS, Topic,
-};
+use quarterdeck_domain::webhook::{DeliveryView, Endpoint, EndpointDraft, MAX_DESCRIPTION_CHARS, MAX_URL_CHARS, Topic};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::{Duration, OffsetDateTime};
 use utoipa::{IntoParams, ToSchema};
@@ -480,19 +478,14 @@ pub async fn update(
     let draft = p.check(EndpointDraft::parse(
         b.url.as_deref().unwrap_or(&current.url),
         b.description.as_deref().unwrap_or(&current.description),
-        b.event_types
-            .as_deref()
-            .unwrap_or(current.subscription.patterns()),
+        b.event_types.as_deref().unwrap_or(current.subscription.patterns()),
         region.as_deref(),
         b.enabled.unwrap_or(current.enabled),
         &state.core.config.regions,
     ));
     p.finish()?;
     let draft = draft.ok_or_else(|| Error::internal("webhook draft passed without a value"))?;
-    let e = state
-        .core
-        .update_webhook_endpoint(&auth, current.id, draft)
-        .await?;
+    let e = state.core.update_webhook_endpoint(&auth, current.id, draft).await?;
     Ok(Json(WebhookEndpointOut::of(e, now(&state))))
 }
 
@@ -523,9 +516,11 @@ pub struct RollWebhookSecret {
 
 /// A whole number of seconds within what a roll allows, or the field's error.
 fn grace(n: &serde_json::Number) -> Result<Duration, Error> {
-    let whole = n
-        .as_i64()
-        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    });
     match whole {
         Some(s) if (0..=604_800).contains(&s) => Ok(Duration::seconds(s)),
         _ => Err(Error::field(
@@ -552,16 +547,8 @@ pub async fn roll_secret(
 ) -> Result<Response, ApiError> {
     let auth = manage(&caller)?;
     let endpoint = id(&raw)?;
-    let grace = b
-        .unwrap_or_default()
-        .grace_seconds
-        .as_ref()
-        .map(grace)
-        .transpose()?;
-    let rolled = state
-        .core
-        .roll_webhook_secret(&auth, endpoint, grace)
-        .await?;
+    let grace = b.unwrap_or_default().grace_seconds.as_ref().map(grace).transpose()?;
+    let rolled = state.core.roll_webhook_secret(&auth, endpoint, grace).await?;
     Ok(with_secret(&state, rolled))
 }
 
@@ -593,13 +580,10 @@ pub async fn deliveries(
     let page_size = limit(q.limit, 50, 100)?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
-        Some(b) => Some(b.parse::<Uuid>().map_err(|_| {
-            Error::field(
-                "before",
-                "invalid_cursor",
-                "Use the next_cursor of the previous page.",
-            )
-        })?),
+        Some(b) => Some(
+            b.parse::<Uuid>()
+                .map_err(|_| Error::field("before", "invalid_cursor", "Use the next_cursor of the previous page."))?,
+        ),
     };
     let mut items = state
         .core
@@ -695,17 +679,11 @@ pub async fn feed(
         return Err(Error::field(
             "types",
             "unknown_event_type",
-            format!(
-                "“{}” is not an event type",
-                bad.chars().take(60).collect::<String>()
-            ),
+            format!("“{}” is not an event type", bad.chars().take(60).collect::<String>()),
         )
         .into());
     }
-    let page = state
-        .core
-        .events_feed(&auth, after, &types, page_size)
-        .await?;
+    let page = state.core.events_feed(&auth, after, &types, page_size).await?;
     let items = page
         .events
         .iter()
