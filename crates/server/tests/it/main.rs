@@ -55,3 +55,5 @@ mod tenants;
 mod usage;
 mod usage_api;
 mod usage_nodes;
+mod webhooks_api;
+mod webhooks_pages;

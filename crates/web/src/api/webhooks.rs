@@ -283,15 +283,25 @@ fn check_lengths(url: Option<&str>, description: Option<&str>, problems: &mut Pr
     }
 }
 
+/// The endpoint as stored (times at the store's precision, as a later GET shows them).
+async fn stored(state: &AppState, auth: &Authorized<ManageWebhooks>, id: Uuid) -> Result<WebhookEndpointOut, Error> {
+    let e = state.core.webhook_endpoint(auth, id).await?;
+    Ok(WebhookEndpointOut::of(e, now(state)))
+}
+
 /// A 201 with the secret, marked so a kept reply blanks it.
-fn with_secret(state: &AppState, e: EndpointWithSecret) -> Response {
+async fn with_secret(
+    state: &AppState,
+    auth: &Authorized<ManageWebhooks>,
+    e: EndpointWithSecret,
+) -> Result<Response, Error> {
     let body = WebhookEndpointWithSecret {
-        endpoint: WebhookEndpointOut::of(e.endpoint, now(state)),
+        endpoint: stored(state, auth, e.endpoint.id).await?,
         secret: Some(e.secret),
     };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.extensions_mut().insert(SecretFields(&["secret"]));
-    resp
+    Ok(resp)
 }
 
 /// Every endpoint, oldest first (without secrets).
@@ -426,7 +436,7 @@ pub async fn create(
     p.finish()?;
     let draft = draft.ok_or_else(|| Error::internal("webhook draft passed without a value"))?;
     let created = state.core.create_webhook_endpoint(&auth, draft).await?;
-    Ok(with_secret(&state, created))
+    Ok(with_secret(&state, &auth, created).await?)
 }
 
 /// `null` and absent differ for `region` (all regions / unchanged).
@@ -549,7 +559,7 @@ pub async fn roll_secret(
     let endpoint = id(&raw)?;
     let grace = b.unwrap_or_default().grace_seconds.as_ref().map(grace).transpose()?;
     let rolled = state.core.roll_webhook_secret(&auth, endpoint, grace).await?;
-    Ok(with_secret(&state, rolled))
+    Ok(with_secret(&state, &auth, rolled).await?)
 }
 
 #[derive(Deserialize, IntoParams)]
