@@ -141,7 +141,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
-        json_object(is_json, &bytes).map(Body)
+        json_object(is_json, &bytes)
+            .map(Body)
+            .map_err(|e| ApiError(e).into_response())
     }
 }
 
@@ -153,21 +155,19 @@ fn is_json(req: &Request) -> bool {
 }
 
 /// A body's bytes as `T`: JSON (by its `Content-Type`), an object, with no unknown field.
-fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, axum::response::Response> {
+fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, Error> {
     if !is_json {
-        return Err(ApiError(Error::field(
+        return Err(Error::field(
             "_body",
             "unsupported_media_type",
             "Send a JSON body (Content-Type: application/json).",
-        ))
-        .into_response());
+        ));
     }
     // serde fills a struct from a JSON array too, field by field: only objects are bodies.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError(Error::field("_body", "invalid_body", "The body must be a JSON object.")).into_response());
+        return Err(Error::field("_body", "invalid_body", "The body must be a JSON object."));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())).into_response())
+    serde_json::from_slice(bytes).map_err(|e| Error::field("_body", "invalid_body", e.to_string()))
 }
 
 /// A JSON body that may be left out (no bytes at all, whatever the `Content-Type`): `None`.
@@ -185,7 +185,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
         if bytes.is_empty() {
             return Ok(Self(None));
         }
-        json_object(is_json, &bytes).map(|b| Self(Some(b)))
+        json_object(is_json, &bytes)
+            .map(|b| Self(Some(b)))
+            .map_err(|e| ApiError(e).into_response())
     }
 }
 

@@ -589,7 +589,7 @@ pub async fn deliveries(
     let endpoint = id(&raw)?;
     let page_size = limit(q.limit, 50, 100)?;
     let before = match q.before.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(b) => Some(
             b.parse::<Uuid>()
                 .map_err(|_| Error::field("before", "invalid_cursor", "Use the next_cursor of the previous page."))?,
@@ -672,7 +672,7 @@ pub async fn feed(
 ) -> Result<Json<EventFeed>, ApiError> {
     let auth = manage(&caller)?;
     let page_size = limit(q.limit, 100, MAX_FEED_PAGE)?;
-    let after = q.after.as_deref().filter(|a| !a.is_empty());
+    let after = q.after.as_deref();
     if let Some(a) = after {
         check_cursor(a)?;
     }
