@@ -203,3 +203,76 @@ both!(
         assert_eq!(app.events_of("WEBHOOK_ENDPOINT_UPDATED").await.len(), 0);
     }
 );
+
+both!(
+    async fn the_webhook_pages_work_at_phone_width_in_a_real_browser(app) {
+        // Arrange: an endpoint with a delivery (made over HTTP), a browser.
+        let Some(browser) = crate::browser::Browser::start().await else {
+            return;
+        };
+        app.sign_in_owner().await;
+        let form = app.get_html("/settings/webhooks/new").await;
+        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url().await), ("description", "provisioning service for every region"), ("event_types", "tenant.*"), ("enabled", "on")]).await;
+        let id = endpoint_id_in(&r.text().await.unwrap());
+        app.create_tenant("Acme", "acme").await;
+        poll_until("the first attempt", || async {
+            app.control_value("SELECT CAST(attempts AS TEXT) FROM webhook_delivery").await == "1"
+        })
+        .await;
+        let base = app.base_url.clone();
+        let url = dead_url().await;
+        let label = format!("{:?}", app.backend).to_lowercase();
+        let endpoint = id.clone();
+
+        // Act and assert: at 390×844, a new endpoint through the form, then the first one's page.
+        browser
+            .drive(|s| async move {
+                use crate::browser::{click, find, screenshot, sign_in, type_into, wait_for_path, wait_for_text};
+                use crate::portal_data_plane::fits;
+                let c = s.open().await;
+                c.set_window_size(390, 844).await.unwrap();
+                c.goto(&format!("{base}/login")).await.unwrap();
+                sign_in(&c, OWNER_EMAIL, OWNER_PASSWORD, "/").await;
+                c.goto(&format!("{base}/settings")).await.unwrap();
+                click(&c, "main a[href='/settings/webhooks']").await;
+                wait_for_text(&c, "main h1", "Webhooks").await;
+                fits(&c, "the endpoint list").await;
+                click(&c, "main .page-header a[href='/settings/webhooks/new']").await;
+                wait_for_path(&c, "/settings/webhooks/new").await;
+                fits(&c, "the new endpoint form").await;
+                screenshot(&c, &format!("webhooks-new-390-{label}"), 390, 1600).await;
+                type_into(&c, "#new-url", &url).await;
+                click(&c, "input[name='event_types'][value='user.*']").await;
+                click(&c, "form[action='/settings/webhooks'] button[type=submit]").await;
+                wait_for_text(&c, "#secret-once-title", "signing secret").await;
+                let secret = find(&c, "#new-secret").await.text().await.unwrap();
+                assert!(secret.starts_with("whsec_"), "{secret}");
+                fits(&c, "the new endpoint with its secret").await;
+
+                // The first endpoint: its deliveries' table scrolls inside its card.
+                c.goto(&format!("{base}/settings/webhooks/{endpoint}")).await.unwrap();
+                wait_for_text(&c, "#deliveries table", "tenant.created").await;
+                fits(&c, "the endpoint's page").await;
+                screenshot(&c, &format!("webhook-endpoint-390-{label}"), 390, 844).await;
+                click(&c, "button[data-confirm-dialog='roll-dialog']").await;
+                wait_for_text(&c, "dialog[open] h2", "Roll the signing secret?").await;
+                fits(&c, "the roll dialog").await;
+                click(&c, "dialog[open] button[type=submit]").await;
+                wait_for_text(&c, "#secret-once-title", "also signs until").await;
+                let rolled = find(&c, "#new-secret").await.text().await.unwrap();
+                assert!(rolled.starts_with("whsec_") && rolled != secret);
+                click(&c, "#danger-zone button[data-confirm-dialog='delete-dialog']").await;
+                wait_for_text(&c, "dialog[open] h2", "Delete this endpoint?").await;
+                click(&c, "dialog[open] button[type=submit]").await;
+                wait_for_path(&c, "/settings/webhooks").await;
+                wait_for_text(&c, "#toasts", "Endpoint deleted.").await;
+                fits(&c, "the list after the delete").await;
+            })
+            .await;
+
+        // The browser's changes are the real rows.
+        assert_eq!(app.control_rows("webhook_endpoint").await, 1, "one made, one deleted");
+        assert_eq!(app.control_value("SELECT event_types FROM webhook_endpoint").await, "user.*");
+        assert_eq!(app.events_of("WEBHOOK_ENDPOINT_DELETED").await[0].details["endpoint_id"], id.as_str());
+    }
+);

@@ -547,7 +547,7 @@ fn grace(n: &serde_json::Number) -> Result<Duration, Error> {
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/roll-secret", tag = "webhooks", request_body = Option<RollWebhookSecret>,
     params(("id" = Uuid, Path, description = "Endpoint id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key and body (the secret as `null`)")),
-    responses((status = 201, body = WebhookEndpointWithSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 201, body = WebhookEndpointWithSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn roll_secret(
     State(state): State<AppState>,
@@ -613,7 +613,7 @@ pub async fn deliveries(
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/resend", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id"), ("delivery_id" = Uuid, Path, description = "Delivery id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Replays the first response for the same key")),
-    responses((status = 201, body = WebhookDeliveryOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = WebhookDeliveryOut), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn resend(
     State(state): State<AppState>,

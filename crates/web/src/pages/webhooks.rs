@@ -208,6 +208,8 @@ pub struct Choice {
 /// The event types of one resource (`tenant`), with "every tenant event" (`tenant.*`).
 pub struct TopicGroup {
     pub family: String,
+    /// The resource in words: "API key", "provider credential".
+    pub label: String,
     pub every: Choice,
     pub topics: Vec<Choice>,
 }
@@ -237,6 +239,10 @@ impl FormChoices {
                         every: Choice {
                             checked: checked(&every),
                             value: every,
+                        },
+                        label: match family.as_str() {
+                            "api_key" => "API key".to_owned(),
+                            f => f.replace('_', " "),
                         },
                         family,
                         topics: vec![choice],
