@@ -173,6 +173,7 @@ impl App {
                 .map(|(key, env, value)| SettingRow { key, env, value })
                 .collect(),
             version: env!("CARGO_PKG_VERSION"),
+            metrics_token: settings.metrics_token.clone(),
             edge: EdgeLimits {
                 request_timeout: Duration::from_secs(settings.request_timeout_seconds),
                 max_concurrent_requests: settings.max_concurrent_requests,

@@ -124,6 +124,10 @@ pub struct Settings {
     pub usage_max_batch_events: usize,
     /// Usage events per second one service token may send to one node (twice that in a burst).
     pub usage_events_per_second: u32,
+    /// The bearer token `GET /metrics` requires (at least 16 characters). Unset: `/metrics` is
+    /// not served (404).
+    pub metrics_token: Option<String>,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -184,6 +188,8 @@ impl Default for Settings {
             usage_raw_retention_days: 35,
             usage_max_batch_events: 1000,
             usage_events_per_second: 200_000,
+            metrics_token: None,
+            metrics_token_file: None,
         }
     }
 }
@@ -246,6 +252,8 @@ pub const KEYS: &[(&str, bool)] = &[
     ("usage_raw_retention_days", false),
     ("usage_max_batch_events", false),
     ("usage_events_per_second", false),
+    ("metrics_token", true),
+    ("metrics_token_file", false),
 ];
 
 /// The default price book: USD 2.50 per million LLM tokens, USD 0.10 per thousand requests.
@@ -326,6 +334,7 @@ impl Settings {
             s.resend_api_key_file.as_deref(),
             "resend_api_key",
         )?;
+        s.metrics_token = secret_from(s.metrics_token.take(), s.metrics_token_file.as_deref(), "metrics_token")?;
         s.validate()?;
         Ok(s)
     }
@@ -358,6 +367,13 @@ impl Settings {
             }
         }
         self.usage_catalogs()?;
+        if let Some(t) = &self.metrics_token
+            && (t.chars().count() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            bail!(
+                "metrics_token (QUARTERDECK_METRICS_TOKEN) must be at least 16 characters, without spaces or control characters"
+            );
+        }
         if self.usage_raw_retention_days > 3650 {
             bail!("usage_raw_retention_days (QUARTERDECK_USAGE_RAW_RETENTION_DAYS) must be at most 3650");
         }

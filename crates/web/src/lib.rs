@@ -6,6 +6,7 @@ mod assets;
 mod auth;
 mod edge;
 mod error;
+mod metrics;
 mod pages;
 mod router;
 mod sso;

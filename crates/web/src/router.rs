@@ -3,7 +3,8 @@
 //! Layers, outermost first: the edge's request id (`edge.rs`) → security headers → the edge's
 //! error rendering, load shedding, timeout and body limit → site (base host or a tenant's
 //! host, else 404) → session loading → CSRF check on every unsafe method. The data-plane API
-//! (`/v1/data-plane/…`, service tokens) sits beside those three: any host, no cookies. Handlers
+//! (`/v1/data-plane/…`, service tokens) and `/metrics` (the `metrics_token`) sit beside those
+//! three: any host, no cookies. Handlers
 //! check permissions themselves, first thing.
 
 use crate::auth::{csrf_guard, guard_token_endpoints, load_session, resolve_site};
@@ -11,6 +12,7 @@ use crate::error::ApiError;
 use crate::pages::{
     api_keys, audit, billing, dashboard, impersonation, login, portal, provider_credentials, register, roles,
     service_tokens, settings, setup, sso, sso_settings, tenant_usage, tenant_users, tenants, tokens, usage, users,
+    webhooks,
 };
 use crate::state::AppState;
 use crate::{assets, edge, pages};
@@ -72,6 +74,17 @@ pub fn router(state: AppState) -> Router {
             get(service_tokens::list).post(service_tokens::create),
         )
         .route("/settings/service-tokens/{id}/revoke", post(service_tokens::revoke))
+        .route("/settings/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/settings/webhooks/new", get(webhooks::new_form))
+        .route("/settings/webhooks/{id}", get(webhooks::show).post(webhooks::update))
+        .route("/settings/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/settings/webhooks/{id}/disable", post(webhooks::disable))
+        .route("/settings/webhooks/{id}/roll", post(webhooks::roll))
+        .route("/settings/webhooks/{id}/delete", post(webhooks::delete))
+        .route(
+            "/settings/webhooks/{id}/deliveries/{delivery_id}/resend",
+            post(webhooks::resend),
+        )
         .route(
             "/settings/sso",
             get(sso_settings::console).post(sso_settings::console_save),
@@ -132,9 +145,12 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
         .layer(from_fn_with_state(state.clone(), resolve_site));
-    // The data plane (service tokens): any host name, no site, session or CSRF layer.
+    // The data plane (service tokens) and the metrics (their own bearer token): any host name
+    // (a data plane or a Prometheus often reaches Quarterdeck by an internal name), no site,
+    // session or CSRF layer.
     let routes = Router::new()
         .nest("/v1/data-plane", crate::api::data_plane::router())
+        .route("/metrics", get(crate::metrics::serve))
         .merge(routes);
     let routes = edge::limits(routes, state.config.edge)
         .layer(from_fn_with_state(content_security_policy(&state), security_headers));

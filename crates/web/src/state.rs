@@ -21,6 +21,8 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<IpAddr>,
     pub settings: Vec<SettingRow>,
     pub version: &'static str,
+    /// The bearer token `GET /metrics` requires; `None`: `/metrics` is not served.
+    pub metrics_token: Option<String>,
     /// Request timeout, concurrency limit, body limit (`edge.rs`).
     pub edge: crate::edge::EdgeLimits,
 }

@@ -55,7 +55,7 @@ async fn idempotent_post(
 }
 
 /// A tenant admin's personal access token (made in the portal).
-async fn tenant_admin_token(app: &TestApp, tid: &str, slug: &str, email: &str) -> String {
+pub async fn tenant_admin_token(app: &TestApp, tid: &str, slug: &str, email: &str) -> String {
     let admin = app.tenant_admin(tid, slug, email).await;
     let page = admin.get_html("/portal/settings/tokens").await;
     let r = admin

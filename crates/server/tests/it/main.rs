@@ -58,3 +58,5 @@ mod usage_nodes;
 mod webhook_claims;
 mod webhook_receiver;
 mod webhooks;
+mod webhooks_api;
+mod webhooks_pages;

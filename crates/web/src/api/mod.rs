@@ -17,6 +17,7 @@ mod tenants;
 mod usage;
 pub mod usage_ingest;
 mod users;
+mod webhooks;
 
 pub use limits::{ApiLimits, SecretFields};
 
@@ -72,6 +73,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
             axum::routing::delete(users::revoke_invitation),
         )
         .route("/admin/invitations", get(users::invitations))
+        .route("/admin/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::get).patch(webhooks::update).delete(webhooks::delete),
+        )
+        .route("/admin/webhooks/{id}/roll-secret", post(webhooks::roll_secret))
+        .route("/admin/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/admin/webhooks/{id}/deliveries/{delivery_id}/resend",
+            post(webhooks::resend),
+        )
+        .route("/admin/events", get(webhooks::feed))
         .route("/admin/audit/events", get(audit::list))
         .route("/admin/audit/events/export", get(audit::export))
         .route("/openapi.json", get(openapi::document))
@@ -123,32 +136,58 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = axum::response::Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"));
-        if !is_json {
-            return Err(ApiError(Error::field(
-                "_body",
-                "unsupported_media_type",
-                "Send a JSON body (Content-Type: application/json).",
-            ))
-            .into_response());
-        }
+        let is_json = is_json(&req);
         // Past the edge's body limit: its 413 `body_too_large` (edge.rs renders it).
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
-        // serde fills a struct from a JSON array too, field by field: only objects are bodies.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(
-                ApiError(Error::field("_body", "invalid_body", "The body must be a JSON object.")).into_response(),
-            );
-        }
-        serde_json::from_slice(&bytes)
+        json_object(is_json, &bytes)
             .map(Body)
-            .map_err(|e| ApiError(Error::field("_body", "invalid_body", e.to_string())).into_response())
+            .map_err(|e| ApiError(e).into_response())
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// A body's bytes as `T`: JSON (by its `Content-Type`), an object, with no unknown field.
+fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, Error> {
+    if !is_json {
+        return Err(Error::field(
+            "_body",
+            "unsupported_media_type",
+            "Send a JSON body (Content-Type: application/json).",
+        ));
+    }
+    // serde fills a struct from a JSON array too, field by field: only objects are bodies.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::field("_body", "invalid_body", "The body must be a JSON object."));
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::field("_body", "invalid_body", e.to_string()))
+}
+
+/// A JSON body that may be left out (no bytes at all, whatever the `Content-Type`): `None`.
+/// Otherwise read exactly as [`Body`].
+pub struct OptionalBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
+    type Rejection = axum::response::Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = is_json(&req);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        json_object(is_json, &bytes)
+            .map(|b| Self(Some(b)))
+            .map_err(|e| ApiError(e).into_response())
     }
 }
 

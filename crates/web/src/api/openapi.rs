@@ -2,14 +2,14 @@
 //! served at `/v1/openapi.json`.
 
 use super::schema::*;
-use super::{api_keys, audit, data_plane, tenants, usage, usage_ingest, users};
+use super::{api_keys, audit, data_plane, tenants, usage, usage_ingest, users, webhooks};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Quarterdeck Automation API", description = "Tenants, their API keys, usage, cost and budgets, users, role assignments, invitations and the audit trail under `/v1/admin/`: authenticate with a personal access token (`Authorization: Bearer qd_pat_…`, scheme `bearer`). The data plane's questions under `/v1/data-plane/` (verify a tenant API key, resolve a provider credential): authenticate with a service token (`Authorization: Bearer qd_svc_…`, scheme `service_token`)."),
+    info(title = "Quarterdeck Automation API", description = "Tenants, their API keys, usage, cost and budgets, users, role assignments, invitations, the audit trail, webhook endpoints and the events feed under `/v1/admin/`: authenticate with a personal access token (`Authorization: Bearer qd_pat_…`, scheme `bearer`). The data plane's questions under `/v1/data-plane/` (verify a tenant API key, resolve a provider credential): authenticate with a service token (`Authorization: Bearer qd_svc_…`, scheme `service_token`)."),
     paths(
         tenants::list, tenants::create, tenants::get, tenants::update, tenants::set_status, tenants::delete,
         api_keys::list, api_keys::create, api_keys::get, api_keys::roll, api_keys::revoke,
@@ -18,6 +18,8 @@ use utoipa::{Modify, OpenApi};
         users::invitations, users::resend_invitation, users::revoke_invitation,
         usage::usage, usage::cost, usage::get_budget, usage::put_budget, usage::delete_budget,
         audit::list, audit::export,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::update, webhooks::delete, webhooks::roll_secret,
+        webhooks::deliveries, webhooks::resend, webhooks::feed,
         data_plane::verify, data_plane::resolve, usage_ingest::ingest,
     ),
     components(schemas(
@@ -30,6 +32,9 @@ use utoipa::{Modify, OpenApi};
         usage::UsageOut, usage::MeterUsageOut, usage::UsageDay, usage::DimensionShare, usage::KeyShare, usage::FreshnessOut,
         usage::CostOut, usage::MonthCostOut, usage::CostLineOut, usage::BudgetOut, usage::BudgetStanding, usage::SetBudget,
         usage_ingest::UsageEvent, usage_ingest::RejectedEvent, usage_ingest::UsageAccepted,
+        webhooks::WebhookEndpointOut, webhooks::WebhookEndpointList, webhooks::WebhookEndpointWithSecret,
+        webhooks::CreateWebhookEndpoint, webhooks::UpdateWebhookEndpoint, webhooks::RollWebhookSecret,
+        webhooks::WebhookDeliveryOut, webhooks::WebhookDeliveryList, webhooks::WebhookEventOut, webhooks::EventFeed,
     )),
     modifiers(&Bearer, &EdgeResponses),
 )]

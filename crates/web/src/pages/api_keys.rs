@@ -200,6 +200,7 @@ pub async fn create(
                 secret: secret.expose().to_owned(),
                 note: "Send it the way the product's documentation says (usually Authorization: Bearer <key>)."
                     .to_owned(),
+                kept: ShownOnce::HASHED,
             });
             Ok(render(&p))
         }
@@ -249,6 +250,7 @@ pub async fn roll(
                 title: format!("New secret for “{}”", key.name),
                 secret: secret.expose().to_owned(),
                 note,
+                kept: ShownOnce::HASHED,
             });
             Ok(render(&p))
         }

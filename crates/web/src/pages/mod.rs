@@ -23,6 +23,7 @@ pub mod tenants;
 pub mod tokens;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 use askama::Template;
 use axum::http::StatusCode;
@@ -144,4 +145,13 @@ pub struct ShownOnce {
     pub secret: String,
     /// What to do with it, or "".
     pub note: String,
+    /// How Quarterdeck keeps it: [`ShownOnce::HASHED`] or [`ShownOnce::SEALED`].
+    pub kept: &'static str,
+}
+
+impl ShownOnce {
+    /// A secret Quarterdeck only ever checks (API keys, tokens).
+    pub const HASHED: &'static str = "Quarterdeck keeps only a hash of it.";
+    /// A secret Quarterdeck uses itself (a webhook signing secret).
+    pub const SEALED: &'static str = "Quarterdeck keeps it encrypted, to sign with, and never shows it again.";
 }

@@ -178,6 +178,7 @@ pub async fn create(
                 title: format!("Service token “{}” created", token.name),
                 secret: secret.expose().to_owned(),
                 note: "Give it to the service as Authorization: Bearer <token> for /v1/data-plane/…".to_owned(),
+                kept: ShownOnce::HASHED,
             });
             Ok(render(&p))
         }

@@ -28,6 +28,8 @@ pub struct SettingsPage {
     pub version: &'static str,
     /// Settings → Service tokens, for who may manage them.
     pub can_service_tokens: bool,
+    /// Settings → Webhooks, for who may manage them.
+    pub can_webhooks: bool,
 }
 
 fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
@@ -47,6 +49,10 @@ fn page(state: &AppState, s: &SignedIn) -> SettingsPage {
         can_service_tokens: s
             .principal
             .require::<quarterdeck_domain::access::ManageServiceTokens>()
+            .is_ok(),
+        can_webhooks: s
+            .principal
+            .require::<quarterdeck_domain::access::ManageWebhooks>()
             .is_ok(),
     }
 }
