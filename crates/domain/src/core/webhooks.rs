@@ -77,9 +77,15 @@ pub fn feed_cursor(seq: i64) -> String {
 
 fn parse_cursor(s: &str) -> Result<i64> {
     s.strip_prefix("evc_")
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| Error::field("after", "invalid", "not a cursor this feed returned"))
+        .ok_or_else(|| {
+            Error::field(
+                "after",
+                "invalid_cursor",
+                "Use the next_cursor of an earlier page (evc_…).",
+            )
+        })
 }
 
 impl Core {
@@ -312,7 +318,7 @@ impl Core {
             if crate::webhook::Topic::parse(t).is_none() {
                 return Err(Error::field(
                     "types",
-                    "invalid",
+                    "unknown_event_type",
                     format!("“{}” is not an event type", t.chars().take(60).collect::<String>()),
                 ));
             }
