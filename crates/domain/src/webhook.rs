@@ -294,6 +294,15 @@ impl Published {
     }
 }
 
+/// Someone changed the endpoint since the caller read it (a save is refused rather than
+/// written over their change).
+pub fn endpoint_changed() -> Error {
+    Error::Conflict {
+        code: "endpoint_changed",
+        message: "the endpoint was changed by someone else since it was read; reload it and try again".to_owned(),
+    }
+}
+
 /// A webhook endpoint, as stored. Its secrets are sealed (they must be read to sign).
 #[derive(Clone, Debug)]
 pub struct Endpoint {

@@ -228,10 +228,7 @@ macro_rules! impl_webhook_store {
                         .map_err(db_err)?;
                     return Err(match exists {
                         None => Error::NotFound,
-                        Some(_) => Error::Conflict {
-                            code: "endpoint_changed",
-                            message: "the endpoint was changed meanwhile; reload it and try again".to_owned(),
-                        },
+                        Some(_) => quarterdeck_domain::webhook::endpoint_changed(),
                     });
                 }
                 if let Some(at) = redeliver_from {

@@ -75,6 +75,17 @@ pub fn feed_cursor(seq: i64) -> String {
     format!("evc_{seq}")
 }
 
+/// A time as the store keeps it (microseconds), so what is returned equals what is read later.
+fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+}
+
+/// An edit's `updated_at`: now, and always later than the edited version's, so a stale
+/// `based_on` is told apart even within one microsecond (or under a frozen test clock).
+fn after(old: &Endpoint, now: OffsetDateTime) -> OffsetDateTime {
+    to_micros(now).max(old.updated_at + Duration::microseconds(1))
+}
+
 fn parse_cursor(s: &str) -> Result<i64> {
     s.strip_prefix("evc_")
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -123,7 +134,7 @@ impl Core {
         draft: EndpointDraft,
     ) -> Result<EndpointWithSecret> {
         self.check_endpoint_url(&draft).await?;
-        let now = self.clock.now();
+        let now = to_micros(self.clock.now());
         let id = Uuid::now_v7();
         let secret = new_secret(self.rng.as_ref());
         let endpoint = Endpoint {
@@ -156,17 +167,26 @@ impl Core {
 
     /// Replaces the URL, description, subscription, region and enabled state. Enabling a
     /// disabled endpoint sends what is pending for it at once.
+    ///
+    /// `based_on`: the `updated_at` of the endpoint the caller's values were built from (a
+    /// form as it was loaded, a PATCH's read). If the endpoint changed since, nothing is
+    /// written: `Conflict { code: "endpoint_changed" }`, so one owner's save never silently
+    /// undoes another's (a region limit, a new URL).
     pub async fn update_webhook_endpoint(
         &self,
         auth: &Authorized<ManageWebhooks>,
         id: Uuid,
         draft: EndpointDraft,
+        based_on: OffsetDateTime,
     ) -> Result<Endpoint> {
         let old = self.webhook_endpoint(auth, id).await?;
+        if old.updated_at != based_on {
+            return Err(crate::webhook::endpoint_changed());
+        }
         if draft.url.as_str() != old.url {
             self.check_endpoint_url(&draft).await?;
         }
-        let now = self.clock.now();
+        let now = after(&old, self.clock.now());
         let enabling = draft.enabled && !old.enabled;
         let mut e = old.clone();
         e.url = draft.url.to_string();
@@ -192,7 +212,12 @@ impl Core {
             }),
         );
         self.store
-            .update_webhook_endpoint(&e, old.updated_at, enabling.then_some(now), event)
+            .update_webhook_endpoint(
+                &e,
+                old.updated_at,
+                enabling.then_some(to_micros(self.clock.now())),
+                event,
+            )
             .await?;
         Ok(e)
     }
@@ -216,7 +241,7 @@ impl Core {
             return Ok(old);
         }
         // The URL is unchanged, so not checked again.
-        self.update_webhook_endpoint(auth, id, draft).await
+        self.update_webhook_endpoint(auth, id, draft, old.updated_at).await
     }
 
     /// A new signing secret (shown once); the old one keeps signing beside it for `grace`
@@ -236,7 +261,7 @@ impl Core {
             ));
         }
         let old = self.webhook_endpoint(auth, id).await?;
-        let now = self.clock.now();
+        let now = after(&old, self.clock.now());
         let secret = new_secret(self.rng.as_ref());
         let mut e = old.clone();
         e.previous_secret_sealed = (grace > Duration::ZERO).then(|| old.secret_sealed.clone());

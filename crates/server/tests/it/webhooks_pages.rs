@@ -19,6 +19,13 @@ fn endpoint_id_in(html: &str) -> String {
 }
 
 /// A browser signed in as a new platform user with `roles`.
+/// The edit form's hidden `version` (the endpoint as the page was loaded).
+fn version_in(page: &str) -> String {
+    let at =
+        page.find("name=\"version\" value=\"").expect("the edit form's version") + "name=\"version\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
 async fn signed_in_as(app: &TestApp, email: &str, roles: &[&str]) -> TenantClient {
     crate::settings::platform_user(app, email, roles).await;
     let c = TenantClient {
@@ -96,7 +103,7 @@ both!(
 
         // Edit with a bad URL: 422, the typed values kept, nothing changed; then saved.
         let r = app
-            .post_form(&format!("/settings/webhooks/{id}"), &shown, &[("url", "https://10.0.0.7/hooks"), ("description", "edited"), ("event_types", "api_key.revoked"), ("region", "")])
+            .post_form(&format!("/settings/webhooks/{id}"), &shown, &[("url", "https://10.0.0.7/hooks"), ("description", "edited"), ("event_types", "api_key.revoked"), ("region", ""), ("version", &version_in(&shown))])
             .await;
         assert_eq!(r.status(), 422);
         let again = r.text().await.unwrap();
@@ -104,7 +111,7 @@ both!(
         assert!(again.contains("id=\"edit-url-error\""));
         assert_eq!(app.control_value("SELECT description FROM webhook_endpoint").await, "provisioning");
         let r = app
-            .post_form(&format!("/settings/webhooks/{id}"), &shown, &[("url", &url), ("description", "edited"), ("event_types", "*"), ("event_types", "api_key.revoked"), ("region", "")])
+            .post_form(&format!("/settings/webhooks/{id}"), &shown, &[("url", &url), ("description", "edited"), ("event_types", "*"), ("event_types", "api_key.revoked"), ("region", ""), ("version", &version_in(&shown))])
             .await;
         assert_eq!(r.status(), 303);
         assert_eq!(location(&r), format!("/settings/webhooks/{id}?done=saved"));
@@ -274,5 +281,35 @@ both!(
         assert_eq!(app.control_rows("webhook_endpoint").await, 1, "one made, one deleted");
         assert_eq!(app.control_value("SELECT event_types FROM webhook_endpoint").await, "user.*");
         assert_eq!(app.events_of("WEBHOOK_ENDPOINT_DELETED").await[0].details["endpoint_id"], id.as_str());
+    }
+);
+
+both!(
+    async fn a_save_from_a_page_loaded_before_someone_elses_change_is_refused_and_their_change_kept(app) {
+        app.sign_in_owner().await;
+        let form = app.get_html("/settings/webhooks/new").await;
+        let r = app
+            .post_form("/settings/webhooks", &form, &[("url", "http://127.0.0.1:9/hooks"), ("description", "provisioning"), ("event_types", "tenant.*"), ("enabled", "on")])
+            .await;
+        assert_eq!(r.status(), 200);
+        let id = endpoint_id_in(&r.text().await.unwrap());
+        // Owner A loads the edit page; owner B limits the endpoint to one region meanwhile.
+        let stale = app.get_html(&format!("/settings/webhooks/{id}")).await;
+        let fresh = app.get_html(&format!("/settings/webhooks/{id}")).await;
+        let r = app
+            .post_form(&format!("/settings/webhooks/{id}"), &fresh, &[("url", "http://127.0.0.1:9/hooks"), ("description", "provisioning"), ("event_types", "tenant.*"), ("region", "eu-west"), ("version", &version_in(&fresh))])
+            .await;
+        assert_eq!(r.status(), 303);
+        // A saves a new description from the page loaded before: refused, B's region kept.
+        let r = app
+            .post_form(&format!("/settings/webhooks/{id}"), &stale, &[("url", "http://127.0.0.1:9/hooks"), ("description", "renamed"), ("event_types", "tenant.*"), ("region", ""), ("version", &version_in(&stale))])
+            .await;
+        assert_eq!(r.status(), 409);
+        let page = r.text().await.unwrap();
+        assert!(page.contains("changed by someone else"), "{page}");
+        assert!(page.contains("value=\"renamed\""), "what was typed is kept");
+        assert_eq!(app.control_value("SELECT region FROM webhook_endpoint").await, "eu-west");
+        assert_eq!(app.control_value("SELECT description FROM webhook_endpoint").await, "provisioning");
+        assert_eq!(app.events_of("WEBHOOK_ENDPOINT_UPDATED").await.len(), 1);
     }
 );

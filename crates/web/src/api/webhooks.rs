@@ -495,7 +495,10 @@ pub async fn update(
     ));
     p.finish()?;
     let draft = draft.ok_or_else(|| Error::internal("webhook draft passed without a value"))?;
-    let e = state.core.update_webhook_endpoint(&auth, current.id, draft).await?;
+    let e = state
+        .core
+        .update_webhook_endpoint(&auth, current.id, draft, current.updated_at)
+        .await?;
     Ok(Json(WebhookEndpointOut::of(e, now(&state))))
 }
 

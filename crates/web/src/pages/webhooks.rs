@@ -138,6 +138,9 @@ pub struct EndpointForm {
     pub event_types: Vec<String>,
     pub region: String,
     pub enabled: bool,
+    /// The endpoint's `updated_at` (unix nanoseconds) when the form was loaded: a save over a
+    /// change made since is refused, not applied over it.
+    pub version: String,
 }
 
 impl EndpointForm {
@@ -150,6 +153,7 @@ impl EndpointForm {
                 "event_types" => f.event_types.push(v.clone()),
                 "region" => f.region = v.clone(),
                 "enabled" => f.enabled = true,
+                "version" => f.version = v.clone(),
                 _ => {}
             }
         }
@@ -170,6 +174,7 @@ impl EndpointForm {
             event_types: e.subscription.patterns().to_vec(),
             region: e.region.clone().unwrap_or_default(),
             enabled: e.enabled,
+            version: e.updated_at.unix_timestamp_nanos().to_string(),
         }
     }
 
@@ -458,8 +463,15 @@ pub async fn update(
     let e = state.core.webhook_endpoint(&auth, endpoint_id(&raw)?).await?;
     let mut f = EndpointForm::from_pairs(&pairs);
     f.enabled = e.enabled;
+    // A form without a version (or with a bad one) is treated as stale.
+    let based_on = f
+        .version
+        .parse::<i128>()
+        .ok()
+        .and_then(|n| time::OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let result = match f.draft(&state) {
-        Ok(draft) => state.core.update_webhook_endpoint(&auth, e.id, draft).await,
+        Ok(draft) => state.core.update_webhook_endpoint(&auth, e.id, draft, based_on).await,
         Err(err) => Err(err),
     };
     match result {
@@ -470,6 +482,20 @@ pub async fn update(
             p.form = f;
             p.errors = Errors::from_fields(&fields);
             Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&p)).into_response())
+        }
+        Err(e_changed @ Error::Conflict { .. }) => {
+            // What was typed stays; the page shows the endpoint as it is now beside it.
+            let fresh = state.core.webhook_endpoint(&auth, e.id).await?;
+            let mut p = endpoint_page(&state, &s, &auth, &fresh, None).await?;
+            p.choices = FormChoices::of(&state, &f);
+            p.form = f;
+            let fields = [quarterdeck_domain::FieldError::new(
+                "_",
+                "conflict",
+                e_changed.to_string(),
+            )];
+            p.errors = Errors::from_fields(&fields);
+            Ok((StatusCode::CONFLICT, render(&p)).into_response())
         }
         Err(err) => Err(err.into()),
     }
