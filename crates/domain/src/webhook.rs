@@ -157,6 +157,9 @@ pub struct Published {
     /// otherwise): a tenant's own events carry it, as its row may not exist yet or any more
     /// when the event is written.
     pub region: Option<String>,
+    /// The tenant's region before the change, when the change moved it: endpoints limited to
+    /// either region hear of the move.
+    pub previous_region: Option<String>,
     pub data: Value,
 }
 
@@ -189,12 +192,21 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl Published {
+    /// `tenant.updated` for a tenant whose region changed from `previous`.
+    pub fn moved_from(mut self, previous: &str) -> Self {
+        if self.region.as_deref() != Some(previous) {
+            self.previous_region = Some(previous.to_owned());
+        }
+        self
+    }
+
     /// `tenant.created`, `tenant.updated`, `tenant.deleted`: the tenant as it is after the change.
     pub fn tenant(topic: Topic, t: &Tenant) -> Self {
         Self {
             topic,
             tenant_id: Some(t.id),
             region: Some(t.region.as_str().to_owned()),
+            previous_region: None,
             data: json!({ "tenant": tenant_json(t) }),
         }
     }
@@ -203,6 +215,7 @@ impl Published {
             topic: Topic::TenantStatusChanged,
             tenant_id: Some(t.id),
             region: Some(t.region.as_str().to_owned()),
+            previous_region: None,
             data: json!({ "tenant": tenant_json(t), "previous_status": previous, "reason": reason }),
         }
     }
@@ -213,6 +226,7 @@ impl Published {
             topic,
             tenant_id: u.tenant_id,
             region: None,
+            previous_region: None,
             data: json!({ "user": user_json(u) }),
         }
     }
@@ -221,6 +235,7 @@ impl Published {
             topic: Topic::UserRolesChanged,
             tenant_id: u.tenant_id,
             region: None,
+            previous_region: None,
             data: json!({ "user": user_json(u), "previous_roles": previous }),
         }
     }
@@ -229,6 +244,7 @@ impl Published {
             topic,
             tenant_id: Some(k.tenant_id),
             region: None,
+            previous_region: None,
             data: json!({ "api_key": api_key_json(k) }),
         }
     }
@@ -238,6 +254,7 @@ impl Published {
             topic: Topic::ProviderCredentialChanged,
             tenant_id: Some(tenant),
             region: None,
+            previous_region: None,
             data: json!({
                 "provider_credential": { "id": credential_id, "tenant_id": tenant, "provider": provider },
                 "action": action,
@@ -253,6 +270,7 @@ impl Published {
             },
             tenant_id: Some(budget.tenant_id),
             region: None,
+            previous_region: None,
             data: json!({
                 "budget": {
                     "tenant_id": budget.tenant_id, "month": month.to_string(), "amount": budget.amount,
@@ -268,6 +286,7 @@ impl Published {
             topic,
             tenant_id: Some(imp.tenant_id),
             region: None,
+            previous_region: None,
             data: json!({
                 "impersonation": {
                     "id": imp.id, "tenant_id": imp.tenant_id, "impersonator_id": imp.impersonator_id,
@@ -326,12 +345,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Would this endpoint receive an event of `topic` about a tenant of `region`?
-    pub fn wants(&self, topic: Topic, region: Option<&str>) -> bool {
+    /// Would this endpoint receive an event of `topic` about a tenant of `region` (or one
+    /// that moved from `previous_region`)?
+    pub fn wants(&self, topic: Topic, region: Option<&str>, previous_region: Option<&str>) -> bool {
         self.subscription.matches(topic)
             && match &self.region {
                 None => true,
-                Some(r) => region == Some(r.as_str()),
+                Some(r) => region == Some(r.as_str()) || previous_region == Some(r.as_str()),
             }
     }
     /// Shown to people: the endpoint's state in one word.

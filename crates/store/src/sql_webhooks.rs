@@ -70,25 +70,6 @@ macro_rules! impl_webhook_store {
                     return Ok(());
                 };
                 let body = p.body(event.id.0, event.ts);
-                let row = sqlx::query(
-                    "INSERT INTO webhook_event (id, event_type, tenant_id, occurred_at, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-                )
-                .bind(event.id.0)
-                .bind(p.topic.as_str())
-                .bind(p.tenant_id.map(|t| t.0))
-                .bind(enc_ts(event.ts))
-                .bind(&body)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(db_err)?;
-                let seq: i64 = row.try_get("seq").map_err(db_err)?;
-                let endpoints = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoint")))
-                    .fetch_all(&mut **tx)
-                    .await
-                    .map_err(db_err)?;
-                if endpoints.is_empty() {
-                    return Ok(());
-                }
                 let region: Option<String> = match (&p.region, p.tenant_id) {
                     (Some(r), _) => Some(r.clone()),
                     (None, Some(t)) => sqlx::query("SELECT region FROM tenant WHERE id = $1")
@@ -101,10 +82,32 @@ macro_rules! impl_webhook_store {
                         .map_err(db_err)?,
                     (None, None) => None,
                 };
+                let row = sqlx::query(
+                    "INSERT INTO webhook_event (id, event_type, tenant_id, occurred_at, body, region, previous_region) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+                )
+                .bind(event.id.0)
+                .bind(p.topic.as_str())
+                .bind(p.tenant_id.map(|t| t.0))
+                .bind(enc_ts(event.ts))
+                .bind(&body)
+                .bind(region.as_deref())
+                .bind(p.previous_region.as_deref())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                let seq: i64 = row.try_get("seq").map_err(db_err)?;
+                let endpoints = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoint")))
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                if endpoints.is_empty() {
+                    return Ok(());
+                }
                 let order_key = p.tenant_id.map(|t| t.0.to_string()).unwrap_or_default();
                 for r in &endpoints {
                     let e = endpoint_from_row(r)?;
-                    if !e.wants(p.topic, region.as_deref()) {
+                    if !e.wants(p.topic, region.as_deref(), p.previous_region.as_deref()) {
                         continue;
                     }
                     sqlx::query(
@@ -119,6 +122,37 @@ macro_rules! impl_webhook_store {
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
+                }
+                Ok(())
+            }
+
+            /// Cancels the endpoint's pending deliveries it would no longer be sent (its
+            /// subscription or region narrowed): what is queued follows the endpoint as it is.
+            async fn cancel_unwanted(tx: &mut Transaction<'static, $Db>, e: &Endpoint) -> Result<()> {
+                let rows = sqlx::query(
+                    "SELECT d.id, v.event_type, v.region, v.previous_region FROM webhook_delivery d \
+                     JOIN webhook_event v ON v.seq = d.event_seq WHERE d.endpoint_id = $1 AND d.status = 'pending'",
+                )
+                .bind(e.id)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                for r in &rows {
+                    let topic: String = r.try_get("event_type").map_err(db_err)?;
+                    let region: Option<String> = r.try_get("region").map_err(db_err)?;
+                    let previous: Option<String> = r.try_get("previous_region").map_err(db_err)?;
+                    let wanted = Topic::parse(&topic).is_some_and(|t| e.wants(t, region.as_deref(), previous.as_deref()));
+                    if !wanted {
+                        let id: Uuid = r.try_get("id").map_err(db_err)?;
+                        sqlx::query(
+                            "UPDATE webhook_delivery SET status = 'cancelled', last_error = 'not_subscribed', \
+                             lease_token = NULL, leased_until = NULL WHERE id = $1 AND status = 'pending'",
+                        )
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_err)?;
+                    }
                 }
                 Ok(())
             }
@@ -231,6 +265,7 @@ macro_rules! impl_webhook_store {
                         Some(_) => quarterdeck_domain::webhook::endpoint_changed(),
                     });
                 }
+                Self::cancel_unwanted(&mut tx, e).await?;
                 if let Some(at) = redeliver_from {
                     sqlx::query(
                         "UPDATE webhook_delivery SET next_attempt_at = $2, first_attempt_at = NULL \
@@ -512,6 +547,33 @@ macro_rules! impl_webhook_store {
 
             async fn resend_webhook_delivery(&self, delivery: Uuid, new_id: Uuid, now: OffsetDateTime, event: NewEvent) -> Result<DeliveryView> {
                 let (mut tx, _permit) = self.begin_audited(&event).await?;
+                // Only what the endpoint, as it is now, would be sent.
+                let row = sqlx::query(
+                    "SELECT d.endpoint_id, v.event_type AS v_type, v.region AS v_region, v.previous_region AS v_previous \
+                     FROM webhook_delivery d JOIN webhook_event v ON v.seq = d.event_seq WHERE d.id = $1",
+                )
+                .bind(delivery)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .ok_or(Error::NotFound)?;
+                let endpoint_id: Uuid = row.try_get("endpoint_id").map_err(db_err)?;
+                let endpoint_row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoint WHERE id = $1")))
+                    .bind(endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .ok_or(Error::NotFound)?;
+                let endpoint = endpoint_from_row(&endpoint_row)?;
+                let topic: String = row.try_get("v_type").map_err(db_err)?;
+                let region: Option<String> = row.try_get("v_region").map_err(db_err)?;
+                let previous: Option<String> = row.try_get("v_previous").map_err(db_err)?;
+                if !Topic::parse(&topic).is_some_and(|t| endpoint.wants(t, region.as_deref(), previous.as_deref())) {
+                    return Err(Error::Conflict {
+                        code: "not_subscribed",
+                        message: "the endpoint no longer subscribes to this event (its types or region changed)".to_owned(),
+                    });
+                }
                 let done = sqlx::query(
                     "INSERT INTO webhook_delivery (id, endpoint_id, event_seq, order_key, status, attempts, next_attempt_at, created_at) \
                      SELECT $1, endpoint_id, event_seq, order_key, 'pending', 0, $3, $3 FROM webhook_delivery WHERE id = $2",

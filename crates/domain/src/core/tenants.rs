@@ -104,7 +104,7 @@ impl Core {
                 Some(id),
                 json!({ "tenant_id": id, "changes": changes }),
             )
-            .publish(Published::tenant(Topic::TenantUpdated, &tenant));
+            .publish(Published::tenant(Topic::TenantUpdated, &tenant).moved_from(old.region.as_str()));
         self.store.update_tenant(&tenant, &old, event).await?;
         self.verifier.forget(crate::store::ChangeKind::Tenant, tenant.id.0);
         Ok(tenant)

@@ -286,3 +286,67 @@ both_backends!(
         assert_eq!(imp["ended_at"], imp["expires_at"]);
     }
 );
+
+both_backends!(
+    async fn narrowing_an_endpoint_cancels_what_it_would_no_longer_be_sent_and_resend_refuses_it(backend) {
+        let app = quiet_node(backend).await;
+        app.sign_in_owner().await;
+        let id = endpoint(&app, "http://127.0.0.1:9/all", None).await;
+        app.core
+            .set_webhook_endpoint_enabled(&owner(&app), id, false)
+            .await
+            .unwrap();
+        tenant_in(&app, "yankee", "us-east").await;
+        tenant_in(&app, "europa", "eu-west").await;
+        // Pointed at the EU receiver, limited to eu-west, and enabled: only eu-west's event goes.
+        let e = app.core.webhook_endpoint(&owner(&app), id).await.unwrap();
+        let regions = vec!["eu-west".to_owned(), "us-east".to_owned()];
+        let draft = EndpointDraft::parse(&e.url, "eu", &["*"], Some("eu-west"), true, &regions).unwrap();
+        app.core
+            .update_webhook_endpoint(&owner(&app), id, draft, e.updated_at)
+            .await
+            .unwrap();
+        let claimed = app.core.claim_webhooks(10, &HashMap::new(), 16).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&claimed[0].body).unwrap();
+        assert_eq!(body["data"]["tenant"]["slug"], "europa");
+        let deliveries = app
+            .core
+            .webhook_deliveries(&owner(&app), id, 10, None)
+            .await
+            .unwrap();
+        let cancelled: Vec<_> = deliveries.iter().filter(|d| d.status == "cancelled").collect();
+        assert_eq!(cancelled.len(), 1);
+        let err = app
+            .core
+            .resend_webhook_delivery(&owner(&app), id, cancelled[0].id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, quarterdeck_domain::Error::Conflict { code: "not_subscribed", .. }), "{err:?}");
+    }
+);
+
+both_backends!(
+    async fn a_tenant_moved_to_another_region_is_told_to_endpoints_of_both_regions(backend) {
+        let app = quiet_node(backend).await;
+        app.sign_in_owner().await;
+        let tid = tenant_in(&app, "mover", "eu-west").await;
+        let eu = endpoint(&app, "http://127.0.0.1:9/eu", Some("eu-west")).await;
+        let us = endpoint(&app, "http://127.0.0.1:9/us", Some("us-east")).await;
+        let page = app.get_html(&format!("/tenants/{tid}")).await;
+        let r = app
+            .post_form(
+                &format!("/tenants/{tid}"),
+                &page,
+                &[("name", "mover"), ("region", "us-east"), ("tier", "standard")],
+            )
+            .await;
+        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+        let claimed = app.core.claim_webhooks(10, &HashMap::new(), 16).await.unwrap();
+        let mut to: Vec<(Uuid, String)> = claimed.iter().map(|c| (c.endpoint_id, c.topic.clone())).collect();
+        to.sort();
+        let mut want = vec![(eu, "tenant.updated".to_owned()), (us, "tenant.updated".to_owned())];
+        want.sort();
+        assert_eq!(to, want);
+    }
+);

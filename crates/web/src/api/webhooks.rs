@@ -126,9 +126,10 @@ pub struct WebhookDeliveryOut {
     /// `null` for an event about no tenant.
     #[schema(required = true)]
     pub tenant_id: Option<Uuid>,
-    /// `pending` (waiting for its first attempt or a retry), `delivered`, or `failed` (given
-    /// up after 3 days of retries).
-    #[schema(pattern = "^(pending|delivered|failed)$")]
+    /// `pending` (waiting for its first attempt or a retry), `delivered`, `failed` (given
+    /// up after 3 days of retries), or `cancelled` (the endpoint's types or region changed so
+    /// that it no longer gets this event).
+    #[schema(pattern = "^(pending|delivered|failed|cancelled)$")]
     pub status: String,
     /// Attempts made so far.
     #[schema(minimum = 0)]

@@ -123,6 +123,7 @@ impl DeliveryRow {
             badge: match d.status.as_str() {
                 "delivered" => "active",
                 "failed" => "suspended",
+                "cancelled" => "neutral",
                 _ => "invited",
             },
             status: d.status.clone(),

@@ -25,6 +25,8 @@ CREATE TABLE identity.webhook_event (
     id           uuid NOT NULL UNIQUE,          -- the audit event's id
     event_type   text NOT NULL,
     tenant_id    uuid,
+    region       text,                           -- the tenant's region when it happened
+    previous_region text,                        -- its region before, when the change moved it
     occurred_at  timestamptz NOT NULL,
     body         text NOT NULL                  -- the JSON every delivery sends, byte for byte
 );
@@ -39,7 +41,7 @@ CREATE TABLE identity.webhook_delivery (
     endpoint_id       uuid NOT NULL REFERENCES identity.webhook_endpoint (id) ON DELETE CASCADE,
     event_seq         bigint NOT NULL REFERENCES identity.webhook_event (seq) ON DELETE CASCADE,
     order_key         text NOT NULL,
-    status            text NOT NULL,            -- pending | delivered | failed
+    status            text NOT NULL,            -- pending | delivered | failed | cancelled (no longer subscribed)
     attempts          bigint NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz NOT NULL,
     first_attempt_at  timestamptz,

@@ -25,6 +25,8 @@ CREATE TABLE webhook_event (
     id           BLOB NOT NULL UNIQUE,          -- the audit event's id
     event_type   TEXT NOT NULL,
     tenant_id    BLOB,
+    region       TEXT,                           -- the tenant's region when it happened
+    previous_region TEXT,                        -- its region before, when the change moved it
     occurred_at  INTEGER NOT NULL,
     body         TEXT NOT NULL                  -- the JSON every delivery sends, byte for byte
 );
@@ -39,7 +41,7 @@ CREATE TABLE webhook_delivery (
     endpoint_id       BLOB NOT NULL REFERENCES webhook_endpoint (id) ON DELETE CASCADE,
     event_seq         INTEGER NOT NULL REFERENCES webhook_event (seq) ON DELETE CASCADE,
     order_key         TEXT NOT NULL,
-    status            TEXT NOT NULL,            -- pending | delivered | failed
+    status            TEXT NOT NULL,            -- pending | delivered | failed | cancelled (no longer subscribed)
     attempts          INTEGER NOT NULL DEFAULT 0,
     next_attempt_at   INTEGER NOT NULL,
     first_attempt_at  INTEGER,
