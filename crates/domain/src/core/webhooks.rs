@@ -44,19 +44,18 @@ impl std::fmt::Debug for EndpointWithSecret {
     }
 }
 
-/// An endpoint's URL as the audit trail keeps it: a query string may carry the receiver's own
-/// credential (`?token=…`), so only its presence is kept.
+/// An endpoint's URL as the audit trail and notices keep it: its origin only. A path or a
+/// query may carry the receiver's own credential (`/services/T…/B…/<secret>`, `?token=…`),
+/// and the audit trail cannot be purged; so only their presence is kept (`/…`).
 fn audited_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) => {
-            let had_query = u.query().is_some();
-            u.set_query(None);
-            u.set_fragment(None);
-            let mut s = u.to_string();
-            if had_query {
-                s.push_str("?…");
+        Ok(u) => {
+            let origin = u.origin().ascii_serialization();
+            if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+                format!("{origin}/…")
+            } else {
+                origin
             }
-            s
         }
         Err(_) => "(unparsable)".to_owned(),
     }
@@ -487,10 +486,13 @@ impl Core {
             .map(|u| u.email.to_string())
             .collect();
         let link = format!("{}/settings/webhooks/{}", self.config.links.origin(None), e.id);
+        let name = match e.description.trim() {
+            "" => audited_url(&e.url),
+            d => format!("“{d}” ({})", audited_url(&e.url)),
+        };
         let message = format!(
-            "The webhook endpoint {} has failed every delivery since {} and was disabled. \
+            "The webhook endpoint {name} has failed every delivery since {} and was disabled. \
              Its events are kept for 30 days: enable it again to send what is pending.",
-            audited_url(&e.url),
             crate::webhook::rfc3339(since)
         );
         let emails: Vec<_> = owners

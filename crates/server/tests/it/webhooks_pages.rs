@@ -81,7 +81,9 @@ both!(
         let stored = app.control_value("SELECT event_types FROM webhook_endpoint").await;
         assert_eq!(stored, "tenant.* user.invited");
         assert_eq!(app.control_value("SELECT region FROM webhook_endpoint").await, "eu-west");
-        assert_eq!(app.events_of("WEBHOOK_ENDPOINT_CREATED").await[0].details["url"], url.as_str());
+        // Audited by its origin only: a path may hold the receiver's credential.
+        let origin = url.trim_end_matches("/hooks");
+        assert_eq!(app.events_of("WEBHOOK_ENDPOINT_CREATED").await[0].details["url"], format!("{origin}/…"));
         let shown = app.get_html(&format!("/settings/webhooks/{id}")).await;
         assert!(!shown.contains(&secret[6..]) && shown.contains(&url) && shown.contains("tenant.*, user.invited"));
         let list = app.get_html("/settings/webhooks").await;
