@@ -73,6 +73,9 @@ pub struct TenantState {
     pub status: String,
     /// Provisioned by `tenant.created`; false once `tenant.deleted` deprovisioned it.
     pub provisioned: bool,
+    /// When the last event applied happened (its `timestamp`): an older one arriving later (a
+    /// Resend, or an event given up and sent again) is not applied over it.
+    pub as_of: Option<OffsetDateTime>,
 }
 
 /// The gateway's tenants, by id, as their events told it; shared by the receiver and the
@@ -90,7 +93,10 @@ impl Tenants {
         self.get(id).is_some_and(|t| t.status == "suspended")
     }
 
-    fn apply(&self, event_type: &str, data: &Value) {
+    /// Applies a tenant event. Events arrive in order per tenant, except a delivery sent again
+    /// (Resend, or one given up after 3 days and resent): so an event older than what was
+    /// applied already is ignored, and a deleted tenant is never provisioned again.
+    fn apply(&self, event_type: &str, at: Option<OffsetDateTime>, data: &Value) {
         let tenant = &data["tenant"];
         let Some(id) = tenant["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
             return;
@@ -98,6 +104,13 @@ impl Tenants {
         let slug = tenant["slug"].as_str().unwrap_or_default().to_owned();
         let status = tenant["status"].as_str().unwrap_or_default().to_owned();
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = map.get(&id) {
+            let stale = matches!((known.as_of, at), (Some(k), Some(a)) if a < k);
+            if stale || known.status == "deleted" {
+                tracing::info!(tenant_id = %id, event_type, "an older or post-deletion tenant event ignored");
+                return;
+            }
+        }
         match event_type {
             "tenant.created" => {
                 tracing::info!(tenant_id = %id, slug, "tenant provisioned");
@@ -107,6 +120,7 @@ impl Tenants {
                         slug,
                         status,
                         provisioned: true,
+                        as_of: at,
                     },
                 );
             }
@@ -119,16 +133,23 @@ impl Tenants {
                     status: status.clone(),
                     // Created before this gateway listened: provision it now.
                     provisioned: true,
+                    as_of: at,
                 });
                 entry.slug = slug;
                 entry.status = status;
+                entry.as_of = at;
             }
             "tenant.deleted" => {
                 tracing::info!(tenant_id = %id, "tenant deprovisioned");
-                if let Some(t) = map.get_mut(&id) {
-                    t.provisioned = false;
-                    t.status = "deleted".to_owned();
-                }
+                let entry = map.entry(id).or_insert_with(|| TenantState {
+                    slug,
+                    status: String::new(),
+                    provisioned: false,
+                    as_of: at,
+                });
+                entry.provisioned = false;
+                entry.status = "deleted".to_owned();
+                entry.as_of = at;
             }
             _ => {}
         }
@@ -241,7 +262,10 @@ pub(crate) async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap,
     };
     if rx.first_time(&id) {
         let event_type = event["type"].as_str().unwrap_or_default();
-        rx.config.tenants.apply(event_type, &event["data"]);
+        let at = event["timestamp"]
+            .as_str()
+            .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+        rx.config.tenants.apply(event_type, at, &event["data"]);
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -32,8 +32,12 @@ fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
 }
 
 fn event(id: &str, event_type: &str, status: &str) -> String {
+    event_at(id, event_type, status, "2027-01-15T08:00:00Z")
+}
+
+fn event_at(id: &str, event_type: &str, status: &str, timestamp: &str) -> String {
     json!({
-        "id": id, "type": event_type, "version": 1, "timestamp": "2027-01-15T08:00:00Z",
+        "id": id, "type": event_type, "version": 1, "timestamp": timestamp,
         "tenant_id": TENANT,
         "data": {"tenant": {"id": TENANT, "slug": "acme", "status": status}, "previous_status": null, "reason": null}
     })
@@ -78,6 +82,13 @@ impl Hooks {
     /// A delivery signed with `SECRET` now.
     async fn deliver(&self, id: &str, event_type: &str, status: &str) -> StatusCode {
         let body = event(id, event_type, status);
+        let ts = fixed_now().unix_timestamp();
+        self.post(id, ts, &sign(SECRET, id, ts, &body), &body).await
+    }
+
+    /// A delivery, signed now, of an event that happened at `at`.
+    async fn deliver_at(&self, id: &str, event_type: &str, status: &str, at: &str) -> StatusCode {
+        let body = event_at(id, event_type, status, at);
         let ts = fixed_now().unix_timestamp();
         self.post(id, ts, &sign(SECRET, id, ts, &body), &body).await
     }
@@ -213,4 +224,43 @@ fn a_secret_that_is_not_base64_is_refused_and_the_config_never_prints_secrets() 
     assert!(crate::webhooks::Receiver::new(config).is_err());
     let printed = format!("{:?}", WebhookConfig::new(SECRET));
     assert!(!printed.contains("MfKQ9r8"), "{printed}");
+}
+
+#[tokio::test]
+async fn an_older_event_sent_again_never_undoes_a_newer_one_nor_brings_back_a_deleted_tenant() {
+    let hooks = Hooks::start().await;
+    let created = "2027-01-15T08:00:00Z";
+    for (id, event_type, status, at) in [
+        ("evt_1", "tenant.created", "active", created),
+        ("evt_2", "tenant.status_changed", "read_only", "2027-01-15T09:00:00.5Z"),
+        ("evt_3", "tenant.status_changed", "suspended", "2027-01-15T10:00:00Z"),
+    ] {
+        assert_eq!(
+            hooks.deliver_at(id, event_type, status, at).await,
+            StatusCode::NO_CONTENT
+        );
+    }
+    // The owner resends evt_2 (a new delivery of the same event, its id evicted or not): it is
+    // older than the suspension, which stands.
+    assert_eq!(
+        hooks
+            .deliver_at("evt_2b", "tenant.status_changed", "read_only", "2027-01-15T09:00:00.5Z")
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    assert!(hooks.tenants.suspended(TENANT));
+    assert_eq!(
+        hooks
+            .deliver_at("evt_4", "tenant.deleted", "suspended", "2027-01-15T11:00:00Z")
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    // Its tenant.created resent after the deletion: not provisioned again.
+    assert_eq!(
+        hooks.deliver_at("evt_1b", "tenant.created", "active", created).await,
+        StatusCode::NO_CONTENT
+    );
+    let t = hooks.tenants.get(TENANT).unwrap();
+    assert!(!t.provisioned);
+    assert_eq!(t.status, "deleted");
 }
