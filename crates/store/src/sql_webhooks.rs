@@ -333,7 +333,9 @@ macro_rules! impl_webhook_store {
                 in_flight: &std::collections::HashMap<Uuid, u32>,
                 per_endpoint: u32,
             ) -> Result<Vec<Claimed>> {
-                // Candidates: the head of each (endpoint, tenant) queue, due and free, at most
+                // Candidates: the head of each (endpoint, tenant) queue (its lowest pending seq,
+                // found by one pass over the pending rows of enabled endpoints: a backlog behind
+                // a retried head costs a grouped index scan, not a probe per row), due and free, at most
                 // `per_endpoint` per endpoint, taken round-robin across endpoints (each one's
                 // earliest due first, then each one's second...), so one endpoint's backlog never
                 // hides another's. Enough are read that skipping the endpoints this node already
@@ -344,11 +346,11 @@ macro_rules! impl_webhook_store {
                     "SELECT id, endpoint_id FROM ( \
                        SELECT d.id, d.endpoint_id, d.next_attempt_at, d.seq, \
                          ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.seq) AS rn \
-                       FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id \
-                       WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                         AND (d.leased_until IS NULL OR d.leased_until <= $1) AND w.enabled = $3 \
-                         AND NOT EXISTS (SELECT 1 FROM webhook_delivery p WHERE p.endpoint_id = d.endpoint_id \
-                           AND p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq) \
+                       FROM (SELECT MIN(q.seq) AS seq FROM webhook_delivery q \
+                             WHERE q.status = 'pending' AND q.endpoint_id IN (SELECT id FROM webhook_endpoint WHERE enabled = $3) \
+                             GROUP BY q.endpoint_id, q.order_key) heads_of \
+                       JOIN webhook_delivery d ON d.seq = heads_of.seq \
+                       WHERE d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1) \
                      ) heads WHERE rn <= $4 ORDER BY rn, next_attempt_at, seq LIMIT $2",
                 )
                 .bind(enc_ts(now))
