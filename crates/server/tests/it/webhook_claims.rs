@@ -353,3 +353,43 @@ both_backends!(
         assert_eq!(to, want);
     }
 );
+
+both_backends!(
+    async fn an_endpoint_whose_region_is_no_longer_configured_keeps_it_on_its_edit_form(backend) {
+        let app = quiet_node(backend).await;
+        app.sign_in_owner().await;
+        // Made when `ap-south` was a configured region (this server has eu-west and us-east).
+        let was = vec!["ap-south".to_owned()];
+        let draft = EndpointDraft::parse("http://127.0.0.1:9/ap", "asia", &["*"], Some("ap-south"), true, &was).unwrap();
+        let id = app
+            .core
+            .create_webhook_endpoint(&owner(&app), draft)
+            .await
+            .unwrap()
+            .endpoint
+            .id;
+        let page = app.get_html(&format!("/settings/webhooks/{id}")).await;
+        assert!(
+            page.contains("<option value=\"ap-south\" selected>ap-south (no longer configured)</option>"),
+            "{page}"
+        );
+        // Saved as shown: refused, not widened to every region.
+        let at = page.find("name=\"version\" value=\"").unwrap() + "name=\"version\" value=\"".len();
+        let version = page[at..].split('"').next().unwrap().to_owned();
+        let r = app
+            .post_form(
+                &format!("/settings/webhooks/{id}"),
+                &page,
+                &[
+                    ("url", "http://127.0.0.1:9/ap"),
+                    ("description", "asia"),
+                    ("event_types", "*"),
+                    ("region", "ap-south"),
+                    ("version", &version),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 422);
+        assert_eq!(app.control_value("SELECT region FROM webhook_endpoint").await, "ap-south");
+    }
+);

@@ -266,6 +266,15 @@ impl FormChoices {
             label: r.clone(),
             selected: *r == form.region,
         }));
+        // A region no longer configured stays shown as chosen, so saving never widens the
+        // endpoint to every region unnoticed (the save is refused until another is picked).
+        if !form.region.is_empty() && !state.core.config.regions.contains(&form.region) {
+            regions.push(Opt {
+                value: form.region.clone(),
+                label: format!("{} (no longer configured)", form.region),
+                selected: true,
+            });
+        }
         Self {
             everything: checked("*"),
             groups,
