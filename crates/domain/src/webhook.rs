@@ -553,6 +553,7 @@ impl Attempt {
             Self::Status { .. } => "http_error",
             Self::Failed { code, .. } if code == "timeout" => "timeout",
             Self::Failed { code, .. } if code == "address_refused" || code == "plain_http_refused" => "refused",
+            Self::Failed { code, .. } if code == "signing_failed" => "signing_failed",
             Self::Failed { .. } => "network_error",
         }
     }
@@ -648,6 +649,7 @@ impl DeliveryCounters {
             "timeout",
             "network_error",
             "refused",
+            "signing_failed",
             "gave_up",
         ]
         .into_iter()

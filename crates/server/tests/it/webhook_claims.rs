@@ -393,3 +393,55 @@ both_backends!(
         assert_eq!(app.control_value("SELECT region FROM webhook_endpoint").await, "ap-south");
     }
 );
+
+/// Runs one statement on the control database, as an operator (or a fault) would.
+async fn control_exec(app: &TestApp, sql: &str) {
+    use sqlx::ConnectOptions;
+    match &app.pg_url {
+        Some(url) => {
+            let mut conn = pg_conn(url).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO identity; {sql}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        None => {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(app.data_dir().join("control.db"));
+            let mut conn = opts.connect().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+both_backends!(
+    async fn a_delivery_that_cannot_be_signed_is_a_failed_attempt_retried_later_and_nothing_is_sent(backend) {
+        let app = quiet_node(backend).await;
+        app.sign_in_owner().await;
+        let (url, hits) = counting_receiver().await;
+        endpoint(&app, &url, None).await;
+        app.create_tenant("Acme", "acme").await;
+        // The secret no longer opens (as after a change of the server's secret key).
+        control_exec(&app, "UPDATE webhook_endpoint SET secret_sealed = 'not-a-sealed-secret'").await;
+        let claimed = app.core.claim_webhooks(10, &HashMap::new(), 16).await.unwrap();
+        let attempt = app.core.deliver_webhook(claimed[0].clone()).await.unwrap();
+        assert_eq!(
+            attempt,
+            Attempt::Failed {
+                code: "signing_failed".to_owned(),
+                millis: 0
+            }
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            delivery_row(&app, claimed[0].delivery_id).await,
+            ("pending".to_owned(), 1, false)
+        );
+        assert!(app
+            .core
+            .webhook_counters()
+            .contains(&("signing_failed", 1)));
+    }
+);
