@@ -400,7 +400,11 @@ async fn control_exec(app: &TestApp, sql: &str) {
     match &app.pg_url {
         Some(url) => {
             let mut conn = pg_conn(url).await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO identity; {sql}")))
+            sqlx::query("SET search_path TO identity")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
                 .execute(&mut conn)
                 .await
                 .unwrap();
