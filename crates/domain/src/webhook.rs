@@ -659,6 +659,10 @@ impl DeliveryCounters {
 }
 
 #[cfg(test)]
+#[path = "webhook_examples.rs"]
+mod examples;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
