@@ -231,6 +231,20 @@ macro_rules! impl_webhook_store {
                 event: NewEvent,
             ) -> Result<()> {
                 let (mut tx, _permit) = self.begin_audited(&event).await?;
+                // Narrowed (other types or another region): what is queued is filtered after.
+                let narrowed = match sqlx::query("SELECT event_types, region FROM webhook_endpoint WHERE id = $1")
+                    .bind(e.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                {
+                    Some(r) => {
+                        let types: String = r.try_get("event_types").map_err(db_err)?;
+                        let region: Option<String> = r.try_get("region").map_err(db_err)?;
+                        types != e.subscription.to_stored() || region != e.region
+                    }
+                    None => false,
+                };
                 // failing_since is the delivery loop's: left as it is, unless re-enabling.
                 let done = sqlx::query(
                     "UPDATE webhook_endpoint SET url = $1, description = $2, event_types = $3, region = $4, enabled = $5, \
@@ -265,7 +279,9 @@ macro_rules! impl_webhook_store {
                         Some(_) => quarterdeck_domain::webhook::endpoint_changed(),
                     });
                 }
-                Self::cancel_unwanted(&mut tx, e).await?;
+                if narrowed {
+                    Self::cancel_unwanted(&mut tx, e).await?;
+                }
                 if let Some(at) = redeliver_from {
                     sqlx::query(
                         "UPDATE webhook_delivery SET next_attempt_at = $2, first_attempt_at = NULL \

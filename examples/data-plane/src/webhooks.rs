@@ -65,6 +65,9 @@ impl std::fmt::Debug for WebhookConfig {
     }
 }
 
+/// How much older than the last applied event an event must be to be ignored as sent again.
+const STALE_SLACK: time::Duration = time::Duration::minutes(1);
+
 /// A tenant as the gateway knows it from its events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantState {
@@ -105,7 +108,10 @@ impl Tenants {
         let status = tenant["status"].as_str().unwrap_or_default().to_owned();
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(known) = map.get(&id) {
-            let stale = matches!((known.as_of, at), (Some(k), Some(a)) if a < k);
+            // A minute's slack: events of one tenant a few milliseconds apart may carry times
+            // from two nodes' clocks, or be committed in the other order than they were
+            // stamped; a Resend comes much later (and a recent id is caught by `first_time`).
+            let stale = matches!((known.as_of, at), (Some(k), Some(a)) if a + STALE_SLACK < k);
             if stale || known.status == "deleted" {
                 tracing::info!(tenant_id = %id, event_type, "an older or post-deletion tenant event ignored");
                 return;

@@ -313,5 +313,11 @@ both!(
         assert_eq!(app.control_value("SELECT region FROM webhook_endpoint").await, "eu-west");
         assert_eq!(app.control_value("SELECT description FROM webhook_endpoint").await, "provisioning");
         assert_eq!(app.events_of("WEBHOOK_ENDPOINT_UPDATED").await.len(), 1);
+        // Having seen the endpoint as it is now, A saves again from the page they got: applied.
+        let r = app
+            .post_form(&format!("/settings/webhooks/{id}"), &page, &[("url", "http://127.0.0.1:9/hooks"), ("description", "renamed"), ("event_types", "tenant.*"), ("region", "eu-west"), ("version", &version_in(&page))])
+            .await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(app.control_value("SELECT description FROM webhook_endpoint").await, "renamed");
     }
 );

@@ -494,11 +494,14 @@ pub async fn update(
             Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&p)).into_response())
         }
         Err(e_changed @ Error::Conflict { .. }) => {
-            // What was typed stays; the page shows the endpoint as it is now beside it.
+            // What was typed stays; the page shows the endpoint as it is now beside it, and
+            // the form is now based on that version.
             let fresh = state.core.webhook_endpoint(&auth, e.id).await?;
             let mut p = endpoint_page(&state, &s, &auth, &fresh, None).await?;
             p.choices = FormChoices::of(&state, &f);
             p.form = f;
+            // Saving again (having seen the endpoint as it is now) applies what was typed.
+            p.form.version = EndpointForm::of(&fresh).version;
             let fields = [quarterdeck_domain::FieldError::new(
                 "_",
                 "conflict",

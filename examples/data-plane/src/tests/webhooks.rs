@@ -264,3 +264,21 @@ async fn an_older_event_sent_again_never_undoes_a_newer_one_nor_brings_back_a_de
     assert!(!t.provisioned);
     assert_eq!(t.status, "deleted");
 }
+
+#[tokio::test]
+async fn an_event_stamped_moments_before_the_last_one_is_still_applied() {
+    // Two nodes' clocks a little apart: the reactivation committed after the suspension but
+    // carries a time 200 ms earlier.
+    let hooks = Hooks::start().await;
+    for (id, event_type, status, at) in [
+        ("evt_1", "tenant.created", "active", "2027-01-15T08:00:00Z"),
+        ("evt_2", "tenant.status_changed", "suspended", "2027-01-15T10:00:00Z"),
+        ("evt_3", "tenant.status_changed", "active", "2027-01-15T09:59:59.8Z"),
+    ] {
+        assert_eq!(
+            hooks.deliver_at(id, event_type, status, at).await,
+            StatusCode::NO_CONTENT
+        );
+    }
+    assert!(!hooks.tenants.suspended(TENANT));
+}
