@@ -70,9 +70,15 @@ macro_rules! impl_webhook_store {
                     return Ok(());
                 };
                 let body = p.body(event.id.0, event.ts);
+                let endpoints = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoint")))
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                // The tenant's region (kept on the event, for filtering what is queued) is
+                // looked up only when some endpoint may need it.
                 let region: Option<String> = match (&p.region, p.tenant_id) {
                     (Some(r), _) => Some(r.clone()),
-                    (None, Some(t)) => sqlx::query("SELECT region FROM tenant WHERE id = $1")
+                    (None, Some(t)) if !endpoints.is_empty() => sqlx::query("SELECT region FROM tenant WHERE id = $1")
                         .bind(t.0)
                         .fetch_optional(&mut **tx)
                         .await
@@ -80,7 +86,7 @@ macro_rules! impl_webhook_store {
                         .map(|r| r.try_get("region"))
                         .transpose()
                         .map_err(db_err)?,
-                    (None, None) => None,
+                    (None, _) => None,
                 };
                 let row = sqlx::query(
                     "INSERT INTO webhook_event (id, event_type, tenant_id, occurred_at, body, region, previous_region) \
@@ -97,13 +103,6 @@ macro_rules! impl_webhook_store {
                 .await
                 .map_err(db_err)?;
                 let seq: i64 = row.try_get("seq").map_err(db_err)?;
-                let endpoints = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoint")))
-                    .fetch_all(&mut **tx)
-                    .await
-                    .map_err(db_err)?;
-                if endpoints.is_empty() {
-                    return Ok(());
-                }
                 let order_key = p.tenant_id.map(|t| t.0.to_string()).unwrap_or_default();
                 for r in &endpoints {
                     let e = endpoint_from_row(r)?;

@@ -622,6 +622,39 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Runs one statement on the control database, on either backend, as an operator (or a
+    /// fault) would: for tests that put the database in a state the product never makes.
+    pub async fn control_exec(&self, sql: &str) {
+        use sqlx::ConnectOptions;
+        match &self.pg_url {
+            Some(url) => {
+                let mut conn = pg_conn(url).await;
+                sqlx::query("SET search_path TO identity")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.data_dir().join("control.db"))
+                    .busy_timeout(std::time::Duration::from_secs(10))
+                    .connect()
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 /// Wait until `check` holds, polling every 20 ms, failing the test after 10 s.
 pub async fn poll_until<F, Fut>(what: &str, mut check: F)
 where

@@ -394,32 +394,6 @@ both_backends!(
     }
 );
 
-/// Runs one statement on the control database, as an operator (or a fault) would.
-async fn control_exec(app: &TestApp, sql: &str) {
-    use sqlx::ConnectOptions;
-    match &app.pg_url {
-        Some(url) => {
-            let mut conn = pg_conn(url).await;
-            sqlx::query("SET search_path TO identity")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-        None => {
-            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(app.data_dir().join("control.db"));
-            let mut conn = opts.connect().await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-}
-
 both_backends!(
     async fn a_delivery_that_cannot_be_signed_is_a_failed_attempt_retried_later_and_nothing_is_sent(backend) {
         let app = quiet_node(backend).await;
@@ -428,7 +402,7 @@ both_backends!(
         endpoint(&app, &url, None).await;
         app.create_tenant("Acme", "acme").await;
         // The secret no longer opens (as after a change of the server's secret key).
-        control_exec(&app, "UPDATE webhook_endpoint SET secret_sealed = 'not-a-sealed-secret'").await;
+        app.control_exec("UPDATE webhook_endpoint SET secret_sealed = 'not-a-sealed-secret'").await;
         let claimed = app.core.claim_webhooks(10, &HashMap::new(), 16).await.unwrap();
         let attempt = app.core.deliver_webhook(claimed[0].clone()).await.unwrap();
         assert_eq!(
