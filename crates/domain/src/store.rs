@@ -611,6 +611,95 @@ pub trait WebhookStore: Send + Sync {
     async fn prune_webhook_events(&self, before: OffsetDateTime) -> Result<u64>;
 }
 
+/// A reply kept for an `Idempotency-Key` (its secret fields already blanked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptReply {
+    /// What was asked: method, path and query, SHA-256 of the body.
+    pub request: String,
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    /// The top-level fields set to `null` because they held a secret.
+    pub redacted: Vec<String>,
+}
+
+/// What an `Idempotency-Key` stands for when a request comes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotencySlot {
+    /// Reserved for this request (under the holder id it was asked with).
+    Reserved,
+    /// Another request with this key is still running (`request`: what it asked).
+    Running { request: String },
+    /// Its reply is kept.
+    Done(KeptReply),
+}
+
+/// State every node shares through the control database: the sign-in throttle's rows, the
+/// Automation API's rate windows and idempotency replies, and job leases. Nothing here is
+/// audited (counters and caches, not changes anyone made).
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Count a guess in flight on each of `pending` (the count is void after `pending_until`,
+    /// so a node that died mid-guess leaves nothing stuck) and return the rows of `pending`
+    /// then `read`, in that order (a missing key as the default row).
+    async fn begin_guess(
+        &self,
+        pending: &[String],
+        read: &[String],
+        now: OffsetDateTime,
+        pending_until: OffsetDateTime,
+    ) -> Result<Vec<crate::throttle::ThrottleRow>>;
+    /// End a guess: one fewer in flight on `pending`; one more failure on `failed` (counting
+    /// from 1 again when the last one was at or before `forget_before`); no failure on
+    /// record for `cleared`.
+    async fn end_guess(
+        &self,
+        pending: &[String],
+        failed: &[String],
+        cleared: &[String],
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Result<()>;
+    /// Count one request of the token (SHA-256) in its window (unix minutes); the window's
+    /// count after it.
+    async fn count_api_request(&self, token_hash: &str, window: i64) -> Result<u64>;
+    /// Reserve `key` of the token for `request` under `holder` until `reserved_until`, unless
+    /// it is reserved (and not past its reservation) or its reply kept (and not expired).
+    async fn reserve_idempotency_key(
+        &self,
+        token_hash: &str,
+        key: &str,
+        request: &str,
+        holder: uuid::Uuid,
+        now: OffsetDateTime,
+        reserved_until: OffsetDateTime,
+    ) -> Result<IdempotencySlot>;
+    /// Keep the reply of a reservation still held by `holder`, until `expires_at`.
+    async fn keep_idempotent_reply(
+        &self,
+        token_hash: &str,
+        key: &str,
+        holder: uuid::Uuid,
+        reply: &KeptReply,
+        expires_at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Give a reservation back (its request failed or went away).
+    async fn release_idempotency_key(&self, token_hash: &str, key: &str, holder: uuid::Uuid) -> Result<()>;
+    /// Drop every reply kept for the token (it no longer authenticates).
+    async fn forget_idempotent_replies(&self, token_hash: &str) -> Result<()>;
+    /// Take the job's lease until `until` if it is free (expired at `now`): one conditional
+    /// statement, so of nodes asking at once one wins. `true` if `holder` took it.
+    async fn claim_job(&self, name: &str, holder: &str, now: OffsetDateTime, until: OffsetDateTime) -> Result<bool>;
+    /// Move the end of `holder`'s lease of the job to `until`; `false` if it is not theirs.
+    async fn extend_job(&self, name: &str, holder: &str, until: OffsetDateTime) -> Result<bool>;
+    /// End `holder`'s lease now (another node may take the job at once).
+    async fn release_job(&self, name: &str, holder: &str, now: OffsetDateTime) -> Result<()>;
+    /// Delete what has expired: throttle rows with no failure since `forget_before` and
+    /// nothing in flight, rate windows before `window_before`, idempotency rows past their
+    /// expiry. How many rows.
+    async fn prune_limits(&self, now: OffsetDateTime, forget_before: OffsetDateTime, window_before: i64) -> Result<u64>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
     TenantStore
@@ -624,6 +713,7 @@ pub trait Store:
     + DataPlaneStore
     + UsageStore
     + WebhookStore
+    + LimitStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

@@ -4,12 +4,14 @@
 //! may try again, while online guessing is slowed to a crawl. Unknown accounts are throttled
 //! the same way as known ones, so the throttle reveals nothing.
 //!
-//! [`SignInThrottle`] keeps the three apart so that nobody can lock a user out (ASVS 6.3.1):
-//! a client is held back for its own failures on an account and for its address's failures
-//! overall; the account-wide back-off (guesses spread over many addresses) holds back only
-//! clients whose address has already failed on that account — a client that has not failed
-//! (the real user, from their own address) is never blocked by it. The state is in memory: it
-//! is per process, and a restart forgets it (documented in docs/ARCHITECTURE.md).
+//! The sign-in throttle ([`judge_guess`]) keeps three keys apart so that nobody can lock a
+//! user out (ASVS 6.3.1): a client is held back for its own failures on an account and for its
+//! address's failures overall; the account-wide back-off (guesses spread over many addresses)
+//! holds back only clients whose address has already failed on that account — a client that
+//! has not failed (the real user, from their own address) is never blocked by it. Its state is
+//! shared by every node: one [`ThrottleRow`] per key in the control database
+//! (`crate::store::LimitStore`), judged here. [`Throttle`] is the same back-off in memory, per
+//! process, for the web layer's per-address link-guessing limits.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -105,132 +107,130 @@ impl Throttle {
     }
 }
 
-/// The sign-in throttle: per (account, address), per address, and per account for clients
-/// that have failed on it (see the module's documentation). Password changes count against
-/// it too: a wrong current password is a guess like any other.
-#[derive(Debug)]
-pub struct SignInThrottle {
-    pair: Throttle,
-    address: Throttle,
-    account: Throttle,
-    /// Guesses being checked right now, per pair and per address: they count as failures
-    /// until they are known not to be, so a burst of parallel guesses gets no more than the
-    /// free attempts a sequence of them would.
-    pending: Mutex<HashMap<String, u32>>,
+/// A throttle key's state as the control database keeps it (shared by every node). Its
+/// "blocked until" is not stored: it is `last_failure` + the back-off of `failures`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleRow {
+    pub failures: u32,
+    pub last_failure: Option<OffsetDateTime>,
+    /// Guesses being checked right now (by any node), this one included when the row comes
+    /// from `begin_guess`: they count as failures until their outcome is known.
+    pub pending: u32,
 }
 
-/// A guess being checked: counted in the throttle until dropped.
-#[derive(Debug)]
-pub struct PendingGuess<'a> {
-    throttle: &'a SignInThrottle,
-    keys: [String; 2],
-}
-
-impl Drop for PendingGuess<'_> {
-    fn drop(&mut self) {
-        let mut pending = self.throttle.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for key in &self.keys {
-            if let Some(n) = pending.get_mut(key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    pending.remove(key);
-                }
-            }
+impl ThrottlePolicy {
+    /// The failures on record (0 once forgotten).
+    pub fn failures(&self, row: &ThrottleRow, now: OffsetDateTime) -> u32 {
+        match row.last_failure {
+            Some(at) if now - at < self.forget_after => row.failures,
+            _ => 0,
         }
+    }
+
+    /// `Some(seconds)` to wait if the key is held back now: the back-off runs from the last
+    /// failure, 2 s doubling with each failure past the free ones, capped.
+    pub fn wait(&self, row: &ThrottleRow, now: OffsetDateTime) -> Option<u64> {
+        let failures = self.failures(row, now);
+        let last = row.last_failure?;
+        if failures <= self.free_attempts {
+            return None;
+        }
+        let exp = (failures - self.free_attempts - 1).min(20);
+        let until = last + (self.base * 2i32.pow(exp)).min(self.max);
+        (until > now).then(|| (until - now).whole_seconds().max(1) as u64)
     }
 }
 
-impl Default for SignInThrottle {
-    fn default() -> Self {
-        Self {
-            pair: Throttle::new(ThrottlePolicy::ACCOUNT),
-            address: Throttle::new(ThrottlePolicy::ADDRESS),
-            account: Throttle::new(ThrottlePolicy::ACCOUNT),
-            pending: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-fn pair_key(account: &str, address: &str) -> String {
-    format!("{address}\u{1f}{account}")
-}
-
-impl SignInThrottle {
-    /// `Some(seconds)` to wait before `address` may try `account` again.
-    pub fn check(&self, account: &str, address: &str, now: OffsetDateTime) -> Option<u64> {
-        let pair = pair_key(account, address);
-        let account_wide = if self.pair.failures(&pair, now) > 0 {
-            self.account.check(account, now)
-        } else {
-            None
-        };
-        [
-            self.pair.check(&pair, now),
-            self.address.check(address, now),
-            account_wide,
-        ]
+/// Whether a guess may be checked now, from the rows of its (account, address) pair, its
+/// address and its account, the pair's and the address's `pending` counting this guess:
+/// `Err(seconds)` to wait. Past the free attempts a client's guesses go one at a time, each
+/// waiting out its back-off (enforced once the one in flight has failed), so a burst of
+/// parallel guesses gets no more than the free attempts a sequence would.
+pub fn judge_guess(pair: &ThrottleRow, address: &ThrottleRow, account: &ThrottleRow, now: OffsetDateTime) -> Result<(), u64> {
+    let (pp, ap) = (ThrottlePolicy::ACCOUNT, ThrottlePolicy::ADDRESS);
+    let pair_failures = pp.failures(pair, now);
+    let account_wide = if pair_failures > 0 {
+        ThrottlePolicy::ACCOUNT.wait(account, now)
+    } else {
+        None
+    };
+    if let Some(wait) = [pp.wait(pair, now), ap.wait(address, now), account_wide]
         .into_iter()
         .flatten()
         .max()
+    {
+        return Err(wait);
     }
+    let in_pair = pair.pending.saturating_sub(1);
+    let in_address = address.pending.saturating_sub(1);
+    if (in_pair > 0 && pair_failures + in_pair > pp.free_attempts)
+        || (in_address > 0 && ap.failures(address, now) + in_address > ap.free_attempts)
+    {
+        return Err(1);
+    }
+    Ok(())
+}
 
-    /// Start checking a guess: `Err(seconds)` to wait, else a [`PendingGuess`] that counts as
-    /// a failure (for the free attempts) until it is dropped — after `record_failure` or
-    /// `record_success`.
-    pub fn begin(&self, account: &str, address: &str, now: OffsetDateTime) -> Result<PendingGuess<'_>, u64> {
-        if let Some(wait) = self.check(account, address, now) {
-            return Err(wait);
-        }
-        let pair = pair_key(account, address);
-        let address_key = format!("\u{1e}{address}");
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let in_pair = pending.get(&pair).copied().unwrap_or(0);
-        let in_address = pending.get(&address_key).copied().unwrap_or(0);
-        // Past the free attempts a client's guesses go one at a time, each waiting out its
-        // back-off (which `check` enforces once the one in flight has failed).
-        if (in_pair > 0 && self.pair.failures(&pair, now) + in_pair > self.pair.policy.free_attempts)
-            || (in_address > 0 && self.address.failures(address, now) + in_address > self.address.policy.free_attempts)
-        {
-            return Err(1);
-        }
-        *pending.entry(pair.clone()).or_insert(0) += 1;
-        *pending.entry(address_key.clone()).or_insert(0) += 1;
-        Ok(PendingGuess {
-            throttle: self,
-            keys: [pair, address_key],
-        })
-    }
-
-    pub fn record_failure(&self, account: &str, address: &str, now: OffsetDateTime) {
-        self.pair.record_failure(&pair_key(account, address), now);
-        self.address.record_failure(address, now);
-        self.account.record_failure(account, now);
-    }
-
-    /// The right password: this client's and the account's slate is clean (the address's
-    /// is not: one good account does not excuse guesses at others).
-    pub fn record_success(&self, account: &str, address: &str) {
-        self.pair.record_success(&pair_key(account, address));
-        self.account.record_success(account);
-    }
+/// The keys a guess is counted under: (account, address), address, account.
+pub fn guess_keys(account: &str, address: &str) -> [String; 3] {
+    [
+        format!("p\u{1f}{address}\u{1f}{account}"),
+        format!("n\u{1f}{address}"),
+        format!("a\u{1f}{account}"),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The rows' arithmetic as the store does it, in memory.
+    #[derive(Default)]
+    struct Rows(HashMap<String, ThrottleRow>);
+
+    impl Rows {
+        fn begin(&mut self, account: &str, address: &str, now: OffsetDateTime) -> Result<(), u64> {
+            let [p, n, a] = guess_keys(account, address);
+            self.0.entry(p.clone()).or_default().pending += 1;
+            self.0.entry(n.clone()).or_default().pending += 1;
+            let r = judge_guess(&self.0[&p], &self.0[&n], &self.0.get(&a).copied().unwrap_or_default(), now);
+            if r.is_err() {
+                self.release(account, address);
+            }
+            r
+        }
+        fn release(&mut self, account: &str, address: &str) {
+            let [p, n, _] = guess_keys(account, address);
+            for k in [p, n] {
+                let e = self.0.entry(k).or_default();
+                e.pending = e.pending.saturating_sub(1);
+            }
+        }
+        fn fail(&mut self, account: &str, address: &str, now: OffsetDateTime) {
+            for k in guess_keys(account, address) {
+                let e = self.0.entry(k).or_default();
+                if e.last_failure.is_none_or(|at| now - at >= ThrottlePolicy::ACCOUNT.forget_after) {
+                    e.failures = 0;
+                }
+                e.failures += 1;
+                e.last_failure = Some(now);
+            }
+        }
+    }
+
     #[test]
     fn parallel_guesses_get_no_more_than_the_free_attempts() {
-        let t = SignInThrottle::default();
+        let mut t = Rows::default();
         let now = OffsetDateTime::UNIX_EPOCH;
         let free = ThrottlePolicy::ACCOUNT.free_attempts + 1;
-        let held: Vec<_> = (0..free).map(|_| t.begin("acct", "1.2.3.4", now).unwrap()).collect();
+        for _ in 0..free {
+            t.begin("acct", "1.2.3.4", now).unwrap();
+        }
         assert!(t.begin("acct", "1.2.3.4", now).is_err(), "one guess too many in flight");
-        assert!(
-            t.begin("acct", "5.6.7.8", now).is_ok(),
-            "another client is not held back"
-        );
-        drop(held);
+        assert!(t.begin("acct", "5.6.7.8", now).is_ok(), "another client is not held back");
+        for _ in 0..free {
+            t.release("acct", "1.2.3.4");
+        }
         assert!(t.begin("acct", "1.2.3.4", now).is_ok(), "the slots come back");
     }
 
@@ -248,23 +248,36 @@ mod tests {
         t.record_failure("a", now);
         assert_eq!(t.check("a", now), Some(4));
         assert!(t.check("a", now + Duration::seconds(5)).is_none());
+        // The shared rows back off the same way.
+        let row = |failures| ThrottleRow {
+            failures,
+            last_failure: Some(now),
+            pending: 0,
+        };
+        assert_eq!(ThrottlePolicy::ACCOUNT.wait(&row(5), now), None);
+        assert_eq!(ThrottlePolicy::ACCOUNT.wait(&row(6), now), Some(2));
+        assert_eq!(ThrottlePolicy::ACCOUNT.wait(&row(7), now), Some(4));
+        assert_eq!(ThrottlePolicy::ACCOUNT.wait(&row(7), now + Duration::seconds(5)), None);
+        assert_eq!(ThrottlePolicy::ACCOUNT.wait(&row(40), now), Some(900));
     }
 
     #[test]
     fn guesses_from_many_addresses_never_block_a_client_that_has_not_failed() {
-        let t = SignInThrottle::default();
+        let mut t = Rows::default();
         let now = OffsetDateTime::UNIX_EPOCH;
         for i in 0..50 {
             let addr = format!("10.0.0.{i}");
-            assert!(t.check("victim", &addr, now).is_none(), "a fresh address is answered");
-            t.record_failure("victim", &addr, now);
+            assert!(t.begin("victim", &addr, now).is_ok(), "a fresh address is answered");
+            t.release("victim", &addr);
+            t.fail("victim", &addr, now);
         }
-        assert!(t.check("victim", "192.0.2.1", now).is_none(), "the real user gets in");
-        assert!(t.check("victim", "10.0.0.1", now).is_some(), "a guesser waits");
+        assert!(t.begin("victim", "192.0.2.1", now).is_ok(), "the real user gets in");
+        t.release("victim", "192.0.2.1");
+        assert!(t.begin("victim", "10.0.0.1", now).is_err(), "a guesser waits");
         for _ in 0..6 {
-            t.record_failure("other", "198.51.100.1", now);
+            t.fail("other", "198.51.100.1", now);
         }
-        assert!(t.check("other", "198.51.100.1", now).is_some());
-        assert!(t.check("other", "198.51.100.2", now).is_none());
+        assert!(t.begin("other", "198.51.100.1", now).is_err());
+        assert!(t.begin("other", "198.51.100.2", now).is_ok());
     }
 }

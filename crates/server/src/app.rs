@@ -141,6 +141,7 @@ impl App {
             header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
             keep_alive: Duration::from_secs(settings.keep_alive_seconds),
             stall_timeout: Duration::from_secs(settings.request_timeout_seconds + settings.header_read_timeout_seconds),
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
             max_connections: settings
                 .max_connections
                 .unwrap_or_else(|| crate::serve::default_max_connections(open_files, settings.tenant_pool_max_open)),
@@ -205,9 +206,14 @@ impl App {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serve until `shutdown` completes, with the housekeeping jobs alongside.
+    /// Serve until `shutdown` completes, with the housekeeping jobs alongside. Then: no new
+    /// connection is accepted, requests in flight get `shutdown_grace_seconds` to finish, the
+    /// background loops stop, and a housekeeping run cut short gives its lease back (the
+    /// outbox's and webhooks' leases of this node simply expire: 5 minutes and 60 s).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let housekeeping = tokio::spawn(housekeeping(self.core.clone()));
+        let node: Arc<str> = Arc::from(node_name());
+        let jobs = Arc::new(Jobs::default());
+        let housekeeping = tokio::spawn(housekeeping(self.core.clone(), node.clone(), jobs.clone()));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -228,7 +234,6 @@ impl App {
             .deliver_webhooks
             .then(|| tokio::spawn(crate::webhooks::deliver(self.core.clone())));
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
-        drop(self.data_dir_lock);
         feed.abort();
         flushes.abort();
         sweeper.abort();
@@ -238,13 +243,76 @@ impl App {
         housekeeping.abort();
         outbox.abort();
         checkpoints.abort();
+        // Another node may run at once what this one was running.
+        for job in jobs.running() {
+            match self.core.release_job(job, &node).await {
+                Ok(()) => tracing::info!(job, "gave back the lease of a job cut short by the shutdown"),
+                Err(e) => tracing::warn!(job, error = %e, "could not give back a job's lease; it lapses by itself"),
+            }
+        }
+        drop(self.data_dir_lock);
+        tracing::info!("stopped");
         result.context("serving")
     }
 }
 
-/// Every tenant database migrated (in the background at start-up), then hourly: expired
-/// sessions deleted and the databases of tenants past retention dropped.
-async fn housekeeping(core: Arc<Core>) {
+/// This process's name in job leases: host, process id and a random suffix.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!(
+        "{}:{}:{}",
+        if host.is_empty() { "node" } else { host },
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// The jobs this node is running under a lease right now.
+#[derive(Default)]
+struct Jobs(std::sync::Mutex<Vec<&'static str>>);
+
+impl Jobs {
+    fn start(&self, job: &'static str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+    }
+
+    fn end(&self, job: &'static str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|j| *j != job);
+    }
+
+    fn running(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The lease names of the jobs one node at a time runs.
+pub const HOUSEKEEPING_JOB: &str = "housekeeping";
+pub const TENANT_MIGRATIONS_JOB: &str = "tenant-migrations";
+/// Housekeeping runs once per period, on one node.
+const HOUSEKEEPING_PERIOD: time::Duration = time::Duration::hours(1);
+/// A run's lease: a node that dies mid-run holds the job this long at most.
+const HOUSEKEEPING_RUN_LEASE: time::Duration = time::Duration::minutes(10);
+/// How often each node looks whether the job is due (free).
+const HOUSEKEEPING_CHECK: Duration = Duration::from_secs(60);
+/// Tenant migrations at start-up: one node at a time (each node runs them once, since nodes
+/// of different versions may carry different migrations; after the first it is a no-op).
+const MIGRATIONS_LEASE: time::Duration = time::Duration::minutes(15);
+
+/// Every tenant database migrated (in the background at start-up, one node at a time), then
+/// housekeeping once per hour on whichever node claims it: expired sessions deleted, the
+/// databases of tenants past retention dropped, raw usage past retention, expired
+/// impersonations, published events past the feed's days, and expired shared limits.
+async fn housekeeping(core: Arc<Core>, node: Arc<str>, jobs: Arc<Jobs>) {
+    loop {
+        match core.claim_job(TENANT_MIGRATIONS_JOB, &node, MIGRATIONS_LEASE).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not claim the tenant migrations"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    jobs.start(TENANT_MIGRATIONS_JOB);
     match migrate_tenants(&core).await {
         Ok(report) => {
             for (id, r) in report {
@@ -255,35 +323,67 @@ async fn housekeeping(core: Arc<Core>) {
         }
         Err(e) => tracing::error!(error = %e, "could not list tenants to migrate"),
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    if let Err(e) = core.release_job(TENANT_MIGRATIONS_JOB, &node).await {
+        tracing::warn!(error = %e, "could not give back the tenant migrations' lease; it lapses by itself");
+    }
+    jobs.end(TENANT_MIGRATIONS_JOB);
+    let mut tick = tokio::time::interval(HOUSEKEEPING_CHECK);
     loop {
         tick.tick().await;
-        if let Err(e) = core.delete_expired().await {
-            tracing::warn!(error = %e, "clean-up of expired sessions and sign-in attempts failed");
+        match core.claim_job(HOUSEKEEPING_JOB, &node, HOUSEKEEPING_RUN_LEASE).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim housekeeping");
+                continue;
+            }
         }
-        match core.purge_deleted_tenants().await {
-            Ok(ids) if !ids.is_empty() => tracing::info!(
-                count = ids.len(),
-                "dropped the databases of deleted tenants past retention"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
+        jobs.start(HOUSEKEEPING_JOB);
+        let started = core.clock.now();
+        housekeeping_run(&core).await;
+        // Done: the lease now marks the period as covered.
+        if let Err(e) = core
+            .hold_job_until(HOUSEKEEPING_JOB, &node, started + HOUSEKEEPING_PERIOD)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the housekeeping run; another node may repeat it");
         }
-        match core.prune_usage().await {
-            Ok(n) if n > 0 => tracing::info!(events = n, "dropped raw usage events past retention"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "dropping raw usage events past retention failed"),
-        }
-        match core.end_expired_impersonations().await {
-            Ok(n) if n > 0 => tracing::info!(count = n, "ended impersonations that expired unused"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ending expired impersonations failed"),
-        }
-        match core.prune_webhook_events().await {
-            Ok(n) if n > 0 => tracing::info!(events = n, "dropped published events past the feed's 30 days"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "dropping published events past retention failed"),
-        }
+        jobs.end(HOUSEKEEPING_JOB);
+    }
+}
+
+/// One housekeeping run (each step on its own: one failing does not stop the others).
+async fn housekeeping_run(core: &Core) {
+    if let Err(e) = core.delete_expired().await {
+        tracing::warn!(error = %e, "clean-up of expired sessions and sign-in attempts failed");
+    }
+    match core.purge_deleted_tenants().await {
+        Ok(ids) if !ids.is_empty() => tracing::info!(
+            count = ids.len(),
+            "dropped the databases of deleted tenants past retention"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "purging deleted tenants failed"),
+    }
+    match core.prune_usage().await {
+        Ok(n) if n > 0 => tracing::info!(events = n, "dropped raw usage events past retention"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "dropping raw usage events past retention failed"),
+    }
+    match core.end_expired_impersonations().await {
+        Ok(n) if n > 0 => tracing::info!(count = n, "ended impersonations that expired unused"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "ending expired impersonations failed"),
+    }
+    match core.prune_webhook_events().await {
+        Ok(n) if n > 0 => tracing::info!(events = n, "dropped published events past the feed's 30 days"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "dropping published events past retention failed"),
+    }
+    match core.prune_limits().await {
+        Ok(n) if n > 0 => tracing::info!(rows = n, "dropped expired throttle, rate and idempotency rows"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "dropping expired throttle, rate and idempotency rows failed"),
     }
 }
 

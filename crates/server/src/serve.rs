@@ -8,7 +8,8 @@
 //! - at most `max_connections` are open; at the cap the connection idle the longest is closed
 //!   for the new one (then one still sending its head; never one with a request in flight),
 //!   and if every one is busy the new one is closed at once. The cap stays below the
-//!   open-files limit, which [`raise_open_files_limit`] lifts to the hard limit at start-up.
+//!   open-files limit, which [`raise_open_files_limit`] lifts to the hard limit at start-up;
+//! - at shutdown the listener closes at once and requests in flight get `shutdown_grace`.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -37,6 +38,8 @@ pub struct ConnectionLimits {
     /// closed: a client that stops reading its answers cannot hold a connection (and a place
     /// under the cap) for ever. Longer than the request timeout, so a slow handler is not one.
     pub stall_timeout: Duration,
+    /// At shutdown, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 /// Raise the soft open-files limit to the hard limit; returns the soft limit in force after.
@@ -181,11 +184,20 @@ pub async fn serve(
             stopping.subscribe(),
         ));
     }
-    // Requests in flight finish (each connection closes after its response), for at most
-    // 30 s; every connection task holds a receiver.
-    let _ = stopping.send(true);
+    // No new connection: the listening socket is closed at once (connecting gets refused).
+    // Requests in flight finish (each connection closes after its response; idle ones close
+    // now), for at most `shutdown_grace`; every connection task holds a receiver.
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(30), stopping.closed()).await;
+    let _ = stopping.send(true);
+    let open = registry.len();
+    if tokio::time::timeout(limits.shutdown_grace, stopping.closed()).await.is_err() {
+        tracing::warn!(
+            connections = registry.len(),
+            "requests still in flight after the shutdown grace period; stopping anyway"
+        );
+    } else {
+        tracing::info!(connections = open, "connections finished after the shutdown signal");
+    }
     Ok(())
 }
 

@@ -94,6 +94,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// A request not answered within this many seconds gets 408 `request_timeout`.
     pub request_timeout_seconds: u64,
+    /// At SIGTERM or Ctrl-C: how long requests in flight may take to finish before the
+    /// process exits anyway (new connections are refused at once).
+    pub shutdown_grace_seconds: u64,
     /// Most requests handled at once; more get 503 `overloaded` at once (never a queue).
     pub max_concurrent_requests: usize,
     /// Largest request body, forms and API alike; larger gets 413 `body_too_large`.
@@ -175,6 +178,7 @@ impl Default for Settings {
             keep_alive_seconds: 5,
             max_connections: None,
             request_timeout_seconds: 30,
+            shutdown_grace_seconds: 20,
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
             audit_checkpoint_minutes: 60,
@@ -241,6 +245,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("keep_alive_seconds", false),
     ("max_connections", false),
     ("request_timeout_seconds", false),
+    ("shutdown_grace_seconds", false),
     ("max_concurrent_requests", false),
     ("max_body_bytes", false),
     ("audit_checkpoint_minutes", false),
@@ -435,6 +440,7 @@ impl Settings {
             ("header_read_timeout_seconds", self.header_read_timeout_seconds),
             ("keep_alive_seconds", self.keep_alive_seconds),
             ("request_timeout_seconds", self.request_timeout_seconds),
+            ("shutdown_grace_seconds", self.shutdown_grace_seconds),
         ] {
             if !(1..=3600).contains(&value) {
                 bail!(

@@ -292,6 +292,7 @@ fn retire(control: PgPool, wait: Duration) -> crate::pools::Retire {
 crate::sql::impl_store!(PgStore, Postgres);
 crate::sql_sso::impl_sso_store!(PgStore, Postgres);
 crate::sql_data_plane::impl_data_plane_store!(PgStore, Postgres);
+crate::sql_limits::impl_limit_store!(PgStore, Postgres);
 crate::sql_usage::impl_usage_store!(PgStore, Postgres);
 crate::sql_webhooks::impl_webhook_store!(PgStore, Postgres);
 

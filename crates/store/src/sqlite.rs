@@ -232,6 +232,7 @@ async fn applied(pool: &SqlitePool) -> usize {
 crate::sql::impl_store!(SqliteStore, Sqlite);
 crate::sql_sso::impl_sso_store!(SqliteStore, Sqlite);
 crate::sql_data_plane::impl_data_plane_store!(SqliteStore, Sqlite);
+crate::sql_limits::impl_limit_store!(SqliteStore, Sqlite);
 crate::sql_usage::impl_usage_store!(SqliteStore, Sqlite);
 crate::sql_webhooks::impl_webhook_store!(SqliteStore, Sqlite);
 

@@ -31,10 +31,7 @@ impl Core {
         }
         let account_key = account_key(dir, email);
         let address_key = client.network();
-        let _guess = self
-            .sign_in_throttle
-            .begin(&account_key, &address_key, now)
-            .map_err(|retry_after_secs| Error::Throttled { retry_after_secs })?;
+        let guess = self.begin_guess(&account_key, &address_key, now).await?;
 
         // In an SSO-only directory no password signs anyone in; the answer (and the work
         // before it) is the same as for a wrong password.
@@ -75,7 +72,7 @@ impl Core {
         let user = match found {
             Some((user, Some(_))) if accepted => user,
             found => {
-                self.sign_in_throttle.record_failure(&account_key, &address_key, now);
+                guess.failed(now).await?;
                 let actor = match &found {
                     Some((u, _)) => Actor::user(u.id, u.email.clone()),
                     None => Actor::system(),
@@ -91,7 +88,7 @@ impl Core {
                 return Err(Error::InvalidCredentials);
             }
         };
-        self.sign_in_throttle.record_success(&account_key, &address_key);
+        guess.succeeded(now).await?;
 
         self.start_session(dir, &user, must_change, client, json!({ "method": "password" }))
             .await
@@ -230,10 +227,7 @@ impl Core {
         let dir = signed_in.user.directory();
         let account_key = account_key(dir, signed_in.user.email.as_str());
         let address_key = client.network();
-        let _guess = self
-            .sign_in_throttle
-            .begin(&account_key, &address_key, now)
-            .map_err(|retry_after_secs| Error::Throttled { retry_after_secs })?;
+        let guess = self.begin_guess(&account_key, &address_key, now).await?;
         let mut p = Problems::new();
         let new = p.check(NewPassword::parse(new, self.config.password_min_chars, "new_password"));
         if new.is_some() && new.as_ref().map(|n| n.expose()) != Some(confirm) {
@@ -253,7 +247,7 @@ impl Core {
             .verify(current, stored.as_ref().map(|c| c.hash.as_str()))
             .await?
         {
-            self.sign_in_throttle.record_failure(&account_key, &address_key, now);
+            guess.failed(now).await?;
             let event = self.new_event(
                 EventType::PasswordChangeFailed,
                 &signed_in.principal.actor(),
@@ -267,7 +261,7 @@ impl Core {
                 "The current password is not correct.",
             ));
         }
-        self.sign_in_throttle.record_success(&account_key, &address_key);
+        guess.succeeded(now).await?;
         self.store_new_password(signed_in, &new).await?;
         self.replace_sessions(signed_in).await
     }

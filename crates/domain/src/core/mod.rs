@@ -8,6 +8,7 @@ mod billing;
 mod credentials;
 mod data_plane;
 mod impersonation;
+mod limits;
 mod outbox;
 mod setup;
 mod sso;
@@ -22,6 +23,7 @@ pub use billing::{
     Share, UsageReport, UsageRow,
 };
 pub use data_plane::{ServiceCaller, Verification};
+pub use limits::{API_REQUESTS_PER_MINUTE, IDEMPOTENT_REPLY_KEPT, IdempotencyStart};
 pub use outbox::MAX_ATTEMPTS;
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
@@ -40,7 +42,6 @@ use crate::role::Catalog;
 use crate::session::{Session, SessionPolicy};
 use crate::store::Store;
 use crate::tenant::Tenant;
-use crate::throttle::SignInThrottle;
 use crate::token::Random;
 use crate::user::{Directory, User};
 use std::sync::Arc;
@@ -212,7 +213,6 @@ pub struct Core {
     pub rng: Arc<dyn Random>,
     pub hasher: PasswordHasher,
     pub config: CoreConfig,
-    sign_in_throttle: SignInThrottle,
     /// The data plane's caches and counters (see [`crate::verifier`]).
     verifier: crate::verifier::Verifier,
     /// Usage ingestion's per-node state (see [`usage`]).
@@ -236,7 +236,6 @@ impl Core {
             rng,
             hasher,
             config,
-            sign_in_throttle: SignInThrottle::default(),
             verifier: crate::verifier::Verifier::new(),
             usage: usage::UsageState::default(),
             webhooks: Arc::new(crate::webhook::NoSender),

@@ -1,4 +1,7 @@
-//! Per-token rate limits and `Idempotency-Key` replay, in memory (per process; documented).
+//! Per-token rate limits and `Idempotency-Key` replay, shared by every node through the
+//! control database (`Core::count_api_request`, `Core::start_idempotent`): one statement per
+//! request for the rate (the token's count in this minute, over every node), one or two for a
+//! key.
 //!
 //! A reply is replayed only to a caller who is authenticated *now* (a revoked or expired token
 //! gets its 401, and its kept replies are dropped), and a kept reply never holds a secret: the
@@ -6,9 +9,11 @@
 //! the replay names them in `Idempotent-Replay-Redacted`.
 //!
 //! A key is reserved before its request runs: a second request with the same key while the
-//! first is still running gets 409 `idempotency_key_in_use` instead of running twice. Only an
-//! authenticated caller's replies are kept (a made-up token's 401 is not), at most
-//! [`MAX_KEPT`] of them; expired ones are swept once a minute, not on every request.
+//! first is still running — on this node or another — gets 409 `idempotency_key_in_use`
+//! instead of running twice. A reservation lasts the request timeout plus a margin at most,
+//! so a node that dies mid-request leaves no key stuck beyond it. Only an authenticated
+//! caller's replies are kept (a made-up token's 401 is not), for 24 hours; housekeeping
+//! deletes expired ones.
 
 use super::Caller;
 use crate::error::ApiError;
@@ -18,103 +23,26 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use quarterdeck_domain::Core;
 use quarterdeck_domain::Error;
+use quarterdeck_domain::core::IdempotencyStart;
+use quarterdeck_domain::store::KeptReply;
 use quarterdeck_domain::token::TokenHash;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Requests a token may make per window.
-const PER_WINDOW: u32 = 300;
-const WINDOW: Duration = Duration::from_secs(60);
-/// How long an idempotent response is kept.
-const KEEP: Duration = Duration::from_secs(24 * 3600);
-/// Most replies kept (and keys reserved) at once, all tokens together; past it, 503 `busy`.
-const MAX_KEPT: usize = 100_000;
-/// How often expired replies are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How much longer than the request timeout a key stays reserved for a request that never
+/// answered (its node died).
+const RESERVATION_MARGIN: Duration = Duration::from_secs(30);
 
 /// A response extension naming the top-level JSON fields that hold a secret: the reply kept
 /// for `Idempotency-Key` has them as `null`.
 #[derive(Clone, Copy, Debug)]
 pub struct SecretFields(pub &'static [&'static str]);
 
-#[derive(Default)]
-pub struct ApiLimits {
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
-    replies: Mutex<Replies>,
-}
-
-#[derive(Default)]
-struct Replies {
-    slots: HashMap<(String, String), Slot>,
-    swept: Option<Instant>,
-}
-
-impl Replies {
-    fn sweep(&mut self) {
-        let now = Instant::now();
-        if self.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
-            self.slots.retain(|_, s| match s {
-                Slot::Running { .. } => true,
-                Slot::Done(d) => now.duration_since(d.at) < KEEP,
-            });
-            self.swept = Some(now);
-        }
-    }
-}
-
-/// A key's state: its request still running (reserved), or its reply kept.
-#[derive(Clone)]
-enum Slot {
-    Running { request: String },
-    Done(Stored),
-}
-
-#[derive(Clone)]
-struct Stored {
-    at: Instant,
-    request: String,
-    status: StatusCode,
-    content_type: Option<HeaderValue>,
-    body: axum::body::Bytes,
-    /// The secret fields blanked in `body`.
-    redacted: &'static [&'static str],
-}
-
-impl std::fmt::Debug for ApiLimits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiLimits")
-    }
-}
-
-impl ApiLimits {
-    /// `Some(seconds)` when this token is over its rate.
-    fn over(&self, token: &str) -> Option<u64> {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if w.len() > 100_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-        }
-        let entry = w.entry(token.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        (entry.1 > PER_WINDOW).then(|| WINDOW.saturating_sub(now.duration_since(entry.0)).as_secs().max(1))
-    }
-}
-
-impl ApiLimits {
-    /// Forget every reply kept for a token (it no longer authenticates).
-    fn forget_token(&self, token: &str) {
-        self.replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .slots
-            .retain(|(t, _), _| t != token);
-    }
-}
+/// Marks the routes the limits apply to (the Automation API's); the state is in the database.
+#[derive(Debug, Default)]
+pub struct ApiLimits;
 
 /// The body to keep for replay: with the secret fields set to `null`, or `None` when they
 /// cannot be blanked (not a JSON object): then nothing is kept.
@@ -134,9 +62,9 @@ fn keepable(body: &[u8], secrets: Option<SecretFields>) -> Option<axum::body::By
 
 /// Rate limit per token (keyed by the token's hash), then replay or record idempotent POSTs.
 pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(limits) = req.extensions().get::<Arc<ApiLimits>>().cloned() else {
+    if req.extensions().get::<Arc<ApiLimits>>().is_none() {
         return next.run(req).await;
-    };
+    }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -145,11 +73,15 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     let Some(token) = token else {
         return next.run(req).await;
     };
-    if let Some(retry) = limits.over(&token) {
-        return ApiError(Error::Throttled {
-            retry_after_secs: retry,
-        })
-        .into_response();
+    match state.core.count_api_request(&token).await {
+        Ok(None) => {}
+        Ok(Some(retry)) => {
+            return ApiError(Error::Throttled {
+                retry_after_secs: retry,
+            })
+            .into_response();
+        }
+        Err(e) => return ApiError(e).into_response(),
     }
     let key = req
         .headers()
@@ -185,52 +117,43 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     // Who is asking, before anything is run, kept or replayed: the token must be live now,
     // with the rights and scope the request needs (a revoked token's replies die with it).
     if let Err(e) = Caller::from_request_parts(&mut parts, &state).await {
-        if matches!(e.0, Error::Unauthenticated) {
-            limits.forget_token(&token);
+        if matches!(e.0, Error::Unauthenticated)
+            && let Err(forget) = state.core.forget_idempotent(&token).await
+        {
+            tracing::warn!(error = %forget, "could not drop the kept replies of a token that no longer authenticates");
         }
         return e.into_response();
     }
-    let slot = (token, key);
-    let kept = {
-        let mut replies = limits.replies.lock().unwrap_or_else(|p| p.into_inner());
-        replies.sweep();
-        match replies.slots.get(&slot).cloned() {
-            Some(kept) => Some(kept),
-            None if replies.slots.len() >= MAX_KEPT => return ApiError(Error::Busy).into_response(),
-            None => {
-                replies.slots.insert(
-                    slot.clone(),
-                    Slot::Running {
-                        request: request.clone(),
-                    },
-                );
-                None
-            }
-        }
-    };
-    match kept {
-        Some(Slot::Running { request: r }) | Some(Slot::Done(Stored { request: r, .. })) if r != request => {
+    let running_for = state.config.edge.request_timeout + RESERVATION_MARGIN;
+    let holder = match state.core.start_idempotent(&token, &key, &request, running_for).await {
+        Err(e) => return ApiError(e).into_response(),
+        Ok(IdempotencyStart::Running { request: r } | IdempotencyStart::Replay(KeptReply { request: r, .. }))
+            if r != request =>
+        {
             return ApiError(Error::Conflict {
                 code: "idempotency_key_reused",
                 message: "This Idempotency-Key was used with a different request.".to_owned(),
             })
             .into_response();
         }
-        Some(Slot::Running { .. }) => {
+        Ok(IdempotencyStart::Running { .. }) => {
             return ApiError(Error::Conflict {
                 code: "idempotency_key_in_use",
                 message: "A request with this Idempotency-Key is still running; retry when it has answered.".to_owned(),
             })
             .into_response();
         }
-        Some(Slot::Done(s)) => return replay(&s),
-        None => {}
-    }
+        Ok(IdempotencyStart::Replay(kept)) => return replay(&kept),
+        Ok(IdempotencyStart::Run(holder)) => holder,
+    };
     // The key is reserved: whatever happens next — an error, a panic, the client going away
-    // and this future being dropped — the slot ends kept or released.
+    // and this future being dropped — the key ends kept or released.
     let mut reservation = Reservation {
-        limits: &limits,
-        slot: Some(slot),
+        core: state.core.clone(),
+        token,
+        key,
+        holder,
+        armed: true,
     };
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = resp.status();
@@ -242,46 +165,69 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     let Ok(rbytes) = to_bytes(rbody, 4 * 1024 * 1024).await else {
         return ApiError(Error::internal("response too large to keep for Idempotency-Key")).into_response();
     };
-    if let (Some(body), Some(slot)) = (keepable(&rbytes, secrets), reservation.slot.take()) {
-        limits.replies.lock().unwrap_or_else(|p| p.into_inner()).slots.insert(
-            slot,
-            Slot::Done(Stored {
-                at: Instant::now(),
-                request,
-                status,
-                content_type: rparts.headers.get(header::CONTENT_TYPE).cloned(),
-                body,
-                redacted: secrets.map(|s| s.0).unwrap_or_default(),
-            }),
-        );
+    if let Some(body) = keepable(&rbytes, secrets) {
+        let kept = KeptReply {
+            request,
+            status: status.as_u16(),
+            content_type: rparts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.to_vec(),
+            redacted: secrets
+                .map(|s| s.0.iter().map(|f| (*f).to_owned()).collect())
+                .unwrap_or_default(),
+        };
+        match state
+            .core
+            .keep_idempotent(&reservation.token, &reservation.key, holder, &kept)
+            .await
+        {
+            Ok(()) => reservation.armed = false,
+            // The change is made and answered; only its replay is lost (the key is released).
+            Err(e) => tracing::warn!(error = %e, "could not keep the reply of an Idempotency-Key"),
+        }
     }
     Response::from_parts(rparts, Body::from(rbytes))
 }
 
-/// A reserved key, released when dropped unless its reply was kept (`slot` taken).
-struct Reservation<'a> {
-    limits: &'a ApiLimits,
-    slot: Option<(String, String)>,
+/// A reserved key, released (in the background) when dropped unless its reply was kept.
+struct Reservation {
+    core: Arc<Core>,
+    token: String,
+    key: String,
+    holder: uuid::Uuid,
+    armed: bool,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.limits
-                .replies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .slots
-                .remove(&slot);
+        if !self.armed {
+            return;
+        }
+        let (core, token, key, holder) = (
+            self.core.clone(),
+            std::mem::take(&mut self.token),
+            std::mem::take(&mut self.key),
+            self.holder,
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = core.release_idempotent(&token, &key, holder).await {
+                    tracing::warn!(error = %e, "could not release an Idempotency-Key; it lapses with its reservation");
+                }
+            });
         }
     }
 }
 
 /// A kept reply, marked as replayed (and naming the secret fields it holds as `null`).
-fn replay(s: &Stored) -> Response {
-    let mut resp = (s.status, s.body.clone()).into_response();
-    if let Some(ct) = &s.content_type {
-        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+fn replay(s: &KeptReply) -> Response {
+    let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, s.body.clone()).into_response();
+    if let Some(ct) = s.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     resp.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));

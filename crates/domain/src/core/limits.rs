@@ -1,0 +1,197 @@
+//! Limits every node enforces alike, kept in the control database (`LimitStore`): the sign-in
+//! throttle, the Automation API's per-token rate and `Idempotency-Key` replies, and the
+//! leases of jobs that must run on one node at a time.
+
+use super::Core;
+use crate::error::{Error, Result};
+use crate::store::{IdempotencySlot, KeptReply, Store};
+use crate::throttle::{ThrottlePolicy, guess_keys, judge_guess};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// Requests an Automation API token may make per minute (a fixed window of the clock's
+/// minute, counted over every node).
+pub const API_REQUESTS_PER_MINUTE: u64 = 300;
+/// How long a reply kept for an `Idempotency-Key` is replayed.
+pub const IDEMPOTENT_REPLY_KEPT: Duration = Duration::hours(24);
+/// How long a guess in flight counts at most (a node that died mid-guess): longer than the
+/// password hasher's queue (10 s) and one verification.
+const GUESS_IN_FLIGHT: Duration = Duration::seconds(60);
+
+/// A sign-in guess being checked: counted as a failure (for the free attempts) on every node
+/// until [`Guess::failed`] or [`Guess::succeeded`] says how it ended. Dropped without either
+/// (an error, the client gone), its count is given back in the background.
+pub(crate) struct Guess {
+    store: Arc<dyn Store>,
+    keys: [String; 3],
+    done: bool,
+}
+
+impl Guess {
+    fn pending(&self) -> [String; 2] {
+        [self.keys[0].clone(), self.keys[1].clone()]
+    }
+
+    /// The guess was wrong: a failure on the pair, the address and the account.
+    pub(crate) async fn failed(mut self, now: OffsetDateTime) -> Result<()> {
+        self.done = true;
+        let forget = now - ThrottlePolicy::ACCOUNT.forget_after;
+        self.store
+            .end_guess(&self.pending(), &self.keys, &[], now, forget)
+            .await
+    }
+
+    /// The right password: this client's and the account's slate is clean (the address's
+    /// is not: one good account does not excuse guesses at others).
+    pub(crate) async fn succeeded(mut self, now: OffsetDateTime) -> Result<()> {
+        self.done = true;
+        let cleared = [self.keys[0].clone(), self.keys[2].clone()];
+        self.store
+            .end_guess(&self.pending(), &[], &cleared, now, now)
+            .await
+    }
+}
+
+impl Drop for Guess {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (store, pending) = (self.store.clone(), self.pending());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let now = OffsetDateTime::UNIX_EPOCH;
+                // `now` only voids counts past their `pending_until`; the epoch voids none.
+                if let Err(e) = store.end_guess(&pending, &[], &[], now, now).await {
+                    tracing::warn!(error = %e, "could not give back a sign-in guess's count; it lapses within a minute");
+                }
+            });
+        }
+    }
+}
+
+/// What the Automation API does with a request that has an `Idempotency-Key`.
+#[derive(Debug)]
+pub enum IdempotencyStart {
+    /// Run it; keep or release the key under this holder id afterwards.
+    Run(uuid::Uuid),
+    /// Another request with the key is still running.
+    Running { request: String },
+    /// Replay this.
+    Replay(KeptReply),
+}
+
+impl Core {
+    /// Start checking a sign-in guess of `address` (a client's network) at `account`, or
+    /// `Throttled` with the seconds to wait.
+    pub(crate) async fn begin_guess(&self, account: &str, address: &str, now: OffsetDateTime) -> Result<Guess> {
+        let keys = guess_keys(account, address);
+        let rows = self
+            .store
+            .begin_guess(
+                &[keys[0].clone(), keys[1].clone()],
+                &[keys[2].clone()],
+                now,
+                now + GUESS_IN_FLIGHT,
+            )
+            .await?;
+        let guess = Guess {
+            store: self.store.clone(),
+            keys,
+            done: false,
+        };
+        let [pair, address_row, account_row] = rows.as_slice() else {
+            return Err(Error::internal("the throttle store returned the wrong rows"));
+        };
+        if let Err(retry_after_secs) = judge_guess(pair, address_row, account_row, now) {
+            // Dropped: its count is given back.
+            drop(guess);
+            return Err(Error::Throttled { retry_after_secs });
+        }
+        Ok(guess)
+    }
+
+    /// Count one Automation API request of the token (its SHA-256): `Some(seconds)` to wait
+    /// when it is over [`API_REQUESTS_PER_MINUTE`] this minute, on whichever nodes.
+    pub async fn count_api_request(&self, token_hash: &str) -> Result<Option<u64>> {
+        let now = self.clock.now().unix_timestamp();
+        let hits = self.store.count_api_request(token_hash, now.div_euclid(60)).await?;
+        Ok((hits > API_REQUESTS_PER_MINUTE).then(|| u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60).max(1)))
+    }
+
+    /// Reserve `key` of the token for `request` while it runs (at most `running_for`: a node
+    /// that dies mid-request leaves the key in use no longer than that), or say what the key
+    /// stands for already.
+    pub async fn start_idempotent(
+        &self,
+        token_hash: &str,
+        key: &str,
+        request: &str,
+        running_for: std::time::Duration,
+    ) -> Result<IdempotencyStart> {
+        let now = self.clock.now();
+        let holder = uuid::Uuid::new_v4();
+        let until = now + Duration::try_from(running_for).unwrap_or(Duration::minutes(5));
+        Ok(
+            match self
+                .store
+                .reserve_idempotency_key(token_hash, key, request, holder, now, until)
+                .await?
+            {
+                IdempotencySlot::Reserved => IdempotencyStart::Run(holder),
+                IdempotencySlot::Running { request } => IdempotencyStart::Running { request },
+                IdempotencySlot::Done(reply) => IdempotencyStart::Replay(reply),
+            },
+        )
+    }
+
+    /// Keep the reply of a reserved key for [`IDEMPOTENT_REPLY_KEPT`] (it holds no secret:
+    /// the caller blanked them).
+    pub async fn keep_idempotent(&self, token_hash: &str, key: &str, holder: uuid::Uuid, reply: &KeptReply) -> Result<()> {
+        let expires = self.clock.now() + IDEMPOTENT_REPLY_KEPT;
+        self.store
+            .keep_idempotent_reply(token_hash, key, holder, reply, expires)
+            .await
+    }
+
+    /// Give a reserved key back (its request failed or went away).
+    pub async fn release_idempotent(&self, token_hash: &str, key: &str, holder: uuid::Uuid) -> Result<()> {
+        self.store.release_idempotency_key(token_hash, key, holder).await
+    }
+
+    /// Forget the replies kept for a token that no longer authenticates.
+    pub async fn forget_idempotent(&self, token_hash: &str) -> Result<()> {
+        self.store.forget_idempotent_replies(token_hash).await
+    }
+
+    /// Take the lease of job `name` for `holder` (a node) for `lease` if nobody holds it:
+    /// `true` if this node may run it now. One conditional statement: one node wins, and a
+    /// node that dies holding it holds it no longer than `lease`.
+    pub async fn claim_job(&self, name: &str, holder: &str, lease: Duration) -> Result<bool> {
+        let now = self.clock.now();
+        self.store.claim_job(name, holder, now, now + lease).await
+    }
+
+    /// Keep this node's lease of the job until `until` (a periodic job: the end of the
+    /// period its run covered, so no node runs it again before).
+    pub async fn hold_job_until(&self, name: &str, holder: &str, until: OffsetDateTime) -> Result<bool> {
+        self.store.extend_job(name, holder, until).await
+    }
+
+    /// End this node's lease of the job now (at shutdown, a run it did not finish).
+    pub async fn release_job(&self, name: &str, holder: &str) -> Result<()> {
+        self.store.release_job(name, holder, self.clock.now()).await
+    }
+
+    /// Housekeeping: throttle rows forgotten, past rate windows, expired idempotency rows.
+    pub async fn prune_limits(&self) -> Result<u64> {
+        let now = self.clock.now();
+        self.store
+            .prune_limits(
+                now,
+                now - ThrottlePolicy::ACCOUNT.forget_after,
+                now.unix_timestamp().div_euclid(60) - 1,
+            )
+            .await
+    }
+}

@@ -1,0 +1,339 @@
+//! State every node shares (the sign-in throttle, the Automation API's rate windows and
+//! idempotency replies, job leases), for both backends (see `sql.rs`; invoked beside
+//! `impl_store!`, whose helpers and imports it uses). Each request costs one or two small
+//! statements on a primary key; housekeeping deletes what has expired (`prune_limits`).
+
+macro_rules! impl_limit_store {
+    ($Store:ty, $Db:ty) => {
+        use quarterdeck_domain::store::{IdempotencySlot, KeptReply, LimitStore};
+        use quarterdeck_domain::throttle::ThrottleRow;
+
+        /// A guess no longer in flight: its count goes down, never below 0, and a count past its
+        /// `pending_until` is void.
+        const RELEASE_PENDING: &str = "pending = CASE WHEN sign_in_throttle.pending > 0 AND sign_in_throttle.pending_until > $2 \
+             THEN sign_in_throttle.pending - 1 ELSE 0 END";
+
+        fn throttle_row(r: &DbRow) -> Result<ThrottleRow> {
+            let failures: i32 = r.try_get("failures").map_err(db_err)?;
+            let pending: i32 = r.try_get("pending").map_err(db_err)?;
+            Ok(ThrottleRow {
+                failures: u32::try_from(failures).unwrap_or(0),
+                last_failure: r.try_get::<Option<Ts>, _>("last_failure").map_err(db_err)?.map(dec_ts),
+                pending: u32::try_from(pending).unwrap_or(0),
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl LimitStore for $Store {
+            async fn begin_guess(
+                &self,
+                pending: &[String],
+                read: &[String],
+                now: OffsetDateTime,
+                pending_until: OffsetDateTime,
+            ) -> Result<Vec<ThrottleRow>> {
+                let _writer = self.writer_permit().await;
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let mut rows = Vec::with_capacity(pending.len() + read.len());
+                for key in pending {
+                    // One statement counts the guess and returns the row as it is now: of
+                    // concurrent guesses (on any node) each sees a different count.
+                    let r = sqlx::query(
+                        "INSERT INTO sign_in_throttle (key, failures, last_failure, pending, pending_until) \
+                         VALUES ($1, 0, NULL, 1, $3) \
+                         ON CONFLICT (key) DO UPDATE SET \
+                         pending = CASE WHEN sign_in_throttle.pending_until > $2 THEN sign_in_throttle.pending + 1 ELSE 1 END, \
+                         pending_until = $3 \
+                         RETURNING failures, last_failure, pending",
+                    )
+                    .bind(key)
+                    .bind(enc_ts(now))
+                    .bind(enc_ts(pending_until))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    rows.push(throttle_row(&r)?);
+                }
+                for key in read {
+                    let r = sqlx::query("SELECT failures, last_failure, pending FROM sign_in_throttle WHERE key = $1")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    rows.push(match r {
+                        Some(r) => throttle_row(&r)?,
+                        None => ThrottleRow::default(),
+                    });
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(rows)
+            }
+
+            async fn end_guess(
+                &self,
+                pending: &[String],
+                failed: &[String],
+                cleared: &[String],
+                now: OffsetDateTime,
+                forget_before: OffsetDateTime,
+            ) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                for key in failed {
+                    let release = if pending.contains(key) {
+                        format!(", {RELEASE_PENDING}")
+                    } else {
+                        String::new()
+                    };
+                    let sql = format!(
+                        "INSERT INTO sign_in_throttle (key, failures, last_failure, pending, pending_until) \
+                         VALUES ($1, 1, $2, 0, $2) \
+                         ON CONFLICT (key) DO UPDATE SET \
+                         failures = CASE WHEN sign_in_throttle.last_failure IS NULL OR sign_in_throttle.last_failure <= $3 \
+                         THEN 1 ELSE sign_in_throttle.failures + 1 END, \
+                         last_failure = $2{release}"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(key)
+                        .bind(enc_ts(now))
+                        .bind(enc_ts(forget_before))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                for key in cleared {
+                    let release = if pending.contains(key) {
+                        format!(", {RELEASE_PENDING}")
+                    } else {
+                        String::new()
+                    };
+                    let sql = format!("UPDATE sign_in_throttle SET failures = 0, last_failure = NULL{release} WHERE key = $1");
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key);
+                    if !release.is_empty() {
+                        q = q.bind(enc_ts(now));
+                    }
+                    q.execute(&mut *tx).await.map_err(db_err)?;
+                }
+                for key in pending.iter().filter(|k| !failed.contains(k) && !cleared.contains(k)) {
+                    let sql = format!("UPDATE sign_in_throttle SET {RELEASE_PENDING} WHERE key = $1");
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(key)
+                        .bind(enc_ts(now))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn count_api_request(&self, token_hash: &str, window: i64) -> Result<u64> {
+                let _writer = self.writer_permit().await;
+                let hits: i64 = sqlx::query_scalar(
+                    "INSERT INTO api_rate (token_hash, window_start, hits) VALUES ($1, $2, 1) \
+                     ON CONFLICT (token_hash, window_start) DO UPDATE SET hits = api_rate.hits + 1 \
+                     RETURNING hits",
+                )
+                .bind(token_hash)
+                .bind(window)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(u64::try_from(hits).unwrap_or(0))
+            }
+
+            async fn reserve_idempotency_key(
+                &self,
+                token_hash: &str,
+                key: &str,
+                request: &str,
+                holder: Uuid,
+                now: OffsetDateTime,
+                reserved_until: OffsetDateTime,
+            ) -> Result<IdempotencySlot> {
+                let _writer = self.writer_permit().await;
+                // A new key, or one whose reservation ran out (its node died) or whose reply
+                // expired, is taken by one conditional statement: of concurrent requests (on any
+                // node) exactly one gets it.
+                let taken: Option<Uuid> = sqlx::query_scalar(
+                    "INSERT INTO api_idempotency (token_hash, key, request, holder, reserved_until, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) \
+                     ON CONFLICT (token_hash, key) DO UPDATE SET request = excluded.request, holder = excluded.holder, \
+                     reserved_until = excluded.reserved_until, expires_at = excluded.expires_at, \
+                     status = NULL, content_type = NULL, body = NULL, redacted = NULL \
+                     WHERE (api_idempotency.status IS NULL AND api_idempotency.reserved_until <= $6) \
+                     OR api_idempotency.expires_at <= $6 \
+                     RETURNING holder",
+                )
+                .bind(token_hash)
+                .bind(key)
+                .bind(request)
+                .bind(holder)
+                .bind(enc_ts(reserved_until))
+                .bind(enc_ts(now))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                if taken == Some(holder) {
+                    return Ok(IdempotencySlot::Reserved);
+                }
+                let r = sqlx::query(
+                    "SELECT request, status, content_type, body, redacted FROM api_idempotency \
+                     WHERE token_hash = $1 AND key = $2",
+                )
+                .bind(token_hash)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let Some(r) = r else {
+                    // Deleted in between (its reservation given back): in use a moment ago.
+                    return Ok(IdempotencySlot::Running {
+                        request: request.to_owned(),
+                    });
+                };
+                let request: String = r.try_get("request").map_err(db_err)?;
+                let status: Option<i32> = r.try_get("status").map_err(db_err)?;
+                Ok(match status {
+                    None => IdempotencySlot::Running { request },
+                    Some(status) => {
+                        let redacted: Option<String> = r.try_get("redacted").map_err(db_err)?;
+                        IdempotencySlot::Done(KeptReply {
+                            request,
+                            status: u16::try_from(status).unwrap_or(500),
+                            content_type: r.try_get("content_type").map_err(db_err)?,
+                            body: r.try_get::<Option<Vec<u8>>, _>("body").map_err(db_err)?.unwrap_or_default(),
+                            redacted: redacted
+                                .unwrap_or_default()
+                                .split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned)
+                                .collect(),
+                        })
+                    }
+                })
+            }
+
+            async fn keep_idempotent_reply(
+                &self,
+                token_hash: &str,
+                key: &str,
+                holder: Uuid,
+                reply: &KeptReply,
+                expires_at: OffsetDateTime,
+            ) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                sqlx::query(
+                    "UPDATE api_idempotency SET status = $4, content_type = $5, body = $6, redacted = $7, expires_at = $8 \
+                     WHERE token_hash = $1 AND key = $2 AND holder = $3 AND status IS NULL",
+                )
+                .bind(token_hash)
+                .bind(key)
+                .bind(holder)
+                .bind(i32::from(reply.status))
+                .bind(reply.content_type.as_deref())
+                .bind(&reply.body)
+                .bind(reply.redacted.join(", "))
+                .bind(enc_ts(expires_at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn release_idempotency_key(&self, token_hash: &str, key: &str, holder: Uuid) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                sqlx::query("DELETE FROM api_idempotency WHERE token_hash = $1 AND key = $2 AND holder = $3 AND status IS NULL")
+                    .bind(token_hash)
+                    .bind(key)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn forget_idempotent_replies(&self, token_hash: &str) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                sqlx::query("DELETE FROM api_idempotency WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn claim_job(&self, name: &str, holder: &str, now: OffsetDateTime, until: OffsetDateTime) -> Result<bool> {
+                let _writer = self.writer_permit().await;
+                let won: Option<String> = sqlx::query_scalar(
+                    "INSERT INTO job_lease (name, holder, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+                     WHERE job_lease.until <= $4 \
+                     RETURNING holder",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(enc_ts(until))
+                .bind(enc_ts(now))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(won.as_deref() == Some(holder))
+            }
+
+            async fn extend_job(&self, name: &str, holder: &str, until: OffsetDateTime) -> Result<bool> {
+                let _writer = self.writer_permit().await;
+                let n = sqlx::query("UPDATE job_lease SET until = $3 WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .bind(enc_ts(until))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn release_job(&self, name: &str, holder: &str, now: OffsetDateTime) -> Result<()> {
+                let _writer = self.writer_permit().await;
+                sqlx::query("UPDATE job_lease SET until = $3 WHERE name = $1 AND holder = $2 AND until > $3")
+                    .bind(name)
+                    .bind(holder)
+                    .bind(enc_ts(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn prune_limits(&self, now: OffsetDateTime, forget_before: OffsetDateTime, window_before: i64) -> Result<u64> {
+                let _writer = self.writer_permit().await;
+                let mut n = 0;
+                n += sqlx::query(
+                    "DELETE FROM sign_in_throttle WHERE (last_failure IS NULL OR last_failure <= $1) AND pending_until <= $2",
+                )
+                .bind(enc_ts(forget_before))
+                .bind(enc_ts(now))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                n += sqlx::query("DELETE FROM api_rate WHERE window_start < $1")
+                    .bind(window_before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                n += sqlx::query("DELETE FROM api_idempotency WHERE expires_at <= $1 AND (status IS NOT NULL OR reserved_until <= $1)")
+                    .bind(enc_ts(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(n)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_limit_store;
