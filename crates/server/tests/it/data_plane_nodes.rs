@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 /// The bound the issue sets: no node accepts a key more than this after the change.
 const BOUND: Duration = Duration::from_secs(1);
 
-/// A `quarterdeck serve` process on the test's PostgreSQL database, stopped when dropped.
+/// A `quarterdeck serve` process on the test's PostgreSQL database (on SQLite: on a data
+/// directory of its own), stopped when dropped.
 pub struct Node {
     child: std::process::Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    pub port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Node {
@@ -50,20 +52,22 @@ impl Node {
             .env_remove("QUARTERDECK_SECRET_KEY_FILE")
             .env("QUARTERDECK_SECRET_KEY", secret_key.trim())
             .env("QUARTERDECK_DATA_DIR", dir.path())
-            .env("QUARTERDECK_DATABASE_URL", app.pg_url.as_deref().unwrap())
+            .envs(app.pg_url.as_deref().map(|url| ("QUARTERDECK_DATABASE_URL", url)))
             .env("QUARTERDECK_DATABASE_MAX_CONNECTIONS", "6")
             .env("QUARTERDECK_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUARTERDECK_BASE_URL", format!("http://localhost:{port}"))
             .env("QUARTERDECK_LOG", "warn")
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
+            // The log goes to standard output; panics to standard error.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         let node = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+            port,
+            dir,
         };
         let client = reqwest::Client::new();
         let health = format!("{}/healthz", node.url);
@@ -72,6 +76,37 @@ impl Node {
         })
         .await;
         node
+    }
+
+    /// What the node logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Send the process a signal (`TERM`, `KILL`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Wait up to `within` for the process to exit; its exit status.
+    pub async fn exited_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the node did not exit within {within:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn verify(&self, token: &str, key: &str) -> Value {
