@@ -274,45 +274,96 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         .filter(|e| e.starts_with('u') && !acked.contains(*e))
         .count();
 
-    // No email twice: wait until the survivors have sent everything but what the killed
-    // node had claimed (leased before it died: it waits for its 5-minute lease), and maildev
-    // has it all.
-    let held_sql = format!(
-        "SELECT count(*)::text FROM outbox WHERE status = 'pending' AND to_addr LIKE 'u%@acme.example' \
-         AND leased_until IS NOT NULL AND extract(epoch FROM leased_until) <= {killed_at} + 301"
-    );
-    let left_sql = "SELECT count(*)::text FROM outbox WHERE status = 'pending' AND to_addr LIKE 'u%@acme.example'";
+    // Email: the outbox delivers at least once. Wait until the survivors have sent everything
+    // but what the killed node had claimed (it waits for its 5-minute lease); a message it
+    // had handed to SMTP but not yet marked sent when it died is in maildev already.
+    // A lease runs 5 minutes from its claim: the killed node's claims end by its death + 5 min,
+    // every claim after that later.
+    let dead_lease = format!("leased_until IS NOT NULL AND extract(epoch FROM leased_until) <= {killed_at} + 300");
+    let load_pending = "FROM outbox WHERE status = 'pending' AND to_addr LIKE 'u%@acme.example'";
+    let held_sql = format!("SELECT count(*)::text {load_pending} AND {dead_lease}");
+    let other_sql = format!("SELECT count(*)::text {load_pending} AND NOT ({dead_lease})");
+    let left_sql = format!("SELECT count(*)::text {load_pending}");
     let sent_sql = "SELECT count(*)::text FROM outbox WHERE status = 'sent' AND to_addr LIKE 'u%@acme.example'";
-    let load_mail = |emails: &[Value]| {
-        emails
-            .iter()
-            .filter(|m| m["to"][0]["address"].as_str().is_some_and(|a| a.starts_with('u')))
-            .count()
+    let per_recipient = |emails: &[Value]| {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for m in emails {
+            let to = m["to"][0]["address"].as_str().unwrap_or_default();
+            if to.starts_with('u') {
+                *n.entry(to.to_owned()).or_default() += 1;
+            }
+        }
+        n
     };
-    poll_until("the survivors to send all they can", || async {
-        app.control_value(left_sql).await == app.control_value(&held_sql).await
-            && app.control_value(sent_sql).await == load_mail(&maildev.emails().await).to_string()
-    })
-    .await;
-    let sent: usize = app.control_value(sent_sql).await.parse().unwrap();
-    let held: usize = app.control_value(&held_sql).await.parse().unwrap();
-    let emails = maildev.emails().await;
-    let mut per_recipient: BTreeMap<String, usize> = BTreeMap::new();
-    for m in &emails {
-        *per_recipient.entry(m["to"][0]["address"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    // Until nothing is left but the killed node's claims, and those stop changing (a survivor's
+    // claim from before the kill is sent within moments).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    let held: usize = loop {
+        let (other, held, sent) = (
+            app.control_value(&other_sql).await,
+            app.control_value(&held_sql).await,
+            app.control_value(sent_sql).await.parse::<usize>().unwrap(),
+        );
+        let delivered: usize = per_recipient(&maildev.emails().await).values().sum();
+        if other == "0" && held == last && delivered >= sent {
+            break held.parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivors did not send what they could: {other} pending, {held} held by the killed node, {sent} sent, {delivered} in maildev"
+        );
+        last = held;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    };
+    let sent_by_survivors: usize = app.control_value(sent_sql).await.parse().unwrap();
+    // What the killed node sent but never marked: delivered, and still pending.
+    let before_lapse = per_recipient(&maildev.emails().await);
+    let mut unmarked = BTreeSet::new();
+    for to in before_lapse.keys() {
+        let status = app
+            .control_value(&format!("SELECT status FROM outbox WHERE to_addr = '{to}'"))
+            .await;
+        if status == "pending" {
+            unmarked.insert(to.clone());
+        }
     }
-    let twice: Vec<_> = per_recipient.iter().filter(|(_, n)| **n > 1).collect();
+    // Five minutes later (its lease lapsed, as if the clock had moved), a survivor sends them.
+    app.control_exec(&format!("UPDATE outbox SET leased_until = now() WHERE status = 'pending' AND {dead_lease}"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent = loop {
+        let (left, sent) = (
+            app.control_value(&left_sql).await,
+            app.control_value(sent_sql).await.parse::<usize>().unwrap(),
+        );
+        let delivered: usize = per_recipient(&maildev.emails().await).values().sum();
+        if left == "0" && delivered >= sent {
+            break sent;
+        }
+        assert!(Instant::now() < deadline, "the lapsed claims were not sent: {left} left, {sent} sent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = per_recipient(&maildev.emails().await);
+    let twice: BTreeSet<String> = after.iter().filter(|(_, n)| **n > 1).map(|(to, _)| to.clone()).collect();
+    let thrice = after.values().filter(|n| **n > 2).count();
 
     eprintln!(
         "nodes kill test (postgres): acknowledged {}, found {found}, duplicated {duplicated}, committed but unanswered {committed_unanswered}; \
-         emails sent {sent} (maildev {}), held by the killed node's lease {held}, sent twice {}",
+         emails: {sent_by_survivors} sent before the killed node's lease lapsed, {held} held by it ({} of them sent by it but not marked), \
+         {sent} sent in the end, {} recipients got one twice",
         acked.len(),
-        emails.len(),
+        unmarked.len(),
         twice.len()
     );
     assert_eq!(found, acked.len(), "every acknowledged invitation is there with its event");
     assert_eq!(duplicated, 0, "no invitation twice");
-    assert!(twice.is_empty(), "no email twice: {twice:?}");
+    assert_eq!(sent, per_email.len() - 1, "every invitation's email sent (the admin's aside)");
+    // At least once: the only emails sent twice are those the killed node handed to SMTP but
+    // could not mark sent before it died (at most its claimed batch), and none thrice.
+    assert!(twice.is_subset(&unmarked), "sent twice: {twice:?}; sent by the killed node unmarked: {unmarked:?}");
+    assert!(unmarked.len() <= held && held <= 10, "{unmarked:?} of {held}");
+    assert_eq!(thrice, 0);
 
     // Sessions and API tokens still work on the survivors.
     for i in [na, nb] {
