@@ -697,7 +697,8 @@ pub trait LimitStore: Send + Sync {
     /// Delete what has expired: throttle rows with no failure since `forget_before` and
     /// nothing in flight, rate windows before `window_before`, idempotency rows past their
     /// expiry. How many rows.
-    async fn prune_limits(&self, now: OffsetDateTime, forget_before: OffsetDateTime, window_before: i64) -> Result<u64>;
+    async fn prune_limits(&self, now: OffsetDateTime, forget_before: OffsetDateTime, window_before: i64)
+    -> Result<u64>;
 }
 
 /// Everything the core needs from storage.

@@ -146,7 +146,12 @@ impl ThrottlePolicy {
 /// `Err(seconds)` to wait. Past the free attempts a client's guesses go one at a time, each
 /// waiting out its back-off (enforced once the one in flight has failed), so a burst of
 /// parallel guesses gets no more than the free attempts a sequence would.
-pub fn judge_guess(pair: &ThrottleRow, address: &ThrottleRow, account: &ThrottleRow, now: OffsetDateTime) -> Result<(), u64> {
+pub fn judge_guess(
+    pair: &ThrottleRow,
+    address: &ThrottleRow,
+    account: &ThrottleRow,
+    now: OffsetDateTime,
+) -> Result<(), u64> {
     let (pp, ap) = (ThrottlePolicy::ACCOUNT, ThrottlePolicy::ADDRESS);
     let pair_failures = pp.failures(pair, now);
     let account_wide = if pair_failures > 0 {
@@ -193,7 +198,12 @@ mod tests {
             let [p, n, a] = guess_keys(account, address);
             self.0.entry(p.clone()).or_default().pending += 1;
             self.0.entry(n.clone()).or_default().pending += 1;
-            let r = judge_guess(&self.0[&p], &self.0[&n], &self.0.get(&a).copied().unwrap_or_default(), now);
+            let r = judge_guess(
+                &self.0[&p],
+                &self.0[&n],
+                &self.0.get(&a).copied().unwrap_or_default(),
+                now,
+            );
             if r.is_err() {
                 self.release(account, address);
             }
@@ -209,7 +219,9 @@ mod tests {
         fn fail(&mut self, account: &str, address: &str, now: OffsetDateTime) {
             for k in guess_keys(account, address) {
                 let e = self.0.entry(k).or_default();
-                if e.last_failure.is_none_or(|at| now - at >= ThrottlePolicy::ACCOUNT.forget_after) {
+                if e.last_failure
+                    .is_none_or(|at| now - at >= ThrottlePolicy::ACCOUNT.forget_after)
+                {
                     e.failures = 0;
                 }
                 e.failures += 1;
@@ -227,7 +239,10 @@ mod tests {
             t.begin("acct", "1.2.3.4", now).unwrap();
         }
         assert!(t.begin("acct", "1.2.3.4", now).is_err(), "one guess too many in flight");
-        assert!(t.begin("acct", "5.6.7.8", now).is_ok(), "another client is not held back");
+        assert!(
+            t.begin("acct", "5.6.7.8", now).is_ok(),
+            "another client is not held back"
+        );
         for _ in 0..free {
             t.release("acct", "1.2.3.4");
         }

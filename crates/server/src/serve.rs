@@ -190,7 +190,10 @@ pub async fn serve(
     drop(listener);
     let _ = stopping.send(true);
     let open = registry.len();
-    if tokio::time::timeout(limits.shutdown_grace, stopping.closed()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_grace, stopping.closed())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = registry.len(),
             "requests still in flight after the shutdown grace period; stopping anyway"

@@ -46,9 +46,7 @@ impl Guess {
     pub(crate) async fn succeeded(mut self, now: OffsetDateTime) -> Result<()> {
         self.done = true;
         let cleared = [self.keys[0].clone(), self.keys[2].clone()];
-        self.store
-            .end_guess(&self.pending(), &[], &cleared, now, now)
-            .await
+        self.store.end_guess(&self.pending(), &[], &cleared, now, now).await
     }
 }
 
@@ -147,7 +145,13 @@ impl Core {
 
     /// Keep the reply of a reserved key for [`IDEMPOTENT_REPLY_KEPT`] (it holds no secret:
     /// the caller blanked them).
-    pub async fn keep_idempotent(&self, token_hash: &str, key: &str, holder: uuid::Uuid, reply: &KeptReply) -> Result<()> {
+    pub async fn keep_idempotent(
+        &self,
+        token_hash: &str,
+        key: &str,
+        holder: uuid::Uuid,
+        reply: &KeptReply,
+    ) -> Result<()> {
         let expires = self.clock.now() + IDEMPOTENT_REPLY_KEPT;
         self.store
             .keep_idempotent_reply(token_hash, key, holder, reply, expires)

@@ -34,19 +34,38 @@ impl Cluster {
     }
 
     /// A request to node `i` for `path` on `host` (the base host or a tenant's).
-    fn request(&self, c: &reqwest::Client, method: reqwest::Method, i: usize, host: &str, path: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        i: usize,
+        host: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         c.request(method, format!("{}{path}", self.nodes[i].url))
             .header("host", host)
     }
 
     async fn get_html(&self, c: &reqwest::Client, i: usize, host: &str, path: &str) -> String {
-        let r = self.request(c, reqwest::Method::GET, i, host, path).send().await.unwrap();
+        let r = self
+            .request(c, reqwest::Method::GET, i, host, path)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "GET {path} on node {i}");
         r.text().await.unwrap()
     }
 
     /// GET the form page on node `i`, POST it (with its CSRF token) on node `j`.
-    async fn form(&self, c: &reqwest::Client, (i, j): (usize, usize), host: &str, page: &str, action: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    async fn form(
+        &self,
+        c: &reqwest::Client,
+        (i, j): (usize, usize),
+        host: &str,
+        page: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let html = self.get_html(c, i, host, page).await;
         let token = csrf_token(&html);
         let mut form: Vec<(&str, &str)> = vec![("csrf_token", token.as_str())];
@@ -102,7 +121,14 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
     // The runbook: the owner signs in on A, creates a tenant on B, invites its admin on C.
     let owner = browser();
     let r = lb
-        .form(&owner, (na, na), &host, "/login", "/login", &[("email", OWNER_EMAIL), ("password", OWNER_PASSWORD)])
+        .form(
+            &owner,
+            (na, na),
+            &host,
+            "/login",
+            "/login",
+            &[("email", OWNER_EMAIL), ("password", OWNER_PASSWORD)],
+        )
         .await;
     assert_eq!(r.status(), 303, "sign-in on A");
     let r = lb
@@ -112,7 +138,12 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
             &host,
             "/tenants/new",
             "/tenants",
-            &[("name", "Acme"), ("slug", "acme"), ("region", "default"), ("tier", "standard")],
+            &[
+                ("name", "Acme"),
+                ("slug", "acme"),
+                ("region", "default"),
+                ("tier", "standard"),
+            ],
         )
         .await;
     assert_eq!(r.status(), 303, "tenant created on B: {}", r.text().await.unwrap());
@@ -127,7 +158,11 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
             &[("email", "admin@acme.example"), ("tenant_id", &tid), ("roles", "admin")],
         )
         .await;
-    assert!(r.status().is_redirection() || r.status() == 200, "invited on C: {}", r.status());
+    assert!(
+        r.status().is_redirection() || r.status() == 200,
+        "invited on C: {}",
+        r.status()
+    );
     let mail = maildev.wait_for_emails(1).await;
     let text = mail
         .iter()
@@ -148,12 +183,23 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
             &tenant_host,
             path,
             "/register",
-            &[("token", &token), ("password", ADMIN_PASSWORD), ("confirm", ADMIN_PASSWORD)],
+            &[
+                ("token", &token),
+                ("password", ADMIN_PASSWORD),
+                ("confirm", ADMIN_PASSWORD),
+            ],
         )
         .await;
     assert!(r.status().is_redirection(), "registered on A: {}", r.status());
     let r = lb
-        .form(&admin, (nb, nb), &tenant_host, "/login", "/login", &[("email", "admin@acme.example"), ("password", ADMIN_PASSWORD)])
+        .form(
+            &admin,
+            (nb, nb),
+            &tenant_host,
+            "/login",
+            "/login",
+            &[("email", "admin@acme.example"), ("password", ADMIN_PASSWORD)],
+        )
         .await;
     assert_eq!(r.status(), 303, "the admin signs in on B");
     lb.get_html(&admin, nc, &tenant_host, "/portal").await;
@@ -163,13 +209,27 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
     let guesser = browser();
     for i in 0..6 {
         let r = lb
-            .form(&guesser, (i % 3, i % 3), &host, "/login", "/login", &[("email", "victim@example.com"), ("password", "wrong")])
+            .form(
+                &guesser,
+                (i % 3, i % 3),
+                &host,
+                "/login",
+                "/login",
+                &[("email", "victim@example.com"), ("password", "wrong")],
+            )
             .await;
         assert!(![303, 429].contains(&r.status().as_u16()), "guess {i}: {}", r.status());
     }
     for i in 0..3 {
         let r = lb
-            .form(&guesser, (i, i), &host, "/login", "/login", &[("email", "victim@example.com"), ("password", "wrong")])
+            .form(
+                &guesser,
+                (i, i),
+                &host,
+                "/login",
+                "/login",
+                &[("email", "victim@example.com"), ("password", "wrong")],
+            )
             .await;
         assert_eq!(r.status(), 429, "node {i} holds the throttled account back");
         assert!(r.headers().contains_key("retry-after"));
@@ -182,13 +242,26 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         let r = lb
             .request(&owner, reqwest::Method::POST, nb, &host, "/settings/tokens")
             .header("origin", lb.origin())
-            .form(&[("csrf_token", t.as_str()), ("name", "ci"), ("scope", "read_write"), ("expires_in_days", "30"), ("tenant_id", "")])
+            .form(&[
+                ("csrf_token", t.as_str()),
+                ("name", "ci"),
+                ("scope", "read_write"),
+                ("expires_in_days", "30"),
+                ("tenant_id", ""),
+            ])
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
         let html = r.text().await.unwrap();
-        html.split("id=\"new-token\">").nth(1).unwrap().split('<').next().unwrap().trim().to_owned()
+        html.split("id=\"new-token\">")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
     };
     let api = reqwest::Client::new();
     let mut ids = BTreeSet::new();
@@ -244,7 +317,10 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
             }
         }));
     }
-    poll_until("40 invitations answered", || async { answered.load(Ordering::Relaxed) >= 40 }).await;
+    poll_until("40 invitations answered", || async {
+        answered.load(Ordering::Relaxed) >= 40
+    })
+    .await;
     lb.nodes[nc].signal("KILL");
     let killed_at = app.control_value("SELECT extract(epoch FROM now())::text").await;
     for t in load {
@@ -258,7 +334,9 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
     let dir = quarterdeck_domain::user::Directory::Tenant(tenant);
     let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
     for e in app.events_of("USER_INVITED").await {
-        *per_email.entry(e.details["email"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        *per_email
+            .entry(e.details["email"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
     }
     let mut found = 0;
     for email in &acked {
@@ -329,8 +407,10 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         }
     }
     // Five minutes later (its lease lapsed, as if the clock had moved), a survivor sends them.
-    app.control_exec(&format!("UPDATE outbox SET leased_until = now() WHERE status = 'pending' AND {dead_lease}"))
-        .await;
+    app.control_exec(&format!(
+        "UPDATE outbox SET leased_until = now() WHERE status = 'pending' AND {dead_lease}"
+    ))
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let sent = loop {
         let (left, sent) = (
@@ -341,11 +421,18 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         if left == "0" && delivered >= sent {
             break sent;
         }
-        assert!(Instant::now() < deadline, "the lapsed claims were not sent: {left} left, {sent} sent");
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed claims were not sent: {left} left, {sent} sent"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let after = per_recipient(&maildev.emails().await);
-    let twice: BTreeSet<String> = after.iter().filter(|(_, n)| **n > 1).map(|(to, _)| to.clone()).collect();
+    let twice: BTreeSet<String> = after
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(to, _)| to.clone())
+        .collect();
     let thrice = after.values().filter(|n| **n > 2).count();
 
     eprintln!(
@@ -356,20 +443,39 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         unmarked.len(),
         twice.len()
     );
-    assert_eq!(found, acked.len(), "every acknowledged invitation is there with its event");
+    assert_eq!(
+        found,
+        acked.len(),
+        "every acknowledged invitation is there with its event"
+    );
     assert_eq!(duplicated, 0, "no invitation twice");
-    assert_eq!(sent, per_email.len() - 1, "every invitation's email sent (the admin's aside)");
+    assert_eq!(
+        sent,
+        per_email.len() - 1,
+        "every invitation's email sent (the admin's aside)"
+    );
     // At least once: the only emails sent twice are those the killed node handed to SMTP but
     // could not mark sent before it died (at most its claimed batch), and none thrice.
-    assert!(twice.is_subset(&unmarked), "sent twice: {twice:?}; sent by the killed node unmarked: {unmarked:?}");
+    assert!(
+        twice.is_subset(&unmarked),
+        "sent twice: {twice:?}; sent by the killed node unmarked: {unmarked:?}"
+    );
     assert!(unmarked.len() <= held && held <= 10, "{unmarked:?} of {held}");
     assert_eq!(thrice, 0);
 
     // Sessions and API tokens still work on the survivors.
     for i in [na, nb] {
-        let r = lb.request(&owner, reqwest::Method::GET, i, &host, "/").send().await.unwrap();
+        let r = lb
+            .request(&owner, reqwest::Method::GET, i, &host, "/")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "the owner's session on node {i}");
-        let r = lb.request(&admin, reqwest::Method::GET, i, &tenant_host, "/portal").send().await.unwrap();
+        let r = lb
+            .request(&admin, reqwest::Method::GET, i, &tenant_host, "/portal")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "the admin's session on node {i}");
         let r = lb
             .request(&api, reqwest::Method::GET, i, &host, "/v1/admin/tenants")

@@ -12,7 +12,8 @@
 //!   attempts pending overall).
 //!
 //! The address is the one `client_info` believes (`X-Forwarded-For` only from trusted proxies).
-//! State is in memory, per process, like the sign-in throttle.
+//! State is in memory, per process (unlike the sign-in throttle, which is shared by every node
+//! through the control database; a known gap in docs/ARCHITECTURE.md).
 
 use super::session::{PeerAddr, client_info};
 use crate::error::HtmlError;
