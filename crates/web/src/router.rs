@@ -136,7 +136,7 @@ pub fn router(state: AppState) -> Router {
         // Automation API (bearer tokens; no cookies, no CSRF)
         .nest(
             "/v1",
-            crate::api::router(&state).layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits::default()))),
+            crate::api::router(&state).layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits))),
         )
         // Machines
         .route("/healthz", get(health))
