@@ -545,3 +545,41 @@ both!(
         );
     }
 );
+
+both!(
+    async fn an_idempotency_key_held_by_a_node_that_died_is_free_after_its_reservation(app) {
+        use quarterdeck_domain::core::IdempotencyStart;
+        use quarterdeck_domain::store::KeptReply;
+        let run = Duration::from_secs(60);
+        let IdempotencyStart::Run(dead) = app.core.start_idempotent("tok", "k1", "POST /x", run).await.unwrap() else {
+            panic!("a new key is reserved")
+        };
+        assert!(matches!(
+            app.core.start_idempotent("tok", "k1", "POST /x", run).await.unwrap(),
+            IdempotencyStart::Running { .. }
+        ));
+        // Its node died: nothing keeps or releases the key; past the reservation it is free.
+        app.clock.advance(time::Duration::seconds(61));
+        let IdempotencyStart::Run(live) = app.core.start_idempotent("tok", "k1", "POST /x", run).await.unwrap() else {
+            panic!("a lapsed reservation is taken over")
+        };
+        let reply = KeptReply {
+            request: "POST /x".into(),
+            status: 201,
+            content_type: Some("application/json".into()),
+            body: br#"{"id":"t1"}"#.to_vec(),
+            redacted: vec!["secret".into()],
+        };
+        // The dead holder can no longer keep anything; the live one's reply is replayed.
+        app.core.keep_idempotent("tok", "k1", dead, &KeptReply { status: 500, ..reply.clone() }).await.unwrap();
+        app.core.keep_idempotent("tok", "k1", live, &reply).await.unwrap();
+        match app.core.start_idempotent("tok", "k1", "POST /x", run).await.unwrap() {
+            IdempotencyStart::Replay(kept) => assert_eq!(kept, reply),
+            other => panic!("{other:?}"),
+        }
+        // Kept 24 hours, then deleted by housekeeping.
+        app.clock.advance(time::Duration::hours(24));
+        assert!(app.core.prune_limits().await.unwrap() >= 1);
+        assert_eq!(app.control_rows("api_idempotency").await, 0);
+    }
+);
