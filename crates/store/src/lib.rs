@@ -11,6 +11,7 @@ mod pools;
 mod postgres;
 mod sql;
 mod sql_data_plane;
+mod sql_reconcile;
 mod sql_sso;
 mod sql_usage;
 mod sql_webhooks;
