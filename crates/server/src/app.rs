@@ -208,6 +208,10 @@ impl App {
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let housekeeping = tokio::spawn(housekeeping(self.core.clone()));
+        let reconcile = tokio::spawn(crate::reconcile::run(
+            self.core.clone(),
+            time::Duration::seconds(i64::from(self.settings.reconcile_margin_seconds)),
+        ));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -236,6 +240,7 @@ impl App {
             w.abort();
         }
         housekeeping.abort();
+        reconcile.abort();
         outbox.abort();
         checkpoints.abort();
         result.context("serving")
