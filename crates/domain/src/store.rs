@@ -651,7 +651,8 @@ pub enum OrphanOutcome {
 #[async_trait]
 pub trait ReconcileStore: Send + Sync {
     /// The tenant's intents created before `before`, oldest first.
-    async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32) -> Result<Vec<PendingIntent>>;
+    async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32)
+    -> Result<Vec<PendingIntent>>;
     /// Writes the intent's control side (its events, then `repaired`) unless its event is in the
     /// trail already (checked under the chain's lock: once, whoever else repairs), and removes
     /// the intent.
@@ -669,7 +670,13 @@ pub trait ReconcileStore: Send + Sync {
     async fn note_orphan_database(&self, tenant: TenantId, now: OffsetDateTime) -> Result<OffsetDateTime>;
     /// A database without a tenant row, seen long enough: dropped if it holds no user (with
     /// `dropped`), else quarantined (with `quarantined`, once).
-    async fn settle_orphan_database(&self, tenant: TenantId, now: OffsetDateTime, dropped: NewEvent, quarantined: NewEvent) -> Result<OrphanOutcome>;
+    async fn settle_orphan_database(
+        &self,
+        tenant: TenantId,
+        now: OffsetDateTime,
+        dropped: NewEvent,
+        quarantined: NewEvent,
+    ) -> Result<OrphanOutcome>;
     /// Marks a live tenant whose database is missing (with `event`, once); true if newly marked.
     async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool>;
 }

@@ -252,11 +252,12 @@ impl PgStore {
     /// compares the two): every database of the cluster named `{prefix}_t_{32 hex}`.
     async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
         let stem = format!("{}_t_", self.prefix);
-        let names: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)")
-            .bind(&stem)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)")
+                .bind(&stem)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         Ok(names
             .iter()
             .filter_map(|n| n.strip_prefix(&stem))

@@ -584,7 +584,7 @@ macro_rules! impl_store {
                         id: end.id,
                         at: $crate::sql_reconcile::nanos(end.at),
                         reason: end.reason.to_owned(),
-                        event: $crate::sql_reconcile::PlannedEvent::from_event(&end.event),
+                        event: Box::new($crate::sql_reconcile::PlannedEvent::from_event(&end.event)),
                     });
                 }
                 Ok(())

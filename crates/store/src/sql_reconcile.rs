@@ -57,7 +57,7 @@ pub(crate) enum ControlOp {
         id: Uuid,
         at: i64,
         reason: String,
-        event: PlannedEvent,
+        event: Box<PlannedEvent>,
     },
 }
 
@@ -126,7 +126,8 @@ impl PlannedEvent {
 
     /// The event again, exactly as it was to be written (same id, time, details).
     pub(crate) fn to_event(&self) -> Result<NewEvent, String> {
-        let event_type = EventType::parse(&self.event_type).ok_or_else(|| format!("unknown event type {:?}", self.event_type))?;
+        let event_type =
+            EventType::parse(&self.event_type).ok_or_else(|| format!("unknown event type {:?}", self.event_type))?;
         let published = match &self.published {
             None => None,
             Some(p) => Some(Published {

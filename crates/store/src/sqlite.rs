@@ -200,7 +200,8 @@ impl SqliteStore {
     /// compares the two): every `tenants/<32 hex>.db` file.
     async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
         let dir = self.data_dir.join("tenants");
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
         let mut ids = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;

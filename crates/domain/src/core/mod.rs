@@ -24,7 +24,9 @@ pub use billing::{
 };
 pub use data_plane::{ServiceCaller, Verification};
 pub use outbox::MAX_ATTEMPTS;
-pub use reconcile::{DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport};
+pub use reconcile::{
+    DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport,
+};
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
 pub use usage::{IngestReport, SweepReport, UsagePolicy};

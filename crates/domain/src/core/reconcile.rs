@@ -164,7 +164,9 @@ impl Core {
                 return;
             }
             Ok(IntentOutcome::Unreadable(why)) => why,
-            Err(e) if i.attempts + 1 >= MAX_REPAIR_ATTEMPTS => format!("the repair failed {MAX_REPAIR_ATTEMPTS} times, last: {e}"),
+            Err(e) if i.attempts + 1 >= MAX_REPAIR_ATTEMPTS => {
+                format!("the repair failed {MAX_REPAIR_ATTEMPTS} times, last: {e}")
+            }
             Err(e) => {
                 report.failed += 1;
                 tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, error = %e, "reconcile: repair failed; trying again next pass");

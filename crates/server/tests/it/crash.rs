@@ -121,13 +121,18 @@ fn failing_commit(backend: Backend, to: &str) -> (Vec<String>, Vec<&'static str>
         Backend::Sqlite => (
             vec![
                 "CREATE TABLE crash_parent (x TEXT PRIMARY KEY)".to_owned(),
-                "CREATE TABLE crash_probe (x TEXT REFERENCES crash_parent (x) DEFERRABLE INITIALLY DEFERRED)".to_owned(),
+                "CREATE TABLE crash_probe (x TEXT REFERENCES crash_parent (x) DEFERRABLE INITIALLY DEFERRED)"
+                    .to_owned(),
                 format!(
                     "CREATE TRIGGER crash_fail AFTER INSERT ON outbox WHEN NEW.to_addr = '{to}' \
                      BEGIN INSERT INTO crash_probe (x) VALUES ('nothing'); END"
                 ),
             ],
-            vec!["DROP TRIGGER crash_fail", "DROP TABLE crash_probe", "DROP TABLE crash_parent"],
+            vec![
+                "DROP TRIGGER crash_fail",
+                "DROP TABLE crash_probe",
+                "DROP TABLE crash_parent",
+            ],
         ),
         Backend::Postgres => (
             vec![
@@ -286,8 +291,14 @@ async fn tenant_exec(data: &Data, tid: &str, sql: &str) {
             let control = u.path().trim_start_matches('/').to_owned();
             u.set_path(&format!("/{control}_t_{hex}"));
             let mut conn = pg_conn(u.as_str()).await;
-            sqlx::query("SET search_path TO security").execute(&mut conn).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+            sqlx::query("SET search_path TO security")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
         }
         None => {
             let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
@@ -296,7 +307,10 @@ async fn tenant_exec(data: &Data, tid: &str, sql: &str) {
                 .connect()
                 .await
                 .unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
         }
     }
 }
@@ -334,10 +348,12 @@ async fn remove_database(app: &TestApp, data: &Data, hex: &str) {
         Some(url) => {
             let control = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
             let mut conn = pg_conn(url).await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{control}_t_{hex}\" WITH (FORCE)")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE \"{control}_t_{hex}\" WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         }
         None => {
             for suffix in ["", "-wal", "-shm"] {
