@@ -155,6 +155,25 @@ impl PlannedEvent {
     }
 }
 
+/// An intent's payload as kept in a quarantine finding: the emails' bodies (an invitation's
+/// link is a live secret) are blanked; a payload that is not JSON is not kept at all.
+pub(crate) fn redact(payload: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<Value>(payload) else {
+        return String::new();
+    };
+    if let Some(ops) = v.get_mut("ops").and_then(Value::as_array_mut) {
+        for op in ops {
+            if op.get("op").and_then(Value::as_str) == Some("email")
+                && let Some(o) = op.as_object_mut()
+            {
+                o.insert("text".to_owned(), Value::String(String::new()));
+                o.insert("html".to_owned(), Value::String(String::new()));
+            }
+        }
+    }
+    v.to_string()
+}
+
 /// An impersonation's end reason as the domain spells it (a `&'static str`).
 pub(crate) fn end_reason(s: &str) -> &'static str {
     match s {
@@ -178,7 +197,7 @@ macro_rules! impl_reconcile_store {
             use quarterdeck_domain::mail::Email;
             use quarterdeck_domain::store::{IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
             use quarterdeck_domain::user::Directory;
-            use $crate::sql_reconcile::{ControlOp, ControlPlan, end_reason, from_nanos};
+            use $crate::sql_reconcile::{ControlOp, ControlPlan, end_reason, from_nanos, redact};
             use sqlx::{Row, Transaction};
             use time::OffsetDateTime;
             use uuid::Uuid;
@@ -351,6 +370,7 @@ macro_rules! impl_reconcile_store {
                         .transpose()
                         .map_err(db_err)?;
                     drop(pool);
+                    let payload = payload.map(|p| redact(&p));
                     if let serde_json::Value::Object(map) = &mut event.details {
                         map.entry("reason").or_insert_with(|| serde_json::json!(reason));
                     }
@@ -519,3 +539,35 @@ macro_rules! impl_reconcile_store {
 }
 
 pub(crate) use impl_reconcile_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantined_payload_keeps_no_email_body_and_a_plan_survives_its_round_trip() {
+        let plan = ControlPlan {
+            v: 1,
+            events: Vec::new(),
+            ops: vec![
+                ControlOp::CancelPending { user_id: Uuid::nil() },
+                ControlOp::Email {
+                    to: "a@example.com".to_owned(),
+                    subject: "You're invited".to_owned(),
+                    text: "https://x/register?token=secret".to_owned(),
+                    html: "<a href=\"https://x/register?token=secret\">".to_owned(),
+                    tenant_id: None,
+                    user_id: None,
+                    at: 0,
+                },
+            ],
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: ControlPlan = serde_json::from_str(&json).unwrap();
+        assert!(matches!(back.ops[0], ControlOp::CancelPending { .. }));
+        let kept = redact(&json);
+        assert!(!kept.contains("secret"), "{kept}");
+        assert!(kept.contains("a@example.com"), "{kept}");
+        assert_eq!(redact("not json"), "");
+    }
+}

@@ -239,6 +239,8 @@ both!(
         assert_eq!(q[0].details["kind"], "intent");
         assert_eq!(q[0].tenant_id, Some(id));
         assert_eq!(count(&data.control("SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind = 'intent' AND quarantined_at IS NOT NULL").await), 1);
+        let kept = data.control("SELECT payload FROM reconcile_finding WHERE kind = 'intent'").await;
+        assert_eq!(kept, vec!["{\"v\":99}".to_owned()], "the payload is kept for the operator");
         assert_eq!(count(&data.tenant(&tid, "SELECT CAST(count(*) AS TEXT) FROM pending_event").await), 0);
         assert!(app.events_of("USER_INVITED").await.is_empty());
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
