@@ -454,6 +454,9 @@ both_backends!(
         if !*killed_rx.borrow() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), killed_rx.changed()).await;
         }
+        // …plus a random part of a write's time, so the kill lands anywhere in one.
+        let jitter = std::time::Duration::from_micros((uuid::Uuid::new_v4().as_u128() % 20_000) as u64);
+        tokio::time::sleep(jitter).await;
         node.kill();
         while requests.join_next().await.is_some() {}
         let acknowledged: Vec<String> = acknowledged.lock().unwrap().clone();
@@ -463,9 +466,11 @@ both_backends!(
             started.elapsed()
         );
 
+        // What the kill left: intents of changes whose control side may not have committed.
+        let intents = "SELECT CAST(count(*) AS TEXT) FROM pending_event";
+        let left = count(&data.tenant(&tid, intents).await);
         // A node on the same data: its start-up pass repairs what the kill left half-written.
         let node = Node::start_on(dir.path(), pg_url.as_deref(), &env).await;
-        let intents = "SELECT CAST(count(*) AS TEXT) FROM pending_event";
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while count(&data.tenant(&tid, intents).await) > 0 {
             assert!(std::time::Instant::now() < deadline, "intents left after reconcile; node log:\n{}", node.log());
@@ -497,7 +502,8 @@ both_backends!(
         let (intact, verify) = data.cli(&["audit", "verify"]);
         eprintln!(
             "[{backend:?}] acknowledged {}, found {} of them (users in the tenant: {}, USER_INVITED events: {}), \
-             lost {lost}, duplicated {duplicated}, orphans {orphans}, repaired by reconcile {}, audit verify: {}",
+             lost {lost}, duplicated {duplicated}, orphans {orphans}, intents left by the kill {left}, \
+             repaired by reconcile {}, audit verify: {}",
             acknowledged.len(),
             acknowledged.iter().filter(|e| user_set.contains(*e)).count(),
             users.len(),
