@@ -67,10 +67,14 @@ pub enum EventType {
     WebhookEndpointUpdated,
     WebhookEndpointDeleted,
     WebhookDeliveryResent,
+    ReconcileRepaired,
+    ReconcileQuarantined,
+    ReconcileDatabaseDropped,
+    ReconcileDatabaseMissing,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 46] = [
+    pub const ALL: [EventType; 50] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -117,6 +121,10 @@ impl EventType {
         Self::WebhookEndpointUpdated,
         Self::WebhookEndpointDeleted,
         Self::WebhookDeliveryResent,
+        Self::ReconcileRepaired,
+        Self::ReconcileQuarantined,
+        Self::ReconcileDatabaseDropped,
+        Self::ReconcileDatabaseMissing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -167,6 +175,10 @@ impl EventType {
             Self::WebhookEndpointUpdated => "WEBHOOK_ENDPOINT_UPDATED",
             Self::WebhookEndpointDeleted => "WEBHOOK_ENDPOINT_DELETED",
             Self::WebhookDeliveryResent => "WEBHOOK_DELIVERY_RESENT",
+            Self::ReconcileRepaired => "RECONCILE_REPAIRED",
+            Self::ReconcileQuarantined => "RECONCILE_QUARANTINED",
+            Self::ReconcileDatabaseDropped => "RECONCILE_DATABASE_DROPPED",
+            Self::ReconcileDatabaseMissing => "RECONCILE_DATABASE_MISSING",
         }
     }
 

@@ -701,6 +701,76 @@ pub trait LimitStore: Send + Sync {
     -> Result<u64>;
 }
 
+/// A tenant-side change whose control side (audit events, outbox, sessions) may be missing:
+/// its intent row, written in the tenant's transaction (see [`ReconcileStore`]).
+#[derive(Clone, Debug)]
+pub struct PendingIntent {
+    pub tenant_id: TenantId,
+    /// The change's (first) audit event: the control side is there iff this event is.
+    pub event_id: EventId,
+    pub created_at: OffsetDateTime,
+    /// Failed repairs so far.
+    pub attempts: i64,
+}
+
+/// What a repair of one intent found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntentOutcome {
+    /// The event was in the trail already (the control side had committed): intent removed.
+    AlreadyApplied,
+    /// The control side was written now, with the `RECONCILE_REPAIRED` event.
+    Repaired,
+    /// The intent cannot be read (why): it must be quarantined.
+    Unreadable(String),
+}
+
+/// What became of a tenant database without a tenant row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrphanOutcome {
+    /// It held no user: dropped, with `RECONCILE_DATABASE_DROPPED`.
+    Dropped,
+    /// It holds users: kept, quarantined with `RECONCILE_QUARANTINED` (once).
+    Quarantined,
+    /// Nothing done: quarantined by an earlier pass, or its tenant row exists now (a tenant
+    /// that was being created).
+    Unchanged,
+}
+
+/// Crash recovery (see `Core::reconcile`): writes to a tenant's users commit in the tenant's
+/// database first, with an intent row saying what the control database must then hold.
+#[async_trait]
+pub trait ReconcileStore: Send + Sync {
+    /// The tenant's intents created before `before`, oldest first.
+    async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32)
+    -> Result<Vec<PendingIntent>>;
+    /// Writes the intent's control side (its events, then `repaired`) unless its event is in the
+    /// trail already (checked under the chain's lock: once, whoever else repairs), and removes
+    /// the intent.
+    async fn repair_intent(&self, intent: &PendingIntent, repaired: NewEvent) -> Result<IntentOutcome>;
+    /// Counts a failed repair.
+    async fn note_intent_failure(&self, intent: &PendingIntent) -> Result<()>;
+    /// Keeps the intent in the control database as a finding (with `event`, whose details get
+    /// the reason; once) and removes it from the tenant's. False if it was quarantined before.
+    async fn quarantine_intent(&self, intent: &PendingIntent, reason: &str, event: NewEvent) -> Result<bool>;
+    /// The tenants whose database exists (whatever the tenant rows say).
+    async fn tenant_databases(&self) -> Result<Vec<TenantId>>;
+    /// Every tenant with a row, deleted or not.
+    async fn tenant_row_ids(&self) -> Result<Vec<TenantId>>;
+    /// Records a database without a tenant row (once); returns when it was first seen.
+    async fn note_orphan_database(&self, tenant: TenantId, now: OffsetDateTime) -> Result<OffsetDateTime>;
+    /// A database without a tenant row, seen long enough: dropped if it holds no user (with
+    /// `dropped`), else quarantined (with `quarantined`, once).
+    async fn settle_orphan_database(
+        &self,
+        tenant: TenantId,
+        now: OffsetDateTime,
+        dropped: NewEvent,
+        quarantined: NewEvent,
+    ) -> Result<OrphanOutcome>;
+    /// Marks a live tenant whose database is missing (with `event`, once); true if newly marked.
+    async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool>;
+}
+
 /// Everything the core needs from storage.
 pub trait Store:
     TenantStore
@@ -715,6 +785,7 @@ pub trait Store:
     + UsageStore
     + WebhookStore
     + LimitStore
+    + ReconcileStore
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;

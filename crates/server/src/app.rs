@@ -214,6 +214,10 @@ impl App {
         let node: Arc<str> = Arc::from(node_name());
         let jobs = Arc::new(Jobs::default());
         let housekeeping = tokio::spawn(housekeeping(self.core.clone(), node.clone(), jobs.clone()));
+        let reconcile = tokio::spawn(crate::reconcile::run(
+            self.core.clone(),
+            time::Duration::seconds(i64::from(self.settings.reconcile_margin_seconds)),
+        ));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -241,6 +245,7 @@ impl App {
             w.abort();
         }
         housekeeping.abort();
+        reconcile.abort();
         outbox.abort();
         checkpoints.abort();
         // Another node may run at once what this one was running.

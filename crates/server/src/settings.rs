@@ -104,6 +104,9 @@ pub struct Settings {
     /// Minutes between signed checkpoints of the audit chain's head, written to
     /// `{data_dir}/audit-checkpoints/` (also one at start-up).
     pub audit_checkpoint_minutes: u32,
+    /// Seconds a tenant-side change may wait for its control side (its audit event, emails)
+    /// before the reconcile pass writes it (see `reconcile`).
+    pub reconcile_margin_seconds: u32,
     /// The visible start of every new tenant API key (the tenant's developers see it as the
     /// product's key).
     pub api_key_prefix: String,
@@ -182,6 +185,7 @@ impl Default for Settings {
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
             audit_checkpoint_minutes: 60,
+            reconcile_margin_seconds: 60,
             api_key_prefix: "qd_live_".to_owned(),
             api_key_scopes: vec!["read".to_owned(), "write".to_owned()],
             providers: quarterdeck_domain::provider::ProviderCatalog::default()
@@ -249,6 +253,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("max_concurrent_requests", false),
     ("max_body_bytes", false),
     ("audit_checkpoint_minutes", false),
+    ("reconcile_margin_seconds", false),
     ("api_key_prefix", false),
     ("api_key_scopes", false),
     ("providers", false),
@@ -434,6 +439,9 @@ impl Settings {
         }
         if self.audit_checkpoint_minutes == 0 || self.audit_checkpoint_minutes > 7 * 24 * 60 {
             bail!("audit_checkpoint_minutes (QUARTERDECK_AUDIT_CHECKPOINT_MINUTES) must be between 1 and 10080");
+        }
+        if self.reconcile_margin_seconds > 24 * 3600 {
+            bail!("reconcile_margin_seconds (QUARTERDECK_RECONCILE_MARGIN_SECONDS) must be at most 86400");
         }
         self.mail_settings()?;
         for (key, value) in [

@@ -12,6 +12,7 @@ mod postgres;
 mod sql;
 mod sql_data_plane;
 mod sql_limits;
+mod sql_reconcile;
 mod sql_sso;
 mod sql_usage;
 mod sql_webhooks;

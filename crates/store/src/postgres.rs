@@ -243,6 +243,30 @@ impl PgStore {
         Ok(count((*pool).clone()).await.saturating_sub(before))
     }
 
+    /// The name `drop_tenant_db` takes for a tenant's database.
+    fn tenant_db_name(&self, id: TenantId) -> String {
+        self.db_name(id)
+    }
+
+    /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
+    /// compares the two): every database of the cluster named `{prefix}_t_{32 hex}`.
+    async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
+        let stem = format!("{}_t_", self.prefix);
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)")
+                .bind(&stem)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&stem))
+            .filter(|hex| hex.len() == 32)
+            .filter_map(|hex| uuid::Uuid::parse_str(hex).ok())
+            .map(TenantId)
+            .collect())
+    }
+
     /// The name of a tenant's database (for tests and operators).
     pub fn tenant_database_name(&self, id: TenantId) -> String {
         self.db_name(id)
@@ -295,6 +319,7 @@ crate::sql_data_plane::impl_data_plane_store!(PgStore, Postgres);
 crate::sql_limits::impl_limit_store!(PgStore, Postgres);
 crate::sql_usage::impl_usage_store!(PgStore, Postgres);
 crate::sql_webhooks::impl_webhook_store!(PgStore, Postgres);
+crate::sql_reconcile::impl_reconcile_store!(PgStore, Postgres);
 
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -523,13 +523,19 @@ macro_rules! impl_store {
 
         /// A write to a user directory with its audit events: the control transaction (which
         /// holds the events, sessions and the outbox) and, for a tenant, the tenant database's.
-        /// The tenant's commits first, then the control one: the events are written last.
+        /// The tenant's commits first, then the control one: the events are written last. So
+        /// that a crash (or a failed control commit) between the two cannot lose the control
+        /// side, the tenant's transaction also writes an intent (`pending_event`: `plan`, what
+        /// the control side holds), deleted once the control side has committed; the reconcile
+        /// pass (`sql_reconcile.rs`) writes the control side of an intent left behind.
         struct DirTx {
             control: Transaction<'static, $Db>,
             tenant: Option<Transaction<'static, $Db>>,
             _writer: Option<WriterPermit>,
             /// The tenant's pool stays leased (not closed for another tenant) until the end.
             _lease: Option<$crate::pools::TenantPool<$Db>>,
+            /// The control side, recorded as it is written (tenant writes only).
+            plan: $crate::sql_reconcile::ControlPlan,
         }
 
         impl DirTx {
@@ -541,11 +547,85 @@ macro_rules! impl_store {
                 }
             }
 
-            async fn commit(self) -> Result<()> {
-                if let Some(t) = self.tenant {
-                    t.commit().await.map_err(db_err)?;
+            /// Queue an email in the control transaction (and in the plan).
+            async fn enqueue(&mut self, email: &Email, tenant: Option<TenantId>, user: Option<UserId>, at: OffsetDateTime) -> Result<()> {
+                <$Store>::enqueue(&mut self.control, email, tenant, user, at).await?;
+                self.plan.ops.push($crate::sql_reconcile::ControlOp::Email {
+                    to: email.to.clone(),
+                    subject: email.subject.clone(),
+                    text: email.text.clone(),
+                    html: email.html.clone(),
+                    tenant_id: tenant.map(|t| t.0),
+                    user_id: user.map(|u| u.0),
+                    at: $crate::sql_reconcile::nanos(at),
+                });
+                Ok(())
+            }
+
+            /// Delete a user's sessions in the control transaction (and in the plan).
+            async fn delete_sessions(&mut self, user: UserId) -> Result<()> {
+                sqlx::query("DELETE FROM session WHERE user_id = $1").bind(user.0).execute(&mut *self.control).await.map_err(db_err)?;
+                self.plan.ops.push($crate::sql_reconcile::ControlOp::DeleteSessions { user_id: user.0 });
+                Ok(())
+            }
+
+            /// Cancel a user's pending emails in the control transaction (and in the plan).
+            async fn cancel_pending(&mut self, user: UserId) -> Result<()> {
+                <$Store>::cancel_pending(&mut self.control, user).await?;
+                self.plan.ops.push($crate::sql_reconcile::ControlOp::CancelPending { user_id: user.0 });
+                Ok(())
+            }
+
+            /// End impersonations in the control transaction (and in the plan).
+            async fn end_impersonations(&mut self, store: &$Store, ending: &[ImpersonationEnd]) -> Result<()> {
+                store.end_impersonations_in(&mut self.control, ending).await?;
+                for end in ending {
+                    self.plan.ops.push($crate::sql_reconcile::ControlOp::EndImpersonation {
+                        id: end.id,
+                        at: $crate::sql_reconcile::nanos(end.at),
+                        reason: end.reason.to_owned(),
+                        event: Box::new($crate::sql_reconcile::PlannedEvent::from_event(&end.event)),
+                    });
                 }
-                self.control.commit().await.map_err(db_err)
+                Ok(())
+            }
+
+            /// Commit: the tenant's transaction with the intent, then the control one, then
+            /// the intent is deleted. A failed control commit leaves the intent for the
+            /// reconcile pass (the change is not taken back: it may already be seen).
+            async fn commit(self) -> Result<()> {
+                let DirTx { control, tenant, _writer, _lease, plan } = self;
+                let Some(mut tenant) = tenant else {
+                    return control.commit().await.map_err(db_err);
+                };
+                let intent = match plan.events.first() {
+                    // Nothing audited, nothing to reconcile.
+                    None => None,
+                    Some(first) => {
+                        let id = first.id();
+                        let payload = serde_json::to_string(&plan).map_err(|e| Error::internal(format!("cannot record an intent: {e}")))?;
+                        sqlx::query("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES ($1, $2, 0, $3)")
+                            .bind(id)
+                            .bind(enc_ts(first.ts()))
+                            .bind(payload)
+                            .execute(&mut *tenant)
+                            .await
+                            .map_err(db_err)?;
+                        Some(id)
+                    }
+                };
+                tenant.commit().await.map_err(db_err)?;
+                if let Err(e) = control.commit().await {
+                    tracing::error!(event_id = ?intent, error = %e, "a change committed in the tenant's database but its control side did not; the reconcile pass will write it");
+                    return Err(db_err(e));
+                }
+                drop(_writer);
+                if let (Some(id), Some(pool)) = (intent, &_lease) {
+                    if let Err(e) = sqlx::query("DELETE FROM pending_event WHERE event_id = $1").bind(id).execute(&**pool).await {
+                        tracing::warn!(event_id = %id, error = %e, "could not delete a settled intent (the reconcile pass will)");
+                    }
+                }
+                Ok(())
             }
         }
 
@@ -585,15 +665,19 @@ macro_rules! impl_store {
                     None => None,
                     Some(pool) => Some(pool.begin().await.map_err(db_err)?),
                 };
-                Ok(DirTx { control, tenant, _writer: writer, _lease: lease })
+                let plan = match dir {
+                    Directory::Platform => $crate::sql_reconcile::ControlPlan::default(),
+                    Directory::Tenant(_) => $crate::sql_reconcile::ControlPlan::new(events),
+                };
+                Ok(DirTx { control, tenant, _writer: writer, _lease: lease, plan })
             }
         }
 
         impl $Store {
             /// Insert a user with its roles, password or invitation (its email queued) or
             /// external identity, and its event. For a tenant user the tenant database commits
-            /// first; if the control database's commit (the event) then fails, the user is
-            /// taken back out, so nothing is half-written.
+            /// first (with its intent); if the control database's commit (the event, the
+            /// email) then fails, the reconcile pass writes it later.
             async fn insert_user_with(
                 &self,
                 user: &User,
@@ -605,7 +689,7 @@ macro_rules! impl_store {
                 let dir = user.directory();
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
                 if let Some(inv) = invitation {
-                    Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
+                    tx.enqueue(&inv.email, dir.tenant_id(), Some(user.id), inv.created_at).await?;
                 }
                 match &mut tx.tenant {
                     Some(t) => insert_user(t, user, credential, invitation).await?,
@@ -614,22 +698,7 @@ macro_rules! impl_store {
                 if let Some((provider, login)) = identity {
                     insert_identity(tx.users(), user.id, provider, login, user.created_at).await?;
                 }
-                let DirTx { control, tenant, _writer, _lease } = tx;
-                if let Some(t) = tenant {
-                    t.commit().await.map_err(db_err)?;
-                    if let Err(e) = control.commit().await {
-                        // The user committed in the tenant database but its event and email did
-                        // not: take the user back out, so nothing is half-written.
-                        let pool = self.dir_pool(dir).await?;
-                        if let Err(undo) = sqlx::query("DELETE FROM app_user WHERE id = $1").bind(user.id.0).execute(&*pool).await {
-                            tracing::error!(user_id = %user.id, error = %undo, "could not undo a user whose audit event failed");
-                        }
-                        return Err(db_err(e));
-                    }
-                    Ok(())
-                } else {
-                    control.commit().await.map_err(db_err)
-                }
+                tx.commit().await
             }
 
         }
@@ -756,7 +825,7 @@ macro_rules! impl_store {
                     return Err(Error::NotFound);
                 }
                 if end_sessions {
-                    sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
+                    tx.delete_sessions(id).await?;
                 }
                 tx.commit().await
             }
@@ -783,7 +852,7 @@ macro_rules! impl_store {
                     Some(t) => insert_roles(t, id, roles).await?,
                     None => insert_roles(&mut tx.control, id, roles).await?,
                 }
-                self.end_impersonations_in(&mut tx.control, ending).await?;
+                tx.end_impersonations(self, ending).await?;
                 tx.commit().await
             }
 
@@ -800,9 +869,9 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
-                self.end_impersonations_in(&mut tx.control, ending).await?;
+                tx.end_impersonations(self, ending).await?;
                 if status != UserStatus::Active {
-                    sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
+                    tx.delete_sessions(id).await?;
                 }
                 tx.commit().await
             }
@@ -816,9 +885,9 @@ macro_rules! impl_store {
                 if done.rows_affected() != 1 {
                     return Err(Error::NotFound);
                 }
-                self.end_impersonations_in(&mut tx.control, ending).await?;
-                sqlx::query("DELETE FROM session WHERE user_id = $1").bind(id.0).execute(&mut *tx.control).await.map_err(db_err)?;
-                Self::cancel_pending(&mut tx.control, id).await?;
+                tx.end_impersonations(self, ending).await?;
+                tx.delete_sessions(id).await?;
+                tx.cancel_pending(id).await?;
                 tx.commit().await
             }
 
@@ -831,7 +900,7 @@ macro_rules! impl_store {
                 event: NewEvent,
             ) -> Result<()> {
                 let mut tx = self.begin_dir(dir, std::slice::from_ref(&event)).await?;
-                Self::cancel_pending(&mut tx.control, user).await?;
+                tx.cancel_pending(user).await?;
                 match invitation {
                     Some(inv) => {
                         sqlx::query("DELETE FROM invitation WHERE user_id = $1").bind(user.0).execute(tx.users()).await.map_err(db_err)?;
@@ -843,7 +912,7 @@ macro_rules! impl_store {
                             .execute(tx.users())
                             .await
                             .map_err(db_err)?;
-                        Self::enqueue(&mut tx.control, &inv.email, dir.tenant_id(), Some(user), inv.created_at).await?;
+                        tx.enqueue(&inv.email, dir.tenant_id(), Some(user), inv.created_at).await?;
                     }
                     None => {
                         sqlx::query("UPDATE invitation SET revoked_at = $2 WHERE user_id = $1 AND spent_at IS NULL")

@@ -245,7 +245,7 @@ macro_rules! impl_sso_store {
                     .execute(tx.users())
                     .await
                     .map_err(db_err)?;
-                Self::cancel_pending(&mut tx.control, user).await?;
+                tx.cancel_pending(user).await?;
                 tx.commit().await
             }
 

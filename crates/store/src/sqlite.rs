@@ -191,6 +191,33 @@ impl SqliteStore {
         Ok(applied(&pool).await.saturating_sub(before))
     }
 
+    /// The name `drop_tenant_db` takes for a tenant's file.
+    fn tenant_db_name(&self, id: TenantId) -> String {
+        format!("tenants/{}.db", id.0.simple())
+    }
+
+    /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
+    /// compares the two): every `tenants/<32 hex>.db` file.
+    async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
+        let dir = self.data_dir.join("tenants");
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".db")) else {
+                continue;
+            };
+            if hex.len() == 32
+                && let Ok(id) = uuid::Uuid::parse_str(hex)
+            {
+                ids.push(TenantId(id));
+            }
+        }
+        Ok(ids)
+    }
+
     /// How many tenant pools are open now (for tests and the benchmark).
     pub async fn open_tenant_pools(&self) -> usize {
         self.tenants.open_count()
@@ -235,6 +262,7 @@ crate::sql_data_plane::impl_data_plane_store!(SqliteStore, Sqlite);
 crate::sql_limits::impl_limit_store!(SqliteStore, Sqlite);
 crate::sql_usage::impl_usage_store!(SqliteStore, Sqlite);
 crate::sql_webhooks::impl_webhook_store!(SqliteStore, Sqlite);
+crate::sql_reconcile::impl_reconcile_store!(SqliteStore, Sqlite);
 
 impl quarterdeck_domain::store::Store for SqliteStore {
     fn backend(&self) -> &'static str {

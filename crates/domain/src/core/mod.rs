@@ -10,6 +10,7 @@ mod data_plane;
 mod impersonation;
 mod limits;
 mod outbox;
+mod reconcile;
 mod setup;
 mod sso;
 mod tenants;
@@ -25,6 +26,9 @@ pub use billing::{
 pub use data_plane::{ServiceCaller, Verification};
 pub use limits::{API_REQUESTS_PER_MINUTE, IDEMPOTENT_REPLY_KEPT, IdempotencyStart};
 pub use outbox::MAX_ATTEMPTS;
+pub use reconcile::{
+    DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport,
+};
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
 pub use usage::{IngestReport, SweepReport, UsagePolicy};

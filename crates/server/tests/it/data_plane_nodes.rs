@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 /// The bound the issue sets: no node accepts a key more than this after the change.
 const BOUND: Duration = Duration::from_secs(1);
 
-/// A `quarterdeck serve` process on the test's PostgreSQL database (on SQLite: on a data
-/// directory of its own), stopped when dropped.
+/// A `quarterdeck serve` process, stopped (SIGKILL) when dropped: on the test's PostgreSQL
+/// database (`start`, `start_with`; on SQLite a data directory of its own), or on any data
+/// directory and database (`start_on`: several nodes in turn on the same data, SQLite too).
 pub struct Node {
     child: std::process::Child,
     pub url: String,
@@ -37,26 +38,48 @@ impl Node {
 
     /// A node with these settings in its environment besides the test's (`QUARTERDECK_…`).
     pub async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Self {
+        let secret_key = std::fs::read_to_string(app.data_dir().join("secret.key")).unwrap();
+        Self::spawn(None, Some(secret_key.trim()), app.pg_url.as_deref(), env).await
+    }
+
+    /// A node on `data_dir` (its secret key file, and on SQLite its databases) and, if given,
+    /// the PostgreSQL database `database_url`: several nodes in turn on the same data.
+    pub async fn start_on(data_dir: &std::path::Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::spawn(Some(data_dir), None, database_url, env).await
+    }
+
+    async fn spawn(
+        data_dir: Option<&std::path::Path>,
+        secret_key: Option<&str>,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let secret_key = std::fs::read_to_string(app.data_dir().join("secret.key")).unwrap();
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_quarterdeck"))
-            .arg("serve")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quarterdeck"));
+        cmd.arg("serve")
             .current_dir(dir.path())
             .env_remove("QUARTERDECK_CONFIG")
             .env_remove("QUARTERDECK_SECRET_KEY_FILE")
-            .env("QUARTERDECK_SECRET_KEY", secret_key.trim())
-            .env("QUARTERDECK_DATA_DIR", dir.path())
-            .envs(app.pg_url.as_deref().map(|url| ("QUARTERDECK_DATABASE_URL", url)))
+            .env_remove("QUARTERDECK_SECRET_KEY")
+            .env_remove("QUARTERDECK_DATABASE_URL")
+            .env("QUARTERDECK_DATA_DIR", data_dir.unwrap_or(dir.path()))
             .env("QUARTERDECK_DATABASE_MAX_CONNECTIONS", "6")
             .env("QUARTERDECK_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUARTERDECK_BASE_URL", format!("http://localhost:{port}"))
-            .env("QUARTERDECK_LOG", "warn")
+            .env("QUARTERDECK_LOG", "warn");
+        if let Some(key) = secret_key {
+            cmd.env("QUARTERDECK_SECRET_KEY", key);
+        }
+        if let Some(url) = database_url {
+            cmd.env("QUARTERDECK_DATABASE_URL", url);
+        }
+        let child = cmd
             .envs(env.iter().copied())
             // The log goes to standard output; panics to standard error.
             .stdout(log.try_clone().unwrap())
@@ -76,6 +99,12 @@ impl Node {
         })
         .await;
         node
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// What the node logged so far.

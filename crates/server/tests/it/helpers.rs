@@ -332,7 +332,7 @@ pub fn real_now() -> OffsetDateTime {
 }
 
 /// A fresh PostgreSQL database for one test; returns its URL.
-async fn create_pg_database() -> String {
+pub async fn create_pg_database() -> String {
     use sqlx::ConnectOptions;
     let admin = pg_admin_url().unwrap();
     let name = format!("qdt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

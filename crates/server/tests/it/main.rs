@@ -29,6 +29,7 @@ mod auth;
 mod billing;
 mod browser;
 mod browser_sso;
+mod crash;
 mod credentials;
 mod data_plane;
 mod data_plane_nodes;

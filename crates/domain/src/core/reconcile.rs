@@ -1,0 +1,197 @@
+//! Crash recovery: the reconcile pass.
+//!
+//! A write to a tenant's users commits in the tenant's database first and in the control
+//! database (its audit events, outbox emails, sessions, published webhooks) second. A crash
+//! (or a control-side failure) between the two commits would leave the change without its
+//! event; so the tenant's transaction also writes an *intent* (what the control side must
+//! hold), removed once the control side has committed. The pass, at start-up and periodically:
+//!
+//! - **intents** older than the margin (by the injected clock): if their event is in the trail
+//!   the intent is simply removed; otherwise the control side is written, once (the store checks
+//!   the event's absence under the chain's lock, so concurrent passes on several nodes cannot
+//!   both write it), in one transaction with a `RECONCILE_REPAIRED` event per repaired change
+//!   (details: the event id and types repaired). An intent that cannot be read, or whose repair
+//!   failed [`MAX_REPAIR_ATTEMPTS`] times, is quarantined: kept in the control database
+//!   (`reconcile_finding`) with `RECONCILE_QUARANTINED`, and removed from the tenant's.
+//! - **databases without a tenant row** (a crash between creating the database and inserting
+//!   the row): noted when first seen; after [`DATABASE_MARGIN`], dropped if they hold no user
+//!   (`RECONCILE_DATABASE_DROPPED`: a tenant row never existed, so nothing could have been
+//!   written there but its schema), otherwise kept and quarantined.
+//! - **live tenant rows without a database**: reported (an error in the log at every pass)
+//!   and marked once with `RECONCILE_DATABASE_MISSING`. Never recreated empty: an empty
+//!   database would hide the loss (sign-ins failing as "unknown user") instead of surfacing it;
+//!   the operator restores it from a backup.
+
+use super::Core;
+use crate::access::Actor;
+use crate::audit::EventType;
+use crate::error::Result;
+use crate::ids::TenantId;
+use crate::store::{IntentOutcome, OrphanOutcome, PendingIntent};
+use serde_json::json;
+use std::collections::HashSet;
+use time::Duration;
+
+/// A database without a tenant row is left alone this long after it was first seen (a
+/// tenant being created has its database a moment before its row).
+pub const DATABASE_MARGIN: Duration = Duration::minutes(10);
+
+/// Failed repairs of one intent before it is quarantined.
+pub const MAX_REPAIR_ATTEMPTS: i64 = 5;
+
+/// The default margin before an intent is repaired (`reconcile_margin_seconds`).
+pub const DEFAULT_MARGIN: Duration = Duration::minutes(1);
+
+/// Intents read from one tenant at a time.
+const BATCH: u32 = 500;
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Changes whose control side was written now.
+    pub repaired: usize,
+    /// Intents whose control side had committed (only the intent was left).
+    pub already_applied: usize,
+    /// Intents quarantined now.
+    pub quarantined: usize,
+    /// Repairs that failed this time (tried again next pass).
+    pub failed: usize,
+    pub databases_dropped: usize,
+    pub databases_quarantined: usize,
+    /// Live tenants whose database is missing (all of them, not only the newly marked).
+    pub databases_missing: usize,
+}
+
+impl ReconcileReport {
+    /// Whether the pass changed anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Core {
+    /// One reconcile pass (see the module's documentation); intents younger than `margin`
+    /// are left to their own writer.
+    pub async fn reconcile(&self, margin: Duration) -> Result<ReconcileReport> {
+        let now = self.clock.now();
+        let mut report = ReconcileReport::default();
+        // Rows before databases: a tenant created meanwhile then looks like a database without
+        // a row (settled only after a margin, and re-checked then), never like a row without
+        // a database.
+        let rows: HashSet<TenantId> = self.store.tenant_row_ids().await?.into_iter().collect();
+        let live = self.store.tenant_ids().await?;
+        let databases: HashSet<TenantId> = self.store.tenant_databases().await?.into_iter().collect();
+        for t in live {
+            if !databases.contains(&t) {
+                report.databases_missing += 1;
+                tracing::error!(tenant_id = %t, "the tenant's database is missing; restore it from a backup");
+                let event = self.new_event(
+                    EventType::ReconcileDatabaseMissing,
+                    &Actor::system(),
+                    Some(t),
+                    json!({ "tenant_id": t }),
+                );
+                self.store.mark_missing_database(t, now, event).await?;
+                continue;
+            }
+            self.reconcile_tenant(t, now - margin, &mut report).await;
+        }
+        for t in databases.iter().filter(|t| !rows.contains(t)) {
+            let first_seen = self.store.note_orphan_database(*t, now).await?;
+            if now - first_seen < DATABASE_MARGIN {
+                continue;
+            }
+            let dropped = self.new_event(
+                EventType::ReconcileDatabaseDropped,
+                &Actor::system(),
+                Some(*t),
+                json!({ "tenant_id": t, "reason": "a database without a tenant row, holding no user" }),
+            );
+            let quarantined = self.new_event(
+                EventType::ReconcileQuarantined,
+                &Actor::system(),
+                Some(*t),
+                json!({ "kind": "orphan_database", "tenant_id": t, "reason": "a database without a tenant row holds users" }),
+            );
+            match self.store.settle_orphan_database(*t, now, dropped, quarantined).await? {
+                OrphanOutcome::Dropped => report.databases_dropped += 1,
+                OrphanOutcome::Quarantined => report.databases_quarantined += 1,
+                OrphanOutcome::Unchanged => {}
+            }
+        }
+        if !report.is_empty() {
+            tracing::info!(?report, "reconcile pass");
+        }
+        Ok(report)
+    }
+
+    /// The intents of one tenant; a failure is logged and left for the next pass.
+    async fn reconcile_tenant(&self, t: TenantId, before: time::OffsetDateTime, report: &mut ReconcileReport) {
+        loop {
+            let intents = match self.store.pending_intents(t, before, BATCH).await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot read the tenant's intents");
+                    return;
+                }
+            };
+            let failed_before = report.failed;
+            let n = intents.len();
+            for i in &intents {
+                self.reconcile_intent(i, report).await;
+            }
+            if n < BATCH as usize || report.failed > failed_before {
+                return;
+            }
+        }
+    }
+
+    async fn reconcile_intent(&self, i: &PendingIntent, report: &mut ReconcileReport) {
+        let repaired = self.new_event(
+            EventType::ReconcileRepaired,
+            &Actor::system(),
+            Some(i.tenant_id),
+            json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at) }),
+        );
+        let reason = match self.store.repair_intent(i, repaired).await {
+            Ok(IntentOutcome::AlreadyApplied) => {
+                report.already_applied += 1;
+                return;
+            }
+            Ok(IntentOutcome::Repaired) => {
+                report.repaired += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, "reconcile: wrote the missing control side of a change");
+                return;
+            }
+            Ok(IntentOutcome::Unreadable(why)) => why,
+            Err(e) if i.attempts + 1 >= MAX_REPAIR_ATTEMPTS => {
+                format!("the repair failed {MAX_REPAIR_ATTEMPTS} times, last: {e}")
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, error = %e, "reconcile: repair failed; trying again next pass");
+                if let Err(e) = self.store.note_intent_failure(i).await {
+                    tracing::warn!(tenant_id = %i.tenant_id, error = %e, "reconcile: cannot count a failed repair");
+                }
+                return;
+            }
+        };
+        let event = self.new_event(
+            EventType::ReconcileQuarantined,
+            &Actor::system(),
+            Some(i.tenant_id),
+            json!({ "kind": "intent", "event_id": i.event_id, "reason": reason }),
+        );
+        match self.store.quarantine_intent(i, &reason, event).await {
+            Ok(true) => {
+                report.quarantined += 1;
+                tracing::error!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, %reason, "reconcile: quarantined a change whose control side cannot be written");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, error = %e, "reconcile: cannot quarantine an intent");
+            }
+        }
+    }
+}

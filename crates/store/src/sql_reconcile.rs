@@ -1,0 +1,573 @@
+//! Crash recovery's store side (see `quarterdeck_domain::core` `reconcile`): the intent a
+//! tenant-side write leaves in the tenant's database (`pending_event`, written by `DirTx` in
+//! `sql.rs`), its repair in the control database, and the findings (`reconcile_finding`).
+//!
+//! `impl_reconcile_store!(StoreType, DbType)` needs, beside what `impl_store!` needs, the
+//! backend's `list_tenant_databases` and `tenant_db_name` (in `sqlite.rs` / `postgres.rs`).
+
+use quarterdeck_domain::access::Actor;
+use quarterdeck_domain::audit::{EventType, NewEvent};
+use quarterdeck_domain::ids::{EventId, TenantId, UserId};
+use quarterdeck_domain::webhook::{Published, Topic};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// What the control side of one tenant-side write holds: its audit events (with what they
+/// publish) and the control-side operations, in the order they ran. Serialized as the
+/// intent's payload (JSON; `v` is the format's version).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ControlPlan {
+    pub(crate) v: u32,
+    pub(crate) events: Vec<PlannedEvent>,
+    pub(crate) ops: Vec<ControlOp>,
+}
+
+impl ControlPlan {
+    pub(crate) fn new(events: &[NewEvent]) -> Self {
+        Self {
+            v: 1,
+            events: events.iter().map(PlannedEvent::from_event).collect(),
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// One control-side operation of a tenant-side write.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum ControlOp {
+    /// An email queued in the outbox.
+    Email {
+        to: String,
+        subject: String,
+        text: String,
+        html: String,
+        tenant_id: Option<Uuid>,
+        user_id: Option<Uuid>,
+        at: i64,
+    },
+    /// The user's sessions deleted.
+    DeleteSessions { user_id: Uuid },
+    /// The user's pending emails cancelled.
+    CancelPending { user_id: Uuid },
+    /// An impersonation ended (with its event, if it was still live).
+    EndImpersonation {
+        id: Uuid,
+        at: i64,
+        reason: String,
+        event: Box<PlannedEvent>,
+    },
+}
+
+/// A `NewEvent` as stored in an intent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PlannedEvent {
+    id: Uuid,
+    /// Unix nanoseconds.
+    ts: i64,
+    event_type: String,
+    actor_user_id: Option<Uuid>,
+    actor_email: Option<String>,
+    actor_impersonation: Option<(Uuid, Uuid)>,
+    actor_token_id: Option<Uuid>,
+    tenant_id: Option<Uuid>,
+    details: Value,
+    published: Option<PlannedPublished>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PlannedPublished {
+    topic: String,
+    tenant_id: Option<Uuid>,
+    region: Option<String>,
+    previous_region: Option<String>,
+    data: Value,
+}
+
+pub(crate) fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_nanos(n: i64) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).map_err(|e| format!("a time out of range: {e}"))
+}
+
+impl PlannedEvent {
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub(crate) fn ts(&self) -> OffsetDateTime {
+        from_nanos(self.ts).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    pub(crate) fn from_event(e: &NewEvent) -> Self {
+        Self {
+            id: e.id.0,
+            ts: nanos(e.ts),
+            event_type: e.event_type.as_str().to_owned(),
+            actor_user_id: e.actor.user_id.map(|u| u.0),
+            actor_email: e.actor.email.clone(),
+            actor_impersonation: e.actor.impersonation.map(|(i, t)| (i, t.0)),
+            actor_token_id: e.actor.token_id,
+            tenant_id: e.tenant_id.map(|t| t.0),
+            details: e.details.clone(),
+            published: e.published.as_ref().map(|p| PlannedPublished {
+                topic: p.topic.as_str().to_owned(),
+                tenant_id: p.tenant_id.map(|t| t.0),
+                region: p.region.clone(),
+                previous_region: p.previous_region.clone(),
+                data: p.data.clone(),
+            }),
+        }
+    }
+
+    /// The event again, exactly as it was to be written (same id, time, details).
+    pub(crate) fn to_event(&self) -> Result<NewEvent, String> {
+        let event_type =
+            EventType::parse(&self.event_type).ok_or_else(|| format!("unknown event type {:?}", self.event_type))?;
+        let published = match &self.published {
+            None => None,
+            Some(p) => Some(Published {
+                topic: Topic::parse(&p.topic).ok_or_else(|| format!("unknown published topic {:?}", p.topic))?,
+                tenant_id: p.tenant_id.map(TenantId),
+                region: p.region.clone(),
+                previous_region: p.previous_region.clone(),
+                data: p.data.clone(),
+            }),
+        };
+        Ok(NewEvent {
+            id: EventId(self.id),
+            ts: from_nanos(self.ts)?,
+            event_type,
+            actor: Actor {
+                user_id: self.actor_user_id.map(UserId),
+                email: self.actor_email.clone(),
+                impersonation: self.actor_impersonation.map(|(i, t)| (i, TenantId(t))),
+                token_id: self.actor_token_id,
+            },
+            tenant_id: self.tenant_id.map(TenantId),
+            details: self.details.clone(),
+            published,
+        })
+    }
+}
+
+/// An intent's payload as kept in a quarantine finding: the emails' bodies (an invitation's
+/// link is a live secret) are blanked; a payload that is not JSON is not kept at all.
+pub(crate) fn redact(payload: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<Value>(payload) else {
+        return String::new();
+    };
+    if let Some(ops) = v.get_mut("ops").and_then(Value::as_array_mut) {
+        for op in ops {
+            if op.get("op").and_then(Value::as_str) == Some("email")
+                && let Some(o) = op.as_object_mut()
+            {
+                o.insert("text".to_owned(), Value::String(String::new()));
+                o.insert("html".to_owned(), Value::String(String::new()));
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// An impersonation's end reason as the domain spells it (a `&'static str`).
+pub(crate) fn end_reason(s: &str) -> &'static str {
+    match s {
+        "expired" => "expired",
+        "stopped" => "stopped",
+        "rights_revoked" => "rights_revoked",
+        "impersonator_suspended" => "impersonator_suspended",
+        "impersonator_removed" => "impersonator_removed",
+        _ => "reconciled",
+    }
+}
+
+macro_rules! impl_reconcile_store {
+    ($Store:ty, $Db:ty) => {
+        mod reconcile_impl {
+            use super::*;
+            use quarterdeck_domain::audit::NewEvent;
+            use quarterdeck_domain::error::{Error, Result};
+            use quarterdeck_domain::ids::{TenantId, UserId};
+            use quarterdeck_domain::impersonation::ImpersonationEnd;
+            use quarterdeck_domain::mail::Email;
+            use quarterdeck_domain::store::{IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
+            use quarterdeck_domain::user::Directory;
+            use $crate::sql_reconcile::{ControlOp, ControlPlan, end_reason, from_nanos, redact};
+            use sqlx::{Row, Transaction};
+            use time::OffsetDateTime;
+            use uuid::Uuid;
+
+            impl $Store {
+                /// Takes the chain's lock in `tx` (as every audited writer does first) without
+                /// appending: what is read next is read after every audited writer before.
+                async fn lock_chain(tx: &mut Transaction<'static, $Db>) -> Result<()> {
+                    sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut **tx).await.map_err(db_err)?;
+                    Ok(())
+                }
+
+                async fn forget_intent(&self, intent: &PendingIntent) {
+                    let done = async {
+                        let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
+                        sqlx::query("DELETE FROM pending_event WHERE event_id = $1")
+                            .bind(intent.event_id.0)
+                            .execute(&*pool)
+                            .await
+                            .map_err(db_err)
+                    }
+                    .await;
+                    if let Err(e) = done {
+                        tracing::warn!(tenant_id = %intent.tenant_id, error = %e, "reconcile: cannot remove a settled intent (the next pass will)");
+                    }
+                }
+
+                /// Runs one planned control-side operation in `tx`.
+                async fn apply_op(&self, tx: &mut Transaction<'static, $Db>, op: &ControlOp) -> Result<()> {
+                    match op {
+                        ControlOp::Email { to, subject, text, html, tenant_id, user_id, at } => {
+                            let email = Email { to: to.clone(), subject: subject.clone(), text: text.clone(), html: html.clone() };
+                            let at = from_nanos(*at).map_err(Error::internal)?;
+                            Self::enqueue(tx, &email, tenant_id.map(TenantId), user_id.map(UserId), at).await
+                        }
+                        ControlOp::DeleteSessions { user_id } => {
+                            sqlx::query("DELETE FROM session WHERE user_id = $1").bind(user_id).execute(&mut **tx).await.map_err(db_err)?;
+                            Ok(())
+                        }
+                        ControlOp::CancelPending { user_id } => Self::cancel_pending(tx, UserId(*user_id)).await,
+                        ControlOp::EndImpersonation { id, at, reason, event } => {
+                            let end = ImpersonationEnd {
+                                id: *id,
+                                at: from_nanos(*at).map_err(Error::internal)?,
+                                reason: end_reason(reason),
+                                event: event.to_event().map_err(Error::internal)?,
+                            };
+                            self.end_impersonations_in(tx, std::slice::from_ref(&end)).await
+                        }
+                    }
+                }
+            }
+
+            /// Every planned event, or why the plan cannot be used.
+            fn plan_events(plan: &ControlPlan) -> std::result::Result<Vec<NewEvent>, String> {
+                if plan.v != 1 {
+                    return Err(format!("an intent of format {} (this server reads 1)", plan.v));
+                }
+                for op in &plan.ops {
+                    if let ControlOp::EndImpersonation { event, at, .. } = op {
+                        event.to_event()?;
+                        from_nanos(*at)?;
+                    }
+                    if let ControlOp::Email { at, .. } = op {
+                        from_nanos(*at)?;
+                    }
+                }
+                plan.events.iter().map(|e| e.to_event()).collect()
+            }
+
+            #[async_trait::async_trait]
+            impl ReconcileStore for $Store {
+                async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32) -> Result<Vec<PendingIntent>> {
+                    let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
+                    let rows = sqlx::query("SELECT event_id, created_at, attempts FROM pending_event WHERE created_at < $1 ORDER BY created_at LIMIT $2")
+                        .bind(enc_ts(before))
+                        .bind(i64::from(limit))
+                        .fetch_all(&*pool)
+                        .await
+                        .map_err(db_err)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(PendingIntent {
+                                tenant_id: tenant,
+                                event_id: quarterdeck_domain::ids::EventId(r.try_get("event_id").map_err(db_err)?),
+                                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                                attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn repair_intent(&self, intent: &PendingIntent, mut repaired: NewEvent) -> Result<IntentOutcome> {
+                    let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
+                    let row = sqlx::query("SELECT payload FROM pending_event WHERE event_id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(&*pool)
+                        .await
+                        .map_err(db_err)?;
+                    drop(pool);
+                    // Gone meanwhile: its writer (or another pass) settled it.
+                    let Some(row) = row else { return Ok(IntentOutcome::AlreadyApplied) };
+                    let payload: String = row.try_get("payload").map_err(db_err)?;
+                    let plan: ControlPlan = match serde_json::from_str(&payload) {
+                        Ok(p) => p,
+                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent cannot be read: {e}"))),
+                    };
+                    let events = match plan_events(&plan) {
+                        Ok(e) => e,
+                        Err(why) => return Ok(IntentOutcome::Unreadable(why)),
+                    };
+                    if events.first().map(|e| e.id) != Some(intent.event_id) {
+                        return Ok(IntentOutcome::Unreadable("the intent's events do not start with its event".to_owned()));
+                    }
+                    let writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    // The chain's lock first, then the check: the change's own control
+                    // transaction holds that lock until it commits or fails, and so does any
+                    // other repair, so the event is written at most once.
+                    Self::lock_chain(&mut tx).await?;
+                    let present = sqlx::query("SELECT 1 AS one FROM tenant_audit WHERE id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    if present {
+                        drop(tx);
+                        drop(writer);
+                        self.forget_intent(intent).await;
+                        return Ok(IntentOutcome::AlreadyApplied);
+                    }
+                    for e in &events {
+                        Self::append_in(&mut tx, e, self.audit_key.as_ref()).await?;
+                    }
+                    if let serde_json::Value::Object(map) = &mut repaired.details {
+                        map.insert(
+                            "event_types".to_owned(),
+                            serde_json::json!(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>()),
+                        );
+                    }
+                    Self::append_in(&mut tx, &repaired, self.audit_key.as_ref()).await?;
+                    for op in &plan.ops {
+                        self.apply_op(&mut tx, op).await?;
+                    }
+                    tx.commit().await.map_err(db_err)?;
+                    drop(writer);
+                    self.forget_intent(intent).await;
+                    Ok(IntentOutcome::Repaired)
+                }
+
+                async fn note_intent_failure(&self, intent: &PendingIntent) -> Result<()> {
+                    let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
+                    sqlx::query("UPDATE pending_event SET attempts = attempts + 1 WHERE event_id = $1")
+                        .bind(intent.event_id.0)
+                        .execute(&*pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
+                }
+
+                async fn quarantine_intent(&self, intent: &PendingIntent, reason: &str, mut event: NewEvent) -> Result<bool> {
+                    let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
+                    let payload: Option<String> = sqlx::query("SELECT payload FROM pending_event WHERE event_id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(&*pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|r| r.try_get("payload"))
+                        .transpose()
+                        .map_err(db_err)?;
+                    drop(pool);
+                    let payload = payload.map(|p| redact(&p));
+                    if let serde_json::Value::Object(map) = &mut event.details {
+                        map.entry("reason").or_insert_with(|| serde_json::json!(reason));
+                    }
+                    let writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let done = sqlx::query(
+                        "INSERT INTO reconcile_finding (kind, subject, tenant_id, reason, payload, first_seen, quarantined_at) \
+                         VALUES ('intent', $1, $2, $3, $4, $5, $5) ON CONFLICT (kind, subject) DO NOTHING",
+                    )
+                    .bind(intent.event_id.0.to_string())
+                    .bind(intent.tenant_id.0)
+                    .bind(reason)
+                    .bind(payload)
+                    .bind(enc_ts(event.ts))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    let new = done.rows_affected() == 1;
+                    if new {
+                        Self::append_in(&mut tx, &event, self.audit_key.as_ref()).await?;
+                    }
+                    tx.commit().await.map_err(db_err)?;
+                    drop(writer);
+                    self.forget_intent(intent).await;
+                    Ok(new)
+                }
+
+                async fn tenant_databases(&self) -> Result<Vec<TenantId>> {
+                    self.list_tenant_databases().await
+                }
+
+                async fn tenant_row_ids(&self) -> Result<Vec<TenantId>> {
+                    let rows = sqlx::query("SELECT id FROM tenant").fetch_all(&self.pool).await.map_err(db_err)?;
+                    rows.iter().map(|r| Ok(TenantId(r.try_get::<Uuid, _>("id").map_err(db_err)?))).collect()
+                }
+
+                async fn note_orphan_database(&self, tenant: TenantId, now: OffsetDateTime) -> Result<OffsetDateTime> {
+                    sqlx::query(
+                        "INSERT INTO reconcile_finding (kind, subject, tenant_id, reason, first_seen) \
+                         VALUES ('orphan_database', $1, $2, 'a database without a tenant row', $3) ON CONFLICT (kind, subject) DO NOTHING",
+                    )
+                    .bind(tenant.0.to_string())
+                    .bind(tenant.0)
+                    .bind(enc_ts(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let row = sqlx::query("SELECT first_seen FROM reconcile_finding WHERE kind = 'orphan_database' AND subject = $1")
+                        .bind(tenant.0.to_string())
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(dec_ts(row.try_get("first_seen").map_err(db_err)?))
+                }
+
+                async fn settle_orphan_database(&self, tenant: TenantId, now: OffsetDateTime, dropped: NewEvent, quarantined: NewEvent) -> Result<OrphanOutcome> {
+                    let subject = tenant.0.to_string();
+                    let _writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    // Under the chain's lock (which a tenant's creation takes to insert its
+                    // row): a row that appeared since means it was a tenant being created.
+                    Self::lock_chain(&mut tx).await?;
+                    let has_row = sqlx::query("SELECT 1 AS one FROM tenant WHERE id = $1")
+                        .bind(tenant.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    if has_row {
+                        sqlx::query("DELETE FROM reconcile_finding WHERE kind = 'orphan_database' AND subject = $1")
+                            .bind(&subject)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                        tx.commit().await.map_err(db_err)?;
+                        return Ok(OrphanOutcome::Unchanged);
+                    }
+                    let quarantined_before = sqlx::query(
+                        "SELECT 1 AS one FROM reconcile_finding WHERE kind = 'orphan_database' AND subject = $1 AND quarantined_at IS NOT NULL",
+                    )
+                    .bind(&subject)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .is_some();
+                    if quarantined_before {
+                        return Ok(OrphanOutcome::Unchanged);
+                    }
+                    let users: std::result::Result<i64, Error> = async {
+                        let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
+                        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM app_user")
+                            .fetch_one(&*pool)
+                            .await
+                            .and_then(|r| r.try_get("n"))
+                            .map_err(db_err)?;
+                        Ok(n)
+                    }
+                    .await;
+                    if let Ok(0) = users {
+                        // Nothing was ever served from it (a tenant is served only once its row
+                        // exists): dropped, then the event; a failed drop writes no event.
+                        self.drop_tenant_db(tenant, &self.tenant_db_name(tenant)).await?;
+                        Self::append_in(&mut tx, &dropped, self.audit_key.as_ref()).await?;
+                        sqlx::query("DELETE FROM reconcile_finding WHERE kind = 'orphan_database' AND subject = $1")
+                            .bind(&subject)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                        tx.commit().await.map_err(db_err)?;
+                        return Ok(OrphanOutcome::Dropped);
+                    }
+                    let reason = match users {
+                        Ok(n) => format!("a database without a tenant row holds {n} users"),
+                        Err(e) => format!("a database without a tenant row that cannot be read: {e}"),
+                    };
+                    sqlx::query("UPDATE reconcile_finding SET quarantined_at = $2, reason = $3 WHERE kind = 'orphan_database' AND subject = $1")
+                        .bind(&subject)
+                        .bind(enc_ts(now))
+                        .bind(&reason)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let mut quarantined = quarantined;
+                    if let serde_json::Value::Object(map) = &mut quarantined.details {
+                        map.insert("reason".to_owned(), serde_json::json!(reason));
+                    }
+                    Self::append_in(&mut tx, &quarantined, self.audit_key.as_ref()).await?;
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(OrphanOutcome::Quarantined)
+                }
+
+                async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool> {
+                    let writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    Self::lock_chain(&mut tx).await?;
+                    let live = sqlx::query("SELECT 1 AS one FROM tenant WHERE id = $1 AND deleted_at IS NULL")
+                        .bind(tenant.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    if !live {
+                        return Ok(false);
+                    }
+                    let done = sqlx::query(
+                        "INSERT INTO reconcile_finding (kind, subject, tenant_id, reason, first_seen, quarantined_at) \
+                         VALUES ('missing_database', $1, $2, 'a live tenant whose database is missing', $3, $3) ON CONFLICT (kind, subject) DO NOTHING",
+                    )
+                    .bind(tenant.0.to_string())
+                    .bind(tenant.0)
+                    .bind(enc_ts(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    Self::append_in(&mut tx, &event, self.audit_key.as_ref()).await?;
+                    tx.commit().await.map_err(db_err)?;
+                    drop(writer);
+                    Ok(true)
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_reconcile_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantined_payload_keeps_no_email_body_and_a_plan_survives_its_round_trip() {
+        let plan = ControlPlan {
+            v: 1,
+            events: Vec::new(),
+            ops: vec![
+                ControlOp::CancelPending { user_id: Uuid::nil() },
+                ControlOp::Email {
+                    to: "a@example.com".to_owned(),
+                    subject: "You're invited".to_owned(),
+                    text: "https://x/register?token=secret".to_owned(),
+                    html: "<a href=\"https://x/register?token=secret\">".to_owned(),
+                    tenant_id: None,
+                    user_id: None,
+                    at: 0,
+                },
+            ],
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: ControlPlan = serde_json::from_str(&json).unwrap();
+        assert!(matches!(back.ops[0], ControlOp::CancelPending { .. }));
+        let kept = redact(&json);
+        assert!(!kept.contains("secret"), "{kept}");
+        assert!(kept.contains("a@example.com"), "{kept}");
+        assert_eq!(redact("not json"), "");
+    }
+}
