@@ -33,5 +33,8 @@ pub enum SendError {
 pub trait Mailer: Send + Sync {
     /// `log`, `smtp` or `resend`.
     fn transport(&self) -> &'static str;
-    async fn send(&self, email: &Email) -> Result<(), SendError>;
+    /// Send `email`. `id` is the outbox message's id, the same at every attempt: a transport
+    /// names the message by it (SMTP `Message-ID`, Resend `Idempotency-Key`), so a message
+    /// sent again after a crash (at least once) is recognised as the same message.
+    async fn send(&self, id: uuid::Uuid, email: &Email) -> Result<(), SendError>;
 }

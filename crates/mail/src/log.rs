@@ -27,9 +27,10 @@ impl Mailer for LogMailer {
         "log"
     }
 
-    async fn send(&self, email: &Email) -> Result<(), SendError> {
+    async fn send(&self, id: uuid::Uuid, email: &Email) -> Result<(), SendError> {
         tracing::info!(
             transport = "log",
+            message_id = %id,
             to = %one_line(&email.to),
             from = %one_line(&self.from),
             subject = %one_line(&email.subject),

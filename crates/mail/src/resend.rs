@@ -116,7 +116,7 @@ impl Mailer for ResendMailer {
         "resend"
     }
 
-    async fn send(&self, email: &Email) -> Result<(), SendError> {
+    async fn send(&self, id: uuid::Uuid, email: &Email) -> Result<(), SendError> {
         let body = SendEmailRequest {
             from: &self.from,
             to: [&email.to],
@@ -128,6 +128,9 @@ impl Mailer for ResendMailer {
             .client
             .post(self.endpoint.clone())
             .header(AUTHORIZATION, self.authorization.clone())
+            // Resend keeps an idempotency key for 24 hours: an attempt repeated after a crash
+            // (the outbox delivers at least once) is answered without sending a second email.
+            .header("Idempotency-Key", format!("quarterdeck-{id}"))
             .json(&body)
             .send()
             .await

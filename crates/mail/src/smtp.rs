@@ -132,12 +132,15 @@ impl SmtpMailer {
         })
     }
 
-    fn message(&self, email: &Email) -> Result<Message, SendError> {
+    fn message(&self, id: uuid::Uuid, email: &Email) -> Result<Message, SendError> {
         let to: Mailbox = email
             .to
             .parse()
             .map_err(|e| SendError::Permanent(format!("recipient {:?} is not an email address: {e}", email.to)))?;
         Message::builder()
+            // The outbox message's id, the same at every attempt: a copy sent again after a
+            // crash carries the Message-ID of the first, so mail systems treat it as one.
+            .message_id(Some(format!("<{id}@{}>", self.from.email.domain())))
             .from(self.from.clone())
             .to(to)
             .subject(email.subject.clone())
@@ -164,8 +167,8 @@ impl Mailer for SmtpMailer {
         "smtp"
     }
 
-    async fn send(&self, email: &Email) -> Result<(), SendError> {
-        let message = self.message(email)?;
+    async fn send(&self, id: uuid::Uuid, email: &Email) -> Result<(), SendError> {
+        let message = self.message(id, email)?;
         let transport = self
             .transport
             .get_or_init(|| self.builder.clone().build::<Tokio1Executor>());

@@ -54,7 +54,7 @@ impl Core {
                 tracing::warn!(message_id = %m.id, "outbox lease nearly expired; leaving the rest of the batch");
                 return Ok((delivered, 0));
             }
-            match mailer.send(&m.email).await {
+            match mailer.send(m.id, &m.email).await {
                 Ok(()) => {
                     if !self.store.mark_sent(m.id, lease, self.clock.now()).await? {
                         tracing::warn!(message_id = %m.id, "email sent, but its outbox lease had been lost");

@@ -37,7 +37,7 @@ async fn logs_the_whole_message_on_the_recipients_line() {
     .unwrap();
     assert_eq!(mailer.transport(), "log");
     let (email, link) = sample_invitation("alice@example.com");
-    mailer.send(&email).await.unwrap();
+    mailer.send(uuid::Uuid::new_v4(), &email).await.unwrap();
 
     let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // What `grep alice@example.com` shows an operator: one line with everything on it.

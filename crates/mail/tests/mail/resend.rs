@@ -62,12 +62,19 @@ async fn posts_the_message_as_resend_expects() {
     let mailer = resend(format!("{base}/"));
     assert_eq!(mailer.transport(), "resend");
     let (email, _) = sample_invitation("alice@example.com");
+    let id = uuid::Uuid::new_v4();
 
-    mailer.send(&email).await.unwrap();
+    mailer.send(id, &email).await.unwrap();
 
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
     let req = &log[0];
+    // Every attempt of one outbox message carries the same key: Resend answers a repeat
+    // (after a crash between its answer and our record) without sending again.
+    assert_eq!(
+        req.headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+        Some(format!("quarterdeck-{id}").as_str())
+    );
     assert_eq!(req.method, Method::POST);
     assert_eq!(req.uri.path(), "/emails");
     assert_eq!(req.uri.query(), None);
@@ -91,7 +98,7 @@ async fn posts_the_message_as_resend_expects() {
 async fn a_5xx_is_a_temporary_failure() {
     let (base, log) = fake_resend(StatusCode::INTERNAL_SERVER_ERROR, "").await;
     let (email, _) = sample_invitation("alice@example.com");
-    let err = resend(base).send(&email).await.unwrap_err();
+    let err = resend(base).send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");
     assert!(err.to_string().contains("500"), "{err}");
     assert!(!err.to_string().contains(KEY), "{err}");
@@ -106,7 +113,7 @@ async fn a_429_is_a_temporary_failure() {
     )
     .await;
     let (email, _) = sample_invitation("alice@example.com");
-    let err = resend(base).send(&email).await.unwrap_err();
+    let err = resend(base).send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");
 }
 
@@ -118,7 +125,7 @@ async fn a_422_is_a_permanent_failure_that_says_why() {
     )
     .await;
     let (email, _) = sample_invitation("alice@example.com");
-    let err = resend(base).send(&email).await.unwrap_err();
+    let err = resend(base).send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     let SendError::Permanent(detail) = &err else {
         panic!("{err:?}")
     };
@@ -131,7 +138,7 @@ async fn a_422_is_a_permanent_failure_that_says_why() {
 async fn an_api_that_is_down_is_a_temporary_failure() {
     let (email, _) = sample_invitation("alice@example.com");
     let err = resend(format!("http://127.0.0.1:{}", closed_port()))
-        .send(&email)
+        .send(uuid::Uuid::new_v4(), &email)
         .await
         .unwrap_err();
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");

@@ -39,12 +39,19 @@ async fn invitation_reaches_maildev_with_both_bodies_and_the_link_intact() {
     let mailer = smtp(maildev.smtp_port);
     assert_eq!(mailer.transport(), "smtp");
     let (email, link) = sample_invitation("alice@example.com");
+    let id = uuid::Uuid::new_v4();
 
-    mailer.send(&email).await.unwrap();
+    mailer.send(id, &email).await.unwrap();
 
     let received = maildev.wait_for_emails(1).await;
     assert_eq!(received.len(), 1, "{received:#?}");
     let got = &received[0];
+    // The outbox message's id names it, so a copy sent again after a crash is the same message.
+    assert_eq!(
+        got["headers"]["message-id"].as_str().map(|m| m.trim_matches(['<', '>'])),
+        Some(format!("{id}@quarterdeck.test").as_str()),
+        "{got:#}"
+    );
     assert_eq!(addresses(&got["to"]), ["alice@example.com"], "{got:#}");
     assert_eq!(addresses(&got["from"]), ["noreply@quarterdeck.test"], "{got:#}");
     assert_eq!(got["from"][0]["name"], "Quarterdeck", "{got:#}");
@@ -64,7 +71,7 @@ async fn invitation_reaches_maildev_with_both_bodies_and_the_link_intact() {
 
     // A second message goes over the pooled connection.
     let (second, _) = sample_invitation("carol@example.com");
-    mailer.send(&second).await.unwrap();
+    mailer.send(uuid::Uuid::new_v4(), &second).await.unwrap();
     let received = maildev.wait_for_emails(2).await;
     let mut to: Vec<String> = received.iter().flat_map(|e| addresses(&e["to"])).collect();
     to.sort();
@@ -76,7 +83,7 @@ async fn a_server_that_is_down_is_a_temporary_failure() {
     let mailer = smtp(closed_port());
     let (email, _) = sample_invitation("alice@example.com");
     let started = Instant::now();
-    let err = mailer.send(&email).await.unwrap_err();
+    let err = mailer.send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     assert!(matches!(err, SendError::Temporary(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
@@ -85,7 +92,7 @@ async fn a_server_that_is_down_is_a_temporary_failure() {
 async fn a_recipient_that_is_not_an_address_is_a_permanent_failure() {
     let mailer = smtp(closed_port());
     let (email, _) = sample_invitation("not an address");
-    let err = mailer.send(&email).await.unwrap_err();
+    let err = mailer.send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     assert!(matches!(err, SendError::Permanent(_)), "{err:?}");
 }
 
@@ -123,7 +130,7 @@ fn scripted_smtp(rcpt_reply: &'static str) -> (u16, JoinHandle<Vec<String>>) {
 async fn a_4xx_reply_is_a_temporary_failure() {
     let (port, server) = scripted_smtp("450 4.2.1 mailbox busy, try again later");
     let (email, _) = sample_invitation("alice@example.com");
-    let err = smtp(port).send(&email).await.unwrap_err();
+    let err = smtp(port).send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     let SendError::Temporary(detail) = &err else {
         panic!("{err:?}")
     };
@@ -137,7 +144,7 @@ async fn a_4xx_reply_is_a_temporary_failure() {
 async fn a_5xx_reply_is_a_permanent_failure() {
     let (port, server) = scripted_smtp("550 5.1.1 no such user here");
     let (email, _) = sample_invitation("alice@example.com");
-    let err = smtp(port).send(&email).await.unwrap_err();
+    let err = smtp(port).send(uuid::Uuid::new_v4(), &email).await.unwrap_err();
     let SendError::Permanent(detail) = &err else {
         panic!("{err:?}")
     };
