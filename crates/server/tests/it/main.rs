@@ -38,6 +38,7 @@ mod example_data_plane;
 mod guessing;
 mod impersonation;
 mod invitations;
+mod observability;
 mod openapi;
 mod outbound;
 mod outbox_lease;
