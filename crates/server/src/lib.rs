@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod data_dir;
 pub mod serve;
 pub mod settings;

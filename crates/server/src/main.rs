@@ -41,6 +41,13 @@ enum Command {
         #[command(subcommand)]
         command: ServiceTokensCommand,
     },
+    /// SQLite: copy the control database, every tenant's and every usage journal (each
+    /// consistent, while the server runs) and the secret key into DIR, with manifest.json.
+    /// PostgreSQL: use pg_dump (docs/deploy.md).
+    Backup {
+        /// A new (or empty) directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +186,22 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit(&settings, command).await,
+        Command::Backup { dir } => {
+            if settings.database_url.is_some() {
+                bail!(
+                    "quarterdeck backup copies SQLite data directories only; on PostgreSQL back up with pg_dump \
+                     (the control database, every tenant database, each region's cluster): see docs/deploy.md, Backups"
+                );
+            }
+            let manifest = quarterdeck::backup::backup(&settings.data_dir, &dir).await?;
+            println!(
+                "backed up {} file(s) ({} tenant database(s)) into {}",
+                manifest.files.len(),
+                manifest.tenant_ids.len(),
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -26,6 +26,7 @@ mod api;
 mod api_keys_api;
 mod audit;
 mod auth;
+mod backup;
 mod billing;
 mod browser;
 mod browser_sso;
