@@ -25,6 +25,7 @@ pub enum EventType {
     TenantMetadataUpdated,
     TenantStatusChanged,
     TenantDeleted,
+    TenantExported,
     OwnerCreated,
     SignInSucceeded,
     SignInFailed,
@@ -70,11 +71,12 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 46] = [
+    pub const ALL: [EventType; 47] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
         Self::TenantDeleted,
+        Self::TenantExported,
         Self::OwnerCreated,
         Self::SignInSucceeded,
         Self::SignInFailed,
@@ -125,6 +127,7 @@ impl EventType {
             Self::TenantMetadataUpdated => "TENANT_METADATA_UPDATED",
             Self::TenantStatusChanged => "TENANT_STATUS_CHANGED",
             Self::TenantDeleted => "TENANT_DELETED",
+            Self::TenantExported => "TENANT_EXPORTED",
             Self::OwnerCreated => "OWNER_CREATED",
             Self::SignInSucceeded => "SIGN_IN_SUCCEEDED",
             Self::SignInFailed => "SIGN_IN_FAILED",

@@ -48,6 +48,24 @@ enum Command {
         /// A new (or empty) directory.
         dir: PathBuf,
     },
+    /// Tenant commands.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Write one tenant's data as JSON lines (users, roles, API keys' and provider
+    /// credentials' metadata, usage rollups, audit events; no secret, no hash), audited as
+    /// TENANT_EXPORTED.
+    Export {
+        slug: String,
+        /// Write to this file (created owner-only) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +204,33 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit(&settings, command).await,
+        Command::Tenants {
+            command: TenantsCommand::Export { slug, out },
+        } => {
+            let core = app::core(&settings, Deps::default()).await?;
+            let lines = core.export_tenant_from_cli(&slug).await.map_err(cli_error)?;
+            let mut text = String::new();
+            for l in &lines {
+                text.push_str(&serde_json::to_string(l)?);
+                text.push('\n');
+            }
+            match out {
+                Some(path) => {
+                    use std::io::Write;
+                    let mut opts = std::fs::OpenOptions::new();
+                    opts.write(true).create_new(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                    let mut f = opts
+                        .open(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                    f.write_all(text.as_bytes())?;
+                    eprintln!("{} line(s) written to {}", lines.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
         Command::Backup { dir } => {
             if settings.database_url.is_some() {
                 bail!(

@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 mod credentials;
 mod data_plane;
+mod export;
 mod impersonation;
 mod outbox;
 mod setup;

@@ -53,6 +53,7 @@ mod sso;
 #[cfg(feature = "saml")]
 mod sso_saml;
 mod storage;
+mod tenant_export;
 mod tenants;
 mod usage;
 mod usage_api;
