@@ -29,7 +29,14 @@ pub const BUILD_INFO: &str = "quarterdeck_build_info";
 pub const HTTP_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Outcomes of a password sign-in.
-pub const SIGN_IN_OUTCOMES: &[&str] = &["success", "invalid_credentials", "throttled", "tenant_suspended", "busy", "error"];
+pub const SIGN_IN_OUTCOMES: &[&str] = &[
+    "success",
+    "invalid_credentials",
+    "throttled",
+    "tenant_suspended",
+    "busy",
+    "error",
+];
 /// Outcomes of a data-plane key verification (`valid`, a refusal's code, or `busy` / `error`).
 pub const KEY_OUTCOMES: &[&str] = &[
     "valid",
@@ -81,9 +88,15 @@ impl Meters {
     pub fn new(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
         let m = Self { recorder };
         let counters: &[(&'static str, &'static str)] = &[
-            (HTTP_REQUESTS, "HTTP requests by matched route template, method and status."),
+            (
+                HTTP_REQUESTS,
+                "HTTP requests by matched route template, method and status.",
+            ),
             (SIGN_INS, "Password sign-ins (console and portal) by outcome."),
-            (KEY_VERIFICATIONS, "Data-plane API key verifications by outcome (valid, or the refusal)."),
+            (
+                KEY_VERIFICATIONS,
+                "Data-plane API key verifications by outcome (valid, or the refusal).",
+            ),
             (
                 KEY_LOOKUPS,
                 "Database lookups made by data-plane key verifications that missed this node's cache.",
@@ -92,7 +105,10 @@ impl Meters {
                 WEBHOOK_DELIVERIES,
                 "Webhook delivery attempts by outcome; gave_up counts deliveries abandoned after 3 days of retries.",
             ),
-            (USAGE_EVENTS, "Usage events received by the data plane, by result (accepted, rejected)."),
+            (
+                USAGE_EVENTS,
+                "Usage events received by the data plane, by result (accepted, rejected).",
+            ),
         ];
         for (name, help) in counters {
             m.recorder.describe_counter((*name).into(), None, (*help).into());
@@ -106,7 +122,10 @@ impl Meters {
             (TENANT_POOLS_OPEN, "Tenant database pools open on this node."),
             (PASSWORD_HASH_QUEUE, "Password hashes waiting for a hashing slot."),
             (PASSWORD_HASH_ACTIVE, "Password hashes being computed now."),
-            (DB_CONNECTIONS, "Control database connections of this node, by state (idle, in_use)."),
+            (
+                DB_CONNECTIONS,
+                "Control database connections of this node, by state (idle, in_use).",
+            ),
             (BUILD_INFO, "The running version and storage backend (always 1)."),
         ];
         for (name, help) in gauges {
@@ -150,8 +169,10 @@ impl Meters {
     }
 
     pub fn usage_events(&self, accepted: u64, rejected: u64) {
-        self.counter(USAGE_EVENTS, &[("result", "accepted")]).increment(accepted);
-        self.counter(USAGE_EVENTS, &[("result", "rejected")]).increment(rejected);
+        self.counter(USAGE_EVENTS, &[("result", "accepted")])
+            .increment(accepted);
+        self.counter(USAGE_EVENTS, &[("result", "rejected")])
+            .increment(rejected);
     }
 
     /// One finished HTTP request (`route` is the matched template or `unmatched`).

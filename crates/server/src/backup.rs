@@ -40,7 +40,7 @@ pub struct ManifestFile {
 
 /// Copy the data directory's databases (and `secret.key`, if the key lives there) into `out`,
 /// which must not exist or be empty.
-pub async fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
+pub async fn backup(data_dir: &Path, out: &Path, clock: &dyn quarterdeck_domain::Clock) -> Result<Manifest> {
     if !data_dir.join("control.db").is_file() {
         bail!("no control.db in {} (QUARTERDECK_DATA_DIR)", data_dir.display());
     }
@@ -89,7 +89,8 @@ pub async fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
     let manifest = Manifest {
         version: 1,
         quarterdeck: env!("CARGO_PKG_VERSION"),
-        created_at: time::OffsetDateTime::now_utc()
+        created_at: clock
+            .now()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         files: manifest_files,

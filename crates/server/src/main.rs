@@ -238,7 +238,8 @@ async fn main() -> Result<()> {
                      (the control database, every tenant database, each region's cluster): see docs/deploy.md, Backups"
                 );
             }
-            let manifest = quarterdeck::backup::backup(&settings.data_dir, &dir).await?;
+            let manifest =
+                quarterdeck::backup::backup(&settings.data_dir, &dir, &quarterdeck_domain::SystemClock).await?;
             println!(
                 "backed up {} file(s) ({} tenant database(s)) into {}",
                 manifest.files.len(),

@@ -163,7 +163,12 @@ pub fn router(state: AppState) -> Router {
     let routes = edge::limits(routes, state.config.edge)
         .layer(from_fn_with_state(content_security_policy(&state), security_headers));
     let meters = state.core.meters().clone();
-    edge::request_ids(routes, std::sync::Arc::new(state.config.trusted_proxies.clone()), meters).with_state(state)
+    edge::request_ids(
+        routes,
+        std::sync::Arc::new(state.config.trusted_proxies.clone()),
+        meters,
+    )
+    .with_state(state)
 }
 
 /// The separate metrics listener (`metrics_listen`): `GET /metrics` without a token, nothing

@@ -28,9 +28,9 @@ fn parse(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     let name_ok = |n: &str| {
         !n.is_empty()
-            && n.chars().enumerate().all(|(i, c)| {
-                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
-            })
+            && n.chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
     };
     assert!(text.ends_with('\n'), "the exposition ends with a newline");
     for line in text.lines() {
@@ -38,15 +38,23 @@ fn parse(text: &str) -> Vec<Sample> {
             continue;
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or_else(|| panic!("HELP without text: {line}"));
+            let (name, help) = rest
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("HELP without text: {line}"));
             assert!(name_ok(name) && !help.is_empty(), "{line}");
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(name_ok(name), "{line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "TYPE twice: {line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "TYPE twice: {line}"
+            );
             continue;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
@@ -102,7 +110,9 @@ fn parse(text: &str) -> Vec<Sample> {
         } else {
             rest.to_owned()
         };
-        let value_text = value_text.strip_prefix(' ').unwrap_or_else(|| panic!("no space before value: {line}"));
+        let value_text = value_text
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no space before value: {line}"));
         let value: f64 = match value_text {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -110,7 +120,10 @@ fn parse(text: &str) -> Vec<Sample> {
         };
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
             .unwrap_or(name);
         assert!(types.contains_key(family), "sample before/without its TYPE: {line}");
         samples.push(Sample {
@@ -125,13 +138,20 @@ fn parse(text: &str) -> Vec<Sample> {
         for s in samples.iter().filter(|s| s.name == format!("{family}_bucket")) {
             let mut key = s.labels.clone();
             let le = key.remove("le").expect("a bucket has le");
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
             series.entry(key).or_default().push((le, s.value));
         }
         assert!(!series.is_empty(), "histogram {family} without buckets");
         for (key, mut buckets) in series {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family} {key:?} not monotone: {buckets:?}");
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family} {key:?} not monotone: {buckets:?}"
+            );
             let inf = buckets.last().unwrap();
             assert!(inf.0.is_infinite(), "{family} {key:?} without +Inf");
             let count = samples
@@ -140,7 +160,9 @@ fn parse(text: &str) -> Vec<Sample> {
                 .unwrap_or_else(|| panic!("{family} {key:?} without _count"));
             assert_eq!(inf.1, count.value, "{family} {key:?}: +Inf bucket = _count");
             assert!(
-                samples.iter().any(|s| s.name == format!("{family}_sum") && s.labels == key),
+                samples
+                    .iter()
+                    .any(|s| s.name == format!("{family}_sum") && s.labels == key),
                 "{family} {key:?} without _sum"
             );
         }
@@ -151,7 +173,10 @@ fn parse(text: &str) -> Vec<Sample> {
 /// The value of the series `name` with exactly these labels.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    samples.iter().find(|s| s.name == name && s.labels == want).map(|s| s.value)
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels == want)
+        .map(|s| s.value)
 }
 
 async fn scrape(url: String, bearer: Option<&str>) -> reqwest::Response {
