@@ -288,7 +288,12 @@ async fn observe(State(meters): State<Meters>, mut req: Request, next: Next) -> 
     let (route, tenant) = notes.with(|n| (n.route.take(), n.tenant.take()));
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
     let status = resp.status().as_u16();
-    meters.http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
+    // A label from a closed set: a client may send any extension method.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    };
+    meters.http_request(&route, method_label, status, elapsed.as_secs_f64());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     match tenant {
         Some(tenant) => tracing::info!(

@@ -211,6 +211,12 @@ both_backends!(
         assert_eq!(verify(&app, &token, "qd_live_nope").await.1["valid"], false);
         // A page with an id in its path.
         assert_eq!(app.get(&format!("/tenants/{tid}")).await.status(), 200);
+        // A made-up method: counted, but not as a label of its own.
+        reqwest::Client::new()
+            .request(reqwest::Method::from_bytes(b"BREW").unwrap(), app.url("/login"))
+            .send()
+            .await
+            .unwrap();
         // An email waiting in the outbox for a minute.
         app.invite("new@example.com", &tid, &["admin"]).await;
         app.clock.advance(time::Duration::seconds(90));
@@ -253,6 +259,8 @@ both_backends!(
             Some(1.0)
         );
         assert!(!text.contains(&tid) && !text.contains("acme"), "no ids or slugs in labels: {text}");
+        assert!(!text.contains("BREW"));
+        assert!(s.iter().any(|x| x.name == req && x.labels["method"] == "other"), "{text}");
 
         // Gauges read when scraped.
         assert_eq!(value(&s, "quarterdeck_outbox_pending", &[]), Some(app.outbox().await.len() as f64));
