@@ -25,6 +25,7 @@ pub enum EventType {
     TenantMetadataUpdated,
     TenantStatusChanged,
     TenantDeleted,
+    TenantExported,
     OwnerCreated,
     SignInSucceeded,
     SignInFailed,
@@ -74,11 +75,12 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 50] = [
+    pub const ALL: [EventType; 51] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
         Self::TenantDeleted,
+        Self::TenantExported,
         Self::OwnerCreated,
         Self::SignInSucceeded,
         Self::SignInFailed,
@@ -133,6 +135,7 @@ impl EventType {
             Self::TenantMetadataUpdated => "TENANT_METADATA_UPDATED",
             Self::TenantStatusChanged => "TENANT_STATUS_CHANGED",
             Self::TenantDeleted => "TENANT_DELETED",
+            Self::TenantExported => "TENANT_EXPORTED",
             Self::OwnerCreated => "OWNER_CREATED",
             Self::SignInSucceeded => "SIGN_IN_SUCCEEDED",
             Self::SignInFailed => "SIGN_IN_FAILED",

@@ -18,6 +18,7 @@ pub mod fields;
 pub mod ids;
 pub mod impersonation;
 pub mod mail;
+pub mod meters;
 pub mod password;
 pub mod pat;
 pub mod pricing;

@@ -66,6 +66,9 @@ pub struct PasswordHasher {
     /// A real hash of a random password, verified against when the user is unknown, so that
     /// an unknown email costs the same time as a wrong password.
     dummy_hash: Arc<String>,
+    /// Hashes waiting for a slot (`/metrics`).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    parallelism: usize,
 }
 
 fn argon2() -> Result<Argon2<'static>> {
@@ -91,7 +94,17 @@ impl PasswordHasher {
             buffers: Arc::new(Mutex::new(buffers)),
             max_wait,
             dummy_hash: Arc::new(dummy),
+            waiting: Arc::default(),
+            parallelism,
         })
+    }
+
+    /// Hashes waiting for a slot, and hashes being computed.
+    pub fn load(&self) -> (usize, usize) {
+        (
+            self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            self.parallelism.saturating_sub(self.slots.available_permits()),
+        )
     }
 
     /// Hash a new password into a PHC string.
@@ -128,10 +141,13 @@ impl PasswordHasher {
         &self,
         f: impl FnOnce(&mut Vec<Block>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let permit = tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| Error::Busy)?
-            .map_err(|_| Error::Busy)?;
+        let permit = {
+            let _waiting = Waiting::new(&self.waiting);
+            tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| Error::Busy)?
+                .map_err(|_| Error::Busy)?
+        };
         let buffers = self.buffers.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -146,6 +162,22 @@ impl PasswordHasher {
         })
         .await
         .map_err(Error::internal)?
+    }
+}
+
+/// Counts a waiter for as long as it waits (dropped when the wait ends, however it ends).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -772,6 +772,7 @@ pub trait ReconcileStore: Send + Sync {
 }
 
 /// Everything the core needs from storage.
+#[async_trait]
 pub trait Store:
     TenantStore
     + UserStore
@@ -789,4 +790,9 @@ pub trait Store:
 {
     /// "sqlite" or "postgres", for the settings page and logs.
     fn backend(&self) -> &'static str;
+    /// The control database answers and every control migration of this binary is applied;
+    /// else `database_unavailable` or `migrations_pending`.
+    async fn control_readiness(&self) -> std::result::Result<(), &'static str>;
+    /// The numbers `/metrics` reads when scraped (one small query, the rest from memory).
+    async fn store_gauges(&self, now: OffsetDateTime) -> Result<crate::meters::StoreGauges>;
 }

@@ -4,9 +4,11 @@ use crate::data_dir::DataDirLock;
 use crate::serve::ConnectionLimits;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use quarterdeck_domain::clock::{Clock, SystemClock};
 use quarterdeck_domain::core::Links;
 use quarterdeck_domain::mail::Mailer;
+use quarterdeck_domain::meters::Meters;
 use quarterdeck_domain::password::PasswordHasher;
 use quarterdeck_domain::session::SessionPolicy;
 use quarterdeck_domain::token::{OsRandom, Random};
@@ -29,6 +31,8 @@ pub struct App {
     pub connections: ConnectionLimits,
     /// Held while this server lives: no second `serve` on the same SQLite data directory.
     pub data_dir_lock: Option<DataDirLock>,
+    /// The separate metrics listener (`metrics_listen`) and what it serves.
+    pub metrics: Option<(TcpListener, axum::Router)>,
 }
 
 /// What can be swapped in tests.
@@ -62,6 +66,29 @@ pub async fn core_with_key(
     settings: &Settings,
     deps: Deps,
     secret_key: quarterdeck_domain::sso::SecretKey,
+) -> Result<Arc<Core>> {
+    measured_core(settings, deps, secret_key, Meters::default()).await
+}
+
+/// The server's own Prometheus recorder (one per server, none installed globally) with the
+/// latency buckets, and the handle `/metrics` renders it with.
+pub fn prometheus() -> (Meters, PrometheusHandle) {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(quarterdeck_domain::meters::HTTP_DURATION.to_owned()),
+            quarterdeck_domain::meters::HTTP_BUCKETS,
+        )
+        .map(PrometheusBuilder::build_recorder)
+        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+    let handle = recorder.handle();
+    (Meters::new(Arc::new(recorder)), handle)
+}
+
+async fn measured_core(
+    settings: &Settings,
+    deps: Deps,
+    secret_key: quarterdeck_domain::sso::SecretKey,
+    meters: Meters,
 ) -> Result<Arc<Core>> {
     let store = quarterdeck_store::open(&StoreOptions {
         database_url: settings.database_url.clone(),
@@ -110,6 +137,7 @@ pub async fn core_with_key(
         usage: settings.usage_policy(),
     };
     let mut core = Core::new(store, deps.clock, deps.rng, hasher, config);
+    core.set_meters(meters);
     core.set_webhook_sender(Arc::new(crate::webhooks::OutboundWebhooks(Arc::new(
         quarterdeck_outbound::Outbound::new(settings.outbound_policy()?)
             .map_err(|e| anyhow::anyhow!("the outbound HTTP client: {e}"))?,
@@ -148,7 +176,17 @@ impl App {
         };
         let mailer =
             quarterdeck_mail::build(&settings.mail_settings()?).map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
-        let core = core(&settings, deps).await?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (QUARTERDECK_METRICS_LISTEN)"))?,
+            ),
+            None => None,
+        };
+        let (meters, prometheus) = prometheus();
+        let secret_key = settings.secret_key(&*deps.rng)?;
+        let core = measured_core(&settings, deps, secret_key, meters).await?;
 
         if let (Some(email), Some(password)) = (&settings.bootstrap_owner_email, &settings.bootstrap_owner_password) {
             let created = core
@@ -182,7 +220,7 @@ impl App {
                 body_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
             },
         };
-        let router = quarterdeck_web::router(AppState {
+        let state = AppState {
             core: core.clone(),
             config: Arc::new(web),
             sso: Arc::new(quarterdeck_web::SsoProtocols::new(Arc::new(
@@ -190,7 +228,10 @@ impl App {
                     .map_err(|e| anyhow::anyhow!("the outbound HTTP client: {e}"))?,
             ))),
             guessing: Arc::default(),
-        });
+            prometheus,
+        };
+        let metrics = metrics_listener.map(|l| (l, quarterdeck_web::metrics_router(state.clone())));
+        let router = quarterdeck_web::router(state);
         Ok(Self {
             core,
             mailer,
@@ -199,7 +240,13 @@ impl App {
             settings,
             connections,
             data_dir_lock,
+            metrics,
         })
+    }
+
+    /// The separate metrics listener's address, if `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -237,7 +284,18 @@ impl App {
             .settings
             .deliver_webhooks
             .then(|| tokio::spawn(crate::webhooks::deliver(self.core.clone())));
+        let metrics = self.metrics.map(|(listener, router)| {
+            let limits = self.connections;
+            tokio::spawn(async move {
+                if let Err(e) = crate::serve::serve(listener, router, limits, std::future::pending()).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            })
+        });
         let result = crate::serve::serve(self.listener, self.router, self.connections, shutdown).await;
+        if let Some(m) = metrics {
+            m.abort();
+        }
         feed.abort();
         flushes.abort();
         sweeper.abort();

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod data_dir;
 pub mod reconcile;
 pub mod serve;

@@ -41,6 +41,31 @@ enum Command {
         #[command(subcommand)]
         command: ServiceTokensCommand,
     },
+    /// SQLite: copy the control database, every tenant's and every usage journal (each
+    /// consistent, while the server runs) and the secret key into DIR, with manifest.json.
+    /// PostgreSQL: use pg_dump (docs/deploy.md).
+    Backup {
+        /// A new (or empty) directory.
+        dir: PathBuf,
+    },
+    /// Tenant commands.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Write one tenant's data as JSON lines (users, roles, API keys' and provider
+    /// credentials' metadata, usage rollups, audit events; no secret, no hash), audited as
+    /// TENANT_EXPORTED.
+    Export {
+        slug: String,
+        /// Write to this file (created owner-only) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +204,50 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit(&settings, command).await,
+        Command::Tenants {
+            command: TenantsCommand::Export { slug, out },
+        } => {
+            let core = app::core(&settings, Deps::default()).await?;
+            let lines = core.export_tenant_from_cli(&slug).await.map_err(cli_error)?;
+            let mut text = String::new();
+            for l in &lines {
+                text.push_str(&serde_json::to_string(l)?);
+                text.push('\n');
+            }
+            match out {
+                Some(path) => {
+                    use std::io::Write;
+                    let mut opts = std::fs::OpenOptions::new();
+                    opts.write(true).create_new(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                    let mut f = opts
+                        .open(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                    f.write_all(text.as_bytes())?;
+                    eprintln!("{} line(s) written to {}", lines.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Backup { dir } => {
+            if settings.database_url.is_some() {
+                bail!(
+                    "quarterdeck backup copies SQLite data directories only; on PostgreSQL back up with pg_dump \
+                     (the control database, every tenant database, each region's cluster): see docs/deploy.md, Backups"
+                );
+            }
+            let manifest =
+                quarterdeck::backup::backup(&settings.data_dir, &dir, &quarterdeck_domain::SystemClock).await?;
+            println!(
+                "backed up {} file(s) ({} tenant database(s)) into {}",
+                manifest.files.len(),
+                manifest.tenant_ids.len(),
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -134,6 +134,9 @@ pub struct Settings {
     /// not served (404).
     pub metrics_token: Option<String>,
     pub metrics_token_file: Option<PathBuf>,
+    /// A second address serving only `GET /metrics`, without a token (for a scraper on a
+    /// private network, e.g. `127.0.0.1:9464`). Unset: no second listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -198,6 +201,7 @@ impl Default for Settings {
             usage_events_per_second: 200_000,
             metrics_token: None,
             metrics_token_file: None,
+            metrics_listen: None,
         }
     }
 }
@@ -264,6 +268,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("usage_events_per_second", false),
     ("metrics_token", true),
     ("metrics_token_file", false),
+    ("metrics_listen", false),
 ];
 
 /// The default price book: USD 2.50 per million LLM tokens, USD 0.10 per thousand requests.

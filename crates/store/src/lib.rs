@@ -7,6 +7,7 @@
 //! schema (`identity` for the control database, `security` for a tenant's), so the SQL names
 //! tables without a schema on both.
 
+mod observe;
 mod pools;
 mod postgres;
 mod sql;

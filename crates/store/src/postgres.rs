@@ -321,8 +321,17 @@ crate::sql_usage::impl_usage_store!(PgStore, Postgres);
 crate::sql_webhooks::impl_webhook_store!(PgStore, Postgres);
 crate::sql_reconcile::impl_reconcile_store!(PgStore, Postgres);
 
+crate::observe::impl_observe!(PgStore);
+
+#[async_trait::async_trait]
 impl quarterdeck_domain::store::Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+    async fn control_readiness(&self) -> std::result::Result<(), &'static str> {
+        self.readiness().await
+    }
+    async fn store_gauges(&self, now: time::OffsetDateTime) -> Result<quarterdeck_domain::meters::StoreGauges> {
+        self.gauges(now).await
     }
 }

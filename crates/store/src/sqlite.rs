@@ -264,8 +264,22 @@ crate::sql_usage::impl_usage_store!(SqliteStore, Sqlite);
 crate::sql_webhooks::impl_webhook_store!(SqliteStore, Sqlite);
 crate::sql_reconcile::impl_reconcile_store!(SqliteStore, Sqlite);
 
+crate::observe::impl_observe!(SqliteStore);
+
+#[async_trait::async_trait]
 impl quarterdeck_domain::store::Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+    async fn control_readiness(&self) -> std::result::Result<(), &'static str> {
+        // The file this node opened must still be where it was (a volume unmounted or the
+        // file removed: what is written now would be lost).
+        if !self.data_dir.join("control.db").exists() {
+            return Err("database_unavailable");
+        }
+        self.readiness().await
+    }
+    async fn store_gauges(&self, now: time::OffsetDateTime) -> Result<quarterdeck_domain::meters::StoreGauges> {
+        self.gauges(now).await
     }
 }

@@ -25,6 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use quarterdeck_domain::meters::Meters;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,12 +95,15 @@ pub fn limits<S: Clone + Send + Sync + 'static>(router: Router<S>, limits: EdgeL
         .layer(from_fn(render_edge_errors))
 }
 
-/// Layer 1, outermost.
+/// Layer 1, outermost; inside the request's span, the measurement of every request (its
+/// counter and latency, and the completion log line).
 pub fn request_ids<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     trusted_proxies: Arc<Vec<IpAddr>>,
+    meters: Meters,
 ) -> Router<S> {
     router
+        .layer(from_fn_with_state(meters, observe))
         .layer(from_fn(scope_request_id))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         // No ERROR line per 5xx (a shedding server would log one per refused request):
@@ -231,4 +235,82 @@ async fn shed(uri: Uri, err: tower::BoxError) -> Response {
             "The server could not finish this request.",
         )
     }
+}
+
+/// What the inner layers learn about a request that the outer measurement reports: the
+/// matched route template (set where the route matched, nested routers included) and the
+/// tenant whose host it came to.
+#[derive(Clone, Default)]
+pub struct Notes(Arc<std::sync::Mutex<Noted>>);
+
+#[derive(Default)]
+struct Noted {
+    route: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Notes {
+    fn with<T>(&self, f: impl FnOnce(&mut Noted) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// Records the tenant (its slug) a request is for, for the completion log line.
+pub fn note_tenant(req: &Request, slug: &str) {
+    if let Some(n) = req.extensions().get::<Notes>() {
+        n.with(|n| n.tenant = Some(slug.to_owned()));
+    }
+}
+
+/// Middleware on each router that has routes: records the matched route's template (never
+/// the path itself: no ids in metric labels). The innermost router's template wins.
+pub async fn note_route(req: Request, next: Next) -> Response {
+    if let (Some(n), Some(p)) = (
+        req.extensions().get::<Notes>(),
+        req.extensions().get::<axum::extract::MatchedPath>(),
+    ) {
+        let p = p.as_str().to_owned();
+        n.with(|n| n.route = Some(p));
+    }
+    next.run(req).await
+}
+
+/// Counts the request by route template, method and status, records its latency, and logs
+/// its completion (request id, route, status, duration, tenant).
+async fn observe(State(meters): State<Meters>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let notes = Notes::default();
+    req.extensions_mut().insert(notes.clone());
+    let method = req.method().clone();
+    let request_id = request_id_of(&req).to_owned();
+    let resp = next.run(req).await;
+    let elapsed = started.elapsed();
+    let (route, tenant) = notes.with(|n| (n.route.take(), n.tenant.take()));
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    let status = resp.status().as_u16();
+    // A label from a closed set: a client may send any extension method.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    };
+    meters.http_request(&route, method_label, status, elapsed.as_secs_f64());
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    match tenant {
+        Some(tenant) => tracing::info!(
+            request_id = %request_id,
+            route = %route,
+            status,
+            duration_ms,
+            tenant = %tenant,
+            "request completed"
+        ),
+        None => tracing::info!(
+            request_id = %request_id,
+            route = %route,
+            status,
+            duration_ms,
+            "request completed"
+        ),
+    }
+    resp
 }

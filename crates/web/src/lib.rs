@@ -14,5 +14,5 @@ pub use sso::SsoProtocols;
 mod state;
 
 pub use edge::EdgeLimits;
-pub use router::router;
+pub use router::{metrics_router, router};
 pub use state::{AppState, SettingRow, WebConfig};

@@ -1,20 +1,28 @@
-//! `GET /metrics`: counters in the Prometheus text format, for whoever holds the
-//! `metrics_token` (`Authorization: Bearer <token>`; Prometheus's `authorization.credentials`).
-//! Without that setting the path is not served (404); a missing or wrong token gets 401.
+//! `GET /metrics`: the Prometheus text format, rendered from the core's own recorder (the
+//! `metrics` crate with `metrics-exporter-prometheus`, nothing installed globally), and
+//! `GET /readyz`.
+//!
+//! Two ways to reach the metrics, never public by accident: on the main listener only with the
+//! `metrics_token` setting and its bearer (`Authorization: Bearer <token>`; Prometheus's
+//! `authorization.credentials`) — without that setting the path is 404, a missing or wrong
+//! token gets 401 — and on the separate `metrics_listen` address without a token (bind it to
+//! a private interface).
 //!
 //! Only process-wide numbers: no label carries a tenant, a user, an endpoint's URL or any
-//! other customer data. Counters count since this process started (Prometheus's `rate()`
-//! handles restarts); with several nodes, each is scraped on its own.
+//! other customer data; HTTP requests are labelled by their route's template. Counters count
+//! since this process started (Prometheus's `rate()` handles restarts); with several nodes,
+//! each is scraped on its own. Gauges that need the database (the outbox) are read when
+//! scraped, with one small query.
 
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::fmt::Write;
 
 /// The exposition format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// On the main listener: only for the `metrics_token`'s holder.
 pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(expected) = state.config.metrics_token.as_deref() else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
@@ -33,10 +41,31 @@ pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Respons
         );
         return resp;
     }
-    let mut resp = render(&state).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    resp
+    render(&state).await
+}
+
+/// On the separate `metrics_listen` address: no token (the address is the protection).
+pub async fn serve_open(State(state): State<AppState>) -> Response {
+    render(&state).await
+}
+
+/// `GET /readyz`: 200 when the control database answers and its migrations are all applied,
+/// else 503 with the reason (`database_unavailable`, `migrations_pending`). `/healthz` says
+/// only that the process serves.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match state.core.readiness().await {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => {
+            let mut resp = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
+    }
 }
 
 /// Compares in time that depends on the length only (the token's length is no secret).
@@ -44,45 +73,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The page: every family with its `HELP` and `TYPE`, every outcome even at zero.
-fn render(state: &AppState) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP quarterdeck_webhook_deliveries_total Webhook delivery attempts by outcome since this process started; \
-         gave_up counts deliveries abandoned after 3 days of retries (their last attempt is also counted by its outcome)."
-    );
-    let _ = writeln!(out, "# TYPE quarterdeck_webhook_deliveries_total counter");
-    for (outcome, n) in state.core.webhook_counters() {
-        let _ = writeln!(out, "quarterdeck_webhook_deliveries_total{{outcome=\"{outcome}\"}} {n}");
+/// The page: the gauges brought up to date, then every family with its `HELP` and `TYPE`.
+/// A gauge the database could not give keeps its last value (and the failure is logged): the
+/// scrape itself still answers.
+async fn render(state: &AppState) -> Response {
+    if let Err(e) = state.core.observe().await {
+        tracing::warn!(error = %e, "metrics: reading the gauges from the database failed");
     }
-    let _ = writeln!(
-        out,
-        "# HELP quarterdeck_key_verification_lookups_total Database lookups made by data-plane key verifications that missed this node's cache."
-    );
-    let _ = writeln!(out, "# TYPE quarterdeck_key_verification_lookups_total counter");
-    let _ = writeln!(
-        out,
-        "quarterdeck_key_verification_lookups_total {}",
-        state.core.verifier_lookups()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP quarterdeck_build_info The running version and storage backend (always 1)."
-    );
-    let _ = writeln!(out, "# TYPE quarterdeck_build_info gauge");
-    let _ = writeln!(
-        out,
-        "quarterdeck_build_info{{version=\"{}\",backend=\"{}\"}} 1",
-        escape(state.config.version),
-        escape(state.core.backend())
-    );
-    out
-}
-
-/// A label value as the exposition format needs it.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    let m = state.core.meters();
+    m.gauge(
+        quarterdeck_domain::meters::BUILD_INFO,
+        &[("version", state.config.version), ("backend", state.core.backend())],
+    )
+    .set(1.0);
+    state.prometheus.run_upkeep();
+    let mut resp = state.prometheus.render().into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    resp
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Layers, outermost first: the edge's request id (`edge.rs`) → security headers → the edge's
 //! error rendering, load shedding, timeout and body limit → site (base host or a tenant's
 //! host, else 404) → session loading → CSRF check on every unsafe method. The data-plane API
-//! (`/v1/data-plane/…`, service tokens) and `/metrics` (the `metrics_token`) sit beside those
+//! (`/v1/data-plane/…`, service tokens), `/metrics` (the `metrics_token`) and `/readyz` sit beside those
 //! three: any host, no cookies. Handlers
 //! check permissions themselves, first thing.
 
@@ -19,7 +19,7 @@ use crate::{assets, edge, pages};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -136,7 +136,9 @@ pub fn router(state: AppState) -> Router {
         // Automation API (bearer tokens; no cookies, no CSRF)
         .nest(
             "/v1",
-            crate::api::router(&state).layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits))),
+            crate::api::router(&state)
+                .layer(axum::Extension(std::sync::Arc::new(crate::api::ApiLimits)))
+                .layer(from_fn(edge::note_route)),
         )
         // Machines
         .route("/healthz", get(health))
@@ -144,17 +146,38 @@ pub fn router(state: AppState) -> Router {
         .fallback(pages::not_found)
         .layer(from_fn_with_state(state.clone(), csrf_guard))
         .layer(from_fn_with_state(state.clone(), load_session))
-        .layer(from_fn_with_state(state.clone(), resolve_site));
+        .layer(from_fn_with_state(state.clone(), resolve_site))
+        .layer(from_fn(edge::note_route));
     // The data plane (service tokens) and the metrics (their own bearer token): any host name
     // (a data plane or a Prometheus often reaches Quarterdeck by an internal name), no site,
     // session or CSRF layer.
     let routes = Router::new()
-        .nest("/v1/data-plane", crate::api::data_plane::router())
+        .nest(
+            "/v1/data-plane",
+            crate::api::data_plane::router().layer(from_fn(edge::note_route)),
+        )
         .route("/metrics", get(crate::metrics::serve))
+        .route("/readyz", get(crate::metrics::ready))
+        .layer(from_fn(edge::note_route))
         .merge(routes);
     let routes = edge::limits(routes, state.config.edge)
         .layer(from_fn_with_state(content_security_policy(&state), security_headers));
-    edge::request_ids(routes, std::sync::Arc::new(state.config.trusted_proxies.clone())).with_state(state)
+    let meters = state.core.meters().clone();
+    edge::request_ids(
+        routes,
+        std::sync::Arc::new(state.config.trusted_proxies.clone()),
+        meters,
+    )
+    .with_state(state)
+}
+
+/// The separate metrics listener (`metrics_listen`): `GET /metrics` without a token, nothing
+/// else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::metrics::serve_open))
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
 }
 
 /// Ready when the control database answers.

@@ -24,6 +24,25 @@ impl Core {
         password: &str,
         client: &ClientInfo,
     ) -> Result<(Secret, SignedIn)> {
+        let result = self.check_sign_in(dir, email, password, client).await;
+        self.meters.sign_in(match &result {
+            Ok(_) => "success",
+            Err(Error::InvalidCredentials) => "invalid_credentials",
+            Err(Error::Throttled { .. }) => "throttled",
+            Err(Error::TenantSuspended) => "tenant_suspended",
+            Err(Error::Busy) => "busy",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn check_sign_in(
+        &self,
+        dir: Directory,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<(Secret, SignedIn)> {
         let now = self.clock.now();
         let tenant = self.tenant_of(dir).await?;
         if tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Suspended) {

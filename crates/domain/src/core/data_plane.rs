@@ -139,6 +139,17 @@ impl Core {
     /// is `{"valid": false}` with the reason; only the caller's own faults are errors, and
     /// `busy` when the answer cannot be had in time (see [`crate::verifier`]).
     pub async fn verify_api_key(&self, caller: &ServiceCaller, key: &str) -> Result<Verification> {
+        let result = self.judge_api_key(caller, key).await;
+        self.meters.key_verification(match &result {
+            Ok(Verification::Valid { .. }) => "valid",
+            Ok(Verification::Invalid { refusal, .. }) => refusal.as_str(),
+            Err(Error::Busy) => "busy",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn judge_api_key(&self, caller: &ServiceCaller, key: &str) -> Result<Verification> {
         caller.require(ServiceScope::KeysVerify)?;
         if !well_formed(key, KEY_CHARS.0, KEY_CHARS.1) {
             return Ok(Verification::invalid(Refusal::Unknown));

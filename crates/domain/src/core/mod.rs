@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 mod credentials;
 mod data_plane;
+mod export;
 mod impersonation;
 mod limits;
 mod outbox;
@@ -224,6 +225,8 @@ pub struct Core {
     /// Where webhooks are sent through (see [`webhooks`]).
     webhooks: Arc<dyn crate::webhook::WebhookSender>,
     webhook_counts: crate::webhook::DeliveryCounters,
+    /// What `/metrics` shows (see [`crate::meters`]).
+    meters: crate::meters::Meters,
 }
 
 impl Core {
@@ -244,6 +247,7 @@ impl Core {
             usage: usage::UsageState::default(),
             webhooks: Arc::new(crate::webhook::NoSender),
             webhook_counts: crate::webhook::DeliveryCounters::default(),
+            meters: crate::meters::Meters::default(),
         }
     }
 
@@ -278,9 +282,46 @@ impl Core {
         self.store.backend()
     }
 
-    /// Whether the control database answers (the readiness check).
+    /// Whether the control database answers (the health check).
     pub async fn ready(&self) -> Result<()> {
         self.store.owner_exists().await.map(|_| ())
+    }
+
+    /// The readiness check: the control database answers and every control migration this
+    /// binary embeds is applied. `Err(reason)`: `database_unavailable` or `migrations_pending`.
+    pub async fn readiness(&self) -> std::result::Result<(), &'static str> {
+        self.store.control_readiness().await
+    }
+
+    /// Where the core counts (the server gives it its Prometheus recorder).
+    pub fn set_meters(&mut self, meters: crate::meters::Meters) {
+        self.meters = meters;
+    }
+
+    pub fn meters(&self) -> &crate::meters::Meters {
+        &self.meters
+    }
+
+    /// Brings the gauges and the counters kept elsewhere up to date before a scrape: one
+    /// small query (the outbox), the rest from memory.
+    pub async fn observe(&self) -> Result<()> {
+        use crate::meters::*;
+        let m = &self.meters;
+        for (outcome, n) in self.webhook_counters() {
+            m.counter(WEBHOOK_DELIVERIES, &[("outcome", outcome)]).absolute(n);
+        }
+        m.counter(KEY_LOOKUPS, &[]).absolute(self.verifier_lookups());
+        let (waiting, active) = self.hasher.load();
+        m.gauge(PASSWORD_HASH_QUEUE, &[]).set(waiting as f64);
+        m.gauge(PASSWORD_HASH_ACTIVE, &[]).set(active as f64);
+        let g = self.store.store_gauges(self.clock.now()).await?;
+        m.gauge(OUTBOX_PENDING, &[]).set(g.outbox_pending as f64);
+        m.gauge(OUTBOX_OLDEST, &[]).set(g.outbox_oldest_age_seconds);
+        m.gauge(TENANT_POOLS_OPEN, &[]).set(g.tenant_pools_open as f64);
+        m.gauge(DB_CONNECTIONS, &[("state", "idle")]).set(g.control_idle as f64);
+        m.gauge(DB_CONNECTIONS, &[("state", "in_use")])
+            .set(g.control_connections.saturating_sub(g.control_idle) as f64);
+        Ok(())
     }
 
     /// The live tenant served at `{slug}.{base host}`, if any (the host decides the site before

@@ -244,6 +244,7 @@ impl Core {
             })?;
         }
         rejected.sort_by_key(|r| r.index);
+        self.meters.usage_events(accepted as u64, rejected.len() as u64);
         Ok(IngestReport { accepted, rejected })
     }
 

@@ -388,7 +388,7 @@ async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
     cli_in(app, app.data_dir(), args).await
 }
 
-async fn cli_in(app: &TestApp, data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub async fn cli_in(app: &TestApp, data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quarterdeck"));
     cmd.args(args)
         .current_dir(data_dir)

@@ -170,14 +170,15 @@ impl TestApp {
         // What start-up logs (the setup link, warnings about the data directory) lands in
         // this test's buffer too.
         let logs = LogBuffer::default();
+        let json = settings.log_format == "json";
         let app = tracing::instrument::WithSubscriber::with_subscriber(
             App::with_listener(settings.clone(), listener, deps),
-            log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()]),
+            log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()], json),
         )
         .await
         .unwrap();
         let core = app.core.clone();
-        let runtime = server_runtime(&logs);
+        let runtime = server_runtime(&logs, json);
         runtime.spawn(async move {
             app.run(std::future::pending()).await.unwrap();
         });
@@ -505,6 +506,11 @@ impl LogBuffer {
     pub fn contains(&self, needle: &str) -> bool {
         String::from_utf8_lossy(&self.0.lock().unwrap()).contains(needle)
     }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
 
 /// Writes to this test's buffer and to the process-wide one.
@@ -522,7 +528,11 @@ impl std::io::Write for LogSink {
     }
 }
 
-fn log_dispatch(buffers: Vec<LogBuffer>) -> tracing::Dispatch {
+/// The text format, or with `json` the server's own JSON format (`log_format = "json"`).
+fn log_dispatch(buffers: Vec<LogBuffer>, json: bool) -> tracing::Dispatch {
+    if json {
+        return quarterdeck::telemetry::json_dispatch(move || LogSink(buffers.clone()));
+    }
     tracing::Dispatch::new(
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
@@ -536,7 +546,7 @@ fn log_dispatch(buffers: Vec<LogBuffer>) -> tracing::Dispatch {
 fn capture_logs() {
     LOGS.get_or_init(|| {
         let buf = LogBuffer::default();
-        let _ = tracing::dispatcher::set_global_default(log_dispatch(vec![buf.clone()]));
+        let _ = tracing::dispatcher::set_global_default(log_dispatch(vec![buf.clone()], false));
         buf
     });
 }
@@ -544,8 +554,8 @@ fn capture_logs() {
 /// A runtime for one test's server whose threads log into `logs` (and the process-wide
 /// capture): everything the server does — requests, the outbox worker, housekeeping — runs
 /// on it.
-fn server_runtime(logs: &LogBuffer) -> tokio::runtime::Runtime {
-    let dispatch = log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()]);
+fn server_runtime(logs: &LogBuffer, json: bool) -> tokio::runtime::Runtime {
+    let dispatch = log_dispatch(vec![logs.clone(), LOGS.get().unwrap().clone()], json);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

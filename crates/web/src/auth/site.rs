@@ -60,6 +60,9 @@ pub async fn resolve_site(State(state): State<AppState>, mut req: Request, next:
     };
     match site {
         Some(site) => {
+            if let Site::Tenant(t) = &site {
+                crate::edge::note_tenant(&req, t.slug.as_str());
+            }
             req.extensions_mut().insert(site);
             next.run(req).await
         }
