@@ -434,6 +434,17 @@ async fn three_nodes_walk_the_runbook_share_limits_and_lose_nothing_when_one_is_
         .map(|(to, _)| to.clone())
         .collect();
     let thrice = after.values().filter(|n| **n > 2).count();
+    // A copy sent again is the same message: both carry the outbox message's Message-ID, so
+    // the recipient's mail system shows one (and Resend, keyed by it, sends none twice).
+    let emails = maildev.emails().await;
+    for to in &twice {
+        let ids: BTreeSet<&str> = emails
+            .iter()
+            .filter(|e| e["to"][0]["address"].as_str() == Some(to.as_str()))
+            .filter_map(|e| e["headers"]["message-id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 1, "the copies to {to} are one message: {ids:?}");
+    }
 
     eprintln!(
         "nodes kill test (postgres): acknowledged {}, found {found}, duplicated {duplicated}, committed but unanswered {committed_unanswered}; \
