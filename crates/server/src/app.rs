@@ -73,6 +73,7 @@ pub async fn core_with_key(
             ..PoolLimits::default()
         },
         audit_key: quarterdeck_domain::audit::AuditKey::from_secret(&secret_key),
+        regions: settings.regions.locations(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))
@@ -85,7 +86,7 @@ pub async fn core_with_key(
             absolute: time::Duration::hours(i64::from(settings.session_absolute_hours)),
         },
         password_min_chars: settings.password_min_length,
-        regions: settings.regions.clone(),
+        regions: settings.regions.names(),
         setup_link_ttl: time::Duration::hours(24),
         invitation_ttl: time::Duration::days(i64::from(settings.invitation_ttl_days)),
         otp_ttl: time::Duration::hours(i64::from(settings.one_time_password_hours)),

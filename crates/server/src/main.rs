@@ -121,19 +121,40 @@ async fn main() -> Result<()> {
             let core = app::core(&settings, Deps::default()).await?;
             println!("control database: migrated ({})", core.backend());
             let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut failed = 0;
+            // Per region: (migrated, failed).
+            let mut regions: std::collections::BTreeMap<String, (usize, usize)> = std::collections::BTreeMap::new();
+            let mut failures = Vec::new();
             for (id, r) in &report {
+                let tenant = core
+                    .tenant_of(quarterdeck_domain::user::Directory::Tenant(*id))
+                    .await
+                    .ok()
+                    .flatten();
+                let region = tenant.as_ref().map_or("?".to_owned(), |t| t.region.as_str().to_owned());
+                let slug = tenant.as_ref().map_or("?".to_owned(), |t| t.slug.as_str().to_owned());
+                let counts = regions.entry(region.clone()).or_default();
                 match r {
-                    Ok(n) => println!("tenant {id}: ok ({n} migration(s) applied)"),
+                    Ok(n) => {
+                        counts.0 += 1;
+                        println!("tenant {slug} ({id}, region {region}): ok ({n} migration(s) applied)");
+                    }
                     Err(e) => {
-                        failed += 1;
-                        println!("tenant {id}: FAILED: {e}");
+                        counts.1 += 1;
+                        println!("tenant {slug} ({id}, region {region}): FAILED: {e}");
+                        failures.push(format!("{slug} ({id}): {e}"));
                     }
                 }
             }
-            println!("{} tenant database(s), {failed} failed", report.len());
-            if failed > 0 {
-                bail!("{failed} tenant database(s) could not be migrated");
+            for (region, (ok, failed)) in &regions {
+                println!("region {region}: {ok} migrated, {failed} failed");
+            }
+            println!("{} tenant database(s), {} failed", report.len(), failures.len());
+            if !failures.is_empty() {
+                bail!(
+                    "{} tenant database(s) could not be migrated:\n{}",
+                    failures.len(),
+                    failures.join("\n")
+                );
             }
             Ok(())
         }

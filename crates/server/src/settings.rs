@@ -26,9 +26,10 @@ pub struct Settings {
     pub bootstrap_owner_email: Option<String>,
     pub bootstrap_owner_password: Option<String>,
     pub bootstrap_owner_password_file: Option<PathBuf>,
-    /// Regions offered for new tenants.
-    #[serde(deserialize_with = "string_or_list")]
-    pub regions: Vec<String>,
+    /// Regions offered for new tenants (the first is the default), and where each keeps its
+    /// tenant databases: a list of names (all with the control database), or a table per
+    /// region (`[regions.eu] database_url = "postgres://…"` / `dir = "/var/lib/q/eu"`).
+    pub regions: Regions,
     /// Minimum password length.
     pub password_min_length: usize,
     /// A session ends after this many minutes without a request.
@@ -141,7 +142,7 @@ impl Default for Settings {
             bootstrap_owner_email: None,
             bootstrap_owner_password: None,
             bootstrap_owner_password_file: None,
-            regions: vec!["default".to_owned()],
+            regions: Regions::named(&["default"]),
             password_min_length: 12,
             session_idle_minutes: 30,
             session_absolute_hours: 12,
@@ -281,6 +282,131 @@ fn default_pricing() -> quarterdeck_domain::pricing::PricingSettings {
     }
 }
 
+/// Where one region's tenant databases live (`[regions.NAME]`); nothing set: with the control
+/// database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPlace {
+    /// PostgreSQL: the region's own cluster (the URL names a database Quarterdeck keeps the
+    /// region's usage journal in, and creates the tenant databases from). Secret.
+    pub database_url: Option<String>,
+    pub database_url_file: Option<PathBuf>,
+    /// SQLite: the region's own directory (`tenants/` and `usage/` in it).
+    pub dir: Option<PathBuf>,
+}
+
+/// The `regions` setting: names in order (the first is the default for new tenants), each with
+/// its place. A list (or `QUARTERDECK_REGIONS=a,b`) puts every region with the control
+/// database; a table of tables (ordered by name) may give a region its own place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Regions {
+    names: Vec<String>,
+    places: Vec<RegionPlace>,
+}
+
+impl Regions {
+    /// Regions that all keep their databases with the control database.
+    pub fn named(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            places: names.iter().map(|_| RegionPlace::default()).collect(),
+        }
+    }
+
+    /// A region with its place (replacing one of that name).
+    pub fn with(mut self, name: &str, place: RegionPlace) -> Self {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => {
+                if let Some(p) = self.places.get_mut(i) {
+                    *p = place;
+                }
+            }
+            None => {
+                self.names.push(name.to_owned());
+                self.places.push(place);
+            }
+        }
+        self
+    }
+
+    /// The region names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// Each region with its place.
+    pub fn places(&self) -> impl Iterator<Item = (&String, &RegionPlace)> {
+        self.names.iter().zip(self.places.iter())
+    }
+
+    /// For the store: where each region's tenant databases live.
+    pub fn locations(&self) -> Vec<(String, quarterdeck_store::RegionLocation)> {
+        self.places()
+            .map(|(n, p)| {
+                let location = match (&p.database_url, &p.dir) {
+                    (Some(url), _) => quarterdeck_store::RegionLocation::Postgres(url.clone()),
+                    (None, Some(dir)) => quarterdeck_store::RegionLocation::Dir(dir.clone()),
+                    (None, None) => quarterdeck_store::RegionLocation::Shared,
+                };
+                (n.clone(), location)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Regions {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.names
+    }
+}
+
+impl Serialize for Regions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A list when every region is with the control database (so that a table in the
+        // settings file replaces the default instead of merging with it).
+        if self.places.iter().all(|p| *p == RegionPlace::default()) {
+            self.names.serialize(s)
+        } else {
+            let map: std::collections::BTreeMap<&String, &RegionPlace> = self.places().collect();
+            map.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Regions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+            Placed(std::collections::BTreeMap<String, RegionPlace>),
+        }
+        let form = Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "regions must be a list of names, a comma-separated string, or a table per region with database_url or dir",
+            )
+        })?;
+        let names: Vec<String> = match form {
+            Form::One(s) => s
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            Form::Many(v) => v,
+            Form::Placed(map) => {
+                let (names, places) = map.into_iter().unzip();
+                return Ok(Self { names, places });
+            }
+        };
+        Ok(Self {
+            places: names.iter().map(|_| RegionPlace::default()).collect(),
+            names,
+        })
+    }
+}
+
 /// Variables with the prefix that are not settings but are known (not warned about).
 const OTHER_VARS: &[&str] = &["CONFIG", "LOG"];
 
@@ -335,6 +461,13 @@ impl Settings {
             "resend_api_key",
         )?;
         s.metrics_token = secret_from(s.metrics_token.take(), s.metrics_token_file.as_deref(), "metrics_token")?;
+        for (name, place) in s.regions.names.iter().zip(s.regions.places.iter_mut()) {
+            place.database_url = secret_from(
+                place.database_url.take(),
+                place.database_url_file.as_deref(),
+                &format!("regions.{name}.database_url"),
+            )?;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -353,7 +486,25 @@ impl Settings {
         if self.regions.is_empty() {
             bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
         }
-        for r in &self.regions {
+        for (r, place) in self.regions.places() {
+            if place.dir.is_some() && (place.database_url.is_some() || place.database_url_file.is_some()) {
+                bail!("regions.{r}: give either database_url (PostgreSQL) or dir (SQLite), not both");
+            }
+            if let Some(url) = &place.database_url {
+                if self.database_url.is_none() {
+                    bail!(
+                        "regions.{r}.database_url: a region on its own PostgreSQL cluster needs the control database on PostgreSQL too (database_url); on SQLite give the region a dir"
+                    );
+                }
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    bail!("regions.{r}.database_url must start with postgres://");
+                }
+            }
+            if place.dir.is_some() && self.database_url.is_some() {
+                bail!(
+                    "regions.{r}.dir: a directory places a region's databases on SQLite; on PostgreSQL give the region a database_url"
+                );
+            }
             if r.is_empty()
                 || r.len() > 32
                 || !r.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -724,7 +875,7 @@ mod tests {
         });
         assert!(e.contains("usage_max_batch_events"), "{e}");
         let e = refused(Settings {
-            regions: vec!["EU_West".into()],
+            regions: Regions::named(&["EU_West"]),
             ..base()
         });
         assert!(e.contains("EU_West"), "{e}");

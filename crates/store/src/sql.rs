@@ -318,7 +318,7 @@ macro_rules! impl_store {
         #[async_trait::async_trait]
         impl TenantStore for $Store {
             async fn create_tenant(&self, tenant: &Tenant, event: NewEvent) -> Result<()> {
-                let db_name = self.provision_tenant_db(tenant.id).await?;
+                let db_name = self.provision_tenant_db(tenant.id, tenant.region.as_str()).await?;
                 let result = async {
                     let (mut tx, _writer) = self.begin_audited(&event).await?;
                     sqlx::query(
@@ -420,6 +420,15 @@ macro_rules! impl_store {
             }
 
             async fn update_tenant(&self, t: &Tenant, read: &Tenant, event: NewEvent) -> Result<()> {
+                // A tenant's database stays where it was created: a region whose databases
+                // live elsewhere would need the data moved.
+                if t.region != read.region && !self.same_place(read.region.as_str(), t.region.as_str()) {
+                    return Err(Error::field(
+                        "region",
+                        "region_moves_data",
+                        "This region keeps its tenant databases elsewhere; a tenant cannot be moved there.",
+                    ));
+                }
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query(
                     "UPDATE tenant SET name = $2, region = $3, tier = $4, metadata = $5, status = $6, updated_at = $7 \

@@ -45,6 +45,7 @@ mod pg_budget;
 mod portal;
 mod portal_data_plane;
 mod portal_usage;
+mod regions;
 mod settings;
 mod setup;
 mod sso;
