@@ -209,6 +209,10 @@ impl App {
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let housekeeping = tokio::spawn(housekeeping(self.core.clone()));
+        let migrator = tokio::spawn(crate::migrator::background(
+            self.core.clone(),
+            self.settings.migrate_jobs,
+        ));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -237,25 +241,16 @@ impl App {
             w.abort();
         }
         housekeeping.abort();
+        migrator.abort();
         outbox.abort();
         checkpoints.abort();
         result.context("serving")
     }
 }
 
-/// Every tenant database migrated (in the background at start-up), then hourly: expired
-/// sessions deleted and the databases of tenants past retention dropped.
+/// Hourly: expired sessions deleted and the databases of tenants past retention dropped
+/// (tenant migrations run in `migrator::background`).
 async fn housekeeping(core: Arc<Core>) {
-    match migrate_tenants(&core).await {
-        Ok(report) => {
-            for (id, r) in report {
-                if let Err(e) = r {
-                    tracing::error!(tenant_id = %id, error = %e, "tenant database migration failed");
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "could not list tenants to migrate"),
-    }
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;

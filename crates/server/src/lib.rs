@@ -4,6 +4,7 @@
 pub mod app;
 pub mod audit;
 pub mod data_dir;
+pub mod migrator;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;

@@ -52,6 +52,8 @@ pub struct Settings {
     pub tenant_pool_idle_seconds: u64,
     /// PostgreSQL: the most connections opened to the cluster, all pools together.
     pub database_max_connections: u32,
+    /// Tenant databases migrated at once, in the background while serving.
+    pub migrate_jobs: usize,
     /// `text` or `json`.
     pub log_format: String,
     /// A tenant role catalog (TOML) replacing the built-in tenant roles.
@@ -152,6 +154,7 @@ impl Default for Settings {
             tenant_pool_max_open: 64,
             tenant_pool_idle_seconds: 300,
             database_max_connections: 20,
+            migrate_jobs: 4,
             log_format: "text".to_owned(),
             roles_file: None,
             invitation_ttl_days: 7,
@@ -218,6 +221,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("tenant_pool_max_open", false),
     ("tenant_pool_idle_seconds", false),
     ("database_max_connections", false),
+    ("migrate_jobs", false),
     ("log_format", false),
     ("roles_file", false),
     ("invitation_ttl_days", false),
@@ -550,6 +554,9 @@ impl Settings {
             bail!(
                 "database_max_connections (QUARTERDECK_DATABASE_MAX_CONNECTIONS) must be at least 4 (2 for the control database, the rest for tenants)"
             );
+        }
+        if !(1..=64).contains(&self.migrate_jobs) {
+            bail!("migrate_jobs (QUARTERDECK_MIGRATE_JOBS) must be between 1 and 64");
         }
         if self.password_min_length < 8 {
             bail!("password_min_length (QUARTERDECK_PASSWORD_MIN_LENGTH) must be at least 8");

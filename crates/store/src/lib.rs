@@ -110,6 +110,33 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
     Error::Internal(format!("database: {e}"))
 }
 
+/// Refuse a tenant whose recorded schema version is below `target` (503 `tenant_migrating`):
+/// one indexed read of the control database, made when the tenant's pool is opened. A tenant
+/// without a row is left to the caller (not found later).
+pub(crate) async fn ensure_current<DB>(
+    control: &sqlx::Pool<DB>,
+    id: quarterdeck_domain::TenantId,
+    target: i64,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    uuid::Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, <DB as sqlx::Database>::Row>,
+{
+    let version: Option<i64> = sqlx::query_scalar("SELECT schema_version FROM tenant WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(control)
+        .await
+        .map_err(db_err)?;
+    match version {
+        Some(v) if v < target => Err(Error::TenantMigrating),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn mig_err(e: sqlx::migrate::MigrateError) -> Error {
     Error::Internal(format!("migration: {e}"))
 }

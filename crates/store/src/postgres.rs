@@ -19,6 +19,11 @@ static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migration
 
 type Ts = time::OffsetDateTime;
 
+/// This binary's tenant schema version: the highest tenant migration it carries.
+fn tenant_schema_version() -> i64 {
+    TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// Multi-row statements number their parameters (`$1`…).
 const NUMBERED_PARAMS: bool = true;
 
@@ -262,7 +267,14 @@ impl PgStore {
     async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Postgres>> {
         match dir {
             Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
-            Directory::Tenant(id) => self.tenant_pool(id, &self.db_name(id)).await,
+            Directory::Tenant(id) => {
+                // Checked whenever the pool is opened (a second after its last use at most):
+                // a tenant behind this binary's schema is not served.
+                if !self.cluster(id).await?.tenants.is_open(id) {
+                    crate::ensure_current(&self.pool, id, tenant_schema_version()).await?;
+                }
+                self.tenant_pool(id, &self.db_name(id)).await
+            }
         }
     }
 

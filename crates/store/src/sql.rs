@@ -322,8 +322,8 @@ macro_rules! impl_store {
                 let result = async {
                     let (mut tx, _writer) = self.begin_audited(&event).await?;
                     sqlx::query(
-                        "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at, schema_version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     )
                     .bind(tenant.id.0)
                     .bind(tenant.slug.as_str())
@@ -335,6 +335,7 @@ macro_rules! impl_store {
                     .bind(&db_name)
                     .bind(enc_ts(tenant.created_at))
                     .bind(enc_ts(tenant.updated_at))
+                    .bind(tenant_schema_version())
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
@@ -526,7 +527,24 @@ macro_rules! impl_store {
                     .map_err(db_err)?
                     .ok_or(Error::NotFound)?;
                 let db_name: String = row.try_get("db_name").map_err(db_err)?;
-                self.migrate_tenant_db(id, &db_name).await
+                let applied = self.migrate_tenant_db(id, &db_name).await?;
+                // Recorded only after success; never moved back (a newer node may have gone further).
+                sqlx::query("UPDATE tenant SET schema_version = $2 WHERE id = $1 AND schema_version < $2")
+                    .bind(id.0)
+                    .bind(tenant_schema_version())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(applied)
+            }
+
+            async fn tenants_behind(&self) -> Result<Vec<TenantId>> {
+                let rows = sqlx::query("SELECT id FROM tenant WHERE deleted_at IS NULL AND schema_version < $1 ORDER BY created_at")
+                    .bind(tenant_schema_version())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(|r| Ok(TenantId(r.try_get("id").map_err(db_err)?))).collect()
             }
         }
 

@@ -26,6 +26,11 @@ type Journal = (SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>);
 /// Unix microseconds.
 type Ts = i64;
 
+/// This binary's tenant schema version: the highest tenant migration it carries.
+fn tenant_schema_version() -> i64 {
+    TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
 const OUTBOX_CLAIM_LOCK: &str = "";
 
@@ -216,7 +221,14 @@ impl SqliteStore {
     async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Sqlite>> {
         match dir {
             Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
-            Directory::Tenant(id) => self.tenant_pool(id, false).await,
+            Directory::Tenant(id) => {
+                // Checked whenever the pool is opened: a tenant behind this binary's schema is
+                // not served.
+                if !self.tenants.is_open(id) {
+                    crate::ensure_current(&self.pool, id, tenant_schema_version()).await?;
+                }
+                self.tenant_pool(id, false).await
+            }
         }
     }
 

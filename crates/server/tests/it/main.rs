@@ -53,6 +53,7 @@ mod sso;
 mod sso_saml;
 mod storage;
 mod tenants;
+mod upgrades;
 mod usage;
 mod usage_api;
 mod usage_nodes;

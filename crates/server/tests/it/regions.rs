@@ -330,12 +330,10 @@ both_backends!(
             }
         }
 
-        // `quarterdeck migrate` reports per region.
-        let config = app.data_dir().join("migrate.toml");
-        let mut toml = format!("data_dir = {:?}\n", app.data_dir().display().to_string());
-        if let Some(url) = &app.pg_url {
-            toml.push_str(&format!("database_url = {url:?}\n"));
-        }
+        // `quarterdeck migrate` reports per region (both tenants recorded as behind first).
+        crate::upgrades::set_behind(&app, "acme").await;
+        crate::upgrades::set_behind(&app, "bolt").await;
+        let mut toml = String::new();
         for (name, place) in places.regions().places() {
             toml.push_str(&format!("[regions.{name}]\n"));
             if let Some(url) = &place.database_url {
@@ -345,20 +343,24 @@ both_backends!(
                 toml.push_str(&format!("dir = {:?}\n", dir.display().to_string()));
             }
         }
-        std::fs::write(&config, toml).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_quarterdeck"))
-            .arg("--config")
-            .arg(&config)
-            .arg("migrate")
-            .env_remove("QUARTERDECK_REGIONS")
-            .env_remove("QUARTERDECK_DATABASE_URL")
-            .env_remove("QUARTERDECK_DATA_DIR")
-            .output()
-            .unwrap();
+        let out = crate::upgrades::migrate(&app, &toml, &["--jobs", "2"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("region eu: 1 migrated, 0 failed"), "{stdout}");
         assert!(stdout.contains("region us: 1 migrated, 0 failed"), "{stdout}");
+
+        // Its database stays where it was made: moving it to a region kept elsewhere is refused.
+        let t = app.core.tenant_of(dir).await.unwrap().unwrap();
+        let edit = quarterdeck_domain::tenant::TenantEdit {
+            name: t.name.clone(),
+            region: quarterdeck_domain::tenant::Region::parse("us", &["eu".to_owned(), "us".to_owned()]).unwrap(),
+            tier: t.tier,
+            metadata: t.metadata.clone(),
+        };
+        let manage = owner.require::<quarterdeck_domain::access::ManageTenants>().unwrap();
+        let err = app.core.update_tenant(&manage, acme, edit).await.unwrap_err();
+        assert_eq!(err.fields()[0].code, "region_moves_data");
+        assert_eq!(app.core.tenant_of(dir).await.unwrap().unwrap().region.as_str(), "eu");
 
         // Deleted and purged: dropped where it lived.
         let page = app.get_html(&format!("/tenants/{acme}")).await;
