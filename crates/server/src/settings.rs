@@ -796,6 +796,17 @@ impl Settings {
             .map(|(k, secret)| {
                 let v = &value[*k];
                 let shown = match v {
+                    // A region's URL may hold a password: said to be set, never shown.
+                    _ if *k == "regions" => self
+                        .regions
+                        .places()
+                        .map(|(n, p)| match (&p.database_url, &p.dir) {
+                            (Some(_), _) => format!("{n} (own cluster: •••••• (set))"),
+                            (None, Some(dir)) => format!("{n} ({})", dir.display()),
+                            (None, None) => n.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     serde_json::Value::Null => "—".to_owned(),
                     _ if *secret => "•••••• (set)".to_owned(),
                     serde_json::Value::String(s) => s.clone(),

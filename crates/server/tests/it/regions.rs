@@ -248,6 +248,19 @@ both_backends!(
         let page = app.get_html(&format!("/tenants/{acme}")).await;
         assert!(page.contains("<dt>Region</dt><dd>eu</dd>"), "{page}");
 
+        // The effective settings name each region's place, never a region's URL (it may hold
+        // a password).
+        let settings = app.get_html("/settings").await;
+        match &places {
+            Places::Pg { eu_url, us_url, .. } => {
+                assert!(settings.contains("eu (own cluster: •••••• (set))"), "{settings}");
+                assert!(!settings.contains(eu_url.as_str()) && !settings.contains(us_url.as_str()));
+            }
+            Places::Sqlite { eu, .. } => {
+                assert!(settings.contains(&format!("eu ({})", eu.path().display())), "{settings}");
+            }
+        }
+
         // A user, an API key, a provider credential and swept usage for acme.
         let dir = Directory::Tenant(acme);
         let req = NewUserRequest {
