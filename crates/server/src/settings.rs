@@ -873,6 +873,46 @@ mod tests {
     }
 
     #[test]
+    fn regions_read_as_a_list_or_a_table_per_region_and_a_region_url_is_never_shown() {
+        let dir = std::env::temp_dir().join(format!("qd-regions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.toml");
+        std::fs::write(&path, "regions = [\"eu\", \"us\"]\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.regions.names(), ["eu", "us"]);
+        assert!(
+            s.regions
+                .locations()
+                .iter()
+                .all(|(_, l)| *l == quarterdeck_store::RegionLocation::Shared)
+        );
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://q@control/q\"\n[regions.us]\ndatabase_url = \"postgres://q:pw@pg-us/q\"\n[regions.eu]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.regions.names(), ["eu", "us"]);
+        assert_eq!(
+            s.regions.locations()[1].1,
+            quarterdeck_store::RegionLocation::Postgres("postgres://q:pw@pg-us/q".into())
+        );
+        let shown = s.rows().into_iter().find(|r| r.0 == "regions").unwrap().2;
+        assert_eq!(shown, "eu, us (own cluster: •••••• (set))");
+        // A directory is for SQLite, a URL for PostgreSQL.
+        std::fs::write(&path, "[regions.eu]\ndatabase_url = \"postgres://q@pg-eu/q\"\n").unwrap();
+        let e = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("regions.eu.database_url"), "{e}");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://q@control/q\"\n[regions.eu]\ndir = \"/x\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("regions.eu.dir"), "{e}");
+    }
+
+    #[test]
     fn usage_settings_that_could_never_work_are_refused_at_start() {
         let refused = |s: Settings| s.validate().unwrap_err().to_string();
         let base = Settings::default;
