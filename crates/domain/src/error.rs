@@ -85,6 +85,10 @@ pub enum Error {
     /// 429: a caller's rate limit is spent; try again after the given number of seconds.
     #[error("Rate limit reached. Try again in {retry_after_secs} seconds.")]
     RateLimited { retry_after_secs: u64 },
+    /// 503: the tenant's database is not at this binary's schema version yet; it is being
+    /// migrated (try again shortly).
+    #[error("This tenant is being upgraded. Try again shortly.")]
+    TenantMigrating,
     /// 503: the server is busy (e.g. the password-hashing queue is full).
     #[error("The server is busy. Try again shortly.")]
     Busy,
@@ -115,6 +119,7 @@ impl Error {
             Error::BadRequest { code, .. } | Error::TooLarge { code, .. } | Error::Unsupported { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
             Error::Busy => "busy",
+            Error::TenantMigrating => "tenant_migrating",
             Error::Internal(_) => "internal",
         }
     }

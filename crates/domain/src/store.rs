@@ -44,8 +44,12 @@ pub trait TenantStore: Send + Sync {
     async fn purge_tenants(&self, deleted_before: OffsetDateTime) -> Result<Vec<TenantId>>;
     /// Ids of every live tenant (for `migrate`).
     async fn tenant_ids(&self) -> Result<Vec<TenantId>>;
-    /// Run the tenant database's migrations; returns how many were applied.
+    /// Run the tenant database's migrations and record its schema version; returns how many
+    /// were applied.
     async fn migrate_tenant(&self, id: TenantId) -> Result<usize>;
+    /// Live tenants whose recorded schema version is below this binary's (not served until
+    /// migrated), oldest first.
+    async fn tenants_behind(&self) -> Result<Vec<TenantId>>;
 }
 
 #[async_trait]

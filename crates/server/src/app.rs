@@ -100,6 +100,7 @@ async fn measured_core(
             ..PoolLimits::default()
         },
         audit_key: quarterdeck_domain::audit::AuditKey::from_secret(&secret_key),
+        regions: settings.regions.locations(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))
@@ -112,7 +113,7 @@ async fn measured_core(
             absolute: time::Duration::hours(i64::from(settings.session_absolute_hours)),
         },
         password_min_chars: settings.password_min_length,
-        regions: settings.regions.clone(),
+        regions: settings.regions.names(),
         setup_link_ttl: time::Duration::hours(24),
         invitation_ttl: time::Duration::days(i64::from(settings.invitation_ttl_days)),
         otp_ttl: time::Duration::hours(i64::from(settings.one_time_password_hours)),
@@ -265,6 +266,10 @@ impl App {
             self.core.clone(),
             time::Duration::seconds(i64::from(self.settings.reconcile_margin_seconds)),
         ));
+        let migrator = tokio::spawn(crate::migrator::background(
+            self.core.clone(),
+            self.settings.migrate_jobs,
+        ));
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
@@ -304,6 +309,7 @@ impl App {
         }
         housekeeping.abort();
         reconcile.abort();
+        migrator.abort();
         outbox.abort();
         checkpoints.abort();
         // Another node may run at once what this one was running.
@@ -351,45 +357,18 @@ impl Jobs {
 
 /// The lease names of the jobs one node at a time runs.
 pub const HOUSEKEEPING_JOB: &str = "housekeeping";
-pub const TENANT_MIGRATIONS_JOB: &str = "tenant-migrations";
 /// Housekeeping runs once per period, on one node.
 const HOUSEKEEPING_PERIOD: time::Duration = time::Duration::hours(1);
 /// A run's lease: a node that dies mid-run holds the job this long at most.
 const HOUSEKEEPING_RUN_LEASE: time::Duration = time::Duration::minutes(10);
 /// How often each node looks whether the job is due (free).
 const HOUSEKEEPING_CHECK: Duration = Duration::from_secs(60);
-/// Tenant migrations at start-up: one node at a time (each node runs them once, since nodes
-/// of different versions may carry different migrations; after the first it is a no-op).
-const MIGRATIONS_LEASE: time::Duration = time::Duration::minutes(15);
 
-/// Every tenant database migrated (in the background at start-up, one node at a time), then
-/// housekeeping once per hour on whichever node claims it: expired sessions deleted, the
+/// Housekeeping once per hour on whichever node claims it: expired sessions deleted, the
 /// databases of tenants past retention dropped, raw usage past retention, expired
-/// impersonations, published events past the feed's days, and expired shared limits.
+/// impersonations, published events past the feed's days, and expired shared limits (tenant
+/// migrations run in `migrator::background`).
 async fn housekeeping(core: Arc<Core>, node: Arc<str>, jobs: Arc<Jobs>) {
-    loop {
-        match core.claim_job(TENANT_MIGRATIONS_JOB, &node, MIGRATIONS_LEASE).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "could not claim the tenant migrations"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    jobs.start(TENANT_MIGRATIONS_JOB);
-    match migrate_tenants(&core).await {
-        Ok(report) => {
-            for (id, r) in report {
-                if let Err(e) = r {
-                    tracing::error!(tenant_id = %id, error = %e, "tenant database migration failed");
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "could not list tenants to migrate"),
-    }
-    if let Err(e) = core.release_job(TENANT_MIGRATIONS_JOB, &node).await {
-        tracing::warn!(error = %e, "could not give back the tenant migrations' lease; it lapses by itself");
-    }
-    jobs.end(TENANT_MIGRATIONS_JOB);
     let mut tick = tokio::time::interval(HOUSEKEEPING_CHECK);
     loop {
         tick.tick().await;

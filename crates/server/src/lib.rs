@@ -5,6 +5,7 @@ pub mod app;
 pub mod audit;
 pub mod backup;
 pub mod data_dir;
+pub mod migrator;
 pub mod reconcile;
 pub mod serve;
 pub mod settings;

@@ -24,8 +24,13 @@ struct Cli {
 enum Command {
     /// Run the server (migrates the databases first).
     Serve,
-    /// Migrate the control database and every tenant database, reporting per tenant.
-    Migrate,
+    /// Migrate the control database and every tenant database not yet at this binary's schema
+    /// (resumable: tenants already migrated are skipped), reporting per tenant and per region.
+    Migrate {
+        /// Tenant databases migrated at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+    },
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -142,23 +147,68 @@ async fn main() -> Result<()> {
             );
             app.run(shutdown_signal()).await
         }
-        Command::Migrate => {
+        Command::Migrate { jobs } => {
             let core = app::core(&settings, Deps::default()).await?;
             println!("control database: migrated ({})", core.backend());
-            let report = app::migrate_tenants(&core).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut failed = 0;
-            for (id, r) in &report {
+            let behind = core.tenants_behind().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| {
+                let bar = indicatif::ProgressBar::new(behind.len() as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg}") {
+                    bar.set_style(style);
+                }
+                bar
+            });
+            let outcomes = quarterdeck::migrator::migrate_behind(&core, usize::from(jobs), |(_, r)| {
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                    if r.is_err() {
+                        bar.set_message("(some failed)");
+                    }
+                }
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            // Per region: (migrated, failed).
+            let mut regions: std::collections::BTreeMap<String, (usize, usize)> = std::collections::BTreeMap::new();
+            let mut failures = Vec::new();
+            for (id, r) in &outcomes {
+                let tenant = core
+                    .tenant_of(quarterdeck_domain::user::Directory::Tenant(*id))
+                    .await
+                    .ok()
+                    .flatten();
+                let region = tenant.as_ref().map_or("?".to_owned(), |t| t.region.as_str().to_owned());
+                let slug = tenant.as_ref().map_or("?".to_owned(), |t| t.slug.as_str().to_owned());
+                let counts = regions.entry(region.clone()).or_default();
                 match r {
-                    Ok(n) => println!("tenant {id}: ok ({n} migration(s) applied)"),
+                    Ok(n) => {
+                        counts.0 += 1;
+                        println!("tenant {slug} ({id}, region {region}): ok ({n} migration(s) applied)");
+                    }
                     Err(e) => {
-                        failed += 1;
-                        println!("tenant {id}: FAILED: {e}");
+                        counts.1 += 1;
+                        println!("tenant {slug} ({id}, region {region}): FAILED: {e}");
+                        failures.push(format!("{slug} ({id}): {e}"));
                     }
                 }
             }
-            println!("{} tenant database(s), {failed} failed", report.len());
-            if failed > 0 {
-                bail!("{failed} tenant database(s) could not be migrated");
+            for (region, (ok, failed)) in &regions {
+                println!("region {region}: {ok} migrated, {failed} failed");
+            }
+            println!(
+                "{} tenant database(s) migrated, {} failed; the others were already up to date",
+                outcomes.len() - failures.len(),
+                failures.len()
+            );
+            if !failures.is_empty() {
+                bail!(
+                    "{} tenant database(s) could not be migrated:\n{}",
+                    failures.len(),
+                    failures.join("\n")
+                );
             }
             Ok(())
         }

@@ -26,9 +26,10 @@ pub struct Settings {
     pub bootstrap_owner_email: Option<String>,
     pub bootstrap_owner_password: Option<String>,
     pub bootstrap_owner_password_file: Option<PathBuf>,
-    /// Regions offered for new tenants.
-    #[serde(deserialize_with = "string_or_list")]
-    pub regions: Vec<String>,
+    /// Regions offered for new tenants (the first is the default), and where each keeps its
+    /// tenant databases: a list of names (all with the control database), or a table per
+    /// region (`[regions.eu] database_url = "postgres://…"` / `dir = "/var/lib/q/eu"`).
+    pub regions: Regions,
     /// Minimum password length.
     pub password_min_length: usize,
     /// A session ends after this many minutes without a request.
@@ -51,6 +52,8 @@ pub struct Settings {
     pub tenant_pool_idle_seconds: u64,
     /// PostgreSQL: the most connections opened to the cluster, all pools together.
     pub database_max_connections: u32,
+    /// Tenant databases migrated at once, in the background while serving.
+    pub migrate_jobs: usize,
     /// `text` or `json`.
     pub log_format: String,
     /// A tenant role catalog (TOML) replacing the built-in tenant roles.
@@ -150,7 +153,7 @@ impl Default for Settings {
             bootstrap_owner_email: None,
             bootstrap_owner_password: None,
             bootstrap_owner_password_file: None,
-            regions: vec!["default".to_owned()],
+            regions: Regions::named(&["default"]),
             password_min_length: 12,
             session_idle_minutes: 30,
             session_absolute_hours: 12,
@@ -160,6 +163,7 @@ impl Default for Settings {
             tenant_pool_max_open: 64,
             tenant_pool_idle_seconds: 300,
             database_max_connections: 20,
+            migrate_jobs: 4,
             log_format: "text".to_owned(),
             roles_file: None,
             invitation_ttl_days: 7,
@@ -229,6 +233,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("tenant_pool_max_open", false),
     ("tenant_pool_idle_seconds", false),
     ("database_max_connections", false),
+    ("migrate_jobs", false),
     ("log_format", false),
     ("roles_file", false),
     ("invitation_ttl_days", false),
@@ -296,6 +301,131 @@ fn default_pricing() -> quarterdeck_domain::pricing::PricingSettings {
     }
 }
 
+/// Where one region's tenant databases live (`[regions.NAME]`); nothing set: with the control
+/// database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPlace {
+    /// PostgreSQL: the region's own cluster (the URL names a database Quarterdeck keeps the
+    /// region's usage journal in, and creates the tenant databases from). Secret.
+    pub database_url: Option<String>,
+    pub database_url_file: Option<PathBuf>,
+    /// SQLite: the region's own directory (`tenants/` and `usage/` in it).
+    pub dir: Option<PathBuf>,
+}
+
+/// The `regions` setting: names in order (the first is the default for new tenants), each with
+/// its place. A list (or `QUARTERDECK_REGIONS=a,b`) puts every region with the control
+/// database; a table of tables (ordered by name) may give a region its own place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Regions {
+    names: Vec<String>,
+    places: Vec<RegionPlace>,
+}
+
+impl Regions {
+    /// Regions that all keep their databases with the control database.
+    pub fn named(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            places: names.iter().map(|_| RegionPlace::default()).collect(),
+        }
+    }
+
+    /// A region with its place (replacing one of that name).
+    pub fn with(mut self, name: &str, place: RegionPlace) -> Self {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => {
+                if let Some(p) = self.places.get_mut(i) {
+                    *p = place;
+                }
+            }
+            None => {
+                self.names.push(name.to_owned());
+                self.places.push(place);
+            }
+        }
+        self
+    }
+
+    /// The region names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// Each region with its place.
+    pub fn places(&self) -> impl Iterator<Item = (&String, &RegionPlace)> {
+        self.names.iter().zip(self.places.iter())
+    }
+
+    /// For the store: where each region's tenant databases live.
+    pub fn locations(&self) -> Vec<(String, quarterdeck_store::RegionLocation)> {
+        self.places()
+            .map(|(n, p)| {
+                let location = match (&p.database_url, &p.dir) {
+                    (Some(url), _) => quarterdeck_store::RegionLocation::Postgres(url.clone()),
+                    (None, Some(dir)) => quarterdeck_store::RegionLocation::Dir(dir.clone()),
+                    (None, None) => quarterdeck_store::RegionLocation::Shared,
+                };
+                (n.clone(), location)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Regions {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.names
+    }
+}
+
+impl Serialize for Regions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A list when every region is with the control database (so that a table in the
+        // settings file replaces the default instead of merging with it).
+        if self.places.iter().all(|p| *p == RegionPlace::default()) {
+            self.names.serialize(s)
+        } else {
+            let map: std::collections::BTreeMap<&String, &RegionPlace> = self.places().collect();
+            map.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Regions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+            Placed(std::collections::BTreeMap<String, RegionPlace>),
+        }
+        let form = Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "regions must be a list of names, a comma-separated string, or a table per region with database_url or dir",
+            )
+        })?;
+        let names: Vec<String> = match form {
+            Form::One(s) => s
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            Form::Many(v) => v,
+            Form::Placed(map) => {
+                let (names, places) = map.into_iter().unzip();
+                return Ok(Self { names, places });
+            }
+        };
+        Ok(Self {
+            places: names.iter().map(|_| RegionPlace::default()).collect(),
+            names,
+        })
+    }
+}
+
 /// Variables with the prefix that are not settings but are known (not warned about).
 const OTHER_VARS: &[&str] = &["CONFIG", "LOG"];
 
@@ -350,6 +480,13 @@ impl Settings {
             "resend_api_key",
         )?;
         s.metrics_token = secret_from(s.metrics_token.take(), s.metrics_token_file.as_deref(), "metrics_token")?;
+        for (name, place) in s.regions.names.iter().zip(s.regions.places.iter_mut()) {
+            place.database_url = secret_from(
+                place.database_url.take(),
+                place.database_url_file.as_deref(),
+                &format!("regions.{name}.database_url"),
+            )?;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -368,7 +505,25 @@ impl Settings {
         if self.regions.is_empty() {
             bail!("regions (QUARTERDECK_REGIONS) must name at least one region");
         }
-        for r in &self.regions {
+        for (r, place) in self.regions.places() {
+            if place.dir.is_some() && (place.database_url.is_some() || place.database_url_file.is_some()) {
+                bail!("regions.{r}: give either database_url (PostgreSQL) or dir (SQLite), not both");
+            }
+            if let Some(url) = &place.database_url {
+                if self.database_url.is_none() {
+                    bail!(
+                        "regions.{r}.database_url: a region on its own PostgreSQL cluster needs the control database on PostgreSQL too (database_url); on SQLite give the region a dir"
+                    );
+                }
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    bail!("regions.{r}.database_url must start with postgres://");
+                }
+            }
+            if place.dir.is_some() && self.database_url.is_some() {
+                bail!(
+                    "regions.{r}.dir: a directory places a region's databases on SQLite; on PostgreSQL give the region a database_url"
+                );
+            }
             if r.is_empty()
                 || r.len() > 32
                 || !r.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -414,6 +569,9 @@ impl Settings {
             bail!(
                 "database_max_connections (QUARTERDECK_DATABASE_MAX_CONNECTIONS) must be at least 4 (2 for the control database, the rest for tenants)"
             );
+        }
+        if !(1..=64).contains(&self.migrate_jobs) {
+            bail!("migrate_jobs (QUARTERDECK_MIGRATE_JOBS) must be between 1 and 64");
         }
         if self.password_min_length < 8 {
             bail!("password_min_length (QUARTERDECK_PASSWORD_MIN_LENGTH) must be at least 8");
@@ -657,6 +815,17 @@ impl Settings {
             .map(|(k, secret)| {
                 let v = &value[*k];
                 let shown = match v {
+                    // A region's URL may hold a password: said to be set, never shown.
+                    _ if *k == "regions" => self
+                        .regions
+                        .places()
+                        .map(|(n, p)| match (&p.database_url, &p.dir) {
+                            (Some(_), _) => format!("{n} (own cluster: •••••• (set))"),
+                            (None, Some(dir)) => format!("{n} ({})", dir.display()),
+                            (None, None) => n.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     serde_json::Value::Null => "—".to_owned(),
                     _ if *secret => "•••••• (set)".to_owned(),
                     serde_json::Value::String(s) => s.clone(),
@@ -723,6 +892,46 @@ mod tests {
     }
 
     #[test]
+    fn regions_read_as_a_list_or_a_table_per_region_and_a_region_url_is_never_shown() {
+        let dir = std::env::temp_dir().join(format!("qd-regions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.toml");
+        std::fs::write(&path, "regions = [\"eu\", \"us\"]\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.regions.names(), ["eu", "us"]);
+        assert!(
+            s.regions
+                .locations()
+                .iter()
+                .all(|(_, l)| *l == quarterdeck_store::RegionLocation::Shared)
+        );
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://q@control/q\"\n[regions.us]\ndatabase_url = \"postgres://q:pw@pg-us/q\"\n[regions.eu]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.regions.names(), ["eu", "us"]);
+        assert_eq!(
+            s.regions.locations()[1].1,
+            quarterdeck_store::RegionLocation::Postgres("postgres://q:pw@pg-us/q".into())
+        );
+        let shown = s.rows().into_iter().find(|r| r.0 == "regions").unwrap().2;
+        assert_eq!(shown, "eu, us (own cluster: •••••• (set))");
+        // A directory is for SQLite, a URL for PostgreSQL.
+        std::fs::write(&path, "[regions.eu]\ndatabase_url = \"postgres://q@pg-eu/q\"\n").unwrap();
+        let e = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("regions.eu.database_url"), "{e}");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://q@control/q\"\n[regions.eu]\ndir = \"/x\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("regions.eu.dir"), "{e}");
+    }
+
+    #[test]
     fn usage_settings_that_could_never_work_are_refused_at_start() {
         let refused = |s: Settings| s.validate().unwrap_err().to_string();
         let base = Settings::default;
@@ -743,7 +952,7 @@ mod tests {
         });
         assert!(e.contains("usage_max_batch_events"), "{e}");
         let e = refused(Settings {
-            regions: vec!["EU_West".into()],
+            regions: Regions::named(&["EU_West"]),
             ..base()
         });
         assert!(e.contains("EU_West"), "{e}");

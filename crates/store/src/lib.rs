@@ -20,6 +20,10 @@ mod sql_webhooks;
 mod sqlite;
 
 pub use pools::{PoolLimits, TenantPool};
+
+/// The region of a tenant, looked up in the control database once and remembered (a tenant's
+/// placement never changes: a region change that would move its database is refused).
+pub(crate) type Placements = std::sync::Mutex<std::collections::HashMap<quarterdeck_domain::TenantId, String>>;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -38,15 +42,30 @@ pub struct StoreOptions {
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
     pub tenant_pools: PoolLimits,
+    /// Where each region's tenant databases live (regions not named here, and
+    /// [`RegionLocation::Shared`] ones: the control cluster / the data directory's `tenants/`).
+    pub regions: Vec<(String, RegionLocation)>,
     /// The key the audit chain is authenticated with (derived from the server's secret key).
     pub audit_key: quarterdeck_domain::audit::AuditKey,
+}
+
+/// Where a region's tenant databases (and its usage journal) live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionLocation {
+    /// With the control database: the control cluster (PostgreSQL) or `{data_dir}/tenants/`.
+    Shared,
+    /// PostgreSQL: a cluster of the region's own; the URL names the database that holds the
+    /// region's journal and from which its tenant databases are created and dropped.
+    Postgres(String),
+    /// SQLite: a directory of the region's own (`{dir}/tenants/`, `{dir}/usage/`).
+    Dir(PathBuf),
 }
 
 /// Open (and migrate) the control database for the configured backend.
 pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
     match &opts.database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Arc::new(
-            PgStore::open(url, opts.tenant_pools)
+            PgStore::open(url, opts.tenant_pools, &opts.regions)
                 .await?
                 .with_audit_key(opts.audit_key.clone()),
         )),
@@ -55,7 +74,7 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
             other.split(':').next().unwrap_or_default()
         ))),
         None => Ok(Arc::new(
-            SqliteStore::open(&opts.data_dir, opts.tenant_pools)
+            SqliteStore::open(&opts.data_dir, opts.tenant_pools, &opts.regions)
                 .await?
                 .with_audit_key(opts.audit_key.clone()),
         )),
@@ -92,6 +111,33 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
         }
     }
     Error::Internal(format!("database: {e}"))
+}
+
+/// Refuse a tenant whose recorded schema version is below `target` (503 `tenant_migrating`):
+/// one indexed read of the control database, made when the tenant's pool is opened. A tenant
+/// without a row is left to the caller (not found later).
+pub(crate) async fn ensure_current<DB>(
+    control: &sqlx::Pool<DB>,
+    id: quarterdeck_domain::TenantId,
+    target: i64,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    uuid::Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, <DB as sqlx::Database>::Row>,
+{
+    let version: Option<i64> = sqlx::query_scalar("SELECT schema_version FROM tenant WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(control)
+        .await
+        .map_err(db_err)?;
+    match version {
+        Some(v) if v < target => Err(Error::TenantMigrating),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn mig_err(e: sqlx::migrate::MigrateError) -> Error {

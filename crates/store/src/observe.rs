@@ -47,7 +47,7 @@ macro_rules! impl_observe {
                 Ok(quarterdeck_domain::meters::StoreGauges {
                     outbox_pending: u64::try_from(pending).unwrap_or(0),
                     outbox_oldest_age_seconds: age,
-                    tenant_pools_open: self.tenants.open_count() as u64,
+                    tenant_pools_open: self.open_tenant_pools().await as u64,
                     control_connections: u64::from(self.pool.size()),
                     control_idle: self.pool.num_idle() as u64,
                 })

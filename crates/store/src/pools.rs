@@ -309,6 +309,11 @@ impl<DB: Database> PoolCache<DB> {
         }
     }
 
+    /// Whether the tenant's pool is open now.
+    pub fn is_open(&self, id: TenantId) -> bool {
+        self.shared.lock().contains_key(&id)
+    }
+
     pub fn open_count(&self) -> usize {
         self.shared.lock().len()
     }

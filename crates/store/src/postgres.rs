@@ -14,8 +14,15 @@ use std::time::Duration;
 
 static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/control");
 static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/tenant");
+/// A region cluster's own journal (schema `journal` of the database its URL names).
+static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres/journal");
 
 type Ts = time::OffsetDateTime;
+
+/// This binary's tenant schema version: the highest tenant migration it carries.
+fn tenant_schema_version() -> i64 {
+    TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
 
 /// Multi-row statements number their parameters (`$1`…).
 const NUMBERED_PARAMS: bool = true;
@@ -34,11 +41,25 @@ fn dec_ts(t: Ts) -> time::OffsetDateTime {
     t
 }
 
-pub struct PgStore {
+/// A cluster that holds tenant databases: the control cluster, or a region's own.
+struct Cluster {
+    /// The database the cluster was named by: tenant databases are created and dropped from
+    /// here, and the region's usage journal lives in it (the control pool for the control
+    /// cluster; schema `journal` for a region's).
     pool: PgPool,
     base: PgConnectOptions,
-    prefix: String,
+    /// This cluster's tenant pools, within this cluster's own connection budget.
     tenants: PoolCache<Postgres>,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    /// `clusters[0]` is the control cluster; then one per region with a URL of its own.
+    clusters: Vec<Cluster>,
+    /// Region name → index in `clusters` (regions not listed: the control cluster).
+    region_cluster: std::collections::HashMap<String, usize>,
+    placements: crate::Placements,
+    prefix: String,
     /// How long a request waits for a connection before it is refused as busy.
     wait: Duration,
     /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
@@ -54,7 +75,11 @@ fn with_schema(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
 }
 
 impl PgStore {
-    pub async fn open(url: &str, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
+    pub async fn open(
+        url: &str,
+        limits: PoolLimits,
+        regions: &[(String, crate::RegionLocation)],
+    ) -> quarterdeck_domain::Result<Self> {
         let base = PgConnectOptions::from_str(url)
             .map_err(db_err)?
             .application_name("quarterdeck");
@@ -91,31 +116,129 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         CONTROL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
-        let retire_with = retire(pool.clone(), limits.wait);
+        // A tenant's connection is closed after a second unused (`tenant_pool_idle_seconds`
+        // if shorter), and its slot given back once its backend has ended.
+        let tenant_limits = PoolLimits {
+            idle: limits.idle.min(Duration::from_secs(1)),
+            ..limits
+        };
+        let mut clusters = vec![Cluster {
+            pool: pool.clone(),
+            base: base.clone(),
+            tenants: PoolCache::new(tenant_limits, tenant_slots, Some(retire(pool.clone(), limits.wait))),
+        }];
+        let mut region_cluster = std::collections::HashMap::new();
+        for (name, location) in regions {
+            match location {
+                crate::RegionLocation::Shared => {}
+                crate::RegionLocation::Dir(_) => {
+                    return Err(Error::Internal(format!(
+                        "region {name:?} names a directory, but the store is PostgreSQL: give it a database_url"
+                    )));
+                }
+                crate::RegionLocation::Postgres(url) => {
+                    let cluster = Self::open_region(name, url, limits, tenant_limits).await?;
+                    region_cluster.insert(name.clone(), clusters.len());
+                    clusters.push(cluster);
+                }
+            }
+        }
         Ok(Self {
             pool,
-            base,
+            clusters,
+            region_cluster,
+            placements: crate::Placements::default(),
             prefix,
-            // A tenant's connection is closed after a second unused (`tenant_pool_idle_seconds`
-            // if shorter), and its slot given back once its backend has ended.
-            tenants: PoolCache::new(
-                PoolLimits {
-                    idle: limits.idle.min(Duration::from_secs(1)),
-                    ..limits
-                },
-                tenant_slots,
-                Some(retire_with),
-            ),
             wait: limits.wait,
             audit_key: None,
             sweep_parallel: (tenant_slots / 2).clamp(1, 8),
         })
     }
 
-    /// Every region's usage journal is a table in the control database (today all regions'
-    /// tenant databases share this cluster); PostgreSQL serialises its writers itself.
-    async fn journal_pool(&self, _region: &str) -> Result<(PgPool, Option<std::sync::Arc<tokio::sync::Mutex<()>>>)> {
-        Ok((self.pool.clone(), None))
+    /// A region's own cluster: its database (schema `journal`, migrated) and its budget of
+    /// `database_max_connections`: 2 for the journal and administration, the rest for its
+    /// tenant pools.
+    async fn open_region(name: &str, url: &str, limits: PoolLimits, tenant_limits: PoolLimits) -> Result<Cluster> {
+        let described = |e: sqlx::Error| Error::Internal(format!("region {name:?}: database: {e}"));
+        let base = PgConnectOptions::from_str(url)
+            .map_err(described)?
+            .application_name("quarterdeck");
+        let bootstrap = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(limits.wait.max(Duration::from_secs(10)))
+            .connect_with(base.clone())
+            .await
+            .map_err(described)?;
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS journal")
+            .execute(&bootstrap)
+            .await
+            .map_err(described)?;
+        bootstrap.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(limits.wait)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(with_schema(base.clone(), "journal"))
+            .await
+            .map_err(described)?;
+        JOURNAL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
+        let slots = usize::try_from(limits.max_connections.saturating_sub(2).max(1)).unwrap_or(1);
+        Ok(Cluster {
+            tenants: PoolCache::new(tenant_limits, slots, Some(retire(pool.clone(), limits.wait))),
+            pool,
+            base,
+        })
+    }
+
+    /// Where a region's tenant databases live.
+    fn cluster_of_region(&self, region: &str) -> &Cluster {
+        let i = self.region_cluster.get(region).copied().unwrap_or(0);
+        self.clusters.get(i).unwrap_or(&self.clusters[0])
+    }
+
+    /// Whether two regions keep their tenant databases in the same place.
+    fn same_place(&self, a: &str, b: &str) -> bool {
+        self.region_cluster.get(a) == self.region_cluster.get(b)
+    }
+
+    /// The cluster of a tenant's database (its region's, looked up once; the control cluster
+    /// when every region is there, or for a tenant without a row).
+    async fn cluster(&self, id: TenantId) -> Result<&Cluster> {
+        if self.region_cluster.is_empty() {
+            return Ok(&self.clusters[0]);
+        }
+        let known = self
+            .placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        let region = match known {
+            Some(r) => r,
+            None => {
+                let region: Option<String> = sqlx::query_scalar("SELECT region FROM tenant WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let Some(region) = region else {
+                    return Ok(&self.clusters[0]);
+                };
+                self.placements
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, region.clone());
+                region
+            }
+        };
+        Ok(self.cluster_of_region(&region))
+    }
+
+    /// A region's usage journal: a table of the database of its own cluster, or of the control
+    /// database for regions on the control cluster. PostgreSQL serialises its writers itself.
+    async fn journal_pool(&self, region: &str) -> Result<(PgPool, Option<std::sync::Arc<tokio::sync::Mutex<()>>>)> {
+        Ok((self.cluster_of_region(region).pool.clone(), None))
     }
 
     /// PostgreSQL queues writers itself (the audit head's row lock).
@@ -144,15 +267,25 @@ impl PgStore {
     async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Postgres>> {
         match dir {
             Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
-            Directory::Tenant(id) => self.tenant_pool(id, &self.db_name(id)).await,
+            Directory::Tenant(id) => {
+                // Checked whenever the pool is opened (a second after its last use at most):
+                // a tenant behind this binary's schema is not served.
+                if !self.cluster(id).await?.tenants.is_open(id) {
+                    crate::ensure_current(&self.pool, id, tenant_schema_version()).await?;
+                }
+                self.tenant_pool(id, &self.db_name(id)).await
+            }
         }
     }
 
-    /// A tenant's pool: one connection (one slot of the budget), closed after a second idle.
+    /// A tenant's pool: one connection (one slot of its cluster's budget), closed after a
+    /// second idle.
     async fn tenant_pool(&self, id: TenantId, db_name: &str) -> Result<TenantPool<Postgres>> {
-        let opts = with_schema(self.base.clone().database(Self::check_name(db_name)?), "security");
+        let cluster = self.cluster(id).await?;
+        let opts = with_schema(cluster.base.clone().database(Self::check_name(db_name)?), "security");
         let wait = self.wait;
-        self.tenants
+        cluster
+            .tenants
             .get(id, |backends| {
                 PgPoolOptions::new()
                     .max_connections(1)
@@ -179,12 +312,16 @@ impl PgStore {
             .await
     }
 
-    async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
+    async fn provision_tenant_db(&self, id: TenantId, region: &str) -> Result<String> {
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, region.to_owned());
         let name = self.db_name(id);
         let quoted = format!("\"{}\"", Self::check_name(&name)?);
         // The name is derived from a UUID and checked by `check_name`: safe to splice.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-            .execute(&self.pool)
+            .execute(&self.cluster_of_region(region).pool)
             .await
             .map_err(db_err)?;
         let ready = async {
@@ -213,14 +350,19 @@ impl PgStore {
     }
 
     async fn drop_tenant_db(&self, id: TenantId, db_name: &str) -> Result<()> {
-        self.tenants.remove(id).await;
+        let cluster = self.cluster(id).await?;
+        cluster.tenants.remove(id).await;
         let quoted = format!("\"{}\"", Self::check_name(db_name)?);
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
         )))
-        .execute(&self.pool)
+        .execute(&cluster.pool)
         .await
         .map_err(db_err)?;
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
         Ok(())
     }
 
@@ -273,7 +415,7 @@ impl PgStore {
     }
 
     pub async fn open_tenant_pools(&self) -> usize {
-        self.tenants.open_count()
+        self.clusters.iter().map(|c| c.tenants.open_count()).sum()
     }
 }
 

@@ -318,12 +318,12 @@ macro_rules! impl_store {
         #[async_trait::async_trait]
         impl TenantStore for $Store {
             async fn create_tenant(&self, tenant: &Tenant, event: NewEvent) -> Result<()> {
-                let db_name = self.provision_tenant_db(tenant.id).await?;
+                let db_name = self.provision_tenant_db(tenant.id, tenant.region.as_str()).await?;
                 let result = async {
                     let (mut tx, _writer) = self.begin_audited(&event).await?;
                     sqlx::query(
-                        "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        "INSERT INTO tenant (id, slug, name, region, tier, status, metadata, db_name, created_at, updated_at, schema_version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     )
                     .bind(tenant.id.0)
                     .bind(tenant.slug.as_str())
@@ -335,6 +335,7 @@ macro_rules! impl_store {
                     .bind(&db_name)
                     .bind(enc_ts(tenant.created_at))
                     .bind(enc_ts(tenant.updated_at))
+                    .bind(tenant_schema_version())
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
@@ -420,6 +421,15 @@ macro_rules! impl_store {
             }
 
             async fn update_tenant(&self, t: &Tenant, read: &Tenant, event: NewEvent) -> Result<()> {
+                // A tenant's database stays where it was created: a region whose databases
+                // live elsewhere would need the data moved.
+                if t.region != read.region && !self.same_place(read.region.as_str(), t.region.as_str()) {
+                    return Err(Error::field(
+                        "region",
+                        "region_moves_data",
+                        "This region keeps its tenant databases elsewhere; a tenant cannot be moved there.",
+                    ));
+                }
                 let (mut tx, _writer) = self.begin_audited(&event).await?;
                 let done = sqlx::query(
                     "UPDATE tenant SET name = $2, region = $3, tier = $4, metadata = $5, status = $6, updated_at = $7 \
@@ -517,7 +527,24 @@ macro_rules! impl_store {
                     .map_err(db_err)?
                     .ok_or(Error::NotFound)?;
                 let db_name: String = row.try_get("db_name").map_err(db_err)?;
-                self.migrate_tenant_db(id, &db_name).await
+                let applied = self.migrate_tenant_db(id, &db_name).await?;
+                // Recorded only after success; never moved back (a newer node may have gone further).
+                sqlx::query("UPDATE tenant SET schema_version = $2 WHERE id = $1 AND schema_version < $2")
+                    .bind(id.0)
+                    .bind(tenant_schema_version())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(applied)
+            }
+
+            async fn tenants_behind(&self) -> Result<Vec<TenantId>> {
+                let rows = sqlx::query("SELECT id FROM tenant WHERE deleted_at IS NULL AND schema_version < $1 ORDER BY created_at")
+                    .bind(tenant_schema_version())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(|r| Ok(TenantId(r.try_get("id").map_err(db_err)?))).collect()
             }
         }
 

@@ -26,6 +26,11 @@ type Journal = (SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>);
 /// Unix microseconds.
 type Ts = i64;
 
+/// This binary's tenant schema version: the highest tenant migration it carries.
+fn tenant_schema_version() -> i64 {
+    TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
 const OUTBOX_CLAIM_LOCK: &str = "";
 
@@ -51,6 +56,9 @@ pub struct SqliteStore {
     journals: tokio::sync::Mutex<std::collections::HashMap<String, Journal>>,
     /// Tenants a usage sweep writes at once.
     sweep_parallel: usize,
+    /// Regions with a directory of their own (`{dir}/tenants/`, `{dir}/usage/`).
+    region_dirs: std::collections::HashMap<String, PathBuf>,
+    placements: crate::Placements,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -64,7 +72,11 @@ fn options(path: &Path) -> SqliteConnectOptions {
 }
 
 impl SqliteStore {
-    pub async fn open(data_dir: &Path, limits: PoolLimits) -> quarterdeck_domain::Result<Self> {
+    pub async fn open(
+        data_dir: &Path,
+        limits: PoolLimits,
+        regions: &[(String, crate::RegionLocation)],
+    ) -> quarterdeck_domain::Result<Self> {
         let tenants_dir = data_dir.join("tenants");
         private_dir(&tenants_dir).map_err(|e| {
             quarterdeck_domain::Error::Internal(format!(
@@ -72,6 +84,27 @@ impl SqliteStore {
                 tenants_dir.display()
             ))
         })?;
+        let mut region_dirs = std::collections::HashMap::new();
+        for (name, location) in regions {
+            match location {
+                crate::RegionLocation::Shared => {}
+                crate::RegionLocation::Postgres(_) => {
+                    return Err(quarterdeck_domain::Error::Internal(format!(
+                        "region {name:?} names a database_url, but the store is SQLite: give it a dir"
+                    )));
+                }
+                crate::RegionLocation::Dir(dir) => {
+                    let tenants = dir.join("tenants");
+                    private_dir(&tenants).map_err(|e| {
+                        quarterdeck_domain::Error::Internal(format!(
+                            "region {name:?}: cannot create {}: {e}",
+                            tenants.display()
+                        ))
+                    })?;
+                    region_dirs.insert(name.clone(), dir.clone());
+                }
+            }
+        }
         private_file(&data_dir.join("control.db"))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -88,7 +121,54 @@ impl SqliteStore {
             audit_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             sweep_parallel: 4,
+            region_dirs,
+            placements: crate::Placements::default(),
         })
+    }
+
+    /// The directory holding a region's `tenants/` and `usage/`: its own, or the data dir.
+    fn region_dir(&self, region: &str) -> &Path {
+        self.region_dirs
+            .get(region)
+            .map_or(self.data_dir.as_path(), PathBuf::as_path)
+    }
+
+    /// Whether two regions keep their tenant databases in the same place.
+    fn same_place(&self, a: &str, b: &str) -> bool {
+        self.region_dirs.get(a) == self.region_dirs.get(b)
+    }
+
+    /// The directory of a tenant's region (looked up once; the data dir when no region has a
+    /// directory of its own, or for a tenant without a row).
+    async fn tenant_region_dir(&self, id: TenantId) -> Result<&Path> {
+        if self.region_dirs.is_empty() {
+            return Ok(&self.data_dir);
+        }
+        let known = self
+            .placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        let region = match known {
+            Some(r) => r,
+            None => {
+                let region: Option<String> = sqlx::query_scalar("SELECT region FROM tenant WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let Some(region) = region else {
+                    return Ok(&self.data_dir);
+                };
+                self.placements
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, region.clone());
+                region
+            }
+        };
+        Ok(self.region_dir(&region))
     }
 
     /// The region's usage journal: `{data_dir}/usage/{region}.db`, created and migrated on
@@ -109,7 +189,7 @@ impl SqliteStore {
         if let Some((pool, lock)) = journals.get(region) {
             return Ok((pool.clone(), Some(lock.clone())));
         }
-        let dir = self.data_dir.join("usage");
+        let dir = self.region_dir(region).join("usage");
         private_dir(&dir).map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(format!("{region}.db"));
         private_file(&path)?;
@@ -128,8 +208,12 @@ impl SqliteStore {
         Some(self.writer.clone().lock_owned().await)
     }
 
-    fn tenant_path(&self, id: TenantId) -> PathBuf {
-        self.data_dir.join("tenants").join(format!("{}.db", id.0.simple()))
+    async fn tenant_path(&self, id: TenantId) -> Result<PathBuf> {
+        Ok(self
+            .tenant_region_dir(id)
+            .await?
+            .join("tenants")
+            .join(format!("{}.db", id.0.simple())))
     }
 
     /// The pool of a user directory: the control database, or a tenant's file (which must
@@ -137,12 +221,19 @@ impl SqliteStore {
     async fn dir_pool(&self, dir: Directory) -> Result<TenantPool<Sqlite>> {
         match dir {
             Directory::Platform => Ok(TenantPool::unleased(self.pool.clone())),
-            Directory::Tenant(id) => self.tenant_pool(id, false).await,
+            Directory::Tenant(id) => {
+                // Checked whenever the pool is opened: a tenant behind this binary's schema is
+                // not served.
+                if !self.tenants.is_open(id) {
+                    crate::ensure_current(&self.pool, id, tenant_schema_version()).await?;
+                }
+                self.tenant_pool(id, false).await
+            }
         }
     }
 
     async fn tenant_pool(&self, id: TenantId, create: bool) -> Result<TenantPool<Sqlite>> {
-        let opts = options(&self.tenant_path(id)).create_if_missing(create);
+        let opts = options(&self.tenant_path(id).await?).create_if_missing(create);
         self.tenants
             .get(id, |_| {
                 SqlitePoolOptions::new()
@@ -154,9 +245,15 @@ impl SqliteStore {
             .await
     }
 
-    /// Create and migrate the tenant's file; returns its name (relative to the data dir).
-    async fn provision_tenant_db(&self, id: TenantId) -> Result<String> {
-        private_file(&self.tenant_path(id))?;
+    /// Create and migrate the tenant's file (in its region's directory); returns its name
+    /// (relative to the data dir, or the full path in a region's own directory).
+    async fn provision_tenant_db(&self, id: TenantId, region: &str) -> Result<String> {
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, region.to_owned());
+        let path = self.tenant_path(id).await?;
+        private_file(&path)?;
         let pool = self.tenant_pool(id, true).await?;
         TENANT_MIGRATIONS.run(&*pool).await.map_err(mig_err)?;
         sqlx::query("INSERT INTO tenant_info (id, tenant_id, created_at) VALUES (1, $1, unixepoch() * 1000000)")
@@ -164,12 +261,16 @@ impl SqliteStore {
             .execute(&*pool)
             .await
             .map_err(db_err)?;
-        Ok(format!("tenants/{}.db", id.0.simple()))
+        Ok(if self.region_dirs.contains_key(region) {
+            path.display().to_string()
+        } else {
+            format!("tenants/{}.db", id.0.simple())
+        })
     }
 
     async fn drop_tenant_db(&self, id: TenantId, _db_name: &str) -> Result<()> {
         self.tenants.remove(id).await;
-        let path = self.tenant_path(id);
+        let path = self.tenant_path(id).await?;
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
@@ -181,6 +282,10 @@ impl SqliteStore {
                 }
             }
         }
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
         Ok(())
     }
 

@@ -27,7 +27,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Busy | Error::TenantMigrating => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -47,6 +47,7 @@ fn retry_after(e: &Error, resp: &mut Response) {
     let secs = match e {
         Error::Throttled { retry_after_secs } | Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
         Error::Busy => Some(1),
+        Error::TenantMigrating => Some(5),
         _ => None,
     };
     if let Some(s) = secs.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {

@@ -358,6 +358,17 @@ impl Core {
 
     /// Brings every tenant database to the latest schema; one failure does not stop the rest.
     /// One result (migrations applied, or the error) per tenant.
+    /// Live tenants not yet at this binary's schema version (not served until migrated).
+    pub async fn tenants_behind(&self) -> Result<Vec<TenantId>> {
+        self.store.tenants_behind().await
+    }
+
+    /// Migrate one tenant's database (and record its version); returns how many migrations
+    /// were applied.
+    pub async fn migrate_tenant_database(&self, id: TenantId) -> Result<usize> {
+        self.store.migrate_tenant(id).await
+    }
+
     pub async fn migrate_tenant_databases(&self) -> Result<Vec<(TenantId, Result<usize>)>> {
         let ids = self.store.tenant_ids().await?;
         let mut out = Vec::with_capacity(ids.len());

@@ -155,7 +155,7 @@ impl TestApp {
             base_url: base_url.parse().unwrap(),
             data_dir: dir.path().to_owned(),
             database_url: pg_url.clone(),
-            regions: vec!["eu-west".into(), "us-east".into()],
+            regions: quarterdeck::settings::Regions::named(&["eu-west", "us-east"]),
             database_max_connections: TEST_DB_BUDGET,
             // The test identity providers listen on loopback.
             outbound_allow_private: vec!["127.0.0.0/8".into()],

@@ -76,6 +76,7 @@ async fn tenant_pools_are_capped_and_the_least_recently_used_is_closed() {
             max_open: 3,
             ..Default::default()
         },
+        &[],
     )
     .await
     .unwrap();
