@@ -16,37 +16,38 @@ pub const API_REQUESTS_PER_MINUTE: u64 = 300;
 pub const IDEMPOTENT_REPLY_KEPT: Duration = Duration::hours(24);
 /// How long a guess in flight counts at most (a node that died mid-guess): longer than the
 /// password hasher's queue (10 s) and one verification.
-const GUESS_IN_FLIGHT: Duration = Duration::seconds(60);
+pub const GUESS_IN_FLIGHT: Duration = Duration::seconds(60);
 
 /// A sign-in guess being checked: counted as a failure (for the free attempts) on every node
-/// until [`Guess::failed`] or [`Guess::succeeded`] says how it ended. Dropped without either
-/// (an error, the client gone), its count is given back in the background.
-pub(crate) struct Guess {
+/// until [`Guess::failed`] or [`Guess::succeeded`] has recorded how it ended. Dropped before
+/// that write committed (an error, the client gone, the request timed out), it is given back
+/// in a detached task; a guess nobody gives back (its node died) lapses on its own after
+/// [`GUESS_IN_FLIGHT`].
+#[doc(hidden)]
+pub struct Guess {
     store: Arc<dyn Store>,
+    id: uuid::Uuid,
     keys: [String; 3],
     done: bool,
 }
 
 impl Guess {
-    fn pending(&self) -> [String; 2] {
-        [self.keys[0].clone(), self.keys[1].clone()]
-    }
-
     /// The guess was wrong: a failure on the pair, the address and the account.
     pub(crate) async fn failed(mut self, now: OffsetDateTime) -> Result<()> {
-        self.done = true;
         let forget = now - ThrottlePolicy::ACCOUNT.forget_after;
-        self.store
-            .end_guess(&self.pending(), &self.keys, &[], now, forget)
-            .await
+        self.store.end_guess(self.id, &self.keys, &[], now, forget).await?;
+        // Only once the write committed: dropped before, the guess is given back.
+        self.done = true;
+        Ok(())
     }
 
     /// The right password: this client's and the account's slate is clean (the address's
     /// is not: one good account does not excuse guesses at others).
     pub(crate) async fn succeeded(mut self, now: OffsetDateTime) -> Result<()> {
-        self.done = true;
         let cleared = [self.keys[0].clone(), self.keys[2].clone()];
-        self.store.end_guess(&self.pending(), &[], &cleared, now, now).await
+        self.store.end_guess(self.id, &[], &cleared, now, now).await?;
+        self.done = true;
+        Ok(())
     }
 }
 
@@ -55,12 +56,12 @@ impl Drop for Guess {
         if self.done {
             return;
         }
-        let (store, pending) = (self.store.clone(), self.pending());
+        let (store, id) = (self.store.clone(), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let now = OffsetDateTime::UNIX_EPOCH;
-                // `now` only voids counts past their `pending_until`; the epoch voids none.
-                if let Err(e) = store.end_guess(&pending, &[], &[], now, now).await {
+                // Only the guess's own in-flight rows go: no time is needed to judge them.
+                let now = OffsetDateTime::now_utc();
+                if let Err(e) = store.end_guess(id, &[], &[], now, now).await {
                     tracing::warn!(error = %e, "could not give back a sign-in guess's count; it lapses within a minute");
                 }
             });
@@ -73,43 +74,66 @@ impl Drop for Guess {
 pub enum IdempotencyStart {
     /// Run it; keep or release the key under this holder id afterwards.
     Run(uuid::Uuid),
+    /// A new key, but the token holds [`IDEMPOTENCY_KEYS_PER_TOKEN`] live keys already.
+    Full,
     /// Another request with the key is still running.
     Running { request: String },
     /// Replay this.
     Replay(KeptReply),
 }
 
+/// Live `Idempotency-Key`s (reserved or with a kept reply) a token may hold at once; past
+/// it a request with a new key gets 429 `idempotency_limit`.
+pub const IDEMPOTENCY_KEYS_PER_TOKEN: u64 = 1_000;
+
+/// What an `Idempotency-Key` is bound to: the SHA-256 (hex) of the method, the path with its
+/// query and the body (the raw request is never kept: its size is the client's choice).
+pub fn request_digest(method: &str, path_and_query: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(path_and_query.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
 impl Core {
     /// Start checking a sign-in guess of `address` (a client's network) at `account`, or
-    /// `Throttled` with the seconds to wait.
-    pub(crate) async fn begin_guess(&self, account: &str, address: &str, now: OffsetDateTime) -> Result<Guess> {
+    /// `Throttled` with the seconds to wait. Judged before it is counted: a refused guess
+    /// leaves no guess in flight.
+    #[doc(hidden)]
+    pub async fn begin_guess(&self, account: &str, address: &str, now: OffsetDateTime) -> Result<Guess> {
         let keys = guess_keys(account, address);
-        let rows = self
+        let id = uuid::Uuid::new_v4();
+        let judge = move |rows: &[crate::throttle::ThrottleRow]| match rows {
+            [pair, address_row, account_row] => judge_guess(pair, address_row, account_row, now),
+            _ => Err(1),
+        };
+        let admitted = self
             .store
             .begin_guess(
+                id,
                 &[keys[0].clone(), keys[1].clone()],
                 &[keys[2].clone()],
                 now,
                 now + GUESS_IN_FLIGHT,
+                &judge,
             )
             .await?;
-        let guess = Guess {
-            store: self.store.clone(),
-            keys,
-            done: false,
-        };
-        let [pair, address_row, account_row] = rows.as_slice() else {
-            return Err(Error::internal("the throttle store returned the wrong rows"));
-        };
-        if let Err(retry_after_secs) = judge_guess(pair, address_row, account_row, now) {
-            // Dropped: its count is given back.
-            drop(guess);
+        if let Err(retry_after_secs) = admitted {
             return Err(Error::Throttled { retry_after_secs });
         }
-        Ok(guess)
+        Ok(Guess {
+            store: self.store.clone(),
+            id,
+            keys,
+            done: false,
+        })
     }
 
-    /// Count one Automation API request of the token (its SHA-256): `Some(seconds)` to wait
+    /// Count one Automation API request of an authenticated token (its id): `Some(seconds)` to wait
     /// when it is over [`API_REQUESTS_PER_MINUTE`] this minute, on whichever nodes.
     pub async fn count_api_request(&self, token_hash: &str) -> Result<Option<u64>> {
         let now = self.clock.now().unix_timestamp();
@@ -133,12 +157,13 @@ impl Core {
         Ok(
             match self
                 .store
-                .reserve_idempotency_key(token_hash, key, request, holder, now, until)
+                .reserve_idempotency_key(token_hash, key, request, holder, now, until, IDEMPOTENCY_KEYS_PER_TOKEN)
                 .await?
             {
                 IdempotencySlot::Reserved => IdempotencyStart::Run(holder),
                 IdempotencySlot::Running { request } => IdempotencyStart::Running { request },
                 IdempotencySlot::Done(reply) => IdempotencyStart::Replay(reply),
+                IdempotencySlot::Full => IdempotencyStart::Full,
             },
         )
     }
@@ -163,7 +188,7 @@ impl Core {
         self.store.release_idempotency_key(token_hash, key, holder).await
     }
 
-    /// Forget the replies kept for a token that no longer authenticates.
+    /// Forget the replies kept for a token (its id) that no longer authenticates.
     pub async fn forget_idempotent(&self, token_hash: &str) -> Result<()> {
         self.store.forget_idempotent_replies(token_hash).await
     }

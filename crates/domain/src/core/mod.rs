@@ -24,7 +24,10 @@ pub use billing::{
     Share, UsageReport, UsageRow,
 };
 pub use data_plane::{ServiceCaller, Verification};
-pub use limits::{API_REQUESTS_PER_MINUTE, IDEMPOTENT_REPLY_KEPT, IdempotencyStart};
+pub use limits::{
+    API_REQUESTS_PER_MINUTE, GUESS_IN_FLIGHT, Guess, IDEMPOTENCY_KEYS_PER_TOKEN, IDEMPOTENT_REPLY_KEPT,
+    IdempotencyStart, request_digest,
+};
 pub use outbox::MAX_ATTEMPTS;
 pub use reconcile::{
     DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport,
