@@ -28,6 +28,7 @@ pub struct Guess {
     store: Arc<dyn Store>,
     id: uuid::Uuid,
     keys: [String; 3],
+    began: OffsetDateTime,
     done: bool,
 }
 
@@ -56,11 +57,10 @@ impl Drop for Guess {
         if self.done {
             return;
         }
-        let (store, id) = (self.store.clone(), self.id);
+        let (store, id, now) = (self.store.clone(), self.id, self.began);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                // Only the guess's own in-flight rows go: no time is needed to judge them.
-                let now = OffsetDateTime::now_utc();
+                // Only the guess's own in-flight rows go (`now` judges nothing here).
                 if let Err(e) = store.end_guess(id, &[], &[], now, now).await {
                     tracing::warn!(error = %e, "could not give back a sign-in guess's count; it lapses within a minute");
                 }
@@ -129,6 +129,7 @@ impl Core {
             store: self.store.clone(),
             id,
             keys,
+            began: now,
             done: false,
         })
     }
