@@ -68,7 +68,21 @@ macro_rules! impl_limit_store {
                     }
                 }
                 let verdict = judge(&rows);
-                if verdict.is_ok() {
+                if verdict.is_err() {
+                    // A refused guess leaves nothing behind: a row it created just to lock
+                    // (no failure, no guess in flight) goes again, so refused guesses with
+                    // ever new emails do not fill the table.
+                    for key in pending {
+                        sqlx::query(
+                            "DELETE FROM sign_in_throttle WHERE key = $1 AND last_failure IS NULL \
+                             AND NOT EXISTS (SELECT 1 FROM sign_in_guess g WHERE g.key = $1)",
+                        )
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    }
+                } else {
                     // Only an admitted guess is counted, each with its own expiry.
                     for key in pending {
                         sqlx::query("INSERT INTO sign_in_guess (key, guess, until) VALUES ($1, $2, $3)")

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 both!(
     async fn sign_ins_with_huge_unique_emails_fail_like_unknown_users_and_keep_only_hashed_keys(app) {
         let page = app.get_html("/login").await;
+        let mut failed = 0;
         for i in 0..50 {
             let email = format!("{i}-{}@example.com", "a".repeat(400 * 1024));
             let r = app
@@ -18,7 +19,11 @@ both!(
                 .await;
             let status = r.status().as_u16();
             assert!(matches!(status, 401 | 429 | 422), "sign-in {i}: {status}");
+            failed += i64::from(status == 401);
         }
+        assert!(failed >= 20, "the address's free attempts are answered: {failed}");
+        // The address, and each failed guess's pair and account: a refused guess adds no row.
+        assert_eq!(app.control_rows("sign_in_throttle").await, 1 + 2 * failed);
         let longest = app
             .control_value("SELECT CAST(coalesce(max(length(key)), 0) AS TEXT) FROM sign_in_throttle")
             .await;
