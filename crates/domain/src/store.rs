@@ -667,9 +667,9 @@ pub trait LimitStore: Send + Sync {
         now: OffsetDateTime,
         forget_before: OffsetDateTime,
     ) -> Result<()>;
-    /// Count one request of the token (SHA-256) in its window (unix minutes); the window's
-    /// count after it.
-    async fn count_api_request(&self, token_hash: &str, window: i64) -> Result<u64>;
+    /// Add each token's (its id's) requests counted on a node to its window (unix minutes), in
+    /// one transaction; each token's count in the window over every node after it.
+    async fn add_api_hits(&self, window: i64, hits: &[(String, u64)]) -> Result<Vec<(String, u64)>>;
     /// Reserve `key` of the token (its id) for `request` (a digest) under `holder` until
     /// `reserved_until`, unless it is reserved (and not past its reservation) or its reply
     /// kept (and not expired), or the token already has `max_live` other live keys (`Full`).

@@ -531,6 +531,9 @@ async fn verifier_flushes(core: Arc<Core>, mut stop: tokio::sync::watch::Receive
         if let Err(e) = core.flush_key_hits().await {
             tracing::warn!(error = %e, "flushing API key rate counts failed; kept for the next flush");
         }
+        if let Err(e) = core.flush_api_hits().await {
+            tracing::warn!(error = %e, "flushing Automation API rate counts failed; kept for the next flush");
+        }
         if n.is_multiple_of(50)
             && let Err(e) = core.flush_key_use().await
         {

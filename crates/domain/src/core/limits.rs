@@ -6,6 +6,7 @@ use super::Core;
 use crate::error::{Error, Result};
 use crate::store::{IdempotencySlot, KeptReply, Store};
 use crate::throttle::{ThrottlePolicy, guess_keys, judge_guess};
+use std::collections::HashMap;
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
@@ -65,6 +66,95 @@ impl Drop for Guess {
                     tracing::warn!(error = %e, "could not give back a sign-in guess's count; it lapses within a minute");
                 }
             });
+        }
+    }
+}
+
+/// Automation API requests per token (its id) on this node: every node's total for the
+/// current minute as the last flush returned it, what a flush under way is adding, and what was
+/// counted here since. One lock: a request's check and count, and a flush's hand-over, each
+/// see a consistent state.
+#[derive(Debug, Default)]
+pub(crate) struct ApiRates(std::sync::Mutex<ApiCounts>);
+
+#[derive(Debug, Default)]
+struct ApiCounts {
+    window: i64,
+    seen: HashMap<String, u64>,
+    in_flight: HashMap<String, u64>,
+    local: HashMap<String, u64>,
+}
+
+type Hits = Vec<(String, u64)>;
+
+impl ApiRates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ApiCounts> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Count a request of `token` in `window` unless it would pass `limit`: `false` if not.
+    fn try_hit(&self, token: &str, window: i64, limit: u64) -> bool {
+        let mut c = self.lock();
+        if c.window != window {
+            // A new minute: what was counted for the last one no longer limits anyone.
+            *c = ApiCounts {
+                window,
+                ..ApiCounts::default()
+            };
+        }
+        let get = |m: &HashMap<String, u64>| m.get(token).copied().unwrap_or(0);
+        if get(&c.seen) + get(&c.in_flight) + get(&c.local) >= limit {
+            return false;
+        }
+        *c.local.entry(token.to_owned()).or_default() += 1;
+        true
+    }
+
+    /// Hand what was counted here to a flush.
+    fn take(&self) -> Option<(i64, Hits)> {
+        let mut c = self.lock();
+        if c.local.is_empty() {
+            return None;
+        }
+        let pending: Hits = std::mem::take(&mut c.local).into_iter().collect();
+        for (t, n) in &pending {
+            *c.in_flight.entry(t.clone()).or_default() += n;
+        }
+        Some((c.window, pending))
+    }
+
+    /// A flush committed: the totals it took back replace what was seen.
+    fn settle(&self, window: i64, pending: &[(String, u64)], totals: &[(String, u64)]) {
+        let mut c = self.lock();
+        if c.window != window {
+            return;
+        }
+        Self::unflight(&mut c, pending);
+        for (t, total) in totals {
+            c.seen.insert(t.clone(), *total);
+        }
+    }
+
+    /// A flush failed: its counts wait for the next one.
+    fn restore(&self, window: i64, pending: &[(String, u64)]) {
+        let mut c = self.lock();
+        if c.window != window {
+            return;
+        }
+        Self::unflight(&mut c, pending);
+        for (t, n) in pending {
+            *c.local.entry(t.clone()).or_default() += n;
+        }
+    }
+
+    fn unflight(c: &mut ApiCounts, pending: &[(String, u64)]) {
+        for (t, n) in pending {
+            if let Some(f) = c.in_flight.get_mut(t) {
+                *f = f.saturating_sub(*n);
+                if *f == 0 {
+                    c.in_flight.remove(t);
+                }
+            }
         }
     }
 }
@@ -134,12 +224,38 @@ impl Core {
         })
     }
 
-    /// Count one Automation API request of an authenticated token (its id): `Some(seconds)` to wait
-    /// when it is over [`API_REQUESTS_PER_MINUTE`] this minute, on whichever nodes.
-    pub async fn count_api_request(&self, token_hash: &str) -> Result<Option<u64>> {
+    /// Count one Automation API request of an authenticated token (its id): `Some(seconds)`
+    /// to wait when it is over [`API_REQUESTS_PER_MINUTE`] this minute, on whichever nodes.
+    /// Counted in memory (no write per request): the judgement is on every node's total for
+    /// this minute as the last flush saw it, plus what this node counted since (other nodes'
+    /// requests are seen within a flush of theirs and ours, ~400 ms). Refused requests are not
+    /// counted.
+    pub async fn count_api_request(&self, token: &str) -> Result<Option<u64>> {
         let now = self.clock.now().unix_timestamp();
-        let hits = self.store.count_api_request(token_hash, now.div_euclid(60)).await?;
-        Ok((hits > API_REQUESTS_PER_MINUTE).then(|| u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60).max(1)))
+        let retry = u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60).max(1);
+        Ok((!self
+            .api_rates
+            .try_hit(token, now.div_euclid(60), API_REQUESTS_PER_MINUTE))
+        .then_some(retry))
+    }
+
+    /// Add the Automation API requests counted on this node since the last flush to the
+    /// control database, and take back every node's totals (the server calls this every
+    /// ~200 ms, and once more at shutdown). On failure the counts are kept for the next one.
+    pub async fn flush_api_hits(&self) -> Result<()> {
+        let Some((window, pending)) = self.api_rates.take() else {
+            return Ok(());
+        };
+        match self.store.add_api_hits(window, &pending).await {
+            Ok(totals) => {
+                self.api_rates.settle(window, &pending, &totals);
+                Ok(())
+            }
+            Err(e) => {
+                self.api_rates.restore(window, &pending);
+                Err(e)
+            }
+        }
     }
 
     /// Reserve `key` of the token for `request` while it runs (at most `running_for`: a node

@@ -227,6 +227,8 @@ pub struct Core {
     /// Where webhooks are sent through (see [`webhooks`]).
     webhooks: Arc<dyn crate::webhook::WebhookSender>,
     webhook_counts: crate::webhook::DeliveryCounters,
+    /// The Automation API's per-token counts on this node (see [`limits`]).
+    api_rates: limits::ApiRates,
 }
 
 impl Core {
@@ -247,6 +249,7 @@ impl Core {
             usage: usage::UsageState::default(),
             webhooks: Arc::new(crate::webhook::NoSender),
             webhook_counts: crate::webhook::DeliveryCounters::default(),
+            api_rates: limits::ApiRates::default(),
         }
     }
 

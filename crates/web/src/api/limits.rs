@@ -1,7 +1,7 @@
 //! Per-token rate limits and `Idempotency-Key` replay, shared by every node through the
-//! control database (`Core::count_api_request`, `Core::start_idempotent`): one statement per
-//! authenticated request for the rate (the token's count in this minute, over every node), one
-//! or two for a key. Both are keyed on the authenticated token's id, never on the raw header.
+//! control database (`Core::count_api_request`, `Core::start_idempotent`): the rate is counted
+//! in memory and flushed with every node's totals every ~200 ms (no write per request), a key
+//! costs one or two statements. Both are keyed on the authenticated token's id, never on the raw header.
 //! A request that does not authenticate writes nothing here.
 //!
 //! A reply is replayed only to a caller who is authenticated *now* (a revoked or expired token
