@@ -636,6 +636,8 @@ pub enum IdempotencySlot {
     Running { request: String },
     /// Its reply is kept.
     Done(KeptReply),
+    /// A new key, but the token already has as many live keys as it may.
+    Full,
 }
 
 /// State every node shares through the control database: the sign-in throttle's rows, the
@@ -643,32 +645,39 @@ pub enum IdempotencySlot {
 /// audited (counters and caches, not changes anyone made).
 #[async_trait]
 pub trait LimitStore: Send + Sync {
-    /// Count a guess in flight on each of `pending` (the count is void after `pending_until`,
-    /// so a node that died mid-guess leaves nothing stuck) and return the rows of `pending`
-    /// then `read`, in that order (a missing key as the default row).
+    /// Judge a guess and, only if `judge` admits it, count it in flight on each of `pending`
+    /// as `guess` until `until` (each guess expires on its own: a node that died mid-guess
+    /// leaves nothing stuck past it). `judge` sees the rows of `pending` then `read`, in that
+    /// order (a missing key as the default row), `pending` counting the live guesses of every
+    /// node plus this one. The rows of `pending` are locked (in the order of their keys) while
+    /// judging, so of concurrent guesses each sees the ones admitted before it.
     async fn begin_guess(
         &self,
+        guess: uuid::Uuid,
         pending: &[String],
         read: &[String],
         now: OffsetDateTime,
-        pending_until: OffsetDateTime,
-    ) -> Result<Vec<crate::throttle::ThrottleRow>>;
-    /// End a guess: one fewer in flight on `pending`; one more failure on `failed` (counting
-    /// from 1 again when the last one was at or before `forget_before`); no failure on
-    /// record for `cleared`.
+        until: OffsetDateTime,
+        judge: &crate::throttle::GuessJudge,
+    ) -> Result<std::result::Result<(), u64>>;
+    /// End a guess: no longer in flight; one more failure on `failed` (counting from 1 again
+    /// when the last one was at or before `forget_before`); no failure on record for `cleared`.
+    /// Rows are locked in the order of their keys (as `begin_guess` does).
     async fn end_guess(
         &self,
-        pending: &[String],
+        guess: uuid::Uuid,
         failed: &[String],
         cleared: &[String],
         now: OffsetDateTime,
         forget_before: OffsetDateTime,
     ) -> Result<()>;
-    /// Count one request of the token (SHA-256) in its window (unix minutes); the window's
-    /// count after it.
-    async fn count_api_request(&self, token_hash: &str, window: i64) -> Result<u64>;
-    /// Reserve `key` of the token for `request` under `holder` until `reserved_until`, unless
-    /// it is reserved (and not past its reservation) or its reply kept (and not expired).
+    /// Add each token's (its id's) requests counted on a node to its window (unix minutes), in
+    /// one transaction; each token's count in the window over every node after it.
+    async fn add_api_hits(&self, window: i64, hits: &[(String, u64)]) -> Result<Vec<(String, u64)>>;
+    /// Reserve `key` of the token (its id) for `request` (a digest) under `holder` until
+    /// `reserved_until`, unless it is reserved (and not past its reservation) or its reply
+    /// kept (and not expired), or the token already has `max_live` other live keys (`Full`).
+    #[allow(clippy::too_many_arguments)]
     async fn reserve_idempotency_key(
         &self,
         token_hash: &str,
@@ -677,6 +686,7 @@ pub trait LimitStore: Send + Sync {
         holder: uuid::Uuid,
         now: OffsetDateTime,
         reserved_until: OffsetDateTime,
+        max_live: u64,
     ) -> Result<IdempotencySlot>;
     /// Keep the reply of a reservation still held by `holder`, until `expires_at`.
     async fn keep_idempotent_reply(

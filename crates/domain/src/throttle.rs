@@ -141,6 +141,9 @@ impl ThrottlePolicy {
     }
 }
 
+/// How the store asks whether a guess may go ahead, given its rows (see `LimitStore::begin_guess`).
+pub type GuessJudge = dyn Fn(&[ThrottleRow]) -> Result<(), u64> + Send + Sync;
+
 /// Whether a guess may be checked now, from the rows of its (account, address) pair, its
 /// address and its account, the pair's and the address's `pending` counting this guess:
 /// `Err(seconds)` to wait. Past the free attempts a client's guesses go one at a time, each
@@ -176,12 +179,16 @@ pub fn judge_guess(
     Ok(())
 }
 
-/// The keys a guess is counted under: (account, address), address, account.
+/// The keys a guess is counted under: (account, address), address, account — each the
+/// SHA-256 (hex, 64 characters) of its parts, so the control database keeps no email or
+/// address in the clear and a key's size never depends on what a client typed.
 pub fn guess_keys(account: &str, address: &str) -> [String; 3] {
+    use sha2::{Digest, Sha256};
+    let key = |s: String| hex::encode(Sha256::digest(s.as_bytes()));
     [
-        format!("p\u{1f}{address}\u{1f}{account}"),
-        format!("n\u{1f}{address}"),
-        format!("a\u{1f}{account}"),
+        key(format!("p\u{1f}{address}\u{1f}{account}")),
+        key(format!("n\u{1f}{address}")),
+        key(format!("a\u{1f}{account}")),
     ]
 }
 

@@ -280,9 +280,10 @@ impl App {
             crate::audit::checkpoint_dir(&self.settings),
             time::Duration::minutes(i64::from(self.settings.audit_checkpoint_minutes)),
         ));
+        let stop_flushes = tokio::sync::watch::Sender::new(false);
         let (feed, flushes, sweeper) = (
             tokio::spawn(verifier_feed(self.core.clone())),
-            tokio::spawn(verifier_flushes(self.core.clone())),
+            tokio::spawn(verifier_flushes(self.core.clone(), stop_flushes.subscribe())),
             tokio::spawn(usage_sweeper(self.core.clone())),
         );
         let webhooks = self
@@ -302,7 +303,11 @@ impl App {
             m.abort();
         }
         feed.abort();
-        flushes.abort();
+        // Key hits and last use counted in memory are written once more, then the loop ends.
+        stop_flushes.send_replace(true);
+        if tokio::time::timeout(FINAL_FLUSH, flushes).await.is_err() {
+            tracing::warn!("the final flush of API key counts did not finish in time");
+        }
         sweeper.abort();
         if let Some(w) = webhooks {
             w.abort();
@@ -355,11 +360,15 @@ impl Jobs {
     }
 }
 
+/// How long the last flush of in-memory counts may take at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
+
 /// The lease names of the jobs one node at a time runs.
 pub const HOUSEKEEPING_JOB: &str = "housekeeping";
 /// Housekeeping runs once per period, on one node.
 const HOUSEKEEPING_PERIOD: time::Duration = time::Duration::hours(1);
-/// A run's lease: a node that dies mid-run holds the job this long at most.
+/// A run's lease, renewed every third of it while the run goes on: a node that dies mid-run
+/// holds the job this long at most.
 const HOUSEKEEPING_RUN_LEASE: time::Duration = time::Duration::minutes(10);
 /// How often each node looks whether the job is due (free).
 const HOUSEKEEPING_CHECK: Duration = Duration::from_secs(60);
@@ -382,7 +391,15 @@ async fn housekeeping(core: Arc<Core>, node: Arc<str>, jobs: Arc<Jobs>) {
         }
         jobs.start(HOUSEKEEPING_JOB);
         let started = core.clock.now();
-        housekeeping_run(&core).await;
+        run_under_lease(
+            &core,
+            HOUSEKEEPING_JOB,
+            &node,
+            HOUSEKEEPING_RUN_LEASE,
+            renew_every(HOUSEKEEPING_RUN_LEASE),
+            housekeeping_run(&core),
+        )
+        .await;
         // Done: the lease now marks the period as covered.
         if let Err(e) = core
             .hold_job_until(HOUSEKEEPING_JOB, &node, started + HOUSEKEEPING_PERIOD)
@@ -392,6 +409,47 @@ async fn housekeeping(core: Arc<Core>, node: Arc<str>, jobs: Arc<Jobs>) {
         }
         jobs.end(HOUSEKEEPING_JOB);
     }
+}
+
+/// A third of a lease: how often a job renews it while it runs.
+fn renew_every(lease: time::Duration) -> Duration {
+    Duration::try_from(lease / 3).unwrap_or(Duration::from_secs(60))
+}
+
+/// Run `work` (a job whose lease `node` holds) while a side task renews the lease to `lease`
+/// from now every `every`: however long the run, no other node starts the job while this one
+/// is alive (a node that dies stops renewing, and its lease lapses). A renewal that finds the
+/// lease gone (it lapsed and another node took it) is logged: the job may run twice.
+pub async fn run_under_lease<F: Future>(
+    core: &Arc<Core>,
+    job: &'static str,
+    node: &str,
+    lease: time::Duration,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    let (core2, node2) = (core.clone(), node.to_owned());
+    let renewer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match core2.hold_job_until(job, &node2, core2.clock.now() + lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(job, "lost the lease of a running job; another node may run it too"),
+                Err(e) => tracing::warn!(job, error = %e, "could not renew a running job's lease"),
+            }
+        }
+    });
+    // Stops the renewals however `work` ends (this future dropped at shutdown included).
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _renewer = AbortOnDrop(renewer);
+    work.await
 }
 
 /// One housekeeping run (each step on its own: one failing does not stop the others).
@@ -484,15 +542,25 @@ async fn verifier_feed(core: Arc<Core>) {
 /// Rate counts flushed every ~200 ms; last use of keys and tokens and the credential-read
 /// tallies every ~10 s (last use is for people reading a list: a write per key every 10 s at
 /// most, batched, keeps it off the verification's cost even over 100,000 busy keys).
-async fn verifier_flushes(core: Arc<Core>) {
+///
+/// When `stop` changes (shutdown) it flushes everything once more and returns: a stop never
+/// cuts a flush short, so the counts of the last moments are written, not lost.
+async fn verifier_flushes(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(VERIFIER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
-        tick.tick().await;
-        n = n.wrapping_add(1);
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        // The last round writes everything.
+        n = if last { 0 } else { n.wrapping_add(1) };
         if let Err(e) = core.flush_key_hits().await {
             tracing::warn!(error = %e, "flushing API key rate counts failed; kept for the next flush");
+        }
+        if let Err(e) = core.flush_api_hits().await {
+            tracing::warn!(error = %e, "flushing Automation API rate counts failed; kept for the next flush");
         }
         if n.is_multiple_of(50)
             && let Err(e) = core.flush_key_use().await
@@ -503,6 +571,9 @@ async fn verifier_flushes(core: Arc<Core>) {
             && let Err(e) = core.flush_credential_reads().await
         {
             tracing::warn!(error = %e, "writing provider-credential read events failed");
+        }
+        if last {
+            return;
         }
     }
 }

@@ -188,7 +188,7 @@ impl Default for Settings {
             keep_alive_seconds: 5,
             max_connections: None,
             request_timeout_seconds: 30,
-            shutdown_grace_seconds: 20,
+            shutdown_grace_seconds: 35,
             max_concurrent_requests: 512,
             max_body_bytes: 512 * 1024,
             audit_checkpoint_minutes: 60,

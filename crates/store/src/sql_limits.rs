@@ -8,18 +8,12 @@ macro_rules! impl_limit_store {
         use quarterdeck_domain::store::{IdempotencySlot, KeptReply, LimitStore};
         use quarterdeck_domain::throttle::ThrottleRow;
 
-        /// A guess no longer in flight: its count goes down, never below 0, and a count past its
-        /// `pending_until` is void.
-        const RELEASE_PENDING: &str = "pending = CASE WHEN sign_in_throttle.pending > 0 AND sign_in_throttle.pending_until > $2 \
-             THEN sign_in_throttle.pending - 1 ELSE 0 END";
-
         fn throttle_row(r: &DbRow) -> Result<ThrottleRow> {
             let failures: i32 = r.try_get("failures").map_err(db_err)?;
-            let pending: i32 = r.try_get("pending").map_err(db_err)?;
             Ok(ThrottleRow {
                 failures: u32::try_from(failures).unwrap_or(0),
                 last_failure: r.try_get::<Option<Ts>, _>("last_failure").map_err(db_err)?.map(dec_ts),
-                pending: u32::try_from(pending).unwrap_or(0),
+                pending: 0,
             })
         }
 
@@ -27,51 +21,86 @@ macro_rules! impl_limit_store {
         impl LimitStore for $Store {
             async fn begin_guess(
                 &self,
+                guess: Uuid,
                 pending: &[String],
                 read: &[String],
                 now: OffsetDateTime,
-                pending_until: OffsetDateTime,
-            ) -> Result<Vec<ThrottleRow>> {
+                until: OffsetDateTime,
+                judge: &quarterdeck_domain::throttle::GuessJudge,
+            ) -> Result<std::result::Result<(), u64>> {
                 let _writer = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let mut rows = Vec::with_capacity(pending.len() + read.len());
-                for key in pending {
-                    // One statement counts the guess and returns the row as it is now: of
-                    // concurrent guesses (on any node) each sees a different count.
+                let mut rows = vec![ThrottleRow::default(); pending.len() + read.len()];
+                // The keys' rows locked in the order of the keys (as `end_guess` does: no two
+                // transactions wait for each other), held until commit: of concurrent guesses
+                // (on any node) each counts the ones admitted before it.
+                let mut order: Vec<usize> = (0..pending.len()).collect();
+                order.sort_by(|a, b| pending[*a].cmp(&pending[*b]));
+                for i in order {
+                    let key = &pending[i];
                     let r = sqlx::query(
-                        "INSERT INTO sign_in_throttle (key, failures, last_failure, pending, pending_until) \
-                         VALUES ($1, 0, NULL, 1, $3) \
-                         ON CONFLICT (key) DO UPDATE SET \
-                         pending = CASE WHEN sign_in_throttle.pending_until > $2 THEN sign_in_throttle.pending + 1 ELSE 1 END, \
-                         pending_until = $3 \
-                         RETURNING failures, last_failure, pending",
+                        "INSERT INTO sign_in_throttle (key, failures, last_failure) VALUES ($1, 0, NULL) \
+                         ON CONFLICT (key) DO UPDATE SET failures = sign_in_throttle.failures \
+                         RETURNING failures, last_failure",
                     )
                     .bind(key)
-                    .bind(enc_ts(now))
-                    .bind(enc_ts(pending_until))
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                    rows.push(throttle_row(&r)?);
+                    let mut row = throttle_row(&r)?;
+                    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM sign_in_guess WHERE key = $1 AND until > $2")
+                        .bind(key)
+                        .bind(enc_ts(now))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    row.pending = u32::try_from(live).unwrap_or(u32::MAX).saturating_add(1);
+                    rows[i] = row;
                 }
-                for key in read {
-                    let r = sqlx::query("SELECT failures, last_failure, pending FROM sign_in_throttle WHERE key = $1")
+                for (i, key) in read.iter().enumerate() {
+                    let r = sqlx::query("SELECT failures, last_failure FROM sign_in_throttle WHERE key = $1")
                         .bind(key)
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    rows.push(match r {
-                        Some(r) => throttle_row(&r)?,
-                        None => ThrottleRow::default(),
-                    });
+                    if let Some(r) = r {
+                        rows[pending.len() + i] = throttle_row(&r)?;
+                    }
+                }
+                let verdict = judge(&rows);
+                if verdict.is_err() {
+                    // A refused guess leaves nothing behind: a row it created just to lock
+                    // (no failure, no guess in flight) goes again, so refused guesses with
+                    // ever new emails do not fill the table.
+                    for key in pending {
+                        sqlx::query(
+                            "DELETE FROM sign_in_throttle WHERE key = $1 AND last_failure IS NULL \
+                             AND NOT EXISTS (SELECT 1 FROM sign_in_guess g WHERE g.key = $1)",
+                        )
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    }
+                } else {
+                    // Only an admitted guess is counted, each with its own expiry.
+                    for key in pending {
+                        sqlx::query("INSERT INTO sign_in_guess (key, guess, until) VALUES ($1, $2, $3)")
+                            .bind(key)
+                            .bind(guess)
+                            .bind(enc_ts(until))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
                 }
                 tx.commit().await.map_err(db_err)?;
-                Ok(rows)
+                Ok(verdict)
             }
 
             async fn end_guess(
                 &self,
-                pending: &[String],
+                guess: Uuid,
                 failed: &[String],
                 cleared: &[String],
                 now: OffsetDateTime,
@@ -79,66 +108,58 @@ macro_rules! impl_limit_store {
             ) -> Result<()> {
                 let _writer = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                for key in failed {
-                    let release = if pending.contains(key) {
-                        format!(", {RELEASE_PENDING}")
-                    } else {
-                        String::new()
-                    };
-                    let sql = format!(
-                        "INSERT INTO sign_in_throttle (key, failures, last_failure, pending, pending_until) \
-                         VALUES ($1, 1, $2, 0, $2) \
-                         ON CONFLICT (key) DO UPDATE SET \
-                         failures = CASE WHEN sign_in_throttle.last_failure IS NULL OR sign_in_throttle.last_failure <= $3 \
-                         THEN 1 ELSE sign_in_throttle.failures + 1 END, \
-                         last_failure = $2{release}"
-                    );
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                // In the order of the keys, whatever is done to each (see `begin_guess`).
+                let mut keys: Vec<(&String, bool)> =
+                    failed.iter().map(|k| (k, true)).chain(cleared.iter().map(|k| (k, false))).collect();
+                keys.sort();
+                for (key, fail) in keys {
+                    let q = if fail {
+                        sqlx::query(
+                            "INSERT INTO sign_in_throttle (key, failures, last_failure) VALUES ($1, 1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET \
+                             failures = CASE WHEN sign_in_throttle.last_failure IS NULL OR sign_in_throttle.last_failure <= $3 \
+                             THEN 1 ELSE sign_in_throttle.failures + 1 END, \
+                             last_failure = $2",
+                        )
                         .bind(key)
                         .bind(enc_ts(now))
                         .bind(enc_ts(forget_before))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                }
-                for key in cleared {
-                    let release = if pending.contains(key) {
-                        format!(", {RELEASE_PENDING}")
                     } else {
-                        String::new()
+                        sqlx::query("UPDATE sign_in_throttle SET failures = 0, last_failure = NULL WHERE key = $1").bind(key)
                     };
-                    let sql = format!("UPDATE sign_in_throttle SET failures = 0, last_failure = NULL{release} WHERE key = $1");
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key);
-                    if !release.is_empty() {
-                        q = q.bind(enc_ts(now));
-                    }
                     q.execute(&mut *tx).await.map_err(db_err)?;
                 }
-                for key in pending.iter().filter(|k| !failed.contains(k) && !cleared.contains(k)) {
-                    let sql = format!("UPDATE sign_in_throttle SET {RELEASE_PENDING} WHERE key = $1");
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(key)
-                        .bind(enc_ts(now))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                }
+                sqlx::query("DELETE FROM sign_in_guess WHERE guess = $1")
+                    .bind(guess)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn count_api_request(&self, token_hash: &str, window: i64) -> Result<u64> {
+            async fn add_api_hits(&self, window: i64, hits: &[(String, u64)]) -> Result<Vec<(String, u64)>> {
                 let _writer = self.writer_permit().await;
-                let hits: i64 = sqlx::query_scalar(
-                    "INSERT INTO api_rate (token_hash, window_start, hits) VALUES ($1, $2, 1) \
-                     ON CONFLICT (token_hash, window_start) DO UPDATE SET hits = api_rate.hits + 1 \
-                     RETURNING hits",
-                )
-                .bind(token_hash)
-                .bind(window)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)?;
-                Ok(u64::try_from(hits).unwrap_or(0))
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let mut totals = Vec::with_capacity(hits.len());
+                let mut hits = hits.to_vec();
+                // In the order of the tokens: two nodes' flushes never wait for each other.
+                hits.sort();
+                for (token, n) in hits {
+                    let total: i64 = sqlx::query_scalar(
+                        "INSERT INTO api_rate (token_hash, window_start, hits) VALUES ($1, $2, $3) \
+                         ON CONFLICT (token_hash, window_start) DO UPDATE SET hits = api_rate.hits + excluded.hits \
+                         RETURNING hits",
+                    )
+                    .bind(&token)
+                    .bind(window)
+                    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    totals.push((token, u64::try_from(total).unwrap_or(0)));
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(totals)
             }
 
             async fn reserve_idempotency_key(
@@ -149,8 +170,34 @@ macro_rules! impl_limit_store {
                 holder: Uuid,
                 now: OffsetDateTime,
                 reserved_until: OffsetDateTime,
+                max_live: u64,
             ) -> Result<IdempotencySlot> {
                 let _writer = self.writer_permit().await;
+                // A token holds at most `max_live` live keys: a new key past them is refused
+                // (a key it holds already is answered as usual).
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM api_idempotency WHERE token_hash = $1 AND key <> $2 \
+                     AND expires_at > $3",
+                )
+                .bind(token_hash)
+                .bind(key)
+                .bind(enc_ts(now))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                if u64::try_from(live).unwrap_or(0) >= max_live {
+                    let held: Option<i32> =
+                        sqlx::query_scalar("SELECT 1 FROM api_idempotency WHERE token_hash = $1 AND key = $2 AND expires_at > $3")
+                            .bind(token_hash)
+                            .bind(key)
+                            .bind(enc_ts(now))
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(db_err)?;
+                    if held.is_none() {
+                        return Ok(IdempotencySlot::Full);
+                    }
+                }
                 // A new key, or one whose reservation ran out (its node died) or whose reply
                 // expired, is taken by one conditional statement: of concurrent requests (on any
                 // node) exactly one gets it.
@@ -309,11 +356,17 @@ macro_rules! impl_limit_store {
             async fn prune_limits(&self, now: OffsetDateTime, forget_before: OffsetDateTime, window_before: i64) -> Result<u64> {
                 let _writer = self.writer_permit().await;
                 let mut n = 0;
+                n += sqlx::query("DELETE FROM sign_in_guess WHERE until <= $1")
+                    .bind(enc_ts(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
                 n += sqlx::query(
-                    "DELETE FROM sign_in_throttle WHERE (last_failure IS NULL OR last_failure <= $1) AND pending_until <= $2",
+                    "DELETE FROM sign_in_throttle WHERE (last_failure IS NULL OR last_failure <= $1) \
+                     AND NOT EXISTS (SELECT 1 FROM sign_in_guess g WHERE g.key = sign_in_throttle.key)",
                 )
                 .bind(enc_ts(forget_before))
-                .bind(enc_ts(now))
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?

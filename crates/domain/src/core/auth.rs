@@ -375,10 +375,9 @@ impl Core {
 
 /// The throttle's name for an account: its directory and the email as typed (normalised), so
 /// unknown accounts are throttled like known ones.
+/// The throttle's account key: the directory and the typed email, lower-cased, at most 254
+/// characters (no address is longer; a longer one is an unknown user and fails like one).
 fn account_key(dir: Directory, email: &str) -> String {
-    format!(
-        "{}:{}",
-        dir.tenant_id().map(|t| t.to_string()).unwrap_or_default(),
-        email.trim().to_ascii_lowercase()
-    )
+    let email: String = email.trim().to_ascii_lowercase().chars().take(254).collect();
+    format!("{}:{email}", dir.tenant_id().map(|t| t.to_string()).unwrap_or_default())
 }

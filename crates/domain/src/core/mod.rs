@@ -25,7 +25,10 @@ pub use billing::{
     Share, UsageReport, UsageRow,
 };
 pub use data_plane::{ServiceCaller, Verification};
-pub use limits::{API_REQUESTS_PER_MINUTE, IDEMPOTENT_REPLY_KEPT, IdempotencyStart};
+pub use limits::{
+    API_REQUESTS_PER_MINUTE, GUESS_IN_FLIGHT, Guess, IDEMPOTENCY_KEYS_PER_TOKEN, IDEMPOTENT_REPLY_KEPT,
+    IdempotencyStart, request_digest,
+};
 pub use outbox::MAX_ATTEMPTS;
 pub use reconcile::{
     DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport,
@@ -227,6 +230,8 @@ pub struct Core {
     webhook_counts: crate::webhook::DeliveryCounters,
     /// What `/metrics` shows (see [`crate::meters`]).
     meters: crate::meters::Meters,
+    /// The Automation API's per-token counts on this node (see [`limits`]).
+    api_rates: limits::ApiRates,
 }
 
 impl Core {
@@ -248,6 +253,7 @@ impl Core {
             webhooks: Arc::new(crate::webhook::NoSender),
             webhook_counts: crate::webhook::DeliveryCounters::default(),
             meters: crate::meters::Meters::default(),
+            api_rates: limits::ApiRates::default(),
         }
     }
 

@@ -170,6 +170,11 @@ impl Core {
             .revoke_pat(id, signed_in.user.id, self.clock.now(), event)
             .await?
         {
+            // Its kept Idempotency-Key replies die with it (they are never replayed to a
+            // token that does not authenticate; housekeeping would drop them within a day).
+            if let Err(e) = self.forget_idempotent(&id.to_string()).await {
+                tracing::warn!(error = %e, "could not drop the kept replies of a revoked token");
+            }
             Ok(())
         } else {
             Err(Error::NotFound)

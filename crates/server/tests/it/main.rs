@@ -40,6 +40,7 @@ mod example_data_plane;
 mod guessing;
 mod impersonation;
 mod invitations;
+mod limits_abuse;
 mod nodes;
 mod observability;
 mod openapi;

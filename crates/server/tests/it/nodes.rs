@@ -594,3 +594,37 @@ both!(
         assert_eq!(app.control_rows("api_idempotency").await, 0);
     }
 );
+
+both!(
+    async fn a_job_that_runs_past_its_lease_renews_it_so_no_second_node_starts(app) {
+        let lease = time::Duration::minutes(10);
+        assert!(app.core.claim_job("long-job", "node-a", lease).await.unwrap());
+        // The lease's end in unix µs, read from the row itself.
+        let lease_until = || async {
+            let sql = if app.pg_url.is_some() {
+                "SELECT CAST(CAST(extract(epoch FROM until) * 1000000 AS bigint) AS text) FROM job_lease WHERE name = 'long-job'"
+            } else {
+                "SELECT CAST(until AS TEXT) FROM job_lease WHERE name = 'long-job'"
+            };
+            app.control_value(sql).await.parse::<i128>().unwrap()
+        };
+        let micros = |t: time::OffsetDateTime| t.unix_timestamp_nanos() / 1000;
+        let run = async {
+            // A run of 20 minutes by the clock: twice its lease.
+            for _ in 0..4 {
+                app.clock.advance(time::Duration::minutes(5));
+                let want = micros(app.clock_now() + time::Duration::minutes(9));
+                poll_until("the running job's lease to be renewed", || async { lease_until().await >= want }).await;
+                assert!(
+                    !app.core.claim_job("long-job", "node-b", lease).await.unwrap(),
+                    "another node starts a job that is still running"
+                );
+            }
+        };
+        quarterdeck::app::run_under_lease(&app.core, "long-job", "node-a", lease, Duration::from_millis(50), run).await;
+        assert_eq!(
+            app.control_value("SELECT holder FROM job_lease WHERE name = 'long-job'").await,
+            "node-a"
+        );
+    }
+);

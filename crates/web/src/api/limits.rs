@@ -1,19 +1,21 @@
 //! Per-token rate limits and `Idempotency-Key` replay, shared by every node through the
-//! control database (`Core::count_api_request`, `Core::start_idempotent`): one statement per
-//! request for the rate (the token's count in this minute, over every node), one or two for a
-//! key.
+//! control database (`Core::count_api_request`, `Core::start_idempotent`): the rate is counted
+//! in memory and flushed with every node's totals every ~200 ms (no write per request), a key
+//! costs one or two statements. Both are keyed on the authenticated token's id, never on the raw header.
+//! A request that does not authenticate writes nothing here.
 //!
 //! A reply is replayed only to a caller who is authenticated *now* (a revoked or expired token
-//! gets its 401, and its kept replies are dropped), and a kept reply never holds a secret: the
-//! fields a handler marks with [`SecretFields`] (a one-time password) are kept as `null`, and
-//! the replay names them in `Idempotent-Replay-Redacted`.
+//! gets its 401; revoking a token drops its kept replies), and a kept reply never holds a
+//! secret: the fields a handler marks with [`SecretFields`] (a one-time password) are kept as
+//! `null`, and the replay names them in `Idempotent-Replay-Redacted`.
 //!
 //! A key is reserved before its request runs: a second request with the same key while the
 //! first is still running — on this node or another — gets 409 `idempotency_key_in_use`
 //! instead of running twice. A reservation lasts the request timeout plus a margin at most,
-//! so a node that dies mid-request leaves no key stuck beyond it. Only an authenticated
-//! caller's replies are kept (a made-up token's 401 is not), for 24 hours; housekeeping
-//! deletes expired ones.
+//! so a node that dies mid-request leaves no key stuck beyond it. A key is bound to a SHA-256
+//! of the method, path, query and body (not the request itself); 401, 403, 404 and 5xx replies
+//! are not kept; a token holds at most `IDEMPOTENCY_KEYS_PER_TOKEN` live keys (past it, 429
+//! `idempotency_limit`). Kept replies last 24 hours; housekeeping deletes expired ones.
 
 use super::Caller;
 use crate::error::ApiError;
@@ -25,9 +27,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quarterdeck_domain::Core;
 use quarterdeck_domain::Error;
-use quarterdeck_domain::core::IdempotencyStart;
+use quarterdeck_domain::core::{IDEMPOTENCY_KEYS_PER_TOKEN, IdempotencyStart};
 use quarterdeck_domain::store::KeptReply;
-use quarterdeck_domain::token::TokenHash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,19 +61,32 @@ fn keepable(body: &[u8], secrets: Option<SecretFields>) -> Option<axum::body::By
     serde_json::to_vec(&value).ok().map(axum::body::Bytes::from)
 }
 
-/// Rate limit per token (keyed by the token's hash), then replay or record idempotent POSTs.
-pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Authenticate, then rate limit per token (keyed by its id), then replay or record
+/// idempotent POSTs. A request that does not authenticate costs no write here: it goes on to
+/// its handler, whose `Caller` answers 401.
+pub async fn idempotency_and_rate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if req.extensions().get::<Arc<ApiLimits>>().is_none() {
         return next.run(req).await;
     }
-    let token = req
+    // The bearer exactly as `Caller` reads it: `Bearer  X` and `Bearer X` are one token, one
+    // rate and one idempotency namespace.
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| TokenHash::of(v).0);
-    let Some(token) = token else {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|b| b.trim().to_owned());
+    let Some(bearer) = bearer else {
         return next.run(req).await;
     };
+    let caller = match state.core.api_caller(&bearer).await {
+        Ok(caller) => caller,
+        // Not authenticated (or the lookup failed): the handler's `Caller` answers.
+        Err(_) => return next.run(req).await,
+    };
+    let token = caller.token.id.to_string();
+    // `Caller` takes the authenticated caller from here (no second lookup).
+    req.extensions_mut().insert(caller);
     match state.core.count_api_request(&token).await {
         Ok(None) => {}
         Ok(Some(retry)) => {
@@ -104,24 +118,19 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     let Ok(bytes) = to_bytes(body, usize::MAX).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let request = format!(
-        "{} {}\n{}",
-        parts.method,
-        // The query too: `?tenant_id=` picks whose user a request is about.
+    // The key is bound to a digest of the request (the query too: `?tenant_id=` picks whose
+    // user a request is about); the request itself is never kept.
+    let request = quarterdeck_domain::core::request_digest(
+        parts.method.as_str(),
         parts
             .uri
             .path_and_query()
             .map_or_else(|| parts.uri.path(), |pq| pq.as_str()),
-        TokenHash::of(&String::from_utf8_lossy(&bytes)).0
+        &bytes,
     );
-    // Who is asking, before anything is run, kept or replayed: the token must be live now,
-    // with the rights and scope the request needs (a revoked token's replies die with it).
+    // Before anything is run, kept or replayed: the token is live (checked above) and has
+    // write scope (a read token's POST gets its 403, nothing reserved).
     if let Err(e) = Caller::from_request_parts(&mut parts, &state).await {
-        if matches!(e.0, Error::Unauthenticated)
-            && let Err(forget) = state.core.forget_idempotent(&token).await
-        {
-            tracing::warn!(error = %forget, "could not drop the kept replies of a token that no longer authenticates");
-        }
         return e.into_response();
     }
     let running_for = state.config.edge.request_timeout + RESERVATION_MARGIN;
@@ -144,6 +153,17 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
             .into_response();
         }
         Ok(IdempotencyStart::Replay(kept)) => return replay(&kept),
+        Ok(IdempotencyStart::Full) => {
+            let mut resp = ApiError(Error::Conflict {
+                code: "idempotency_limit",
+                message: format!(
+                    "This token holds {IDEMPOTENCY_KEYS_PER_TOKEN} live Idempotency-Keys already; retry without a key, or once older keys have expired (24 hours)."
+                ),
+            })
+            .into_response();
+            *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            return resp;
+        }
         Ok(IdempotencyStart::Run(holder)) => holder,
     };
     // The key is reserved: whatever happens next — an error, a panic, the client going away
@@ -157,7 +177,13 @@ pub async fn idempotency_and_rate(State(state): State<AppState>, req: Request, n
     };
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = resp.status();
-    if status.is_server_error() || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+    // Not kept (the key is released): failures, refusals, and 404s — an unmatched route or
+    // a missing object changed nothing, and a retry may run.
+    if status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::NOT_FOUND
+    {
         return resp;
     }
     let secrets = resp.extensions().get::<SecretFields>().copied();

@@ -2,19 +2,29 @@
 -- throttle, the Automation API's rate windows and idempotency replies, and the leases of jobs
 -- that must run on one node at a time. Expired rows are deleted by housekeeping.
 
--- One row per throttle key: (account, network) pairs, networks and accounts. `blocked until`
--- is not stored: it is last_failure + the back-off of `failures`. `pending` counts guesses
--- being checked (they count as failures until their outcome is known) and is void after
--- `pending_until` (a node that died mid-guess leaves nothing stuck).
+-- One row per throttle key: (account, network) pairs, networks and accounts, each key the
+-- SHA-256 (hex) of its parts (no email or address in the clear; 64 characters whatever a
+-- client typed). `blocked until` is not stored: it is last_failure + the back-off of
+-- `failures`.
 CREATE TABLE identity.sign_in_throttle (
     key            text PRIMARY KEY,
     failures       integer NOT NULL,
-    last_failure   timestamptz,
-    pending        integer NOT NULL,
-    pending_until  timestamptz NOT NULL
+    last_failure   timestamptz
 );
 
--- Requests per API token (SHA-256) and unix minute.
+-- Guesses being checked (they count as failures until their outcome is known): one row per
+-- admitted guess and key, each void after its own `until` (a node that died mid-guess leaves
+-- nothing stuck, however busy the key).
+CREATE TABLE identity.sign_in_guess (
+    key    text NOT NULL,
+    guess  uuid NOT NULL,
+    until  timestamptz NOT NULL,
+    PRIMARY KEY (key, guess)
+);
+CREATE INDEX sign_in_guess_guess_idx ON identity.sign_in_guess (guess);
+CREATE INDEX sign_in_guess_until_idx ON identity.sign_in_guess (until);
+
+-- Requests per API token (its id) and unix minute.
 CREATE TABLE identity.api_rate (
     token_hash    text NOT NULL,
     window_start  bigint NOT NULL,
@@ -22,12 +32,12 @@ CREATE TABLE identity.api_rate (
     PRIMARY KEY (token_hash, window_start)
 );
 
--- Idempotency-Key: reserved while its request runs (status NULL, until reserved_until), then
+-- Idempotency-Key per token (its id): reserved while its request runs (status NULL, until reserved_until), then
 -- the reply kept (secret fields already blanked) until expires_at.
 CREATE TABLE identity.api_idempotency (
     token_hash      text NOT NULL,
     key             text NOT NULL,
-    request         text NOT NULL,
+    request         text NOT NULL,        -- SHA-256 of method, path, query and body
     holder          uuid NOT NULL,
     reserved_until  timestamptz NOT NULL,
     status          integer,

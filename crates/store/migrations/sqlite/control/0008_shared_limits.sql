@@ -2,19 +2,29 @@
 -- throttle, the Automation API's rate windows and idempotency replies, and the leases of jobs
 -- that must run on one node at a time. Expired rows are deleted by housekeeping.
 
--- One row per throttle key: (account, network) pairs, networks and accounts. `blocked until`
--- is not stored: it is last_failure + the back-off of `failures`. `pending` counts guesses
--- being checked (they count as failures until their outcome is known) and is void after
--- `pending_until` (a node that died mid-guess leaves nothing stuck).
+-- One row per throttle key: (account, network) pairs, networks and accounts, each key the
+-- SHA-256 (hex) of its parts (no email or address in the clear; 64 characters whatever a
+-- client typed). `blocked until` is not stored: it is last_failure + the back-off of
+-- `failures`.
 CREATE TABLE sign_in_throttle (
     key            TEXT PRIMARY KEY,
     failures       INTEGER NOT NULL,
-    last_failure   INTEGER,               -- unix µs; NULL: no failure on record
-    pending        INTEGER NOT NULL,
-    pending_until  INTEGER NOT NULL       -- unix µs
+    last_failure   INTEGER                -- unix µs; NULL: no failure on record
 );
 
--- Requests per API token (SHA-256) and unix minute.
+-- Guesses being checked (they count as failures until their outcome is known): one row per
+-- admitted guess and key, each void after its own `until` (a node that died mid-guess leaves
+-- nothing stuck, however busy the key).
+CREATE TABLE sign_in_guess (
+    key    TEXT NOT NULL,
+    guess  BLOB NOT NULL,
+    until  INTEGER NOT NULL,              -- unix µs
+    PRIMARY KEY (key, guess)
+);
+CREATE INDEX sign_in_guess_guess_idx ON sign_in_guess (guess);
+CREATE INDEX sign_in_guess_until_idx ON sign_in_guess (until);
+
+-- Requests per API token (its id) and unix minute.
 CREATE TABLE api_rate (
     token_hash    TEXT NOT NULL,
     window_start  INTEGER NOT NULL,
@@ -22,12 +32,12 @@ CREATE TABLE api_rate (
     PRIMARY KEY (token_hash, window_start)
 );
 
--- Idempotency-Key: reserved while its request runs (status NULL, until reserved_until), then
+-- Idempotency-Key per token (its id): reserved while its request runs (status NULL, until reserved_until), then
 -- the reply kept (secret fields already blanked) until expires_at.
 CREATE TABLE api_idempotency (
     token_hash      TEXT NOT NULL,
     key             TEXT NOT NULL,
-    request         TEXT NOT NULL,        -- method, path and query, SHA-256 of the body
+    request         TEXT NOT NULL,        -- SHA-256 of method, path, query and body
     holder          BLOB NOT NULL,        -- the reservation's id
     reserved_until  INTEGER NOT NULL,
     status          INTEGER,
