@@ -178,11 +178,18 @@ impl App {
         let mailer =
             quarterdeck_mail::build(&settings.mail_settings()?).map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
         let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(
+            Some(addr) => Some({
+                if !addr.ip().is_loopback() {
+                    // No token there: whoever reaches the address reads the metrics.
+                    tracing::warn!(
+                        %addr,
+                        "metrics_listen is not a loopback address: /metrics there has no token, so keep the address on a network only the scraper reaches"
+                    );
+                }
                 TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} (QUARTERDECK_METRICS_LISTEN)"))?,
-            ),
+                    .with_context(|| format!("cannot listen on {addr} (QUARTERDECK_METRICS_LISTEN)"))?
+            }),
             None => None,
         };
         let (meters, prometheus) = prometheus();

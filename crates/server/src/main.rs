@@ -257,6 +257,20 @@ async fn main() -> Result<()> {
         Command::Tenants {
             command: TenantsCommand::Export { slug, out },
         } => {
+            // The file first: an export that cannot be written is never recorded as made.
+            let file = match &out {
+                Some(path) => {
+                    let mut opts = std::fs::OpenOptions::new();
+                    opts.write(true).create_new(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                    Some(
+                        opts.open(path)
+                            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
             let core = app::core(&settings, Deps::default()).await?;
             let lines = core.export_tenant_from_cli(&slug).await.map_err(cli_error)?;
             let mut text = String::new();
@@ -264,20 +278,13 @@ async fn main() -> Result<()> {
                 text.push_str(&serde_json::to_string(l)?);
                 text.push('\n');
             }
-            match out {
-                Some(path) => {
+            match (file, out) {
+                (Some(mut f), Some(path)) => {
                     use std::io::Write;
-                    let mut opts = std::fs::OpenOptions::new();
-                    opts.write(true).create_new(true);
-                    #[cfg(unix)]
-                    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                    let mut f = opts
-                        .open(&path)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
                     f.write_all(text.as_bytes())?;
                     eprintln!("{} line(s) written to {}", lines.len(), path.display());
                 }
-                None => print!("{text}"),
+                _ => print!("{text}"),
             }
             Ok(())
         }

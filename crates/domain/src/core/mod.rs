@@ -230,9 +230,14 @@ pub struct Core {
     webhook_counts: crate::webhook::DeliveryCounters,
     /// What `/metrics` shows (see [`crate::meters`]).
     meters: crate::meters::Meters,
+    /// The last readiness answer and when it was read (see [`Core::readiness`]).
+    readiness: tokio::sync::Mutex<Option<(time::OffsetDateTime, std::result::Result<(), &'static str>)>>,
     /// The Automation API's per-token counts on this node (see [`limits`]).
     api_rates: limits::ApiRates,
 }
+
+/// How long a readiness answer is reused.
+const READINESS_REUSE: time::Duration = time::Duration::seconds(1);
 
 impl Core {
     pub fn new(
@@ -253,6 +258,7 @@ impl Core {
             webhooks: Arc::new(crate::webhook::NoSender),
             webhook_counts: crate::webhook::DeliveryCounters::default(),
             meters: crate::meters::Meters::default(),
+            readiness: tokio::sync::Mutex::new(None),
             api_rates: limits::ApiRates::default(),
         }
     }
@@ -295,8 +301,22 @@ impl Core {
 
     /// The readiness check: the control database answers and every control migration this
     /// binary embeds is applied. `Err(reason)`: `database_unavailable` or `migrations_pending`.
+    ///
+    /// `/readyz` is public and load balancers poll it: an answer is reused for a second (by
+    /// the injected clock), and callers arriving while one is read wait for it, so a flood of
+    /// probes costs at most one control query a second per node.
     pub async fn readiness(&self) -> std::result::Result<(), &'static str> {
-        self.store.control_readiness().await
+        let mut last = self.readiness.lock().await;
+        let now = self.clock.now();
+        if let Some((at, answer)) = *last
+            && now >= at
+            && now - at < READINESS_REUSE
+        {
+            return answer;
+        }
+        let answer = self.store.control_readiness().await;
+        *last = Some((self.clock.now(), answer));
+        answer
     }
 
     /// Where the core counts (the server gives it its Prometheus recorder).
