@@ -48,7 +48,9 @@ async fn invitation_reaches_maildev_with_both_bodies_and_the_link_intact() {
     let got = &received[0];
     // The outbox message's id names it, so a copy sent again after a crash is the same message.
     assert_eq!(
-        got["headers"]["message-id"].as_str().map(|m| m.trim_matches(['<', '>'])),
+        got["headers"]["message-id"]
+            .as_str()
+            .map(|m| m.trim_matches(['<', '>'])),
         Some(format!("{id}@quarterdeck.test").as_str()),
         "{got:#}"
     );

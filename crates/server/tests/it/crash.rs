@@ -567,3 +567,39 @@ both_backends!(
         assert_eq!(again.len(), people.len());
     }
 );
+
+both_backends!(
+    async fn a_tenant_living_in_a_region_with_its_own_storage_is_not_marked_missing_by_a_reconcile_pass(backend) {
+        let places = crate::regions::places(backend).await;
+        let regions = places.regions();
+        let app = TestApp::spawn_with(backend, |s| s.regions = regions).await;
+        crate::data_plane::owner(&app).await;
+        let acme = crate::regions::create_in(&app, "acme", "eu").await;
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.databases_missing, 0, "{report:?}");
+        assert_eq!(report.databases_dropped + report.databases_quarantined, 0, "{report:?}");
+        let data = Data::of(&app);
+        // The only tenant: any finding about a database would be about acme's.
+        let _ = acme;
+        let missing = data
+            .control("SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind <> 'intent'")
+            .await;
+        assert_eq!(count(&missing), 0, "{missing:?}");
+
+        // An orphan in that region (its row gone) is found there and settled there.
+        let gone = crate::regions::create_in(&app, "gone", "eu").await;
+        delete_tenant_row(&app, &gone.to_string()).await;
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.databases_missing, 0, "{report:?}");
+        app.clock.advance(time::Duration::minutes(11));
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.databases_dropped + report.databases_quarantined, 1, "{report:?}");
+        let found = app.events_of("RECONCILE_DATABASE_DROPPED").await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].details["tenant_id"], gone.to_string());
+        if let crate::regions::Places::Sqlite { eu, .. } = &places {
+            let file = eu.path().join("tenants").join(format!("{}.db", gone.0.simple()));
+            assert!(!file.exists(), "{}", file.display());
+        }
+    }
+);
