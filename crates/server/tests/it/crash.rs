@@ -237,6 +237,9 @@ both!(
         let q = app.events_of("RECONCILE_QUARANTINED").await;
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].details["kind"], "intent");
+        // Tenant-visible: a fixed reason code, never the raw error text (that stays in the
+        // control finding row).
+        assert_eq!(q[0].details["reason"], "unreadable", "{:?}", q[0].details);
         assert_eq!(q[0].tenant_id, Some(id));
         assert_eq!(count(&data.control("SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind = 'intent' AND quarantined_at IS NOT NULL").await), 1);
         let kept = data.control("SELECT payload FROM reconcile_finding WHERE kind = 'intent'").await;
