@@ -390,6 +390,11 @@ impl PgStore {
         self.db_name(id)
     }
 
+    /// Whether the reconcile pass may drop an orphan tenant database itself: a cluster may hold another deployment's databases under a colliding prefix.
+    fn orphans_droppable(&self) -> bool {
+        false
+    }
+
     /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
     /// compares the two): every database named `{prefix}_t_{32 hex}` of the control cluster and
     /// of every region's own cluster. A database found on a region's cluster is placed there

@@ -301,6 +301,11 @@ impl SqliteStore {
         format!("tenants/{}.db", id.0.simple())
     }
 
+    /// Whether the reconcile pass may drop an orphan tenant database itself: the data dir (and each region dir) belongs to this deployment alone.
+    fn orphans_droppable(&self) -> bool {
+        true
+    }
+
     /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
     /// compares the two): every `tenants/<32 hex>.db` file of the data dir and of every region
     /// dir. A file found in a region's dir is placed there (unless the tenant's place is known

@@ -266,10 +266,22 @@ both!(
         assert_eq!(report.databases_dropped, 0, "noted, not dropped yet: {report:?}");
         app.clock.advance(time::Duration::minutes(11));
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
-        assert_eq!(report.databases_dropped, 1, "{report:?}");
-        let dropped = app.events_of("RECONCILE_DATABASE_DROPPED").await;
-        assert_eq!(dropped.len(), 1);
-        assert_eq!(dropped[0].details["tenant_id"], orphan);
+        if data.pg_url.is_some() {
+            // A cluster may be shared with another deployment whose prefix collides: never
+            // dropped automatically, only quarantined (with a reason code, no raw text).
+            assert_eq!((report.databases_dropped, report.databases_quarantined), (0, 1), "{report:?}");
+            let q = app.events_of("RECONCILE_QUARANTINED").await;
+            assert_eq!(q.len(), 1);
+            assert_eq!(q[0].details["reason"], "unverified", "{:?}", q[0].details);
+            assert!(database_exists(&data, &hex).await);
+            remove_database(&app, &data, &hex).await;
+        } else {
+            // The data dir is this deployment's alone and the file's own tenant_info names it.
+            assert_eq!(report.databases_dropped, 1, "{report:?}");
+            let dropped = app.events_of("RECONCILE_DATABASE_DROPPED").await;
+            assert_eq!(dropped.len(), 1);
+            assert_eq!(dropped[0].details["tenant_id"], orphan);
+        }
         assert!(!database_exists(&data, &hex).await);
 
         // A live tenant whose database vanished: reported at every pass, marked once, never
@@ -597,7 +609,8 @@ both_backends!(
         app.clock.advance(time::Duration::minutes(11));
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
         assert_eq!(report.databases_dropped + report.databases_quarantined, 1, "{report:?}");
-        let found = app.events_of("RECONCILE_DATABASE_DROPPED").await;
+        let mut found = app.events_of("RECONCILE_DATABASE_DROPPED").await;
+        found.extend(app.events_of("RECONCILE_QUARANTINED").await);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].details["tenant_id"], gone.to_string());
         if let crate::regions::Places::Sqlite { eu, .. } = &places {
