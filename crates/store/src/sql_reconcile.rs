@@ -301,13 +301,23 @@ macro_rules! impl_reconcile_store {
                     // Gone meanwhile: its writer (or another pass) settled it.
                     let Some(row) = row else { return Ok(IntentOutcome::AlreadyApplied) };
                     let payload: String = row.try_get("payload").map_err(db_err)?;
-                    let plan: ControlPlan = match serde_json::from_str(&payload) {
+                    // Not JSON at all: unreadable (quarantined). JSON of a newer format, or
+                    // with an event type / topic / operation this binary does not know: left
+                    // for a newer node (a rolling upgrade), never quarantined.
+                    let value: serde_json::Value = match serde_json::from_str(&payload) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent is not JSON: {e}"))),
+                    };
+                    if value.get("v").and_then(serde_json::Value::as_u64) != Some(1) {
+                        return Ok(IntentOutcome::Skipped(format!("an intent of format {} (this server reads 1)", value.get("v").unwrap_or(&serde_json::Value::Null))));
+                    }
+                    let plan: ControlPlan = match serde_json::from_value(value) {
                         Ok(p) => p,
-                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent cannot be read: {e}"))),
+                        Err(e) => return Ok(IntentOutcome::Skipped(format!("an intent this server cannot read: {e}"))),
                     };
                     let events = match plan_events(&plan) {
                         Ok(e) => e,
-                        Err(why) => return Ok(IntentOutcome::Unreadable(why)),
+                        Err(why) => return Ok(IntentOutcome::Skipped(why)),
                     };
                     if events.first().map(|e| e.id) != Some(intent.event_id) {
                         return Ok(IntentOutcome::Unreadable("the intent's events do not start with its event".to_owned()));

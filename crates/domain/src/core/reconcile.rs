@@ -60,12 +60,17 @@ pub struct ReconcileReport {
     pub databases_quarantined: usize,
     /// Live tenants whose database is missing (all of them, not only the newly marked).
     pub databases_missing: usize,
+    /// Intents left for a newer node (a newer format, an unknown event type or topic).
+    pub skipped: usize,
 }
 
 impl ReconcileReport {
     /// Whether the pass changed anything.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        Self {
+            skipped: 0,
+            ..self.clone()
+        } == Self::default()
     }
 }
 
@@ -163,6 +168,11 @@ impl Core {
             Ok(IntentOutcome::Repaired) => {
                 report.repaired += 1;
                 tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, "reconcile: wrote the missing control side of a change");
+                return;
+            }
+            Ok(IntentOutcome::Skipped(why)) => {
+                report.skipped += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, %why, "reconcile: left an intent this server cannot apply for a newer node");
                 return;
             }
             Ok(IntentOutcome::Unreadable(why)) => ("unreadable", why),

@@ -230,7 +230,7 @@ both!(
         }
         // What a newer server (or a damaged disk) could leave: a payload this one cannot read.
         let id = tid.parse::<TenantId>().unwrap();
-        tenant_exec(&data, &tid, "UPDATE pending_event SET payload = '{\"v\": 99}'").await;
+        tenant_exec(&data, &tid, "UPDATE pending_event SET payload = 'not json {'").await;
         app.clock.advance(time::Duration::minutes(2));
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
         assert_eq!((report.repaired, report.quarantined), (0, 1), "{report:?}");
@@ -243,7 +243,7 @@ both!(
         assert_eq!(q[0].tenant_id, Some(id));
         assert_eq!(count(&data.control("SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind = 'intent' AND quarantined_at IS NOT NULL").await), 1);
         let kept = data.control("SELECT payload FROM reconcile_finding WHERE kind = 'intent'").await;
-        assert_eq!(kept, vec!["{\"v\":99}".to_owned()], "the payload is kept for the operator");
+        assert_eq!(kept, vec![String::new()], "a payload that is not JSON is not kept");
         assert_eq!(count(&data.tenant(&tid, "SELECT CAST(count(*) AS TEXT) FROM pending_event").await), 0);
         assert!(app.events_of("USER_INVITED").await.is_empty());
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
@@ -617,5 +617,31 @@ both_backends!(
             let file = eu.path().join("tenants").join(format!("{}.db", gone.0.simple()));
             assert!(!file.exists(), "{}", file.display());
         }
+    }
+);
+
+both!(
+    async fn an_intent_of_a_newer_format_or_an_unknown_event_type_is_left_for_a_newer_node_not_quarantined(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let data = Data::of(&app);
+        let hex = |n: u8| format!("{:032x}", u128::from(n) + 0xabc);
+        for (n, payload) in [
+            (1u8, r#"{"v": 2, "events": [], "ops": []}"#.to_owned()),
+            (2u8, format!(r#"{{"v": 1, "events": [{{"id": "{}", "type": "SOMETHING_NEW"}}], "ops": []}}"#, uuid::Uuid::parse_str(&hex(2)).unwrap())),
+        ] {
+            let id = uuid::Uuid::parse_str(&hex(n)).unwrap();
+            let sql = match &data.pg_url {
+                Some(_) => format!("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES ('{id}', now() - interval '1 hour', 0, '{payload}')"),
+                None => format!("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES (X'{}', 0, 0, '{payload}')", id.simple()),
+            };
+            tenant_exec(&data, &tid, &sql).await;
+        }
+        app.clock.advance(time::Duration::minutes(2));
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!((report.skipped, report.quarantined, report.repaired), (2, 0, 0), "{report:?}");
+        assert_eq!(count(&data.tenant(&tid, "SELECT CAST(count(*) AS TEXT) FROM pending_event").await), 2);
+        assert_eq!(count(&data.control("SELECT CAST(count(*) AS TEXT) FROM reconcile_finding").await), 0);
+        assert!(app.events_of("RECONCILE_QUARANTINED").await.is_empty());
     }
 );
