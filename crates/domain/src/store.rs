@@ -736,6 +736,9 @@ pub enum IntentOutcome {
     Repaired,
     /// The intent cannot be read (why): it must be quarantined.
     Unreadable(String),
+    /// The intent is JSON but of a newer format, or names an event type / topic / operation
+    /// this binary does not know (why): left for a newer node (rolling upgrade).
+    Skipped(String),
 }
 
 /// What became of a tenant database without a tenant row.

@@ -390,23 +390,54 @@ impl PgStore {
         self.db_name(id)
     }
 
+    /// Whether the reconcile pass may drop an orphan tenant database itself: a cluster may hold another deployment's databases under a colliding prefix.
+    fn orphans_droppable(&self) -> bool {
+        false
+    }
+
     /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
-    /// compares the two): every database of the cluster named `{prefix}_t_{32 hex}`.
+    /// compares the two): every database named `{prefix}_t_{32 hex}` of the control cluster and
+    /// of every region's own cluster. A database found on a region's cluster is placed there
+    /// (unless the tenant's place is known already), so that settling an orphan acts on the
+    /// cluster it was found on.
     async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
         let stem = format!("{}_t_", self.prefix);
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)")
-                .bind(&stem)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-        Ok(names
-            .iter()
-            .filter_map(|n| n.strip_prefix(&stem))
-            .filter(|hex| hex.len() == 32)
-            .filter_map(|hex| uuid::Uuid::parse_str(hex).ok())
-            .map(TenantId)
-            .collect())
+        let mut ids = Vec::new();
+        for (i, cluster) in self.clusters.iter().enumerate() {
+            let region = self
+                .region_cluster
+                .iter()
+                .find(|(_, c)| **c == i)
+                .map(|(r, _)| r.clone());
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)")
+                    .bind(&stem)
+                    .fetch_all(&cluster.pool)
+                    .await
+                    .map_err(db_err)?;
+            for id in names
+                .iter()
+                .filter_map(|n| n.strip_prefix(&stem))
+                .filter(|hex| hex.len() == 32)
+                .filter_map(|hex| uuid::Uuid::parse_str(hex).ok())
+                .map(TenantId)
+            {
+                if ids.contains(&id) {
+                    continue;
+                }
+                if i != 0
+                    && let Some(region) = &region
+                {
+                    self.placements
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(id)
+                        .or_insert_with(|| region.clone());
+                }
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     /// The name of a tenant's database (for tests and operators).

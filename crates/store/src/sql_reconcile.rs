@@ -301,13 +301,23 @@ macro_rules! impl_reconcile_store {
                     // Gone meanwhile: its writer (or another pass) settled it.
                     let Some(row) = row else { return Ok(IntentOutcome::AlreadyApplied) };
                     let payload: String = row.try_get("payload").map_err(db_err)?;
-                    let plan: ControlPlan = match serde_json::from_str(&payload) {
+                    // Not JSON at all: unreadable (quarantined). JSON of a newer format, or
+                    // with an event type / topic / operation this binary does not know: left
+                    // for a newer node (a rolling upgrade), never quarantined.
+                    let value: serde_json::Value = match serde_json::from_str(&payload) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent is not JSON: {e}"))),
+                    };
+                    if value.get("v").and_then(serde_json::Value::as_u64) != Some(1) {
+                        return Ok(IntentOutcome::Skipped(format!("an intent of format {} (this server reads 1)", value.get("v").unwrap_or(&serde_json::Value::Null))));
+                    }
+                    let plan: ControlPlan = match serde_json::from_value(value) {
                         Ok(p) => p,
-                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent cannot be read: {e}"))),
+                        Err(e) => return Ok(IntentOutcome::Skipped(format!("an intent this server cannot read: {e}"))),
                     };
                     let events = match plan_events(&plan) {
                         Ok(e) => e,
-                        Err(why) => return Ok(IntentOutcome::Unreadable(why)),
+                        Err(why) => return Ok(IntentOutcome::Skipped(why)),
                     };
                     if events.first().map(|e| e.id) != Some(intent.event_id) {
                         return Ok(IntentOutcome::Unreadable("the intent's events do not start with its event".to_owned()));
@@ -459,17 +469,26 @@ macro_rules! impl_reconcile_store {
                     if quarantined_before {
                         return Ok(OrphanOutcome::Unchanged);
                     }
-                    let users: std::result::Result<i64, Error> = async {
+                    // (users, whether its own `tenant_info` names this tenant)
+                    let users: std::result::Result<(i64, bool), Error> = async {
                         let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
                         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM app_user")
                             .fetch_one(&*pool)
                             .await
                             .and_then(|r| r.try_get("n"))
                             .map_err(db_err)?;
-                        Ok(n)
+                        let named: Option<Uuid> = sqlx::query_scalar("SELECT tenant_id FROM tenant_info WHERE id = 1")
+                            .fetch_optional(&*pool)
+                            .await
+                            .map_err(db_err)?;
+                        Ok((n, named == Some(tenant.0)))
                     }
                     .await;
-                    if let Ok(0) = users {
+                    // Dropped automatically only where the place is this deployment's alone
+                    // (`orphans_droppable`: a SQLite data dir; never a PostgreSQL cluster, which
+                    // another deployment may share under a colliding prefix) and the database
+                    // names this tenant itself; otherwise quarantined for an operator.
+                    if self.orphans_droppable() && matches!(users, Ok((0, true))) {
                         // Nothing was ever served from it (a tenant is served only once its row
                         // exists): dropped, then the event; a failed drop writes no event.
                         self.drop_tenant_db(tenant, &self.tenant_db_name(tenant)).await?;
@@ -482,9 +501,13 @@ macro_rules! impl_reconcile_store {
                         tx.commit().await.map_err(db_err)?;
                         return Ok(OrphanOutcome::Dropped);
                     }
-                    let reason = match users {
-                        Ok(n) => format!("a database without a tenant row holds {n} users"),
-                        Err(e) => format!("a database without a tenant row that cannot be read: {e}"),
+                    let (code, reason) = match users {
+                        Ok((n, true)) if n > 0 => ("has_users", format!("a database without a tenant row holds {n} users")),
+                        Ok((n, named)) => (
+                            "unverified",
+                            format!("a database without a tenant row ({n} users, names this tenant: {named}); never dropped automatically here"),
+                        ),
+                        Err(e) => ("unreadable", format!("a database without a tenant row that cannot be read: {e}")),
                     };
                     sqlx::query("UPDATE reconcile_finding SET quarantined_at = $2, reason = $3 WHERE kind = 'orphan_database' AND subject = $1")
                         .bind(&subject)
@@ -495,7 +518,7 @@ macro_rules! impl_reconcile_store {
                         .map_err(db_err)?;
                     let mut quarantined = quarantined;
                     if let serde_json::Value::Object(map) = &mut quarantined.details {
-                        map.insert("reason".to_owned(), serde_json::json!(reason));
+                        map.insert("reason".to_owned(), serde_json::json!(code));
                     }
                     Self::append_in(&mut tx, &quarantined, self.audit_key.as_ref()).await?;
                     tx.commit().await.map_err(db_err)?;

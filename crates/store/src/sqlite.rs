@@ -301,23 +301,49 @@ impl SqliteStore {
         format!("tenants/{}.db", id.0.simple())
     }
 
+    /// Whether the reconcile pass may drop an orphan tenant database itself: the data dir (and each region dir) belongs to this deployment alone.
+    fn orphans_droppable(&self) -> bool {
+        true
+    }
+
     /// The tenants whose database exists, whatever the tenant rows say (the reconcile pass
-    /// compares the two): every `tenants/<32 hex>.db` file.
+    /// compares the two): every `tenants/<32 hex>.db` file of the data dir and of every region
+    /// dir. A file found in a region's dir is placed there (unless the tenant's place is known
+    /// already), so that settling an orphan acts on the file that was found.
     async fn list_tenant_databases(&self) -> Result<Vec<TenantId>> {
-        let dir = self.data_dir.join("tenants");
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+        let mut places: Vec<(Option<&String>, &Path)> = vec![(None, self.data_dir.as_path())];
+        for (region, dir) in &self.region_dirs {
+            if places.iter().all(|(_, d)| *d != dir.as_path()) {
+                places.push((Some(region), dir.as_path()));
+            }
+        }
         let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
-            let name = entry.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".db")) else {
-                continue;
-            };
-            if hex.len() == 32
-                && let Ok(id) = uuid::Uuid::parse_str(hex)
-            {
-                ids.push(TenantId(id));
+        for (region, base) in places {
+            let dir = base.join("tenants");
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::Internal(format!("cannot list {}: {e}", dir.display())))?;
+                let name = entry.file_name();
+                let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".db")) else {
+                    continue;
+                };
+                if hex.len() == 32
+                    && let Ok(id) = uuid::Uuid::parse_str(hex)
+                {
+                    let id = TenantId(id);
+                    if ids.contains(&id) {
+                        continue;
+                    }
+                    if let Some(region) = region {
+                        self.placements
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(id)
+                            .or_insert_with(|| region.clone());
+                    }
+                    ids.push(id);
+                }
             }
         }
         Ok(ids)

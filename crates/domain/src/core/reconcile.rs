@@ -25,7 +25,7 @@
 use super::Core;
 use crate::access::Actor;
 use crate::audit::EventType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::store::{IntentOutcome, OrphanOutcome, PendingIntent};
 use serde_json::json;
@@ -60,12 +60,17 @@ pub struct ReconcileReport {
     pub databases_quarantined: usize,
     /// Live tenants whose database is missing (all of them, not only the newly marked).
     pub databases_missing: usize,
+    /// Intents left for a newer node (a newer format, an unknown event type or topic).
+    pub skipped: usize,
 }
 
 impl ReconcileReport {
     /// Whether the pass changed anything.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        Self {
+            skipped: 0,
+            ..self.clone()
+        } == Self::default()
     }
 }
 
@@ -153,7 +158,9 @@ impl Core {
             Some(i.tenant_id),
             json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at) }),
         );
-        let reason = match self.store.repair_intent(i, repaired).await {
+        // The raw text stays in the control `reconcile_finding` row; the tenant-visible audit
+        // event carries only a fixed reason code.
+        let (code, reason) = match self.store.repair_intent(i, repaired).await {
             Ok(IntentOutcome::AlreadyApplied) => {
                 report.already_applied += 1;
                 return;
@@ -163,10 +170,22 @@ impl Core {
                 tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, "reconcile: wrote the missing control side of a change");
                 return;
             }
-            Ok(IntentOutcome::Unreadable(why)) => why,
-            Err(e) if i.attempts + 1 >= MAX_REPAIR_ATTEMPTS => {
-                format!("the repair failed {MAX_REPAIR_ATTEMPTS} times, last: {e}")
+            Ok(IntentOutcome::Skipped(why)) => {
+                report.skipped += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, %why, "reconcile: left an intent this server cannot apply for a newer node");
+                return;
             }
+            Ok(IntentOutcome::Unreadable(why)) => ("unreadable", why),
+            // Busy is load, not a fault of the intent: it does not count towards quarantine.
+            Err(Error::Busy) => {
+                report.failed += 1;
+                tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, "reconcile: busy; trying again next pass");
+                return;
+            }
+            Err(e) if i.attempts + 1 >= MAX_REPAIR_ATTEMPTS => (
+                "repair_failed",
+                format!("the repair failed {MAX_REPAIR_ATTEMPTS} times, last: {e}"),
+            ),
             Err(e) => {
                 report.failed += 1;
                 tracing::warn!(tenant_id = %i.tenant_id, event_id = %i.event_id.0, error = %e, "reconcile: repair failed; trying again next pass");
@@ -180,7 +199,7 @@ impl Core {
             EventType::ReconcileQuarantined,
             &Actor::system(),
             Some(i.tenant_id),
-            json!({ "kind": "intent", "event_id": i.event_id, "reason": reason }),
+            json!({ "kind": "intent", "event_id": i.event_id, "reason": code }),
         );
         match self.store.quarantine_intent(i, &reason, event).await {
             Ok(true) => {

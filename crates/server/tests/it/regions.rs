@@ -19,7 +19,7 @@ use std::process::Command;
 
 /// A throwaway PostgreSQL cluster of the test's own (the region `eu`), from the binaries
 /// scripts/test uses; stopped and removed when dropped, also when the test fails.
-struct PgCluster {
+pub(crate) struct PgCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
@@ -150,7 +150,7 @@ async fn sqlite_count(file: &Path, sql: &str) -> i64 {
 }
 
 /// Create a tenant in `region` through the console; returns its id.
-async fn create_in(app: &TestApp, slug: &str, region: &str) -> TenantId {
+pub(crate) async fn create_in(app: &TestApp, slug: &str, region: &str) -> TenantId {
     let page = app.get_html("/tenants/new").await;
     let r = app
         .post_form(
@@ -165,7 +165,7 @@ async fn create_in(app: &TestApp, slug: &str, region: &str) -> TenantId {
 
 /// Where the test put each region: PostgreSQL (eu's cluster, the URLs of eu's and us's region
 /// databases) or SQLite (the two directories).
-enum Places {
+pub(crate) enum Places {
     Pg {
         _eu: PgCluster,
         eu_url: String,
@@ -177,7 +177,7 @@ enum Places {
     },
 }
 
-async fn places(backend: Backend) -> Places {
+pub(crate) async fn places(backend: Backend) -> Places {
     match backend {
         Backend::Postgres => {
             let eu = PgCluster::start();
@@ -206,7 +206,7 @@ async fn places(backend: Backend) -> Places {
 }
 
 impl Places {
-    fn regions(&self) -> Regions {
+    pub(crate) fn regions(&self) -> Regions {
         let (eu, us) = match self {
             Places::Pg { eu_url, us_url, .. } => (
                 RegionPlace {
