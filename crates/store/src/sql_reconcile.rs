@@ -386,6 +386,21 @@ macro_rules! impl_reconcile_store {
                     }
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    // As a repair: the chain's lock, then the check, so a repair and a
+                    // quarantine of one intent (two nodes' passes) cannot both happen.
+                    Self::lock_chain(&mut tx).await?;
+                    let present = sqlx::query("SELECT 1 AS one FROM tenant_audit WHERE id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    if present {
+                        drop(tx);
+                        drop(writer);
+                        self.forget_intent(intent).await;
+                        return Ok(false);
+                    }
                     let done = sqlx::query(
                         "INSERT INTO reconcile_finding (kind, subject, tenant_id, reason, payload, first_seen, quarantined_at) \
                          VALUES ('intent', $1, $2, $3, $4, $5, $5) ON CONFLICT (kind, subject) DO NOTHING",
