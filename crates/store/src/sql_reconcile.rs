@@ -210,6 +210,19 @@ macro_rules! impl_reconcile_store {
                     Ok(())
                 }
 
+                /// The chain's lock, then whether the intent's event is in the trail: the
+                /// change's own control transaction holds that lock until it commits or fails,
+                /// and so does any repair or quarantine of the intent, so of them one acts.
+                async fn lock_and_find_event(tx: &mut Transaction<'static, $Db>, intent: &PendingIntent) -> Result<bool> {
+                    Self::lock_chain(tx).await?;
+                    Ok(sqlx::query("SELECT 1 AS one FROM tenant_audit WHERE id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some())
+                }
+
                 async fn forget_intent(&self, intent: &PendingIntent) {
                     let done = async {
                         let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
@@ -324,17 +337,8 @@ macro_rules! impl_reconcile_store {
                     }
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
-                    // The chain's lock first, then the check: the change's own control
-                    // transaction holds that lock until it commits or fails, and so does any
-                    // other repair, so the event is written at most once.
-                    Self::lock_chain(&mut tx).await?;
-                    let present = sqlx::query("SELECT 1 AS one FROM tenant_audit WHERE id = $1")
-                        .bind(intent.event_id.0)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_err)?
-                        .is_some();
-                    if present {
+                    // The event is written at most once.
+                    if Self::lock_and_find_event(&mut tx, intent).await? {
                         drop(tx);
                         drop(writer);
                         self.forget_intent(intent).await;
@@ -386,16 +390,8 @@ macro_rules! impl_reconcile_store {
                     }
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
-                    // As a repair: the chain's lock, then the check, so a repair and a
-                    // quarantine of one intent (two nodes' passes) cannot both happen.
-                    Self::lock_chain(&mut tx).await?;
-                    let present = sqlx::query("SELECT 1 AS one FROM tenant_audit WHERE id = $1")
-                        .bind(intent.event_id.0)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_err)?
-                        .is_some();
-                    if present {
+                    // A repair and a quarantine of one intent (two nodes' passes) cannot both happen.
+                    if Self::lock_and_find_event(&mut tx, intent).await? {
                         drop(tx);
                         drop(writer);
                         self.forget_intent(intent).await;
