@@ -1249,11 +1249,16 @@ macro_rules! impl_store {
                 // One statement: the rows it picks are the rows it leases. SQLite runs it under
                 // the database's write lock; PostgreSQL locks the picked rows and skips rows
                 // another worker is claiming (`OUTBOX_CLAIM_LOCK`), and re-checks the lease
-                // condition on rows that changed meanwhile.
+                // condition on rows that changed meanwhile. The pick is a MATERIALIZED CTE, run
+                // once: as an `IN (subquery)` PostgreSQL re-ran it when a row had changed under
+                // the update, and with SKIP LOCKED each run picked other rows, so one claim
+                // took hundreds of messages instead of `limit`.
                 let sql = format!(
-                    "UPDATE outbox SET lease_token = $3, leased_until = $4 WHERE id IN (\
+                    "WITH picked AS MATERIALIZED (\
                        SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
                        AND (leased_until IS NULL OR leased_until <= $1) ORDER BY created_at LIMIT $2{lock}) \
+                     UPDATE outbox SET lease_token = $3, leased_until = $4 \
+                     WHERE id IN (SELECT id FROM picked) \
                      AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $1) \
                      RETURNING id, to_addr, subject, body_text, body_html, attempts, created_at",
                     lock = OUTBOX_CLAIM_LOCK
