@@ -72,10 +72,11 @@ pub enum EventType {
     ReconcileQuarantined,
     ReconcileDatabaseDropped,
     ReconcileDatabaseMissing,
+    ReconcileResolved,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 51] = [
+    pub const ALL: [EventType; 52] = [
         Self::TenantCreated,
         Self::TenantMetadataUpdated,
         Self::TenantStatusChanged,
@@ -127,6 +128,7 @@ impl EventType {
         Self::ReconcileQuarantined,
         Self::ReconcileDatabaseDropped,
         Self::ReconcileDatabaseMissing,
+        Self::ReconcileResolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +184,7 @@ impl EventType {
             Self::ReconcileQuarantined => "RECONCILE_QUARANTINED",
             Self::ReconcileDatabaseDropped => "RECONCILE_DATABASE_DROPPED",
             Self::ReconcileDatabaseMissing => "RECONCILE_DATABASE_MISSING",
+            Self::ReconcileResolved => "RECONCILE_RESOLVED",
         }
     }
 

@@ -786,6 +786,30 @@ pub trait ReconcileStore: Send + Sync {
     ) -> Result<OrphanOutcome>;
     /// Marks a live tenant whose database is missing (with `event`, once); true if newly marked.
     async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool>;
+    /// The open findings about databases: orphans (noted or quarantined) and missing ones.
+    async fn database_findings(&self) -> Result<Vec<(DatabaseFinding, TenantId)>>;
+    /// A database finding that no longer holds is removed; when it had been quarantined (an
+    /// operator was told), `event` is written in the same transaction. Returns whether it was.
+    async fn resolve_database_finding(&self, kind: DatabaseFinding, tenant: TenantId, event: NewEvent) -> Result<bool>;
+}
+
+/// What a reconcile finding about a tenant's database says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseFinding {
+    /// A database without a tenant row.
+    Orphan,
+    /// A live tenant without its database.
+    Missing,
+}
+
+impl DatabaseFinding {
+    /// The finding's `kind` as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Orphan => "orphan_database",
+            Self::Missing => "missing_database",
+        }
+    }
 }
 
 /// Everything the core needs from storage.

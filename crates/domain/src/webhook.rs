@@ -161,6 +161,9 @@ pub struct Published {
     /// either region hear of the move.
     pub previous_region: Option<String>,
     pub data: Value,
+    /// Written late, by the reconcile pass after a crash, when its subject had changed since:
+    /// the body says `"late": true`, so a receiver knows a newer state may already be applied.
+    pub late: bool,
 }
 
 fn tenant_json(t: &Tenant) -> Value {
@@ -207,6 +210,7 @@ impl Published {
             tenant_id: Some(t.id),
             region: Some(t.region.as_str().to_owned()),
             previous_region: None,
+            late: false,
             data: json!({ "tenant": tenant_json(t) }),
         }
     }
@@ -216,6 +220,7 @@ impl Published {
             tenant_id: Some(t.id),
             region: Some(t.region.as_str().to_owned()),
             previous_region: None,
+            late: false,
             data: json!({ "tenant": tenant_json(t), "previous_status": previous, "reason": reason }),
         }
     }
@@ -227,6 +232,7 @@ impl Published {
             tenant_id: u.tenant_id,
             region: None,
             previous_region: None,
+            late: false,
             data: json!({ "user": user_json(u) }),
         }
     }
@@ -236,6 +242,7 @@ impl Published {
             tenant_id: u.tenant_id,
             region: None,
             previous_region: None,
+            late: false,
             data: json!({ "user": user_json(u), "previous_roles": previous }),
         }
     }
@@ -245,6 +252,7 @@ impl Published {
             tenant_id: Some(k.tenant_id),
             region: None,
             previous_region: None,
+            late: false,
             data: json!({ "api_key": api_key_json(k) }),
         }
     }
@@ -255,6 +263,7 @@ impl Published {
             tenant_id: Some(tenant),
             region: None,
             previous_region: None,
+            late: false,
             data: json!({
                 "provider_credential": { "id": credential_id, "tenant_id": tenant, "provider": provider },
                 "action": action,
@@ -271,6 +280,7 @@ impl Published {
             tenant_id: Some(budget.tenant_id),
             region: None,
             previous_region: None,
+            late: false,
             data: json!({
                 "budget": {
                     "tenant_id": budget.tenant_id, "month": month.to_string(), "amount": budget.amount,
@@ -287,6 +297,7 @@ impl Published {
             tenant_id: Some(imp.tenant_id),
             region: None,
             previous_region: None,
+            late: false,
             data: json!({
                 "impersonation": {
                     "id": imp.id, "tenant_id": imp.tenant_id, "impersonator_id": imp.impersonator_id,
@@ -301,15 +312,20 @@ impl Published {
 
     /// The JSON body every delivery of this event sends, byte for byte, and the feed returns.
     pub fn body(&self, id: Uuid, at: OffsetDateTime) -> String {
-        json!({
+        let mut body = json!({
             "id": id,
             "type": self.topic.as_str(),
             "version": SCHEMA_VERSION,
             "timestamp": rfc3339(at),
             "tenant_id": self.tenant_id,
             "data": self.data,
-        })
-        .to_string()
+        });
+        if self.late
+            && let Value::Object(map) = &mut body
+        {
+            map.insert("late".to_owned(), Value::Bool(true));
+        }
+        body.to_string()
     }
 }
 

@@ -136,6 +136,7 @@ impl PlannedEvent {
                 region: p.region.clone(),
                 previous_region: p.previous_region.clone(),
                 data: p.data.clone(),
+                late: false,
             }),
         };
         Ok(NewEvent {
@@ -195,7 +196,7 @@ macro_rules! impl_reconcile_store {
             use quarterdeck_domain::ids::{TenantId, UserId};
             use quarterdeck_domain::impersonation::ImpersonationEnd;
             use quarterdeck_domain::mail::Email;
-            use quarterdeck_domain::store::{IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
+            use quarterdeck_domain::store::{DatabaseFinding, IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
             use quarterdeck_domain::user::Directory;
             use $crate::sql_reconcile::{ControlOp, ControlPlan, end_reason, from_nanos, redact};
             use sqlx::{Row, Transaction};
@@ -221,6 +222,31 @@ macro_rules! impl_reconcile_store {
                         .await
                         .map_err(db_err)?
                         .is_some())
+                }
+
+                /// Whether the trail (read under the chain's lock) has an event about the same
+                /// user as `first`, the intent's own event, from after it: the user changed
+                /// since, so what the intent would send out is out of date. An event about no
+                /// user (no `user_id` in its details) is never superseded.
+                async fn superseded(tx: &mut Transaction<'static, $Db>, intent: &PendingIntent, first: &NewEvent) -> Result<bool> {
+                    let Some(user) = first.details.get("user_id").and_then(serde_json::Value::as_str) else {
+                        return Ok(false);
+                    };
+                    // Later events of the tenant, newest first; an intent waits minutes, not
+                    // days, so this reads a handful (bounded all the same).
+                    let rows = sqlx::query("SELECT details FROM tenant_audit WHERE tenant_id = $1 AND ts > $2 ORDER BY seq DESC LIMIT 10000")
+                        .bind(intent.tenant_id.0)
+                        .bind(enc_ts(first.ts))
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(db_err)?;
+                    for r in &rows {
+                        let sqlx::types::Json(details): sqlx::types::Json<serde_json::Value> = r.try_get("details").map_err(db_err)?;
+                        if details.get("user_id").and_then(serde_json::Value::as_str) == Some(user) {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
                 }
 
                 async fn forget_intent(&self, intent: &PendingIntent) {
@@ -344,19 +370,41 @@ macro_rules! impl_reconcile_store {
                         self.forget_intent(intent).await;
                         return Ok(IntentOutcome::AlreadyApplied);
                     }
+                    // Late: its user changed after it (a change the trail already holds). The
+                    // events are still written (the trail is complete, each at its own time),
+                    // published marked late, and its emails not sent: an invitation link for a
+                    // user since removed, or a notice the user no longer needs.
+                    let late = Self::superseded(&mut tx, intent, &events[0]).await?;
+                    let mut events = events;
+                    if late {
+                        for e in &mut events {
+                            if let Some(p) = &mut e.published {
+                                p.late = true;
+                            }
+                        }
+                    }
                     for e in &events {
                         Self::append_in(&mut tx, e, self.audit_key.as_ref()).await?;
+                    }
+                    let mut emails_skipped = 0;
+                    for op in &plan.ops {
+                        if late && matches!(op, ControlOp::Email { .. }) {
+                            emails_skipped += 1;
+                            continue;
+                        }
+                        self.apply_op(&mut tx, op).await?;
                     }
                     if let serde_json::Value::Object(map) = &mut repaired.details {
                         map.insert(
                             "event_types".to_owned(),
                             serde_json::json!(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>()),
                         );
+                        if late {
+                            map.insert("late".to_owned(), serde_json::json!(true));
+                            map.insert("emails_skipped".to_owned(), serde_json::json!(emails_skipped));
+                        }
                     }
                     Self::append_in(&mut tx, &repaired, self.audit_key.as_ref()).await?;
-                    for op in &plan.ops {
-                        self.apply_op(&mut tx, op).await?;
-                    }
                     tx.commit().await.map_err(db_err)?;
                     drop(writer);
                     self.forget_intent(intent).await;
@@ -534,6 +582,48 @@ macro_rules! impl_reconcile_store {
                     Self::append_in(&mut tx, &quarantined, self.audit_key.as_ref()).await?;
                     tx.commit().await.map_err(db_err)?;
                     Ok(OrphanOutcome::Quarantined)
+                }
+
+                async fn database_findings(&self) -> Result<Vec<(DatabaseFinding, TenantId)>> {
+                    let rows = sqlx::query("SELECT kind, tenant_id FROM reconcile_finding WHERE kind IN ('orphan_database', 'missing_database')")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let kind: String = r.try_get("kind").map_err(db_err)?;
+                        let kind = if kind == DatabaseFinding::Orphan.as_str() { DatabaseFinding::Orphan } else { DatabaseFinding::Missing };
+                        let tenant: Option<Uuid> = r.try_get("tenant_id").map_err(db_err)?;
+                        if let Some(t) = tenant {
+                            out.push((kind, TenantId(t)));
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn resolve_database_finding(&self, kind: DatabaseFinding, tenant: TenantId, event: NewEvent) -> Result<bool> {
+                    let _writer = self.writer_permit().await;
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    Self::lock_chain(&mut tx).await?;
+                    let row = sqlx::query("SELECT quarantined_at FROM reconcile_finding WHERE kind = $1 AND subject = $2")
+                        .bind(kind.as_str())
+                        .bind(tenant.0.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let Some(row) = row else { return Ok(false) };
+                    let quarantined: Option<Ts> = row.try_get("quarantined_at").map_err(db_err)?;
+                    sqlx::query("DELETE FROM reconcile_finding WHERE kind = $1 AND subject = $2")
+                        .bind(kind.as_str())
+                        .bind(tenant.0.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    if quarantined.is_some() {
+                        Self::append_in(&mut tx, &event, self.audit_key.as_ref()).await?;
+                    }
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(quarantined.is_some())
                 }
 
                 async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool> {

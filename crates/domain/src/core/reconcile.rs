@@ -21,13 +21,19 @@
 //!   and marked once with `RECONCILE_DATABASE_MISSING`. Never recreated empty: an empty
 //!   database would hide the loss (sign-ins failing as "unknown user") instead of surfacing it;
 //!   the operator restores it from a backup.
+//! - **findings that no longer hold** (an orphan that got its row or is gone, a missing
+//!   database restored or its tenant deleted) are removed; a quarantined one with
+//!   `RECONCILE_RESOLVED` (details: kind, reason code). A database lost again is marked again.
+//! - a change repaired **late** (its user changed after it, per the trail) is still written,
+//!   but published with `"late": true` and its emails not sent (`RECONCILE_REPAIRED` says
+//!   `late` and `emails_skipped`).
 
 use super::Core;
 use crate::access::Actor;
 use crate::audit::EventType;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
-use crate::store::{IntentOutcome, OrphanOutcome, PendingIntent};
+use crate::store::{DatabaseFinding, IntentOutcome, OrphanOutcome, PendingIntent};
 use serde_json::json;
 use std::collections::HashSet;
 use time::Duration;
@@ -62,6 +68,8 @@ pub struct ReconcileReport {
     pub databases_missing: usize,
     /// Intents left for a newer node (a newer format, an unknown event type or topic).
     pub skipped: usize,
+    /// Quarantined findings about databases that no longer hold (`RECONCILE_RESOLVED`).
+    pub resolved: usize,
 }
 
 impl ReconcileReport {
@@ -86,6 +94,7 @@ impl Core {
         let rows: HashSet<TenantId> = self.store.tenant_row_ids().await?.into_iter().collect();
         let live = self.store.tenant_ids().await?;
         let databases: HashSet<TenantId> = self.store.tenant_databases().await?.into_iter().collect();
+        let live_set: HashSet<TenantId> = live.iter().copied().collect();
         for t in live {
             if !databases.contains(&t) {
                 report.databases_missing += 1;
@@ -124,10 +133,44 @@ impl Core {
                 OrphanOutcome::Unchanged => {}
             }
         }
+        self.resolve_findings(&rows, &live_set, &databases, &mut report).await?;
         if !report.is_empty() {
             tracing::info!(?report, "reconcile pass");
         }
         Ok(report)
+    }
+
+    /// Findings about databases that no longer hold are removed: an orphan that got its row
+    /// (a creation that finished) or is gone (dropped by an operator), a missing database
+    /// restored or whose tenant was deleted since. One an operator was told of (quarantined)
+    /// gets `RECONCILE_RESOLVED`; a database that goes missing again is marked again.
+    async fn resolve_findings(
+        &self,
+        rows: &HashSet<TenantId>,
+        live: &HashSet<TenantId>,
+        databases: &HashSet<TenantId>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        for (kind, t) in self.store.database_findings().await? {
+            let why = match kind {
+                DatabaseFinding::Orphan if rows.contains(&t) => "tenant_row_found",
+                DatabaseFinding::Orphan if !databases.contains(&t) => "database_gone",
+                DatabaseFinding::Missing if databases.contains(&t) => "database_restored",
+                DatabaseFinding::Missing if !live.contains(&t) => "tenant_deleted",
+                _ => continue,
+            };
+            let event = self.new_event(
+                EventType::ReconcileResolved,
+                &Actor::system(),
+                Some(t),
+                json!({ "kind": kind.as_str(), "tenant_id": t, "reason": why }),
+            );
+            if self.store.resolve_database_finding(kind, t, event).await? {
+                report.resolved += 1;
+                tracing::info!(tenant_id = %t, kind = kind.as_str(), reason = why, "reconcile: a finding no longer holds");
+            }
+        }
+        Ok(())
     }
 
     /// The intents of one tenant; a failure is logged and left for the next pass.

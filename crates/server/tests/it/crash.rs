@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where a test's data lives, read directly (the rows themselves), on either backend.
-struct Data {
-    dir: PathBuf,
-    pg_url: Option<String>,
+pub(crate) struct Data {
+    pub(crate) dir: PathBuf,
+    pub(crate) pg_url: Option<String>,
 }
 
 impl Data {
-    fn of(app: &TestApp) -> Self {
+    pub(crate) fn of(app: &TestApp) -> Self {
         Self {
             dir: app.data_dir().to_owned(),
             pg_url: app.pg_url.clone(),
@@ -27,7 +27,7 @@ impl Data {
     }
 
     /// The first column of every row of `sql` (text) in the control database.
-    async fn control(&self, sql: &str) -> Vec<String> {
+    pub(crate) async fn control(&self, sql: &str) -> Vec<String> {
         match &self.pg_url {
             Some(url) => pg_strings(url, "identity", sql).await,
             None => sqlite_strings(&self.dir.join("control.db"), sql).await,
@@ -35,7 +35,7 @@ impl Data {
     }
 
     /// The first column of every row of `sql` (text) in the tenant's own database.
-    async fn tenant(&self, tid: &str, sql: &str) -> Vec<String> {
+    pub(crate) async fn tenant(&self, tid: &str, sql: &str) -> Vec<String> {
         let hex = tid.parse::<uuid::Uuid>().unwrap().simple().to_string();
         match &self.pg_url {
             Some(url) => {
@@ -49,7 +49,7 @@ impl Data {
     }
 
     /// An event's detail field as text, in this backend's SQL.
-    fn detail(&self, field: &str) -> String {
+    pub(crate) fn detail(&self, field: &str) -> String {
         match self.pg_url {
             Some(_) => format!("details->>'{field}'"),
             None => format!("json_extract(details, '$.{field}')"),
@@ -80,7 +80,7 @@ impl Data {
     }
 }
 
-async fn pg_strings(url: &str, schema: &str, sql: &str) -> Vec<String> {
+pub(crate) async fn pg_strings(url: &str, schema: &str, sql: &str) -> Vec<String> {
     let mut conn = pg_conn(url).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
         .execute(&mut conn)
@@ -109,14 +109,14 @@ async fn sqlite_strings(path: &Path, sql: &str) -> Vec<String> {
     rows.into_iter().map(Option::unwrap_or_default).collect()
 }
 
-fn count(rows: &[String]) -> i64 {
+pub(crate) fn count(rows: &[String]) -> i64 {
     rows[0].parse().unwrap()
 }
 
 /// The statements that make the control database's commit fail (not the statement: the
 /// COMMIT, after the tenant's has succeeded) when an email to `to` is queued: a deferred
 /// constraint, checked at commit.
-fn failing_commit(backend: Backend, to: &str) -> (Vec<String>, Vec<&'static str>) {
+pub(crate) fn failing_commit(backend: Backend, to: &str) -> (Vec<String>, Vec<&'static str>) {
     match backend {
         Backend::Sqlite => (
             vec![
@@ -334,7 +334,7 @@ async fn tenant_exec(data: &Data, tid: &str, sql: &str) {
 
 /// Removes a tenant's row as if it had never been inserted (its audit event stays: the
 /// trail cannot be edited).
-async fn delete_tenant_row(app: &TestApp, tid: &str) {
+pub(crate) async fn delete_tenant_row(app: &TestApp, tid: &str) {
     let id = match app.backend {
         Backend::Postgres => format!("'{tid}'"),
         Backend::Sqlite => format!("X'{}'", tid.parse::<uuid::Uuid>().unwrap().simple()),
@@ -342,7 +342,7 @@ async fn delete_tenant_row(app: &TestApp, tid: &str) {
     app.control_exec(&format!("DELETE FROM tenant WHERE id = {id}")).await;
 }
 
-async fn database_exists(data: &Data, hex: &str) -> bool {
+pub(crate) async fn database_exists(data: &Data, hex: &str) -> bool {
     match &data.pg_url {
         Some(url) => {
             let control = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();

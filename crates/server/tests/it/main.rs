@@ -50,6 +50,7 @@ mod pg_budget;
 mod portal;
 mod portal_data_plane;
 mod portal_usage;
+mod reconcile;
 mod regions;
 mod settings;
 mod setup;

@@ -1,0 +1,150 @@
+//! The reconcile pass's edge cases (issue 14): a change repaired after its user changed again
+//! is written but published late and sends no email; findings about databases that no longer
+//! hold are resolved, and a database lost again is marked again.
+
+use crate::both;
+use crate::crash::{Data, count, database_exists, delete_tenant_row, failing_commit};
+use crate::helpers::*;
+use quarterdeck_domain::user::Directory;
+use quarterdeck_domain::{EmailAddress, TenantId};
+
+both!(
+    async fn a_change_repaired_after_its_user_changed_again_is_published_late_and_sends_no_email(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let data = Data::of(&app);
+        let doomed = "doomed@acme.example";
+        let (install, remove) = failing_commit(app.backend, doomed);
+        for sql in &install {
+            app.control_exec(sql).await;
+        }
+        assert!(app.invite(doomed, &tid, &["admin"]).await.status().is_server_error());
+        for sql in remove {
+            app.control_exec(sql).await;
+        }
+        // Before the pass, the owner revokes the (half-written) invitation: that change is
+        // whole, so the trail now holds a later event about the same user.
+        let dir = Directory::Tenant(tid.parse::<TenantId>().unwrap());
+        let email = EmailAddress::parse(doomed).unwrap();
+        let (user, _) = app.core.store().user_by_email(dir, &email).await.unwrap().expect("the tenant committed");
+        let uid = user.id.to_string();
+        app.clock.advance(time::Duration::seconds(1));
+        let page = format!("/tenants/{tid}/users/{uid}");
+        let html = app.get_html(&page).await;
+        let r = app.post_form(&format!("{page}/revoke"), &html, &[]).await;
+        assert_eq!(r.status(), 303, "revoked");
+        assert_eq!(app.events_of("INVITATION_REVOKED").await.len(), 1);
+
+        app.clock.advance(time::Duration::seconds(61));
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!((report.repaired, report.quarantined, report.failed), (1, 0, 0), "{report:?}");
+        // The trail is whole: the invitation is there, at its own time, before the revocation.
+        let invited = app.events_of("USER_INVITED").await;
+        assert_eq!(invited.len(), 1);
+        let repaired = app.events_of("RECONCILE_REPAIRED").await;
+        assert_eq!(repaired[0].details["late"], true, "{:?}", repaired[0].details);
+        assert_eq!(repaired[0].details["emails_skipped"], 1);
+        // No invitation email for a revoked invitation; the published event says it is late.
+        let emails = format!("SELECT CAST(count(*) AS TEXT) FROM outbox WHERE to_addr = '{doomed}'");
+        assert_eq!(count(&data.control(&emails).await), 0);
+        let id = invited[0].id.0.to_string();
+        let id_sql = if app.pg_url.is_some() { format!("'{id}'") } else { format!("X'{}'", id.replace('-', "")) };
+        let body = data.control(&format!("SELECT body FROM webhook_event WHERE id = {id_sql}")).await;
+        let body: serde_json::Value = serde_json::from_str(&body[0]).unwrap();
+        assert_eq!(body["type"], "user.invited");
+        assert_eq!(body["late"], true, "{body}");
+        assert!(app.core.verify_audit_chain().await.unwrap().is_ok());
+    }
+);
+
+/// Moves a tenant's database out of Quarterdeck's sight (`away`) or back (a restore).
+async fn move_database(data: &Data, hex: &str, away: bool) {
+    match &data.pg_url {
+        Some(url) => {
+            let control = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
+            let (live, hidden) = (format!("{control}_t_{hex}"), format!("{control}_away_{hex}"));
+            let (from, to) = if away { (live, hidden) } else { (hidden, live) };
+            let mut conn = pg_conn(url).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{from}'"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{from}\" RENAME TO \"{to}\""
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        None => {
+            let (live, hidden) = (data.dir.join("tenants"), data.dir.clone());
+            let (from, to) = if away { (live, hidden) } else { (hidden, live) };
+            for suffix in ["", "-wal", "-shm"] {
+                let name = format!("{hex}.db{suffix}");
+                if from.join(&name).exists() {
+                    std::fs::rename(from.join(&name), to.join(&name)).unwrap();
+                }
+            }
+        }
+    }
+}
+
+both!(
+    async fn a_missing_database_restored_is_resolved_and_lost_again_is_marked_again(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let data = Data::of(&app);
+        let hex = tid.parse::<uuid::Uuid>().unwrap().simple().to_string();
+        let margin = time::Duration::minutes(1);
+        let findings = "SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind = 'missing_database'";
+
+        move_database(&data, &hex, true).await;
+        let report = app.core.reconcile(margin).await.unwrap();
+        assert_eq!(report.databases_missing, 1, "{report:?}");
+        assert_eq!(count(&data.control(findings).await), 1);
+
+        // Restored from a backup: the finding is resolved, with its event.
+        move_database(&data, &hex, false).await;
+        let report = app.core.reconcile(margin).await.unwrap();
+        assert_eq!((report.databases_missing, report.resolved), (0, 1), "{report:?}");
+        assert_eq!(count(&data.control(findings).await), 0);
+        let resolved = app.events_of("RECONCILE_RESOLVED").await;
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].details["kind"], "missing_database");
+        assert_eq!(resolved[0].details["reason"], "database_restored");
+        let report = app.core.reconcile(margin).await.unwrap();
+        assert!(report.is_empty(), "{report:?}");
+
+        // Lost again: marked again (a finding that stayed would have hidden it).
+        move_database(&data, &hex, true).await;
+        app.core.reconcile(margin).await.unwrap();
+        assert_eq!(app.events_of("RECONCILE_DATABASE_MISSING").await.len(), 2);
+        move_database(&data, &hex, false).await;
+        assert!(app.core.verify_audit_chain().await.unwrap().is_ok());
+    }
+);
+
+both!(
+    async fn a_database_noted_without_a_row_that_is_gone_before_the_margin_leaves_no_finding(app) {
+        app.sign_in_owner().await;
+        app.create_tenant("Acme", "acme").await;
+        let data = Data::of(&app);
+        let gone = app.create_tenant("Gone", "gone").await;
+        let hex = gone.parse::<uuid::Uuid>().unwrap().simple().to_string();
+        delete_tenant_row(&app, &gone).await;
+        let notes = "SELECT CAST(count(*) AS TEXT) FROM reconcile_finding WHERE kind = 'orphan_database'";
+        app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(count(&data.control(notes).await), 1, "noted");
+
+        // Its creator cleaned up (or an operator dropped it) within the margin: the note goes,
+        // quietly (nobody was told of it).
+        move_database(&data, &hex, true).await;
+        assert!(!database_exists(&data, &hex).await);
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.resolved, 0, "{report:?}");
+        assert_eq!(count(&data.control(notes).await), 0);
+        assert!(app.events_of("RECONCILE_RESOLVED").await.is_empty());
+    }
+);
