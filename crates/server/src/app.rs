@@ -100,6 +100,7 @@ async fn measured_core(
             ..PoolLimits::default()
         },
         audit_key: quarterdeck_domain::audit::AuditKey::from_secret(&secret_key),
+        intent_key: quarterdeck_store::intent_key(&secret_key),
         regions: settings.regions.locations(),
     })
     .await

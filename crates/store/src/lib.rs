@@ -47,6 +47,14 @@ pub struct StoreOptions {
     pub regions: Vec<(String, RegionLocation)>,
     /// The key the audit chain is authenticated with (derived from the server's secret key).
     pub audit_key: quarterdeck_domain::audit::AuditKey,
+    /// The key the email bodies kept in a tenant write's intent are sealed with (derived from
+    /// the server's secret key: [`intent_key`]).
+    pub intent_key: quarterdeck_domain::sso::SecretKey,
+}
+
+/// The intent-sealing subkey of the server's secret key.
+pub fn intent_key(secret: &quarterdeck_domain::sso::SecretKey) -> quarterdeck_domain::sso::SecretKey {
+    quarterdeck_domain::sso::SecretKey::from_bytes(secret.derive("quarterdeck intent emails v1"))
 }
 
 /// Where a region's tenant databases (and its usage journal) live.
@@ -67,7 +75,8 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Arc::new(
             PgStore::open(url, opts.tenant_pools, &opts.regions)
                 .await?
-                .with_audit_key(opts.audit_key.clone()),
+                .with_audit_key(opts.audit_key.clone())
+                .with_intent_key(opts.intent_key.clone()),
         )),
         Some(other) => Err(Error::Internal(format!(
             "QUARTERDECK_DATABASE_URL must start with postgres:// (got a URL with scheme {:?})",
@@ -76,7 +85,8 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>> {
         None => Ok(Arc::new(
             SqliteStore::open(&opts.data_dir, opts.tenant_pools, &opts.regions)
                 .await?
-                .with_audit_key(opts.audit_key.clone()),
+                .with_audit_key(opts.audit_key.clone())
+                .with_intent_key(opts.intent_key.clone()),
         )),
     }
 }

@@ -64,6 +64,8 @@ pub struct PgStore {
     wait: Duration,
     /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
     audit_key: Option<quarterdeck_domain::audit::AuditKey>,
+    /// Seals the email bodies of intents (see `sql_reconcile.rs`).
+    intent_key: Option<quarterdeck_domain::sso::SecretKey>,
     /// Tenants a usage sweep writes at once: half the tenant connection slots (the other
     /// half stays for requests), at most 8. Mostly waiting (connecting, the commit's fsync),
     /// so more than the cores.
@@ -151,6 +153,7 @@ impl PgStore {
             prefix,
             wait: limits.wait,
             audit_key: None,
+            intent_key: None,
             sweep_parallel: (tenant_slots / 2).clamp(1, 8),
         })
     }

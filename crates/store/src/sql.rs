@@ -101,6 +101,12 @@ macro_rules! impl_store {
                 self
             }
 
+            /// The key intents' email bodies are sealed with (see `ControlPlan::into_payload`).
+            pub fn with_intent_key(mut self, key: quarterdeck_domain::sso::SecretKey) -> Self {
+                self.intent_key = Some(key);
+                self
+            }
+
             /// Begin a write transaction whose first statement appends `event` to the chain.
             /// Updating the chain head first takes the write lock at once (SQLite) or the head
             /// row's lock (PostgreSQL): audited writers are serialised and the chain cannot fork.
@@ -563,6 +569,8 @@ macro_rules! impl_store {
             _lease: Option<$crate::pools::TenantPool<$Db>>,
             /// The control side, recorded as it is written (tenant writes only).
             plan: $crate::sql_reconcile::ControlPlan,
+            /// Seals the plan's email bodies in the stored intent.
+            intent_key: Option<quarterdeck_domain::sso::SecretKey>,
         }
 
         impl DirTx {
@@ -621,19 +629,20 @@ macro_rules! impl_store {
             /// the intent is deleted. A failed control commit leaves the intent for the
             /// reconcile pass (the change is not taken back: it may already be seen).
             async fn commit(self) -> Result<()> {
-                let DirTx { control, tenant, _writer, _lease, plan } = self;
+                let DirTx { control, tenant, _writer, _lease, plan, intent_key } = self;
                 let Some(mut tenant) = tenant else {
                     return control.commit().await.map_err(db_err);
                 };
-                let intent = match plan.events.first() {
+                let intent = match plan.events.first().map(|first| (first.id(), first.ts())) {
                     // Nothing audited, nothing to reconcile.
                     None => None,
-                    Some(first) => {
-                        let id = first.id();
-                        let payload = serde_json::to_string(&plan).map_err(|e| Error::internal(format!("cannot record an intent: {e}")))?;
+                    Some((id, first_ts)) => {
+                        let payload = plan
+                            .into_payload(intent_key.as_ref(), id)
+                            .map_err(|e| Error::internal(format!("cannot record an intent: {e}")))?;
                         sqlx::query("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES ($1, $2, 0, $3)")
                             .bind(id)
-                            .bind(enc_ts(first.ts()))
+                            .bind(enc_ts(first_ts))
                             .bind(payload)
                             .execute(&mut *tenant)
                             .await
@@ -696,7 +705,7 @@ macro_rules! impl_store {
                     Directory::Platform => $crate::sql_reconcile::ControlPlan::default(),
                     Directory::Tenant(_) => $crate::sql_reconcile::ControlPlan::new(events),
                 };
-                Ok(DirTx { control, tenant, _writer: writer, _lease: lease, plan })
+                Ok(DirTx { control, tenant, _writer: writer, _lease: lease, plan, intent_key: self.intent_key.clone() })
             }
         }
 

@@ -8,6 +8,8 @@
 use quarterdeck_domain::access::Actor;
 use quarterdeck_domain::audit::{EventType, NewEvent};
 use quarterdeck_domain::ids::{EventId, TenantId, UserId};
+use quarterdeck_domain::sso::SecretKey;
+use quarterdeck_domain::token::OsRandom;
 use quarterdeck_domain::webhook::{Published, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,6 +26,10 @@ pub(crate) struct ControlPlan {
     pub(crate) ops: Vec<ControlOp>,
 }
 
+/// Intent formats this server reads: 1 (email bodies in clear, written before 2 existed) and
+/// 2 (email bodies sealed).
+pub(crate) const INTENT_FORMATS: [u64; 2] = [1, 2];
+
 impl ControlPlan {
     pub(crate) fn new(events: &[NewEvent]) -> Self {
         Self {
@@ -31,6 +37,44 @@ impl ControlPlan {
             events: events.iter().map(PlannedEvent::from_event).collect(),
             ops: Vec::new(),
         }
+    }
+
+    /// The payload as stored in the tenant's database. An email's bodies hold live secrets (an
+    /// invitation's link), and the tenant's database is read by more than the server (its
+    /// backups, `tenants export`): with a key, each body is sealed bound to the intent's event
+    /// id (format 2); without one (a store opened without the secret key), format 1 in clear.
+    pub(crate) fn into_payload(mut self, key: Option<&SecretKey>, event_id: Uuid) -> Result<String, String> {
+        if let Some(key) = key {
+            self.v = 2;
+            for op in &mut self.ops {
+                if let ControlOp::Email { text, html, .. } = op {
+                    *text = key
+                        .seal_bound(text, event_id.as_bytes(), &OsRandom)
+                        .map_err(|e| e.to_string())?;
+                    *html = key
+                        .seal_bound(html, event_id.as_bytes(), &OsRandom)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        serde_json::to_string(&self).map_err(|e| e.to_string())
+    }
+
+    /// Format 2's sealed bodies opened (format 1 is returned as it is); a body that does not
+    /// open (another secret key, a payload moved to another intent) is an error.
+    pub(crate) fn opened(mut self, key: Option<&SecretKey>, event_id: Uuid) -> Result<Self, String> {
+        if self.v != 2 {
+            return Ok(self);
+        }
+        let key = key.ok_or("a sealed intent, and no secret key to open it")?;
+        for op in &mut self.ops {
+            if let ControlOp::Email { text, html, .. } = op {
+                *text = key.open_bound(text, event_id.as_bytes()).map_err(|e| e.to_string())?;
+                *html = key.open_bound(html, event_id.as_bytes()).map_err(|e| e.to_string())?;
+            }
+        }
+        self.v = 1;
+        Ok(self)
     }
 }
 
@@ -198,7 +242,7 @@ macro_rules! impl_reconcile_store {
             use quarterdeck_domain::mail::Email;
             use quarterdeck_domain::store::{DatabaseFinding, IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
             use quarterdeck_domain::user::Directory;
-            use $crate::sql_reconcile::{ControlOp, ControlPlan, end_reason, from_nanos, redact};
+            use $crate::sql_reconcile::{ControlOp, ControlPlan, INTENT_FORMATS, end_reason, from_nanos, redact};
             use sqlx::{Row, Transaction};
             use time::OffsetDateTime;
             use uuid::Uuid;
@@ -347,12 +391,16 @@ macro_rules! impl_reconcile_store {
                         Ok(v) => v,
                         Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent is not JSON: {e}"))),
                     };
-                    if value.get("v").and_then(serde_json::Value::as_u64) != Some(1) {
-                        return Ok(IntentOutcome::Skipped(format!("an intent of format {} (this server reads 1)", value.get("v").unwrap_or(&serde_json::Value::Null))));
+                    if !value.get("v").and_then(serde_json::Value::as_u64).is_some_and(|v| INTENT_FORMATS.contains(&v)) {
+                        return Ok(IntentOutcome::Skipped(format!("an intent of format {} (this server reads 1 and 2)", value.get("v").unwrap_or(&serde_json::Value::Null))));
                     }
                     let plan: ControlPlan = match serde_json::from_value(value) {
                         Ok(p) => p,
                         Err(e) => return Ok(IntentOutcome::Skipped(format!("an intent this server cannot read: {e}"))),
+                    };
+                    let plan = match plan.opened(self.intent_key.as_ref(), intent.event_id.0) {
+                        Ok(p) => p,
+                        Err(why) => return Ok(IntentOutcome::Unreadable(format!("the intent's emails cannot be opened: {why}"))),
                     };
                     let events = match plan_events(&plan) {
                         Ok(e) => e,
@@ -693,5 +741,44 @@ mod tests {
         assert!(!kept.contains("secret"), "{kept}");
         assert!(kept.contains("a@example.com"), "{kept}");
         assert_eq!(redact("not json"), "");
+    }
+
+    #[test]
+    fn an_intents_email_bodies_are_sealed_to_its_event_and_open_only_there() {
+        let key = SecretKey::from_bytes([3; 32]);
+        let plan = || ControlPlan {
+            v: 1,
+            events: Vec::new(),
+            ops: vec![ControlOp::Email {
+                to: "a@example.com".to_owned(),
+                subject: "You're invited".to_owned(),
+                text: "https://x/register?token=secret".to_owned(),
+                html: "<a href=\"https://x/register?token=secret\">".to_owned(),
+                tenant_id: None,
+                user_id: None,
+                at: 0,
+            }],
+        };
+        let (event, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let stored = plan().into_payload(Some(&key), event).unwrap();
+        assert!(
+            !stored.contains("secret") && stored.contains("a@example.com"),
+            "{stored}"
+        );
+        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.v, 2);
+        let opened = back.opened(Some(&key), event).unwrap();
+        let ControlOp::Email { text, .. } = &opened.ops[0] else {
+            panic!()
+        };
+        assert_eq!(text, "https://x/register?token=secret");
+        // Moved to another intent, or read with another key: not opened.
+        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
+        assert!(back.opened(Some(&key), other).is_err());
+        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
+        assert!(back.opened(Some(&SecretKey::from_bytes([4; 32])), event).is_err());
+        // Without a key: format 1, as before.
+        let clear = plan().into_payload(None, event).unwrap();
+        assert!(clear.contains("\"v\":1") && clear.contains("token=secret"));
     }
 }

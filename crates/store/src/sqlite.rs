@@ -52,6 +52,8 @@ pub struct SqliteStore {
     tenants: PoolCache<Sqlite>,
     /// Keys the audit chain (see `with_audit_key`); without it no keyed event can be written.
     audit_key: Option<quarterdeck_domain::audit::AuditKey>,
+    /// Seals the email bodies of intents (see `sql_reconcile.rs`).
+    intent_key: Option<quarterdeck_domain::sso::SecretKey>,
     /// Each region's usage journal (`usage/<region>.db`), opened on first use.
     journals: tokio::sync::Mutex<std::collections::HashMap<String, Journal>>,
     /// Tenants a usage sweep writes at once.
@@ -119,6 +121,7 @@ impl SqliteStore {
             // Files, not connections: the only cap is `max_open` pools.
             tenants: PoolCache::new(limits, limits.max_open, None),
             audit_key: None,
+            intent_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             sweep_parallel: 4,
             region_dirs,

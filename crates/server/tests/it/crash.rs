@@ -171,6 +171,11 @@ both!(
         assert_eq!(count(&data.control(&invited).await), 0);
         assert_eq!(count(&data.control(&emails).await), 0);
         assert_eq!(count(&data.tenant(&tid, intents).await), 1);
+        // The intent keeps the email's bodies sealed: its invitation link is a live secret,
+        // and the tenant's database is read by more than the server (backups, exports).
+        let payload = data.tenant(&tid, "SELECT payload FROM pending_event").await.remove(0);
+        assert!(payload.contains("\"v\":2") && payload.contains(doomed), "{payload}");
+        assert!(!payload.contains("token=") && !payload.contains("/register"), "{payload}");
         for sql in remove {
             app.control_exec(sql).await;
         }
@@ -627,7 +632,7 @@ both!(
         let data = Data::of(&app);
         let hex = |n: u8| format!("{:032x}", u128::from(n) + 0xabc);
         for (n, payload) in [
-            (1u8, r#"{"v": 2, "events": [], "ops": []}"#.to_owned()),
+            (1u8, r#"{"v": 3, "events": [], "ops": []}"#.to_owned()),
             (2u8, format!(r#"{{"v": 1, "events": [{{"id": "{}", "type": "SOMETHING_NEW"}}], "ops": []}}"#, uuid::Uuid::parse_str(&hex(2)).unwrap())),
         ] {
             let id = uuid::Uuid::parse_str(&hex(n)).unwrap();

@@ -305,6 +305,7 @@ pub(super) async fn open_store(settings: &quarterdeck::Settings) -> Result<Arc<d
             ..quarterdeck_store::PoolLimits::default()
         },
         audit_key: quarterdeck_domain::audit::AuditKey::from_secret(&secret),
+        intent_key: quarterdeck_store::intent_key(&secret),
         regions: settings.regions.locations(),
     })
     .await
