@@ -836,4 +836,10 @@ pub trait Store:
     async fn control_readiness(&self) -> std::result::Result<(), &'static str>;
     /// The numbers `/metrics` reads when scraped (one small query, the rest from memory).
     async fn store_gauges(&self, now: OffsetDateTime) -> Result<crate::meters::StoreGauges>;
+    /// Called by a server starting as the only one its database can have (SQLite, with the
+    /// data directory's lock held): the leases on outbox emails, webhook deliveries and the
+    /// usage sweeps of `regions` can only have been left by a server that died, so they are
+    /// released and its work resumes now, not when they lapse (5 min, 60 s, 30 s). Returns
+    /// how many. On PostgreSQL, where other nodes may be alive, nothing is released.
+    async fn release_dead_leases(&self, regions: &[String]) -> Result<u64>;
 }

@@ -196,6 +196,16 @@ impl App {
         let (meters, prometheus) = prometheus();
         let secret_key = settings.secret_key(&*deps.rng)?;
         let core = measured_core(&settings, deps, secret_key, meters).await?;
+        if data_dir_lock.is_some() {
+            // This server holds the data directory: what another one had leased, it left dying.
+            let released = core.release_dead_leases().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if released > 0 {
+                tracing::warn!(
+                    released,
+                    "released the leases a server that stopped without finishing left on emails, webhook deliveries and usage sweeps"
+                );
+            }
+        }
 
         if let (Some(email), Some(password)) = (&settings.bootstrap_owner_email, &settings.bootstrap_owner_password) {
             let created = core

@@ -510,4 +510,7 @@ impl quarterdeck_domain::store::Store for PgStore {
     async fn store_gauges(&self, now: time::OffsetDateTime) -> Result<quarterdeck_domain::meters::StoreGauges> {
         self.gauges(now).await
     }
+    async fn release_dead_leases(&self, _regions: &[String]) -> Result<u64> {
+        Ok(0)
+    }
 }

@@ -416,4 +416,32 @@ impl quarterdeck_domain::store::Store for SqliteStore {
     async fn store_gauges(&self, now: time::OffsetDateTime) -> Result<quarterdeck_domain::meters::StoreGauges> {
         self.gauges(now).await
     }
+    async fn release_dead_leases(&self, regions: &[String]) -> Result<u64> {
+        let mut released = 0;
+        for sql in [
+            "UPDATE outbox SET lease_token = NULL, leased_until = NULL WHERE status = 'pending' AND lease_token IS NOT NULL",
+            "UPDATE webhook_delivery SET lease_token = NULL, leased_until = NULL WHERE status = 'pending' AND lease_token IS NOT NULL",
+        ] {
+            released += sqlx::query(sql)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        }
+        for region in regions {
+            let (pool, lock) = self.journal_pool(region).await?;
+            let _writer = match &lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            released += sqlx::query(
+                "UPDATE usage_journal_state SET holder = NULL, lease_until = NULL WHERE holder IS NOT NULL",
+            )
+            .execute(&pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        }
+        Ok(released)
+    }
 }

@@ -77,6 +77,13 @@ impl Core {
         Ok((delivered, claimed))
     }
 
+    /// At the start of the only server its database can have (SQLite): the leases a server
+    /// that died left on emails, webhook deliveries and usage sweeps are released, so their
+    /// work resumes now (see [`crate::store::Store::release_dead_leases`]).
+    pub async fn release_dead_leases(&self) -> Result<u64> {
+        self.store.release_dead_leases(&self.usage_regions()).await
+    }
+
     /// 5 s, 10 s, 20 s … capped at an hour, plus up to 20% jitter.
     fn backoff(&self, attempts: i64) -> Duration {
         let base = Duration::seconds(5) * 2i32.pow(u32::try_from(attempts.clamp(0, 10)).unwrap_or(10));

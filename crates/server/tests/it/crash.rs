@@ -57,7 +57,7 @@ impl Data {
     }
 
     /// `quarterdeck ARGS…` on this data; returns (success, stdout).
-    fn cli(&self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (bool, String) {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quarterdeck"));
         cmd.args(args)
             .env_remove("QUARTERDECK_CONFIG")

@@ -31,6 +31,7 @@ mod billing;
 mod browser;
 mod browser_sso;
 mod crash;
+mod crash_usage;
 mod credentials;
 mod data_plane;
 mod data_plane_nodes;
