@@ -61,8 +61,8 @@ impl ThrottlePolicy {
         }
     }
 
-    /// `Some(seconds)` to wait if the key is held back now: the back-off runs from the last
-    /// failure, 2 s doubling with each failure past the free ones, capped.
+    /// `Some(seconds)` to wait if the key is held back now (rounded up): the back-off runs
+    /// from the last failure, 2 s doubling with each failure past the free ones, capped.
     pub fn wait(&self, row: &ThrottleRow, now: OffsetDateTime) -> Option<u64> {
         let failures = self.failures(row, now);
         let last = row.last_failure?;
@@ -71,7 +71,11 @@ impl ThrottlePolicy {
         }
         let exp = (failures - self.free_attempts - 1).min(20);
         let until = last + (self.base * 2i32.pow(exp)).min(self.max);
-        (until > now).then(|| (until - now).whole_seconds().max(1) as u64)
+        // Rounded up: a client that waits as long as told is let in (a stored time keeps
+        // microseconds, the clock nanoseconds).
+        let left = until - now;
+        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+        (until > now).then(|| u64::try_from(secs).unwrap_or(1).max(1))
     }
 }
 

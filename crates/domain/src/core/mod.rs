@@ -9,7 +9,7 @@ mod credentials;
 mod data_plane;
 mod export;
 mod impersonation;
-mod limits;
+pub mod limits;
 mod outbox;
 mod reconcile;
 mod setup;
