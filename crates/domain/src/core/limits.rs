@@ -175,7 +175,8 @@ impl SharedCounts {
     /// Move to `window` if it is a later one: the totals known for the one before become the
     /// previous window's (counts not flushed yet included).
     fn roll(c: &mut Counts, window: i64) {
-        if c.window >= window && !(c.window == 0 && c.seen.is_empty() && c.local.is_empty()) {
+        if c.window >= window {
+            // The same window, or an earlier one (a clock set back): nothing starts afresh.
             return;
         }
         let previous = if window == c.window + 1 {
@@ -603,5 +604,62 @@ impl Core {
                 now.unix_timestamp().div_euclid(60) - 1,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests unwrap")]
+    use super::*;
+
+    const W: i64 = 2_000;
+
+    fn known(previous: u64, current: u64) -> Known {
+        Known { previous, current }
+    }
+
+    #[test]
+    fn a_sliding_window_takes_its_limit_at_once_and_says_when_the_rest_fits() {
+        assert_eq!(sliding_verdict(known(0, 0), 20, 20, 0, W), Ok(()));
+        assert!(sliding_verdict(known(0, 0), 21, 20, 0, W).is_err());
+        // A full previous window slides out: 1 more fits once 1/20 of it has (100 ms).
+        assert_eq!(sliding_verdict(known(20, 0), 1, 20, 0, W), Err(1));
+        assert!(sliding_verdict(known(20, 0), 1, 20, 99, W).is_err());
+        assert_eq!(sliding_verdict(known(20, 0), 1, 20, 100, W), Ok(()));
+        // This window full: after it ends (1.5 s), and 100 ms into the next: 1.6 s, said 2.
+        assert_eq!(sliding_verdict(known(0, 20), 1, 20, 500, W), Err(2));
+        // More than a window holds never fits.
+        assert_eq!(sliding_verdict(known(0, 0), 41, 20, 0, W), Err(60));
+    }
+
+    #[test]
+    fn other_nodes_counts_read_or_flushed_count_and_a_new_window_keeps_them_as_previous() {
+        let c = SharedCounts::new(Some("t"), W);
+        let limit = |k: Known| if k.current + 5 > 10 { Err(1) } else { Ok(()) };
+        assert!(!c.knows("a", 7));
+        c.learn("a", 7, 3, 6);
+        assert!(c.knows("a", 7));
+        assert_eq!(c.try_add("a", 7, 5, limit), Err(1), "6 counted elsewhere + 5 > 10");
+        assert_eq!(
+            c.try_add("a", 7, 4, |k| if k.current + 4 > 10 { Err(1) } else { Ok(()) }),
+            Ok(())
+        );
+        let (window, pending) = c.take().unwrap();
+        assert_eq!((window, pending.clone()), (7, vec![("a".to_owned(), 4)]));
+        // A failed flush keeps the count; a good one takes back the cluster's total.
+        c.restore(window, &pending);
+        let (window, pending) = c.take().unwrap();
+        c.settle(window, &pending, &[("a".to_owned(), 12)]);
+        c.try_add("a", 8, 0, |k| {
+            assert_eq!(k, known(12, 0), "the last window's total is the previous one's");
+            Ok(())
+        })
+        .unwrap();
+        assert!(!c.knows("a", 8), "a new window is read again");
+        c.try_add("a", 10, 0, |k| {
+            assert_eq!(k, known(0, 0), "a window skipped: nothing previous");
+            Ok(())
+        })
+        .unwrap();
     }
 }
