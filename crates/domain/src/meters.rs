@@ -13,6 +13,7 @@ const META: Metadata<'static> = Metadata::new("quarterdeck", Level::INFO, Some(m
 pub const HTTP_REQUESTS: &str = "quarterdeck_http_requests_total";
 pub const HTTP_DURATION: &str = "quarterdeck_http_request_duration_seconds";
 pub const SIGN_INS: &str = "quarterdeck_sign_ins_total";
+pub const SSO_SIGN_INS: &str = "quarterdeck_sso_sign_ins_total";
 pub const KEY_VERIFICATIONS: &str = "quarterdeck_key_verifications_total";
 pub const KEY_LOOKUPS: &str = "quarterdeck_key_verification_lookups_total";
 pub const WEBHOOK_DELIVERIES: &str = "quarterdeck_webhook_deliveries_total";
@@ -35,6 +36,23 @@ pub const SIGN_IN_OUTCOMES: &[&str] = &[
     "throttled",
     "tenant_suspended",
     "busy",
+    "error",
+];
+/// Protocols of a single sign-on (`unknown`: an answer whose attempt named no provider).
+pub const SSO_PROTOCOLS: &[&str] = &["oidc", "saml", "unknown"];
+/// Outcomes of a single sign-on: `success`, the refusal's reason (as in its `SIGN_IN_FAILED`
+/// event), or `error` (the server failed).
+pub const SSO_OUTCOMES: &[&str] = &[
+    "success",
+    "attempt_invalid",
+    "provider_error",
+    "invalid_response",
+    "replayed",
+    "not_configured",
+    "email_not_verified",
+    "account_exists",
+    "not_provisioned",
+    "user_suspended",
     "error",
 ];
 /// Outcomes of a data-plane key verification (`valid`, a refusal's code, or `busy` / `error`).
@@ -94,6 +112,10 @@ impl Meters {
             ),
             (SIGN_INS, "Password sign-ins (console and portal) by outcome."),
             (
+                SSO_SIGN_INS,
+                "Single sign-ons (OIDC and SAML, console and portal) by protocol and outcome.",
+            ),
+            (
                 KEY_VERIFICATIONS,
                 "Data-plane API key verifications by outcome (valid, or the refusal).",
             ),
@@ -139,6 +161,11 @@ impl Meters {
         for o in SIGN_IN_OUTCOMES {
             m.counter(SIGN_INS, &[("outcome", o)]).absolute(0);
         }
+        for p in SSO_PROTOCOLS {
+            for o in SSO_OUTCOMES {
+                m.counter(SSO_SIGN_INS, &[("protocol", p), ("outcome", o)]).absolute(0);
+            }
+        }
         for o in KEY_OUTCOMES {
             m.counter(KEY_VERIFICATIONS, &[("outcome", o)]).absolute(0);
         }
@@ -162,6 +189,11 @@ impl Meters {
 
     pub fn sign_in(&self, outcome: &'static str) {
         self.counter(SIGN_INS, &[("outcome", outcome)]).increment(1);
+    }
+
+    pub fn sso_sign_in(&self, protocol: &'static str, outcome: &'static str) {
+        self.counter(SSO_SIGN_INS, &[("protocol", protocol), ("outcome", outcome)])
+            .increment(1);
     }
 
     pub fn key_verification(&self, outcome: &'static str) {

@@ -674,6 +674,20 @@ pub trait LimitStore: Send + Sync {
     /// Add each token's (its id's) requests counted on a node to its window (unix minutes), in
     /// one transaction; each token's count in the window over every node after it.
     async fn add_api_hits(&self, window: i64, hits: &[(String, u64)]) -> Result<Vec<(String, u64)>>;
+    /// Add each key's count from a node to `counter`'s `window` (the counter's own unit), in
+    /// one transaction, the row kept until `expires_at`; each key's count in the window over
+    /// every node after it.
+    async fn add_counts(
+        &self,
+        counter: &str,
+        window: i64,
+        expires_at: OffsetDateTime,
+        hits: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>>;
+    /// `counter`'s counts of `key` in `windows` over every node (windows without a row left out).
+    async fn read_counts(&self, counter: &str, key: &str, windows: &[i64]) -> Result<Vec<(i64, u64)>>;
+    /// The throttle rows of `keys` as they stand (a missing key as the default row), in order.
+    async fn throttle_rows(&self, keys: &[String]) -> Result<Vec<crate::throttle::ThrottleRow>>;
     /// Reserve `key` of the token (its id) for `request` (a digest) under `holder` until
     /// `reserved_until`, unless it is reserved (and not past its reservation) or its reply
     /// kept (and not expired), or the token already has `max_live` other live keys (`Full`).

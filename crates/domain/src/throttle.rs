@@ -10,11 +10,9 @@
 //! holds back only clients whose address has already failed on that account — a client that
 //! has not failed (the real user, from their own address) is never blocked by it. Its state is
 //! shared by every node: one [`ThrottleRow`] per key in the control database
-//! (`crate::store::LimitStore`), judged here. [`Throttle`] is the same back-off in memory, per
-//! process, for the web layer's per-address link-guessing limits.
+//! (`crate::store::LimitStore`), judged here. The per-network limit on guessing secret-bearing
+//! links (`core/limits.rs`) backs off by the same rows under its own keys.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use time::{Duration, OffsetDateTime};
 
 #[derive(Clone, Copy, Debug)]
@@ -43,70 +41,6 @@ impl ThrottlePolicy {
     };
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    failures: u32,
-    last_failure: OffsetDateTime,
-    blocked_until: OffsetDateTime,
-}
-
-#[derive(Debug)]
-pub struct Throttle {
-    policy: ThrottlePolicy,
-    entries: Mutex<HashMap<String, Entry>>,
-}
-
-impl Throttle {
-    pub fn new(policy: ThrottlePolicy) -> Self {
-        Self {
-            policy,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Some(seconds)` to wait if `key` is held back now.
-    pub fn check(&self, key: &str, now: OffsetDateTime) -> Option<u64> {
-        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let e = map.get(key)?;
-        (e.blocked_until > now).then(|| (e.blocked_until - now).whole_seconds().max(1) as u64)
-    }
-
-    pub fn record_failure(&self, key: &str, now: OffsetDateTime) {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            let forget = self.policy.forget_after;
-            map.retain(|_, e| now - e.last_failure < forget);
-        }
-        let e = map.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            last_failure: now,
-            blocked_until: now,
-        });
-        if now - e.last_failure >= self.policy.forget_after {
-            e.failures = 0;
-        }
-        e.failures += 1;
-        e.last_failure = now;
-        if e.failures > self.policy.free_attempts {
-            let exp = (e.failures - self.policy.free_attempts - 1).min(20);
-            let wait = (self.policy.base * 2i32.pow(exp)).min(self.policy.max);
-            e.blocked_until = now + wait;
-        }
-    }
-
-    pub fn record_success(&self, key: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    /// The failures `key` has on record (0 once forgotten).
-    pub fn failures(&self, key: &str, now: OffsetDateTime) -> u32 {
-        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key)
-            .filter(|e| now - e.last_failure < self.policy.forget_after)
-            .map_or(0, |e| e.failures)
-    }
-}
-
 /// A throttle key's state as the control database keeps it (shared by every node). Its
 /// "blocked until" is not stored: it is `last_failure` + the back-off of `failures`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,8 +61,8 @@ impl ThrottlePolicy {
         }
     }
 
-    /// `Some(seconds)` to wait if the key is held back now: the back-off runs from the last
-    /// failure, 2 s doubling with each failure past the free ones, capped.
+    /// `Some(seconds)` to wait if the key is held back now (rounded up): the back-off runs
+    /// from the last failure, 2 s doubling with each failure past the free ones, capped.
     pub fn wait(&self, row: &ThrottleRow, now: OffsetDateTime) -> Option<u64> {
         let failures = self.failures(row, now);
         let last = row.last_failure?;
@@ -137,7 +71,11 @@ impl ThrottlePolicy {
         }
         let exp = (failures - self.free_attempts - 1).min(20);
         let until = last + (self.base * 2i32.pow(exp)).min(self.max);
-        (until > now).then(|| (until - now).whole_seconds().max(1) as u64)
+        // Rounded up: a client that waits as long as told is let in (a stored time keeps
+        // microseconds, the clock nanoseconds).
+        let left = until - now;
+        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+        (until > now).then(|| u64::try_from(secs).unwrap_or(1).max(1))
     }
 }
 
@@ -195,6 +133,7 @@ pub fn guess_keys(account: &str, address: &str) -> [String; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     /// The rows' arithmetic as the store does it, in memory.
     #[derive(Default)]
@@ -258,19 +197,7 @@ mod tests {
 
     #[test]
     fn back_off_grows_then_lets_the_owner_back_in() {
-        let t = Throttle::new(ThrottlePolicy::ACCOUNT);
         let now = OffsetDateTime::UNIX_EPOCH;
-        for _ in 0..5 {
-            assert!(t.check("a", now).is_none());
-            t.record_failure("a", now);
-        }
-        assert!(t.check("a", now).is_none());
-        t.record_failure("a", now);
-        assert_eq!(t.check("a", now), Some(2));
-        t.record_failure("a", now);
-        assert_eq!(t.check("a", now), Some(4));
-        assert!(t.check("a", now + Duration::seconds(5)).is_none());
-        // The shared rows back off the same way.
         let row = |failures| ThrottleRow {
             failures,
             last_failure: Some(now),

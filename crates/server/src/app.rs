@@ -246,7 +246,6 @@ impl App {
                 quarterdeck_outbound::Outbound::new(settings.outbound_policy()?)
                     .map_err(|e| anyhow::anyhow!("the outbound HTTP client: {e}"))?,
             ))),
-            guessing: Arc::default(),
             prometheus,
         };
         let metrics = metrics_listener.map(|l| (l, quarterdeck_web::metrics_router(state.clone())));
@@ -577,8 +576,8 @@ async fn verifier_flushes(core: Arc<Core>, mut stop: tokio::sync::watch::Receive
         if let Err(e) = core.flush_key_hits().await {
             tracing::warn!(error = %e, "flushing API key rate counts failed; kept for the next flush");
         }
-        if let Err(e) = core.flush_api_hits().await {
-            tracing::warn!(error = %e, "flushing Automation API rate counts failed; kept for the next flush");
+        if let Err(e) = core.flush_limit_counts().await {
+            tracing::warn!(error = %e, "flushing Automation API and usage rate counts failed; kept for the next flush");
         }
         if n.is_multiple_of(50)
             && let Err(e) = core.flush_key_use().await

@@ -1,7 +1,9 @@
-//! State every node shares (the sign-in throttle, the Automation API's rate windows and
-//! idempotency replies, job leases), for both backends (see `sql.rs`; invoked beside
-//! `impl_store!`, whose helpers and imports it uses). Each request costs one or two small
-//! statements on a primary key; housekeeping deletes what has expired (`prune_limits`).
+//! State every node shares (the sign-in throttle and the link-guessing misses, the Automation
+//! API's rate windows and idempotency replies, the shared counters of `limit_count`: usage
+//! events per service token, single sign-on starts per network; job leases), for both
+//! backends (see `sql.rs`; invoked beside `impl_store!`, whose helpers and imports it uses).
+//! Each request costs one or two small statements on a primary key; housekeeping deletes what
+//! has expired (`prune_limits`).
 
 macro_rules! impl_limit_store {
     ($Store:ty, $Db:ty) => {
@@ -160,6 +162,74 @@ macro_rules! impl_limit_store {
                 }
                 tx.commit().await.map_err(db_err)?;
                 Ok(totals)
+            }
+
+            async fn add_counts(
+                &self,
+                counter: &str,
+                window: i64,
+                expires_at: OffsetDateTime,
+                hits: &[(String, u64)],
+            ) -> Result<Vec<(String, u64)>> {
+                let _writer = self.writer_permit().await;
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let mut totals = Vec::with_capacity(hits.len());
+                let mut hits = hits.to_vec();
+                // In the order of the keys: two nodes' flushes never wait for each other.
+                hits.sort();
+                for (key, n) in hits {
+                    let total: i64 = sqlx::query_scalar(
+                        "INSERT INTO limit_count (counter, key, window_start, hits, expires_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (counter, key, window_start) DO UPDATE SET hits = limit_count.hits + excluded.hits \
+                         RETURNING hits",
+                    )
+                    .bind(counter)
+                    .bind(&key)
+                    .bind(window)
+                    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                    .bind(enc_ts(expires_at))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    totals.push((key, u64::try_from(total).unwrap_or(0)));
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(totals)
+            }
+
+            async fn read_counts(&self, counter: &str, key: &str, windows: &[i64]) -> Result<Vec<(i64, u64)>> {
+                let mut out = Vec::with_capacity(windows.len());
+                for w in windows {
+                    let hits: Option<i64> = sqlx::query_scalar(
+                        "SELECT hits FROM limit_count WHERE counter = $1 AND key = $2 AND window_start = $3",
+                    )
+                    .bind(counter)
+                    .bind(key)
+                    .bind(*w)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    if let Some(h) = hits {
+                        out.push((*w, u64::try_from(h).unwrap_or(0)));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn throttle_rows(&self, keys: &[String]) -> Result<Vec<ThrottleRow>> {
+                let mut rows = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let r = sqlx::query("SELECT failures, last_failure FROM sign_in_throttle WHERE key = $1")
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    rows.push(match r {
+                        Some(r) => throttle_row(&r)?,
+                        None => ThrottleRow::default(),
+                    });
+                }
+                Ok(rows)
             }
 
             async fn reserve_idempotency_key(
@@ -373,6 +443,12 @@ macro_rules! impl_limit_store {
                 .rows_affected();
                 n += sqlx::query("DELETE FROM api_rate WHERE window_start < $1")
                     .bind(window_before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                n += sqlx::query("DELETE FROM limit_count WHERE expires_at <= $1")
+                    .bind(enc_ts(now))
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?

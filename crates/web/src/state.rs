@@ -62,8 +62,6 @@ pub struct AppState {
     pub config: Arc<WebConfig>,
     /// The single sign-on protocols (OIDC relying party, SAML service provider).
     pub sso: Arc<crate::sso::SsoProtocols>,
-    /// Per-address limits on the token-consuming endpoints (`auth/guessing.rs`).
-    pub guessing: Arc<crate::auth::GuessingLimits>,
     /// Renders what the core's Prometheus recorder holds (`GET /metrics`).
     pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }

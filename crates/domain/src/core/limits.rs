@@ -1,6 +1,7 @@
 //! Limits every node enforces alike, kept in the control database (`LimitStore`): the sign-in
-//! throttle, the Automation API's per-token rate and `Idempotency-Key` replies, and the
-//! leases of jobs that must run on one node at a time.
+//! throttle, the per-network limits on secret-bearing links and single sign-on starts, the
+//! Automation API's per-token rate and `Idempotency-Key` replies, usage ingestion's events
+//! per service token, and the leases of jobs that must run on one node at a time.
 
 use super::Core;
 use crate::error::{Error, Result};
@@ -15,6 +16,42 @@ use time::{Duration, OffsetDateTime};
 pub const API_REQUESTS_PER_MINUTE: u64 = 300;
 /// How long a reply kept for an `Idempotency-Key` is replayed.
 pub const IDEMPOTENT_REPLY_KEPT: Duration = Duration::hours(24);
+/// Usage events are counted per service token in windows of this length (see
+/// [`Core::take_usage_budget`]).
+pub const USAGE_WINDOW: Duration = Duration::seconds(2);
+/// `limit_count`'s name for usage events per service token.
+pub const USAGE_COUNTER: &str = "usage_events";
+/// `limit_count`'s name for single sign-on starts per network.
+pub const SSO_START_COUNTER: &str = "sso_start";
+/// Single sign-on starts a network may make per clock minute, over every node.
+pub const SSO_STARTS_PER_MINUTE: u64 = 60;
+/// Misses on secret-bearing links a network may make before it backs off.
+pub const LINK_FREE_MISSES: u32 = 20;
+/// The link misses' back-off: from the request after the [`LINK_FREE_MISSES`]-th miss, 2 s
+/// doubling, at most 15 minutes; forgotten after an hour without a miss (as the sign-in
+/// throttle's rows, which housekeeping prunes alike).
+pub const LINK_MISS_POLICY: ThrottlePolicy = ThrottlePolicy {
+    free_attempts: LINK_FREE_MISSES - 1,
+    base: Duration::seconds(2),
+    max: Duration::minutes(15),
+    forget_after: Duration::hours(1),
+};
+
+/// The throttle key of a network's link misses (SHA-256 hex: no address in the clear).
+pub fn link_miss_key(address: &str) -> String {
+    hashed_key("l", address)
+}
+
+/// The `limit_count` key of a network's single sign-on starts (SHA-256 hex).
+pub fn sso_start_key(address: &str) -> String {
+    hashed_key("s", address)
+}
+
+fn hashed_key(kind: &str, address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("{kind}\u{1f}{address}").as_bytes()))
+}
+
 /// How long a guess in flight counts at most (a node that died mid-guess): longer than the
 /// password hasher's queue (10 s) and one verification.
 pub const GUESS_IN_FLIGHT: Duration = Duration::seconds(60);
@@ -70,44 +107,136 @@ impl Drop for Guess {
     }
 }
 
-/// Automation API requests per token (its id) on this node: every node's total for the
-/// current minute as the last flush returned it, what a flush under way is adding, and what was
-/// counted here since. One lock: a request's check and count, and a flush's hand-over, each
-/// see a consistent state.
-#[derive(Debug, Default)]
-pub(crate) struct ApiRates(std::sync::Mutex<ApiCounts>);
+/// Counts per key that every node adds to, kept in memory between flushes (the Automation
+/// API's requests per token, usage events per service token): per key, every node's total for
+/// the current window as the last flush (or read) returned it, the previous window's total as
+/// last known, what a flush under way is adding, and what was counted here since. One lock: a
+/// request's check and count, and a flush's hand-over, each see a consistent state. The maps
+/// hold only the keys of the current and the previous window (a new window starts them
+/// afresh), and every key is an authenticated token's id: never a memory problem.
+#[derive(Debug)]
+pub(crate) struct SharedCounts {
+    /// The counter's name in `limit_count`; `None`: the Automation API's `api_rate`.
+    counter: Option<&'static str>,
+    /// A window's length (the Automation API's: the clock's minute).
+    window_ms: i64,
+    counts: std::sync::Mutex<Counts>,
+}
 
 #[derive(Debug, Default)]
-struct ApiCounts {
+struct Counts {
     window: i64,
+    previous: HashMap<String, u64>,
     seen: HashMap<String, u64>,
     in_flight: HashMap<String, u64>,
     local: HashMap<String, u64>,
 }
 
+/// A key's counts as this node knows them: every node's total in the previous window, and in
+/// this one (as last seen, plus in flight, plus counted here since).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub previous: u64,
+    pub current: u64,
+}
+
 type Hits = Vec<(String, u64)>;
 
-impl ApiRates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ApiCounts> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl SharedCounts {
+    /// The Automation API's requests per token, per clock minute (`api_rate`).
+    pub(crate) fn api() -> Self {
+        Self::new(None, 60_000)
     }
 
-    /// Count a request of `token` in `window` unless it would pass `limit`: `false` if not.
-    fn try_hit(&self, token: &str, window: i64, limit: u64) -> bool {
+    pub(crate) fn new(counter: Option<&'static str>, window_ms: i64) -> Self {
+        Self {
+            counter,
+            window_ms: window_ms.max(1),
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The window `now` is in, and how far into it (ms).
+    pub(crate) fn window_of(&self, now: OffsetDateTime) -> (i64, i64) {
+        let ms = i64::try_from(now.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX);
+        (ms.div_euclid(self.window_ms), ms.rem_euclid(self.window_ms))
+    }
+
+    /// When a window's row may go: once it can no longer be anyone's previous window.
+    fn expires_at(&self, window: i64) -> OffsetDateTime {
+        let ms = window.saturating_add(3).saturating_mul(self.window_ms);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Move to `window` if it is a later one: the totals known for the one before become the
+    /// previous window's (counts not flushed yet included).
+    fn roll(c: &mut Counts, window: i64) {
+        if c.window >= window {
+            // The same window, or an earlier one (a clock set back): nothing starts afresh.
+            return;
+        }
+        let previous = if window == c.window + 1 {
+            let mut p = std::mem::take(&mut c.seen);
+            for (k, n) in c.in_flight.drain().chain(c.local.drain()) {
+                *p.entry(k).or_default() += n;
+            }
+            p
+        } else {
+            HashMap::new()
+        };
+        *c = Counts {
+            window,
+            previous,
+            ..Counts::default()
+        };
+    }
+
+    fn known(c: &Counts, key: &str) -> Known {
+        let get = |m: &HashMap<String, u64>| m.get(key).copied().unwrap_or(0);
+        Known {
+            previous: get(&c.previous),
+            current: get(&c.seen) + get(&c.in_flight) + get(&c.local),
+        }
+    }
+
+    /// Whether every node's count of `key` in `window` is known here (flushed or read since
+    /// the window began).
+    pub(crate) fn knows(&self, key: &str, window: i64) -> bool {
+        let c = self.lock();
+        c.window == window && c.seen.contains_key(key)
+    }
+
+    /// Every node's counts of `key`, as read from the database.
+    pub(crate) fn learn(&self, key: &str, window: i64, previous: u64, current: u64) {
         let mut c = self.lock();
+        Self::roll(&mut c, window);
         if c.window != window {
-            // A new minute: what was counted for the last one no longer limits anyone.
-            *c = ApiCounts {
-                window,
-                ..ApiCounts::default()
-            };
+            return;
         }
-        let get = |m: &HashMap<String, u64>| m.get(token).copied().unwrap_or(0);
-        if get(&c.seen) + get(&c.in_flight) + get(&c.local) >= limit {
-            return false;
-        }
-        *c.local.entry(token.to_owned()).or_default() += 1;
-        true
+        let p = c.previous.entry(key.to_owned()).or_default();
+        *p = (*p).max(previous);
+        let s = c.seen.entry(key.to_owned()).or_default();
+        *s = (*s).max(current);
+    }
+
+    /// Count `n` of `key` in `window` if `admit` lets it in, judging what is known:
+    /// `Err(seconds)` to wait (a refusal is not counted).
+    pub(crate) fn try_add(
+        &self,
+        key: &str,
+        window: i64,
+        n: u64,
+        admit: impl FnOnce(Known) -> std::result::Result<(), u64>,
+    ) -> std::result::Result<(), u64> {
+        let mut c = self.lock();
+        Self::roll(&mut c, window);
+        admit(Self::known(&c, key))?;
+        *c.local.entry(key.to_owned()).or_default() += n;
+        Ok(())
     }
 
     /// Hand what was counted here to a flush.
@@ -147,7 +276,7 @@ impl ApiRates {
         }
     }
 
-    fn unflight(c: &mut ApiCounts, pending: &[(String, u64)]) {
+    fn unflight(c: &mut Counts, pending: &[(String, u64)]) {
         for (t, n) in pending {
             if let Some(f) = c.in_flight.get_mut(t) {
                 *f = f.saturating_sub(*n);
@@ -157,6 +286,41 @@ impl ApiRates {
             }
         }
     }
+}
+
+/// Whether `n` more fit a sliding window of `window_ms` holding at most `limit`, when the
+/// window began `into_ms` ago: the previous window counts by the part of it still within the
+/// last `window_ms`. `Err(seconds)` until they would fit.
+pub(crate) fn sliding_verdict(
+    k: Known,
+    n: u64,
+    limit: u64,
+    into_ms: i64,
+    window_ms: i64,
+) -> std::result::Result<(), u64> {
+    let w = u128::try_from(window_ms.max(1)).unwrap_or(1);
+    let into = u128::try_from(into_ms.clamp(0, window_ms)).unwrap_or(0);
+    let (prev, cur, n, limit) = (
+        u128::from(k.previous),
+        u128::from(k.current),
+        u128::from(n),
+        u128::from(limit),
+    );
+    if prev * (w - into) + (cur + n) * w <= limit * w {
+        return Ok(());
+    }
+    let wait_ms = if cur + n <= limit {
+        // Once enough of the previous window has slid out of the last `window_ms`.
+        let room = (limit - cur - n) * w;
+        (w - into).saturating_sub(room / prev.max(1))
+    } else if n <= limit && cur > 0 {
+        // Not within this window: after it, once enough of it has slid out.
+        (w - into) + w - ((limit - n) * w) / cur
+    } else {
+        // More than a whole window holds: never, say a minute.
+        60_000
+    };
+    Err(u64::try_from(wait_ms.div_ceil(1000)).unwrap_or(60).max(1))
 }
 
 /// What the Automation API does with a request that has an `Idempotency-Key`.
@@ -231,31 +395,132 @@ impl Core {
     /// requests are seen within a flush of theirs and ours, ~400 ms). Refused requests are not
     /// counted.
     pub async fn count_api_request(&self, token: &str) -> Result<Option<u64>> {
-        let now = self.clock.now().unix_timestamp();
-        let retry = u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60).max(1);
-        Ok((!self
+        let now = self.clock.now();
+        let (window, into_ms) = self.api_rates.window_of(now);
+        let retry = u64::try_from((60_000 - into_ms + 999) / 1000).unwrap_or(60).max(1);
+        Ok(self
             .api_rates
-            .try_hit(token, now.div_euclid(60), API_REQUESTS_PER_MINUTE))
-        .then_some(retry))
+            .try_add(token, window, 1, |k| {
+                if k.current >= API_REQUESTS_PER_MINUTE {
+                    Err(retry)
+                } else {
+                    Ok(())
+                }
+            })
+            .err())
     }
 
-    /// Add the Automation API requests counted on this node since the last flush to the
-    /// control database, and take back every node's totals (the server calls this every
-    /// ~200 ms, and once more at shutdown). On failure the counts are kept for the next one.
-    pub async fn flush_api_hits(&self) -> Result<()> {
-        let Some((window, pending)) = self.api_rates.take() else {
+    /// Take `n` usage events of a service token from its budget over every node: at most
+    /// `2 × per_second` in any [`USAGE_WINDOW`] (a sliding window: the previous one counts by
+    /// the part of it still within the last two seconds), so `per_second` sustained and twice
+    /// that in a burst. Counted in memory and flushed with the API's counts; the first batch of
+    /// a token in a window on this node reads every node's count first (one read on a primary
+    /// key per token per window), so a budget spent on another node is refused here too.
+    pub(crate) async fn take_usage_budget(&self, token: uuid::Uuid, n: usize, per_second: u32) -> Result<()> {
+        let counts = &self.usage_counts;
+        let now = self.clock.now();
+        let key = token.to_string();
+        let (window, into_ms) = counts.window_of(now);
+        if !counts.knows(&key, window) {
+            match self.store.read_counts(USAGE_COUNTER, &key, &[window - 1, window]).await {
+                Ok(rows) => {
+                    let get = |w: i64| rows.iter().find(|(x, _)| *x == w).map_or(0, |(_, n)| *n);
+                    counts.learn(&key, window, get(window - 1), get(window));
+                }
+                // Judged on what this node knows; the flush tries the database again.
+                Err(e) => tracing::warn!(error = %e, "could not read the usage rate counts; judging on this node's"),
+            }
+        }
+        let limit = 2 * u64::from(per_second.max(1));
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        counts
+            .try_add(&key, window, n, |k| {
+                sliding_verdict(k, n, limit, into_ms, counts.window_ms)
+            })
+            .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })
+    }
+
+    /// Add what was counted on this node since the last flush (the Automation API's requests,
+    /// usage events) to the control database, and take back every node's totals (the server
+    /// calls this every ~200 ms, and once more at shutdown). On failure the counts are kept
+    /// for the next one.
+    pub async fn flush_limit_counts(&self) -> Result<()> {
+        let api = self.flush_counts(&self.api_rates).await;
+        let usage = self.flush_counts(&self.usage_counts).await;
+        api.and(usage)
+    }
+
+    async fn flush_counts(&self, counts: &SharedCounts) -> Result<()> {
+        let Some((window, pending)) = counts.take() else {
             return Ok(());
         };
-        match self.store.add_api_hits(window, &pending).await {
+        let added = match counts.counter {
+            None => self.store.add_api_hits(window, &pending).await,
+            Some(name) => {
+                self.store
+                    .add_counts(name, window, counts.expires_at(window), &pending)
+                    .await
+            }
+        };
+        match added {
             Ok(totals) => {
-                self.api_rates.settle(window, &pending, &totals);
+                counts.settle(window, &pending, &totals);
                 Ok(())
             }
             Err(e) => {
-                self.api_rates.restore(window, &pending);
+                counts.restore(window, &pending);
                 Err(e)
             }
         }
+    }
+
+    /// Before a request to an endpoint that takes a secret from a link or a form (invitation,
+    /// setup and handoff links, single sign-on answers): `Throttled` while the client's
+    /// network backs off after [`LINK_FREE_MISSES`] misses (2 s doubling, at most 15 min). The
+    /// misses are every node's (`sign_in_throttle`, under the network's hashed key).
+    pub async fn check_link_guess(&self, address: &str) -> Result<()> {
+        let now = self.clock.now();
+        let rows = self.store.throttle_rows(&[link_miss_key(address)]).await?;
+        match rows.first().and_then(|r| LINK_MISS_POLICY.wait(r, now)) {
+            Some(retry_after_secs) => Err(Error::Throttled { retry_after_secs }),
+            None => Ok(()),
+        }
+    }
+
+    /// The answer said the secret was no good: one more miss on the client's network.
+    pub async fn record_link_miss(&self, address: &str) -> Result<()> {
+        let now = self.clock.now();
+        // A failure with no guess in flight (a fresh id: no guess row to end).
+        self.store
+            .end_guess(
+                uuid::Uuid::new_v4(),
+                &[link_miss_key(address)],
+                &[],
+                now,
+                now - LINK_MISS_POLICY.forget_after,
+            )
+            .await
+    }
+
+    /// Count a single sign-on start of the client's network, before anything is written for
+    /// it: `Throttled` past [`SSO_STARTS_PER_MINUTE`] in the clock's minute, over every node
+    /// (one statement: `limit_count` under the network's hashed key).
+    pub async fn count_sso_start(&self, address: &str) -> Result<()> {
+        let now = self.clock.now();
+        let minute = now.unix_timestamp().div_euclid(60);
+        let key = sso_start_key(address);
+        let expires = OffsetDateTime::from_unix_timestamp((minute + 2) * 60).unwrap_or(now);
+        let totals = self
+            .store
+            .add_counts(SSO_START_COUNTER, minute, expires, &[(key, 1)])
+            .await?;
+        if totals.first().is_some_and(|(_, n)| *n > SSO_STARTS_PER_MINUTE) {
+            let retry_after_secs = u64::try_from(60 - now.unix_timestamp().rem_euclid(60))
+                .unwrap_or(60)
+                .max(1);
+            return Err(Error::Throttled { retry_after_secs });
+        }
+        Ok(())
     }
 
     /// Reserve `key` of the token for `request` while it runs (at most `running_for`: a node
@@ -339,5 +604,62 @@ impl Core {
                 now.unix_timestamp().div_euclid(60) - 1,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests unwrap")]
+    use super::*;
+
+    const W: i64 = 2_000;
+
+    fn known(previous: u64, current: u64) -> Known {
+        Known { previous, current }
+    }
+
+    #[test]
+    fn a_sliding_window_takes_its_limit_at_once_and_says_when_the_rest_fits() {
+        assert_eq!(sliding_verdict(known(0, 0), 20, 20, 0, W), Ok(()));
+        assert!(sliding_verdict(known(0, 0), 21, 20, 0, W).is_err());
+        // A full previous window slides out: 1 more fits once 1/20 of it has (100 ms).
+        assert_eq!(sliding_verdict(known(20, 0), 1, 20, 0, W), Err(1));
+        assert!(sliding_verdict(known(20, 0), 1, 20, 99, W).is_err());
+        assert_eq!(sliding_verdict(known(20, 0), 1, 20, 100, W), Ok(()));
+        // This window full: after it ends (1.5 s), and 100 ms into the next: 1.6 s, said 2.
+        assert_eq!(sliding_verdict(known(0, 20), 1, 20, 500, W), Err(2));
+        // More than a window holds never fits.
+        assert_eq!(sliding_verdict(known(0, 0), 41, 20, 0, W), Err(60));
+    }
+
+    #[test]
+    fn other_nodes_counts_read_or_flushed_count_and_a_new_window_keeps_them_as_previous() {
+        let c = SharedCounts::new(Some("t"), W);
+        let limit = |k: Known| if k.current + 5 > 10 { Err(1) } else { Ok(()) };
+        assert!(!c.knows("a", 7));
+        c.learn("a", 7, 3, 6);
+        assert!(c.knows("a", 7));
+        assert_eq!(c.try_add("a", 7, 5, limit), Err(1), "6 counted elsewhere + 5 > 10");
+        assert_eq!(
+            c.try_add("a", 7, 4, |k| if k.current + 4 > 10 { Err(1) } else { Ok(()) }),
+            Ok(())
+        );
+        let (window, pending) = c.take().unwrap();
+        assert_eq!((window, pending.clone()), (7, vec![("a".to_owned(), 4)]));
+        // A failed flush keeps the count; a good one takes back the cluster's total.
+        c.restore(window, &pending);
+        let (window, pending) = c.take().unwrap();
+        c.settle(window, &pending, &[("a".to_owned(), 12)]);
+        c.try_add("a", 8, 0, |k| {
+            assert_eq!(k, known(12, 0), "the last window's total is the previous one's");
+            Ok(())
+        })
+        .unwrap();
+        assert!(!c.knows("a", 8), "a new window is read again");
+        c.try_add("a", 10, 0, |k| {
+            assert_eq!(k, known(0, 0), "a window skipped: nothing previous");
+            Ok(())
+        })
+        .unwrap();
     }
 }

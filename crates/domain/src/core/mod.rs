@@ -9,7 +9,7 @@ mod credentials;
 mod data_plane;
 mod export;
 mod impersonation;
-mod limits;
+pub mod limits;
 mod outbox;
 mod reconcile;
 mod setup;
@@ -233,7 +233,9 @@ pub struct Core {
     /// The last readiness answer and when it was read (see [`Core::readiness`]).
     readiness: tokio::sync::Mutex<Option<(time::OffsetDateTime, std::result::Result<(), &'static str>)>>,
     /// The Automation API's per-token counts on this node (see [`limits`]).
-    api_rates: limits::ApiRates,
+    api_rates: limits::SharedCounts,
+    /// Usage events per service token on this node (see [`limits`]).
+    usage_counts: limits::SharedCounts,
 }
 
 /// How long a readiness answer is reused.
@@ -259,7 +261,11 @@ impl Core {
             webhook_counts: crate::webhook::DeliveryCounters::default(),
             meters: crate::meters::Meters::default(),
             readiness: tokio::sync::Mutex::new(None),
-            api_rates: limits::ApiRates::default(),
+            api_rates: limits::SharedCounts::api(),
+            usage_counts: limits::SharedCounts::new(
+                Some(limits::USAGE_COUNTER),
+                i64::try_from(limits::USAGE_WINDOW.whole_milliseconds()).unwrap_or(2_000),
+            ),
         }
     }
 

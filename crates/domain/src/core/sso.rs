@@ -555,6 +555,8 @@ impl Core {
         client: &ClientInfo,
     ) -> Error {
         tracing::info!(reason, detail, tenant_id = ?dir.tenant_id(), "single sign-on refused");
+        self.meters
+            .sso_sign_in(provider.map_or("unknown", |p| p.protocol().as_str()), reason);
         let detail: String = detail.chars().take(300).collect();
         let event = self.new_event(
             EventType::SignInFailed,
@@ -577,6 +579,23 @@ impl Core {
     /// roles. An existing active account is never taken over by email; a suspended user, a
     /// suspended tenant or an unverified email signs nobody in.
     pub async fn complete_sso(
+        &self,
+        dir: Directory,
+        provider: &IdentityProvider,
+        login: ExternalLogin,
+        client: &ClientInfo,
+    ) -> Result<(Secret, SignedIn)> {
+        let result = self.sign_in_with_sso(dir, provider, login, client).await;
+        match &result {
+            Ok(_) => self.meters.sso_sign_in(provider.protocol().as_str(), "success"),
+            // Counted with their reason where they were refused (`sso_refused`).
+            Err(Error::SsoFailed(_) | Error::TenantSuspended) => {}
+            Err(_) => self.meters.sso_sign_in(provider.protocol().as_str(), "error"),
+        }
+        result
+    }
+
+    async fn sign_in_with_sso(
         &self,
         dir: Directory,
         provider: &IdentityProvider,

@@ -30,7 +30,8 @@ pub struct UsagePolicy {
     /// Raw events are dropped this long after their time (rollups stay).
     pub raw_retention: Duration,
     pub limits: IngestLimits,
-    /// Events per second one service token may send (to one node); twice that in a burst.
+    /// Events per second one service token may send (over every node: see
+    /// `Core::take_usage_budget`); twice that in a burst.
     pub events_per_second: u32,
 }
 
@@ -78,12 +79,11 @@ const SWEEP_LEASE: Duration = Duration::seconds(30);
 const SUBJECT_TTL: Duration = Duration::seconds(10);
 const MAX_SUBJECTS: usize = 200_000;
 
-/// Ingestion's per-node state: subject lookups, each token's event budget, the crossings
-/// already recorded, and this node's sweep identity.
+/// Ingestion's per-node state: subject lookups, the crossings already recorded, and this
+/// node's sweep identity (each token's event budget is every node's: `core/limits.rs`).
 #[derive(Debug)]
 pub struct UsageState {
     subjects: Mutex<HashMap<Uuid, (Option<UsageSubject>, OffsetDateTime)>>,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
     /// Crossings recorded, by the budget version they were judged against (a changed budget
     /// starts afresh on every node without being told).
     crossings: Mutex<HashSet<(TenantId, Month, &'static str, OffsetDateTime)>>,
@@ -98,20 +98,12 @@ impl Default for UsageState {
     fn default() -> Self {
         Self {
             subjects: Mutex::new(HashMap::new()),
-            buckets: Mutex::new(HashMap::new()),
             crossings: Mutex::new(HashSet::new()),
             cursors: Mutex::new(HashMap::new()),
             resting: Mutex::new(HashMap::new()),
             node: Uuid::new_v4(),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    /// Events available, in thousandths.
-    milli: i128,
-    at: OffsetDateTime,
 }
 
 /// A lock that a panic elsewhere does not poison for good.
@@ -159,31 +151,6 @@ impl UsageState {
             ChangeKind::ServiceToken => {}
         }
     }
-
-    /// Take `n` events from the token's bucket, or say when to come back.
-    fn take(&self, token: Uuid, n: usize, rate: u32, now: OffsetDateTime) -> Result<()> {
-        let rate = i128::from(rate.max(1));
-        let cap = rate * 2 * 1000;
-        let need = i128::try_from(n).unwrap_or(i128::MAX).saturating_mul(1000);
-        let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if b.len() > 100_000 {
-            b.clear();
-        }
-        let e = b.entry(token).or_insert(Bucket { milli: cap, at: now });
-        let elapsed_ms = (now - e.at).whole_milliseconds().max(0);
-        e.milli = (e.milli + elapsed_ms * rate).min(cap);
-        e.at = now;
-        if e.milli >= need {
-            e.milli -= need;
-            Ok(())
-        } else {
-            let missing = need - e.milli;
-            let secs = (missing + rate * 1000 - 1) / (rate * 1000);
-            Err(Error::RateLimited {
-                retry_after_secs: u64::try_from(secs.max(1)).unwrap_or(60),
-            })
-        }
-    }
 }
 
 impl Core {
@@ -200,12 +167,8 @@ impl Core {
         let now = self.clock.now();
         let policy = &self.config.usage;
         let (parsed, mut rejected) = parse_events(body, envelope, &self.config.meters, &policy.limits, now)?;
-        self.usage.take(
-            caller.token.id,
-            parsed.len() + rejected.len(),
-            policy.events_per_second,
-            now,
-        )?;
+        self.take_usage_budget(caller.token.id, parsed.len() + rejected.len(), policy.events_per_second)
+            .await?;
         let subjects = self.usage_subjects(&parsed, now).await?;
         let mut by_region: BTreeMap<&str, Vec<JournalEntry>> = BTreeMap::new();
         let mut accepted = 0;

@@ -144,3 +144,93 @@ both!(
         assert!(app.core.store().put_sso_attempt(&other, 3).await.unwrap(), "one directory's full cap blocked another's");
     }
 );
+
+/// The limits keep an address under the SHA-256 (hex) of it, never the address itself.
+async fn assert_no_address_in_the_clear(app: &TestApp, table: &str) {
+    let sql = format!("SELECT CAST(count(*) AS TEXT) FROM {table} WHERE key LIKE '%203.0.113%'");
+    assert_eq!(app.control_value(&sql).await, "0", "an address in the clear in {table}");
+}
+
+crate::both_backends!(
+    async fn link_misses_on_two_nodes_add_up_to_one_limit_kept_under_a_hashed_key(backend) {
+        use quarterdeck_domain::core::limits::link_miss_key;
+        let app = behind_proxy(backend).await;
+        app.sign_in_owner().await;
+        app.create_tenant("Acme", "acme").await;
+        let c = app.tenant_client("acme");
+        let b = app.second_core(|_| {}).await;
+        let guesser = "203.0.113.21";
+        // Ten misses reach node A (the app's server), ten node B (its core, as B's HTTP layer
+        // records them).
+        for i in 0..10 {
+            let r = get_from(&c, &format!("/register?token=qd_inv_guess{i}"), guesser).await;
+            assert_eq!(r.status(), 410, "guess {i}");
+        }
+        for _ in 0..10 {
+            b.check_link_guess(guesser).await.unwrap();
+            b.record_link_miss(guesser).await.unwrap();
+        }
+        // Twenty misses over the cluster: A holds the address back, and so does B.
+        let r = get_from(&c, "/register?token=qd_inv_guess_on_a", guesser).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert!(matches!(
+            b.check_link_guess(guesser).await,
+            Err(quarterdeck_domain::Error::Throttled { retry_after_secs: 2 })
+        ));
+        let key = link_miss_key(guesser);
+        assert_eq!(key.len(), 64);
+        assert_eq!(
+            app.control_value(&format!("SELECT CAST(failures AS TEXT) FROM sign_in_throttle WHERE key = '{key}'"))
+                .await,
+            "20"
+        );
+        assert_no_address_in_the_clear(&app, "sign_in_throttle").await;
+        // The back-off ends for both at once.
+        app.clock.advance(Duration::seconds(2));
+        b.check_link_guess(guesser).await.unwrap();
+        assert_eq!(get_from(&c, "/register?token=qd_inv_guess_later", guesser).await.status(), 410);
+    }
+);
+
+crate::both_backends!(
+    async fn single_sign_on_starts_on_two_nodes_share_one_budget_per_address_and_minute(backend) {
+        use quarterdeck_domain::core::limits::sso_start_key;
+        let app = behind_proxy(backend).await;
+        crate::sso::mock_tenant(&app).await;
+        let c = app.tenant_client("acme");
+        let b = app.second_core(|_| {}).await;
+        let address = "203.0.113.22";
+        let before = app.control_rows("sso_attempt").await;
+        for i in 0..30 {
+            assert_eq!(get_from(&c, "/sso/start", address).await.status(), 303, "start {i} on A");
+            b.count_sso_start(address).await.unwrap();
+        }
+        // Sixty over the cluster: the next start is refused on either node, before it writes.
+        let r = get_from(&c, "/sso/start", address).await;
+        assert_eq!(r.status(), 429);
+        let now = app.clock_now().unix_timestamp();
+        let to_next_minute = 60 - now.rem_euclid(60);
+        assert_eq!(r.headers()["retry-after"], to_next_minute.to_string().as_str());
+        assert!(matches!(
+            b.count_sso_start(address).await,
+            Err(quarterdeck_domain::Error::Throttled { .. })
+        ));
+        assert_eq!(app.control_rows("sso_attempt").await - before, 30, "A's refused start wrote nothing");
+        let key = sso_start_key(address);
+        assert_eq!(
+            app.control_value(&format!(
+                "SELECT CAST(hits AS TEXT) FROM limit_count WHERE counter = 'sso_start' AND key = '{key}' AND window_start = {}",
+                now.div_euclid(60)
+            ))
+            .await,
+            "62",
+            "one row for the address and minute, the refused starts counted too"
+        );
+        assert_no_address_in_the_clear(&app, "limit_count").await;
+        // The next minute starts afresh on both.
+        app.clock.advance(Duration::seconds(to_next_minute));
+        assert_eq!(get_from(&c, "/sso/start", address).await.status(), 303);
+        b.count_sso_start(address).await.unwrap();
+    }
+);

@@ -195,6 +195,26 @@ impl TestApp {
         }
     }
 
+    /// Another node's `Core` on this app's database: its own connections and in-memory
+    /// state, as a second `serve` process has (on SQLite too, where two processes cannot
+    /// serve one data directory), on this app's clock (moving `app.clock` moves both).
+    /// `tweak` sets what the test's own server was started with.
+    pub async fn second_core(&self, tweak: impl FnOnce(&mut Settings)) -> Arc<Core> {
+        let mut settings = Settings {
+            data_dir: self.data_dir().to_owned(),
+            database_url: self.pg_url.clone(),
+            regions: quarterdeck::settings::Regions::named(&["eu-west", "us-east"]),
+            database_max_connections: 4,
+            ..Settings::default()
+        };
+        tweak(&mut settings);
+        let deps = Deps {
+            clock: self.clock.clone(),
+            rng: Arc::new(OsRandom),
+        };
+        quarterdeck::app::core(&settings, deps).await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

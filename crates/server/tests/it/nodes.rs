@@ -628,3 +628,66 @@ both!(
         );
     }
 );
+
+crate::both_backends!(
+    async fn a_service_tokens_usage_budget_spent_on_one_node_is_refused_on_the_other(backend) {
+        use crate::usage::{BATCH, send, tokens};
+        let app = TestApp::spawn_with(backend, |s| s.usage_events_per_second = 10).await;
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let token = crate::data_plane::service_token(&app, &["usage:write"], "").await;
+        // Node B spends the token's whole burst (twice the rate) and flushes its count.
+        let b = app.second_core(|s| s.usage_events_per_second = 10).await;
+        let caller = b.authenticate_service(&token).await.unwrap();
+        let burst: Vec<Value> = (0..20).map(|i| tokens(&format!("b{i}"), &tid, 1, "m")).collect();
+        let report = b
+            .ingest_usage(&caller, Value::from(burst).to_string().as_bytes(), Some(BATCH))
+            .await
+            .unwrap();
+        assert_eq!(report.accepted, 20);
+        b.flush_limit_counts().await.unwrap();
+        let id = caller.token.id.to_string();
+        let row = format!(
+            "SELECT CAST(hits AS TEXT) FROM limit_count WHERE counter = 'usage_events' AND key = '{id}'"
+        );
+        assert_eq!(app.control_value(&row).await, "20", "one row per token and window, its id as the key");
+
+        // Node A (the app's server) refuses the next event: one budget for the cluster.
+        let r = app
+            .client
+            .post(app.url("/v1/data-plane/usage"))
+            .bearer_auth(&token)
+            .header("content-type", BATCH)
+            .body(json!([tokens("a0", &tid, 1, "m")]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let retry: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=3).contains(&retry), "the burst slides out of the 2-second window: {retry}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "rate_limited");
+        // And B itself, having flushed, refuses more too.
+        let over = json!([tokens("b-over", &tid, 1, "m")]).to_string();
+        assert!(matches!(
+            b.ingest_usage(&caller, over.as_bytes(), Some(BATCH)).await,
+            Err(quarterdeck_domain::Error::RateLimited { .. })
+        ));
+
+        // After Retry-After the event is taken, on A; A's flush adds it to the new window's row.
+        app.clock.advance(time::Duration::seconds(retry));
+        let (status, body) = send(&app, &token, &json!([tokens("a1", &tid, 1, "m")])).await;
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)), "{body}");
+        poll_until("node A's count to be flushed", || async {
+            app.control_value(&format!(
+                "SELECT CAST(coalesce(sum(hits), 0) AS TEXT) FROM limit_count WHERE counter = 'usage_events' AND key = '{id}'"
+            ))
+            .await
+                == "21"
+        })
+        .await;
+        // Housekeeping deletes windows nobody's judgement reads any more.
+        app.clock.advance(time::Duration::seconds(10));
+        app.core.prune_limits().await.unwrap();
+        assert_eq!(app.control_rows("limit_count").await, 0);
+    }
+);

@@ -282,6 +282,60 @@ both_backends!(
 );
 
 both_backends!(
+    async fn single_sign_ons_are_counted_by_protocol_and_outcome_beside_password_sign_ins(backend) {
+        let app = TestApp::spawn_with(backend, |s| s.metrics_token = Some(TOKEN.into())).await;
+        let (_acme, mock) = crate::sso::mock_tenant(&app).await;
+        let sso = "quarterdeck_sso_sign_ins_total";
+        let s = parse(&scrape(app.url("/metrics"), Some(TOKEN)).await.text().await.unwrap());
+        let passwords_before = value(&s, "quarterdeck_sign_ins_total", &[("outcome", "success")]);
+        for protocol in ["oidc", "saml"] {
+            for outcome in ["success", "invalid_response", "error"] {
+                assert_eq!(value(&s, sso, &[("protocol", protocol), ("outcome", outcome)]), Some(0.0), "{protocol} {outcome}");
+            }
+        }
+        // Refused (an ID token from another issuer), signed in, and an answer to an attempt
+        // nobody started (no provider known: protocol `unknown`).
+        let r = crate::sso::mock_sign_in(&app, &mock, |s| s.iss = Some("https://evil.example".into())).await;
+        assert_eq!(r.status(), 401);
+        let r = crate::sso::mock_sign_in(&app, &mock, |_| {}).await;
+        assert_eq!(location(&r), "/portal");
+        let r = app.tenant_client("acme").get("/sso/oidc/callback?code=c&state=nobody-started-this").await;
+        assert_ne!(r.status(), 303);
+
+        let text = scrape(app.url("/metrics"), Some(TOKEN)).await.text().await.unwrap();
+        let s = parse(&text);
+        assert_eq!(value(&s, sso, &[("protocol", "oidc"), ("outcome", "success")]), Some(1.0), "{text}");
+        assert_eq!(value(&s, sso, &[("protocol", "oidc"), ("outcome", "invalid_response")]), Some(1.0));
+        assert_eq!(value(&s, sso, &[("protocol", "unknown"), ("outcome", "attempt_invalid")]), Some(1.0));
+        assert_eq!(value(&s, sso, &[("protocol", "saml"), ("outcome", "success")]), Some(0.0));
+        let total: f64 = s.iter().filter(|x| x.name == sso).map(|x| x.value).sum();
+        assert_eq!(total, 3.0, "each sign-in counted once: {text}");
+        // Password sign-ins are their own family, unchanged by single sign-on.
+        assert_eq!(value(&s, "quarterdeck_sign_ins_total", &[("outcome", "success")]), passwords_before);
+        assert!(text.contains("# HELP quarterdeck_sso_sign_ins_total "), "{text}");
+    }
+);
+
+#[cfg(feature = "saml")]
+both_backends!(
+    async fn saml_sign_ins_are_counted_under_their_protocol(backend) {
+        let app = TestApp::spawn_with(backend, |s| s.metrics_token = Some(TOKEN.into())).await;
+        let (_acme, idp) = crate::sso_saml::saml_tenant(&app, true).await;
+        let c = app.tenant_client("acme");
+        let r = crate::sso_saml::saml_sign_in(&c, idp, "sam@acme.test", "ok").await;
+        assert_eq!(location(&r), "/portal");
+        let r = crate::sso_saml::saml_sign_in(&app.tenant_client("acme"), idp, "eve@acme.test", "tampered").await;
+        assert_eq!(r.status(), 401);
+        let text = scrape(app.url("/metrics"), Some(TOKEN)).await.text().await.unwrap();
+        let s = parse(&text);
+        let sso = "quarterdeck_sso_sign_ins_total";
+        assert_eq!(value(&s, sso, &[("protocol", "saml"), ("outcome", "success")]), Some(1.0), "{text}");
+        assert_eq!(value(&s, sso, &[("protocol", "saml"), ("outcome", "invalid_response")]), Some(1.0));
+        assert_eq!(value(&s, sso, &[("protocol", "oidc"), ("outcome", "success")]), Some(0.0));
+    }
+);
+
+both_backends!(
     async fn metrics_are_not_found_without_a_token_refused_with_a_wrong_one_and_open_on_their_own_listener(backend) {
         // Neither setting: nothing serves the metrics.
         let app = TestApp::spawn(backend).await;

@@ -614,7 +614,7 @@ pub async fn mock_tenant(app: &TestApp) -> (Tenant, MockOp) {
 }
 
 /// Start a sign-in, queue `tweak`ed answer for it at the mock, and come back with the code.
-async fn mock_sign_in(app: &TestApp, mock: &MockOp, tweak: impl FnOnce(&mut IdTokenSpec)) -> reqwest::Response {
+pub async fn mock_sign_in(app: &TestApp, mock: &MockOp, tweak: impl FnOnce(&mut IdTokenSpec)) -> reqwest::Response {
     let c = app.tenant_client("acme");
     let auth = start(&c).await;
     let q: std::collections::HashMap<String, String> = auth.query_pairs().into_owned().collect();

@@ -27,7 +27,7 @@ async fn configure(admin: &TenantClient, idp: &SamlIdp, mode: &str, auto_provisi
     admin.post_form("/portal/settings/sso", &page, &fields).await
 }
 
-async fn saml_tenant(app: &TestApp, auto_provision: bool) -> (Tenant, &'static SamlIdp) {
+pub async fn saml_tenant(app: &TestApp, auto_provision: bool) -> (Tenant, &'static SamlIdp) {
     let acme = tenant(app, "Acme Corp", "acme").await;
     let idp = crate::saml_idp::shared().await;
     let r = configure(&acme.admin, idp, "both", auto_provision).await;
@@ -48,7 +48,7 @@ async fn post_acs(c: &TenantClient, idp: &SamlIdp, saml_response: &str, relay_st
 }
 
 /// Start, answer as `variant`, post to the ACS, and follow to the finish in the same browser.
-async fn saml_sign_in(c: &TenantClient, idp: &SamlIdp, email: &str, variant: &str) -> reqwest::Response {
+pub async fn saml_sign_in(c: &TenantClient, idp: &SamlIdp, email: &str, variant: &str) -> reqwest::Response {
     let auth = start(c).await;
     let answer = idp.respond(&auth, email, "Sam Saml", variant).await;
     let r = post_acs(c, idp, &answer.saml_response, &answer.relay_state).await;

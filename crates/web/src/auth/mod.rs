@@ -11,7 +11,7 @@ pub use cookies::{
     sso_binding_cookie,
 };
 pub use csrf::{ANON_CSRF_COOKIE, csrf_guard};
-pub use guessing::{GuessingLimits, guard_token_endpoints};
+pub use guessing::guard_token_endpoints;
 pub use session::{
     CurrentSession, MaybeSession, PeerAddr, PortalSession, SESSION_COOKIE, client_info, load_session, safe_next,
 };
