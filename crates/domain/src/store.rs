@@ -739,6 +739,8 @@ pub struct PendingIntent {
     pub created_at: OffsetDateTime,
     /// Failed repairs so far.
     pub attempts: i64,
+    /// Its control side committed (it is kept an hour for backups: see `Core::reconcile`).
+    pub settled: bool,
 }
 
 /// What a repair of one intent found.
@@ -771,9 +773,14 @@ pub enum OrphanOutcome {
 /// database first, with an intent row saying what the control database must then hold.
 #[async_trait]
 pub trait ReconcileStore: Send + Sync {
-    /// The tenant's intents created before `before`, oldest first.
+    /// The tenant's open (not settled) intents created before `before`, oldest first.
     async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32)
     -> Result<Vec<PendingIntent>>;
+    /// The tenant's settled intents whose event is not in the trail (a control database
+    /// restored from before their change), oldest first.
+    async fn settled_intents_without_event(&self, tenant: TenantId, limit: u32) -> Result<Vec<PendingIntent>>;
+    /// Deletes the tenant's intents settled before `before`; returns how many.
+    async fn prune_settled_intents(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64>;
     /// Writes the intent's control side (its events, then `repaired`) unless its event is in the
     /// trail already (checked under the chain's lock: once, whoever else repairs), and removes
     /// the intent.

@@ -198,12 +198,16 @@ impl App {
         let core = measured_core(&settings, deps, secret_key, meters).await?;
         if data_dir_lock.is_some() {
             // This server holds the data directory: what another one had leased, it left dying.
-            let released = core.release_dead_leases().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            if released > 0 {
-                tracing::warn!(
+            match core.release_dead_leases().await {
+                Ok(0) => {}
+                Ok(released) => tracing::warn!(
                     released,
                     "released the leases a server that stopped without finishing left on emails, webhook deliveries and usage sweeps"
-                );
+                ),
+                // Not fatal: they lapse on their own.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leases a stopped server left; they lapse on their own")
+                }
             }
         }
 

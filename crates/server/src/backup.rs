@@ -8,9 +8,10 @@
 //! readers never block the writer, nor it them), and it writes a compact, self-contained
 //! database (no `-wal` to carry along). The online backup API would do the same, but sqlx
 //! reaches it only through the raw handle, which takes `unsafe` — forbidden in this
-//! workspace. Files are consistent one by one, not with each other: a change that spans the
-//! control and a tenant database may be in one copy and not the other (the reconcile pass
-//! repairs that on start, as after a crash).
+//! workspace. Files are consistent one by one, not with each other: `control.db` is copied
+//! first, so a change made while the tenants are copied is in its tenant's copy with its
+//! settled intent (kept an hour), and the restored server's start-up reconcile pass writes the
+//! change's event and emails into the older control copy.
 //!
 //! PostgreSQL is refused: `pg_dump` does it better (docs/deploy.md, Backups).
 

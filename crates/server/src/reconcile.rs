@@ -1,5 +1,5 @@
 //! The reconcile pass's schedule (see `quarterdeck_domain::core` `reconcile`): once at
-//! start-up, then every [`EVERY`]. Safe on several nodes at once (a change's control side is
+//! start-up (with the settled intents checked too), then every [`EVERY`]. Safe on several nodes at once (a change's control side is
 //! written at most once, checked under the audit chain's lock), so it needs no lease.
 
 use quarterdeck_domain::Core;
@@ -13,9 +13,17 @@ pub const EVERY: Duration = Duration::from_secs(600);
 pub async fn run(core: Arc<Core>, margin: time::Duration) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tick.tick().await;
-        if let Err(e) = core.reconcile(margin).await {
+        // At start-up the settled intents are checked too (a restored control database).
+        let pass = if first {
+            core.reconcile_at_start(margin).await
+        } else {
+            core.reconcile(margin).await
+        };
+        first = false;
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "the reconcile pass failed; it runs again in 10 minutes");
         }
     }

@@ -31,6 +31,9 @@ const NUMBERED_PARAMS: bool = true;
 const GREATEST: &str = "GREATEST";
 
 /// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
+/// An audit event's `details.user_id` as text (the reconcile pass's late check).
+const DETAILS_USER_ID: &str = "details->>'user_id'";
+
 const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {

@@ -569,8 +569,10 @@ macro_rules! impl_store {
             _lease: Option<$crate::pools::TenantPool<$Db>>,
             /// The control side, recorded as it is written (tenant writes only).
             plan: $crate::sql_reconcile::ControlPlan,
-            /// Seals the plan's email bodies in the stored intent.
+            /// Seals the plan in the stored intent.
             intent_key: Option<quarterdeck_domain::sso::SecretKey>,
+            /// The tenant whose database is written (the sealed plan is bound to it).
+            tenant_id: Option<TenantId>,
         }
 
         impl DirTx {
@@ -629,7 +631,7 @@ macro_rules! impl_store {
             /// the intent is deleted. A failed control commit leaves the intent for the
             /// reconcile pass (the change is not taken back: it may already be seen).
             async fn commit(self) -> Result<()> {
-                let DirTx { control, tenant, _writer, _lease, plan, intent_key } = self;
+                let DirTx { control, tenant, _writer, _lease, plan, intent_key, tenant_id } = self;
                 let Some(mut tenant) = tenant else {
                     return control.commit().await.map_err(db_err);
                 };
@@ -638,7 +640,7 @@ macro_rules! impl_store {
                     None => None,
                     Some((id, first_ts)) => {
                         let payload = plan
-                            .into_payload(intent_key.as_ref(), id)
+                            .into_payload(intent_key.as_ref(), tenant_id.map_or(Uuid::nil(), |t| t.0), id)
                             .map_err(|e| Error::internal(format!("cannot record an intent: {e}")))?;
                         sqlx::query("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES ($1, $2, 0, $3)")
                             .bind(id)
@@ -647,18 +649,26 @@ macro_rules! impl_store {
                             .execute(&mut *tenant)
                             .await
                             .map_err(db_err)?;
-                        Some(id)
+                        Some((id, first_ts))
                     }
                 };
                 tenant.commit().await.map_err(db_err)?;
                 if let Err(e) = control.commit().await {
-                    tracing::error!(event_id = ?intent, error = %e, "a change committed in the tenant's database but its control side did not; the reconcile pass will write it");
+                    tracing::error!(event_id = ?intent.map(|(id, _)| id), error = %e, "a change committed in the tenant's database but its control side did not; the reconcile pass will write it");
                     return Err(db_err(e));
                 }
                 drop(_writer);
-                if let (Some(id), Some(pool)) = (intent, &_lease) {
-                    if let Err(e) = sqlx::query("DELETE FROM pending_event WHERE event_id = $1").bind(id).execute(&**pool).await {
-                        tracing::warn!(event_id = %id, error = %e, "could not delete a settled intent (the reconcile pass will)");
+                // Settled, and kept an hour (not deleted): a backup that copied the control
+                // database before this commit and this tenant's after still holds the intent
+                // that lets the restored server write the event (see `Core::reconcile`).
+                if let (Some((id, at)), Some(pool)) = (intent, &_lease) {
+                    if let Err(e) = sqlx::query("UPDATE pending_event SET settled_at = $2 WHERE event_id = $1")
+                        .bind(id)
+                        .bind(enc_ts(at))
+                        .execute(&**pool)
+                        .await
+                    {
+                        tracing::warn!(event_id = %id, error = %e, "could not mark an intent settled (the reconcile pass will find its event written)");
                     }
                 }
                 Ok(())
@@ -705,7 +715,7 @@ macro_rules! impl_store {
                     Directory::Platform => $crate::sql_reconcile::ControlPlan::default(),
                     Directory::Tenant(_) => $crate::sql_reconcile::ControlPlan::new(events),
                 };
-                Ok(DirTx { control, tenant, _writer: writer, _lease: lease, plan, intent_key: self.intent_key.clone() })
+                Ok(DirTx { control, tenant, _writer: writer, _lease: lease, plan, intent_key: self.intent_key.clone(), tenant_id: dir.tenant_id() })
             }
         }
 

@@ -26,9 +26,33 @@ pub(crate) struct ControlPlan {
     pub(crate) ops: Vec<ControlOp>,
 }
 
-/// Intent formats this server reads: 1 (email bodies in clear, written before 2 existed) and
-/// 2 (email bodies sealed).
-pub(crate) const INTENT_FORMATS: [u64; 2] = [1, 2];
+/// Intent formats this server reads: 1 (the plan in clear, written before 2 existed, and by
+/// a store opened without the secret key) and 2 (the whole plan sealed).
+///
+/// A format-2 intent as stored: the format-1 plan's JSON, sealed.
+#[derive(Serialize, Deserialize)]
+struct SealedPlan {
+    v: u32,
+    sealed: String,
+}
+
+/// What a sealed plan is bound to: the tenant whose database holds it and its event.
+fn binding(tenant: Uuid, event_id: Uuid) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..16].copy_from_slice(tenant.as_bytes());
+    b[16..].copy_from_slice(event_id.as_bytes());
+    b
+}
+
+/// Why a stored intent cannot be used by this server.
+#[derive(Debug)]
+pub(crate) enum Unusable {
+    /// A format, event type, topic or operation of a newer server: left for it.
+    Newer(String),
+    /// Not an intent this deployment wrote (not JSON, a seal that does not open, another
+    /// tenant named inside): quarantined.
+    Unreadable(String),
+}
 
 impl ControlPlan {
     pub(crate) fn new(events: &[NewEvent]) -> Self {
@@ -39,42 +63,71 @@ impl ControlPlan {
         }
     }
 
-    /// The payload as stored in the tenant's database. An email's bodies hold live secrets (an
-    /// invitation's link), and the tenant's database is read by more than the server (its
-    /// backups, `tenants export`): with a key, each body is sealed bound to the intent's event
-    /// id (format 2); without one (a store opened without the secret key), format 1 in clear.
-    pub(crate) fn into_payload(mut self, key: Option<&SecretKey>, event_id: Uuid) -> Result<String, String> {
-        if let Some(key) = key {
-            self.v = 2;
-            for op in &mut self.ops {
-                if let ControlOp::Email { text, html, .. } = op {
-                    *text = key
-                        .seal_bound(text, event_id.as_bytes(), &OsRandom)
-                        .map_err(|e| e.to_string())?;
-                    *html = key
-                        .seal_bound(html, event_id.as_bytes(), &OsRandom)
-                        .map_err(|e| e.to_string())?;
-                }
+    /// The payload as stored in the tenant's database. The plan holds live secrets (an
+    /// invitation's link) and says what the server is to write and send, and the tenant's
+    /// database can be read and written by more than the server (a region's own cluster or
+    /// directory, dumps of tenant databases): with a key, the whole plan is sealed, bound to
+    /// the tenant and the event (format 2), so it can be neither read nor forged there;
+    /// without one (a store opened without the secret key), format 1 in clear.
+    pub(crate) fn into_payload(self, key: Option<&SecretKey>, tenant: Uuid, event_id: Uuid) -> Result<String, String> {
+        let plain = serde_json::to_string(&self).map_err(|e| e.to_string())?;
+        match key {
+            None => Ok(plain),
+            Some(key) => {
+                let sealed = key
+                    .seal_bound(&plain, &binding(tenant, event_id), &OsRandom)
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_string(&SealedPlan { v: 2, sealed }).map_err(|e| e.to_string())
             }
         }
-        serde_json::to_string(&self).map_err(|e| e.to_string())
     }
 
-    /// Format 2's sealed bodies opened (format 1 is returned as it is); a body that does not
-    /// open (another secret key, a payload moved to another intent) is an error.
-    pub(crate) fn opened(mut self, key: Option<&SecretKey>, event_id: Uuid) -> Result<Self, String> {
-        if self.v != 2 {
-            return Ok(self);
-        }
-        let key = key.ok_or("a sealed intent, and no secret key to open it")?;
-        for op in &mut self.ops {
-            if let ControlOp::Email { text, html, .. } = op {
-                *text = key.open_bound(text, event_id.as_bytes()).map_err(|e| e.to_string())?;
-                *html = key.open_bound(html, event_id.as_bytes()).map_err(|e| e.to_string())?;
+    /// The plan of a stored payload read from `tenant`'s database for intent `event_id`.
+    pub(crate) fn from_payload(
+        payload: &str,
+        key: Option<&SecretKey>,
+        tenant: Uuid,
+        event_id: Uuid,
+    ) -> Result<Self, Unusable> {
+        let value: Value =
+            serde_json::from_str(payload).map_err(|e| Unusable::Unreadable(format!("the intent is not JSON: {e}")))?;
+        let plain = match value.get("v").and_then(Value::as_u64) {
+            Some(1) => value,
+            Some(2) => {
+                let sealed: SealedPlan = serde_json::from_value(value)
+                    .map_err(|e| Unusable::Unreadable(format!("a sealed intent without its seal: {e}")))?;
+                let key = key
+                    .ok_or_else(|| Unusable::Unreadable("a sealed intent, and no secret key to open it".to_owned()))?;
+                let text = key
+                    .open_bound(&sealed.sealed, &binding(tenant, event_id))
+                    .map_err(|e| Unusable::Unreadable(format!("the sealed intent does not open here: {e}")))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| Unusable::Unreadable(format!("a sealed intent that is not JSON: {e}")))?
             }
+            other => {
+                return Err(Unusable::Newer(format!(
+                    "an intent of format {} (this server reads 1 and 2)",
+                    other.map_or_else(|| "none".to_owned(), |v| v.to_string())
+                )));
+            }
+        };
+        if plain.get("v").and_then(Value::as_u64) != Some(1) {
+            return Err(Unusable::Unreadable(
+                "a sealed intent whose plan is not format 1".to_owned(),
+            ));
         }
-        self.v = 1;
-        Ok(self)
+        let plan: ControlPlan = serde_json::from_value(plain)
+            .map_err(|e| Unusable::Newer(format!("an intent this server cannot read: {e}")))?;
+        // Whatever its format, an intent acts for the tenant whose database holds it only.
+        let foreign = plan.events.iter().any(|e| e.tenant_id != Some(tenant))
+            || plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, ControlOp::Email { tenant_id, .. } if *tenant_id != Some(tenant)));
+        if foreign {
+            return Err(Unusable::Unreadable("the intent names another tenant".to_owned()));
+        }
+        Ok(plan)
     }
 }
 
@@ -242,7 +295,7 @@ macro_rules! impl_reconcile_store {
             use quarterdeck_domain::mail::Email;
             use quarterdeck_domain::store::{DatabaseFinding, IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
             use quarterdeck_domain::user::Directory;
-            use $crate::sql_reconcile::{ControlOp, ControlPlan, INTENT_FORMATS, end_reason, from_nanos, redact};
+            use $crate::sql_reconcile::{ControlOp, ControlPlan, Unusable, end_reason, from_nanos, redact};
             use sqlx::{Row, Transaction};
             use time::OffsetDateTime;
             use uuid::Uuid;
@@ -269,28 +322,39 @@ macro_rules! impl_reconcile_store {
                 }
 
                 /// Whether the trail (read under the chain's lock) has an event about the same
-                /// user as `first`, the intent's own event, from after it: the user changed
-                /// since, so what the intent would send out is out of date. An event about no
-                /// user (no `user_id` in its details) is never superseded.
-                async fn superseded(tx: &mut Transaction<'static, $Db>, intent: &PendingIntent, first: &NewEvent) -> Result<bool> {
+                /// user as `first`, the intent's own event, stamped after it (by the nodes'
+                /// clocks): the user changed since. An event about no user (no `user_id` in its
+                /// details) is never late.
+                async fn later_event_about_user(tx: &mut Transaction<'static, $Db>, intent: &PendingIntent, first: &NewEvent) -> Result<bool> {
                     let Some(user) = first.details.get("user_id").and_then(serde_json::Value::as_str) else {
                         return Ok(false);
                     };
-                    // Later events of the tenant, newest first; an intent waits minutes, not
-                    // days, so this reads a handful (bounded all the same).
-                    let rows = sqlx::query("SELECT details FROM tenant_audit WHERE tenant_id = $1 AND ts > $2 ORDER BY seq DESC LIMIT 10000")
+                    let sql = format!(
+                        "SELECT 1 AS one FROM tenant_audit WHERE tenant_id = $1 AND ts > $2 AND {DETAILS_USER_ID} = $3 LIMIT 1"
+                    );
+                    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
                         .bind(intent.tenant_id.0)
                         .bind(enc_ts(first.ts))
-                        .fetch_all(&mut **tx)
+                        .bind(user)
+                        .fetch_optional(&mut **tx)
                         .await
-                        .map_err(db_err)?;
-                    for r in &rows {
-                        let sqlx::types::Json(details): sqlx::types::Json<serde_json::Value> = r.try_get("details").map_err(db_err)?;
-                        if details.get("user_id").and_then(serde_json::Value::as_str) == Some(user) {
-                            return Ok(true);
-                        }
-                    }
-                    Ok(false)
+                        .map_err(db_err)?
+                        .is_some())
+                }
+
+                /// Whether `user`'s invitation in the tenant's database is still the one made at
+                /// `at` (unix nanoseconds), neither spent nor revoked.
+                async fn invitation_current(tenant: &mut <$Db as sqlx::Database>::Connection, user: Uuid, at: i64) -> Result<bool> {
+                    let at = from_nanos(at).map_err(Error::internal)?;
+                    Ok(sqlx::query(
+                        "SELECT 1 AS one FROM invitation WHERE user_id = $1 AND created_at = $2 AND spent_at IS NULL AND revoked_at IS NULL",
+                    )
+                    .bind(user)
+                    .bind(enc_ts(at))
+                    .fetch_optional(&mut *tenant)
+                    .await
+                    .map_err(db_err)?
+                    .is_some())
                 }
 
                 async fn forget_intent(&self, intent: &PendingIntent) {
@@ -334,6 +398,16 @@ macro_rules! impl_reconcile_store {
                 }
             }
 
+            fn intent_from_row(tenant: TenantId, r: &<$Db as sqlx::Database>::Row, settled: bool) -> Result<PendingIntent> {
+                Ok(PendingIntent {
+                    tenant_id: tenant,
+                    event_id: quarterdeck_domain::ids::EventId(r.try_get("event_id").map_err(db_err)?),
+                    created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
+                    attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
+                    settled,
+                })
+            }
+
             /// Every planned event, or why the plan cannot be used.
             fn plan_events(plan: &ControlPlan) -> std::result::Result<Vec<NewEvent>, String> {
                 if plan.v != 1 {
@@ -355,22 +429,75 @@ macro_rules! impl_reconcile_store {
             impl ReconcileStore for $Store {
                 async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32) -> Result<Vec<PendingIntent>> {
                     let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
-                    let rows = sqlx::query("SELECT event_id, created_at, attempts FROM pending_event WHERE created_at < $1 ORDER BY created_at LIMIT $2")
-                        .bind(enc_ts(before))
-                        .bind(i64::from(limit))
-                        .fetch_all(&*pool)
-                        .await
+                    let rows = sqlx::query(
+                        "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2",
+                    )
+                    .bind(enc_ts(before))
+                    .bind(i64::from(limit))
+                    .fetch_all(&*pool)
+                    .await
+                    .map_err(db_err)?;
+                    rows.iter().map(|r| intent_from_row(tenant, r, false)).collect()
+                }
+
+                async fn settled_intents_without_event(&self, tenant: TenantId, limit: u32) -> Result<Vec<PendingIntent>> {
+                    let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
+                    let mut missing = Vec::new();
+                    let mut after: Option<(Ts, Uuid)> = None;
+                    // Page through them (an hour's worth), checking each page against the trail.
+                    loop {
+                        let rows = match &after {
+                            None => sqlx::query(
+                                "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NOT NULL \
+                                 ORDER BY created_at, event_id LIMIT 500",
+                            )
+                            .fetch_all(&*pool)
+                            .await,
+                            Some((at, id)) => sqlx::query(
+                                "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NOT NULL \
+                                 AND (created_at > $1 OR (created_at = $1 AND event_id > $2)) ORDER BY created_at, event_id LIMIT 500",
+                            )
+                            .bind(*at)
+                            .bind(*id)
+                            .fetch_all(&*pool)
+                            .await,
+                        }
                         .map_err(db_err)?;
-                    rows.iter()
-                        .map(|r| {
-                            Ok(PendingIntent {
-                                tenant_id: tenant,
-                                event_id: quarterdeck_domain::ids::EventId(r.try_get("event_id").map_err(db_err)?),
-                                created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
-                                attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
-                            })
-                        })
-                        .collect()
+                        let page: Vec<PendingIntent> = rows.iter().map(|r| intent_from_row(tenant, r, true)).collect::<Result<_>>()?;
+                        let Some(last) = page.last() else { break };
+                        after = Some((enc_ts(last.created_at), last.event_id.0));
+                        let marks: Vec<String> = (1..=page.len()).map(|i| format!("${i}")).collect();
+                        let sql = format!("SELECT id FROM tenant_audit WHERE id IN ({})", marks.join(", "));
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for i in &page {
+                            q = q.bind(i.event_id.0);
+                        }
+                        let found: std::collections::HashSet<Uuid> = q
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(db_err)?
+                            .iter()
+                            .map(|r| r.try_get::<Uuid, _>("id"))
+                            .collect::<std::result::Result<_, _>>()
+                            .map_err(db_err)?;
+                        let full = page.len() == 500;
+                        missing.extend(page.into_iter().filter(|i| !found.contains(&i.event_id.0)));
+                        if !full || missing.len() >= limit as usize {
+                            break;
+                        }
+                    }
+                    missing.truncate(limit as usize);
+                    Ok(missing)
+                }
+
+                async fn prune_settled_intents(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64> {
+                    let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
+                    Ok(sqlx::query("DELETE FROM pending_event WHERE settled_at IS NOT NULL AND settled_at < $1")
+                        .bind(enc_ts(before))
+                        .execute(&*pool)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected())
                 }
 
                 async fn repair_intent(&self, intent: &PendingIntent, mut repaired: NewEvent) -> Result<IntentOutcome> {
@@ -380,27 +507,17 @@ macro_rules! impl_reconcile_store {
                         .fetch_optional(&*pool)
                         .await
                         .map_err(db_err)?;
-                    drop(pool);
                     // Gone meanwhile: its writer (or another pass) settled it.
                     let Some(row) = row else { return Ok(IntentOutcome::AlreadyApplied) };
                     let payload: String = row.try_get("payload").map_err(db_err)?;
-                    // Not JSON at all: unreadable (quarantined). JSON of a newer format, or
-                    // with an event type / topic / operation this binary does not know: left
-                    // for a newer node (a rolling upgrade), never quarantined.
-                    let value: serde_json::Value = match serde_json::from_str(&payload) {
-                        Ok(v) => v,
-                        Err(e) => return Ok(IntentOutcome::Unreadable(format!("the intent is not JSON: {e}"))),
-                    };
-                    if !value.get("v").and_then(serde_json::Value::as_u64).is_some_and(|v| INTENT_FORMATS.contains(&v)) {
-                        return Ok(IntentOutcome::Skipped(format!("an intent of format {} (this server reads 1 and 2)", value.get("v").unwrap_or(&serde_json::Value::Null))));
-                    }
-                    let plan: ControlPlan = match serde_json::from_value(value) {
+                    // Not JSON, sealed by another key or for another tenant or intent, naming
+                    // another tenant: unreadable (quarantined). A newer format, or an event
+                    // type / topic / operation this binary does not know: left for a newer
+                    // node (a rolling upgrade), never quarantined.
+                    let plan = match ControlPlan::from_payload(&payload, self.intent_key.as_ref(), intent.tenant_id.0, intent.event_id.0) {
                         Ok(p) => p,
-                        Err(e) => return Ok(IntentOutcome::Skipped(format!("an intent this server cannot read: {e}"))),
-                    };
-                    let plan = match plan.opened(self.intent_key.as_ref(), intent.event_id.0) {
-                        Ok(p) => p,
-                        Err(why) => return Ok(IntentOutcome::Unreadable(format!("the intent's emails cannot be opened: {why}"))),
+                        Err(Unusable::Newer(why)) => return Ok(IntentOutcome::Skipped(why)),
+                        Err(Unusable::Unreadable(why)) => return Ok(IntentOutcome::Unreadable(why)),
                     };
                     let events = match plan_events(&plan) {
                         Ok(e) => e,
@@ -409,20 +526,24 @@ macro_rules! impl_reconcile_store {
                     if events.first().map(|e| e.id) != Some(intent.event_id) {
                         return Ok(IntentOutcome::Unreadable("the intent's events do not start with its event".to_owned()));
                     }
+                    // A connection of the tenant's database taken before any lock (waiting for
+                    // one must never hold up the audit chain), read under it below.
+                    let mut tenant = pool.acquire().await.map_err(db_err)?;
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
                     // The event is written at most once.
                     if Self::lock_and_find_event(&mut tx, intent).await? {
                         drop(tx);
                         drop(writer);
+                        drop(tenant);
+                        drop(pool);
                         self.forget_intent(intent).await;
                         return Ok(IntentOutcome::AlreadyApplied);
                     }
-                    // Late: its user changed after it (a change the trail already holds). The
+                    // Late: the trail already holds a later event about the same user. The
                     // events are still written (the trail is complete, each at its own time),
-                    // published marked late, and its emails not sent: an invitation link for a
-                    // user since removed, or a notice the user no longer needs.
-                    let late = Self::superseded(&mut tx, intent, &events[0]).await?;
+                    // and what they publish says `late`: a receiver may hold a newer state.
+                    let late = Self::later_event_about_user(&mut tx, intent, &events[0]).await?;
                     let mut events = events;
                     if late {
                         for e in &mut events {
@@ -434,14 +555,38 @@ macro_rules! impl_reconcile_store {
                     for e in &events {
                         Self::append_in(&mut tx, e, self.audit_key.as_ref()).await?;
                     }
+                    // An invitation email is queued only if its invitation is still the user's
+                    // current one (read under the chain's lock: a resend or revocation that
+                    // committed since is seen, one still to come cancels it as usual); and
+                    // cancelling the user's pending emails reaches only those queued before
+                    // this change, never a newer invitation's.
+                    let before = events[0].ts;
                     let mut emails_skipped = 0;
                     for op in &plan.ops {
-                        if late && matches!(op, ControlOp::Email { .. }) {
-                            emails_skipped += 1;
-                            continue;
+                        match op {
+                            ControlOp::Email { user_id: Some(user), at, .. } => {
+                                if !Self::invitation_current(&mut tenant, *user, *at).await? {
+                                    emails_skipped += 1;
+                                    continue;
+                                }
+                                self.apply_op(&mut tx, op).await?;
+                            }
+                            ControlOp::CancelPending { user_id } => {
+                                sqlx::query(
+                                    "UPDATE outbox SET status = 'cancelled', body_text = '', body_html = '' \
+                                     WHERE user_id = $1 AND status = 'pending' AND created_at <= $2",
+                                )
+                                .bind(*user_id)
+                                .bind(enc_ts(before))
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db_err)?;
+                            }
+                            _ => self.apply_op(&mut tx, op).await?,
                         }
-                        self.apply_op(&mut tx, op).await?;
                     }
+                    drop(tenant);
+                    drop(pool);
                     if let serde_json::Value::Object(map) = &mut repaired.details {
                         map.insert(
                             "event_types".to_owned(),
@@ -449,6 +594,8 @@ macro_rules! impl_reconcile_store {
                         );
                         if late {
                             map.insert("late".to_owned(), serde_json::json!(true));
+                        }
+                        if emails_skipped > 0 {
                             map.insert("emails_skipped".to_owned(), serde_json::json!(emails_skipped));
                         }
                     }
@@ -675,6 +822,12 @@ macro_rules! impl_reconcile_store {
                 }
 
                 async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool> {
+                    // Still missing: the pass's list may be old, and another node's pass may have
+                    // seen it restored meanwhile (listed before any lock: the listing takes
+                    // connections of its own).
+                    if self.list_tenant_databases().await?.contains(&tenant) {
+                        return Ok(false);
+                    }
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
                     Self::lock_chain(&mut tx).await?;
@@ -744,9 +897,10 @@ mod tests {
     }
 
     #[test]
-    fn an_intents_email_bodies_are_sealed_to_its_event_and_open_only_there() {
+    fn an_intent_is_sealed_to_its_tenant_and_event_and_opens_only_there() {
         let key = SecretKey::from_bytes([3; 32]);
-        let plan = || ControlPlan {
+        let (tenant, other_tenant) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let plan = |email_tenant: Uuid| ControlPlan {
             v: 1,
             events: Vec::new(),
             ops: vec![ControlOp::Email {
@@ -754,31 +908,52 @@ mod tests {
                 subject: "You're invited".to_owned(),
                 text: "https://x/register?token=secret".to_owned(),
                 html: "<a href=\"https://x/register?token=secret\">".to_owned(),
-                tenant_id: None,
+                tenant_id: Some(email_tenant),
                 user_id: None,
                 at: 0,
             }],
         };
         let (event, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        let stored = plan().into_payload(Some(&key), event).unwrap();
+        let stored = plan(tenant).into_payload(Some(&key), tenant, event).unwrap();
         assert!(
-            !stored.contains("secret") && stored.contains("a@example.com"),
+            !stored.contains("secret") && !stored.contains("a@example.com"),
             "{stored}"
         );
-        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
-        assert_eq!(back.v, 2);
-        let opened = back.opened(Some(&key), event).unwrap();
+        assert!(stored.contains("\"v\":2"), "{stored}");
+        let opened = ControlPlan::from_payload(&stored, Some(&key), tenant, event).unwrap();
         let ControlOp::Email { text, .. } = &opened.ops[0] else {
             panic!()
         };
         assert_eq!(text, "https://x/register?token=secret");
-        // Moved to another intent, or read with another key: not opened.
-        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
-        assert!(back.opened(Some(&key), other).is_err());
-        let back: ControlPlan = serde_json::from_str(&stored).unwrap();
-        assert!(back.opened(Some(&SecretKey::from_bytes([4; 32])), event).is_err());
-        // Without a key: format 1, as before.
-        let clear = plan().into_payload(None, event).unwrap();
+        // Moved to another intent or tenant, or read with another key: unreadable.
+        for (k, t, e) in [
+            (&key, tenant, other),
+            (&key, other_tenant, event),
+            (&SecretKey::from_bytes([4; 32]), tenant, event),
+        ] {
+            assert!(matches!(
+                ControlPlan::from_payload(&stored, Some(k), t, e),
+                Err(Unusable::Unreadable(_))
+            ));
+        }
+        // Format 1 (a store without the key, or an older server) is read, but only for the
+        // tenant it names.
+        let clear = plan(tenant).into_payload(None, tenant, event).unwrap();
         assert!(clear.contains("\"v\":1") && clear.contains("token=secret"));
+        assert!(ControlPlan::from_payload(&clear, Some(&key), tenant, event).is_ok());
+        let forged = plan(other_tenant).into_payload(None, tenant, event).unwrap();
+        assert!(matches!(
+            ControlPlan::from_payload(&forged, Some(&key), tenant, event),
+            Err(Unusable::Unreadable(_))
+        ));
+        // A newer format is left alone; a payload that is not JSON is unreadable.
+        assert!(matches!(
+            ControlPlan::from_payload(r#"{"v":3}"#, Some(&key), tenant, event),
+            Err(Unusable::Newer(_))
+        ));
+        assert!(matches!(
+            ControlPlan::from_payload("not json", Some(&key), tenant, event),
+            Err(Unusable::Unreadable(_))
+        ));
     }
 }

@@ -37,7 +37,7 @@ pub const LINK_MISS_POLICY: ThrottlePolicy = ThrottlePolicy {
     forget_after: Duration::hours(1),
 };
 
-/// The throttle key of a network's link misses (SHA-256 hex: no address in the clear).
+/// The throttle key of a network's link misses (SHA-256 hex: a bounded size, not secrecy).
 pub fn link_miss_key(address: &str) -> String {
     hashed_key("l", address)
 }
@@ -504,21 +504,31 @@ impl Core {
 
     /// Count a single sign-on start of the client's network, before anything is written for
     /// it: `Throttled` past [`SSO_STARTS_PER_MINUTE`] in the clock's minute, over every node
-    /// (one statement: `limit_count` under the network's hashed key).
+    /// (`limit_count` under the network's hashed key: read first, and written only under the
+    /// limit).
     pub async fn count_sso_start(&self, address: &str) -> Result<()> {
         let now = self.clock.now();
         let minute = now.unix_timestamp().div_euclid(60);
         let key = sso_start_key(address);
+        let throttled = || {
+            let retry_after_secs = u64::try_from(60 - now.unix_timestamp().rem_euclid(60))
+                .unwrap_or(60)
+                .max(1);
+            Error::Throttled { retry_after_secs }
+        };
+        // Read first: a network already over its minute is refused without a write (a flood
+        // of refused starts must not become a flood of writes on the control database).
+        let seen = self.store.read_counts(SSO_START_COUNTER, &key, &[minute]).await?;
+        if seen.iter().any(|(_, n)| *n >= SSO_STARTS_PER_MINUTE) {
+            return Err(throttled());
+        }
         let expires = OffsetDateTime::from_unix_timestamp((minute + 2) * 60).unwrap_or(now);
         let totals = self
             .store
             .add_counts(SSO_START_COUNTER, minute, expires, &[(key, 1)])
             .await?;
         if totals.first().is_some_and(|(_, n)| *n > SSO_STARTS_PER_MINUTE) {
-            let retry_after_secs = u64::try_from(60 - now.unix_timestamp().rem_euclid(60))
-                .unwrap_or(60)
-                .max(1);
-            return Err(Error::Throttled { retry_after_secs });
+            return Err(throttled());
         }
         Ok(())
     }

@@ -6,7 +6,11 @@
 //! event; so the tenant's transaction also writes an *intent* (what the control side must
 //! hold), removed once the control side has committed. The pass, at start-up and periodically:
 //!
-//! - **intents** older than the margin (by the injected clock): if their event is in the trail
+//! - **intents** are marked settled when their control side commits and kept [`SETTLED_KEPT`]
+//!   (for backups, below); at start-up the settled ones are checked against the trail too, and
+//!   one whose event is missing (a control database restored from a backup taken before the
+//!   change) is repaired like an open one (`RECONCILE_REPAIRED` says `after_restore`).
+//! - **open intents** older than the margin (by the injected clock): if their event is in the trail
 //!   the intent is simply removed; otherwise the control side is written, once (the store checks
 //!   the event's absence under the chain's lock, so concurrent passes on several nodes cannot
 //!   both write it), in one transaction with a `RECONCILE_REPAIRED` event per repaired change
@@ -48,6 +52,12 @@ pub const MAX_REPAIR_ATTEMPTS: i64 = 5;
 /// The default margin before an intent is repaired (`reconcile_margin_seconds`).
 pub const DEFAULT_MARGIN: Duration = Duration::minutes(1);
 
+/// How long an intent is kept after its control side committed: a backup that copies the
+/// control database first and the tenants' after, taking less than this, still holds the
+/// intent of every change made meanwhile (`quarterdeck backup` on SQLite; the same order is
+/// documented for `pg_dump`).
+pub const SETTLED_KEPT: Duration = Duration::hours(1);
+
 /// Intents read from one tenant at a time.
 const BATCH: u32 = 500;
 
@@ -86,6 +96,17 @@ impl Core {
     /// One reconcile pass (see the module's documentation); intents younger than `margin`
     /// are left to their own writer.
     pub async fn reconcile(&self, margin: Duration) -> Result<ReconcileReport> {
+        self.reconcile_pass(margin, false).await
+    }
+
+    /// The pass a server runs when it starts: [`Core::reconcile`], and the settled intents
+    /// of the last hour checked against the trail too (a control database restored from a
+    /// backup taken before their change gets their events back).
+    pub async fn reconcile_at_start(&self, margin: Duration) -> Result<ReconcileReport> {
+        self.reconcile_pass(margin, true).await
+    }
+
+    async fn reconcile_pass(&self, margin: Duration, with_settled: bool) -> Result<ReconcileReport> {
         let now = self.clock.now();
         let mut report = ReconcileReport::default();
         // Rows before databases: a tenant created meanwhile then looks like a database without
@@ -108,7 +129,7 @@ impl Core {
                 self.store.mark_missing_database(t, now, event).await?;
                 continue;
             }
-            self.reconcile_tenant(t, now - margin, &mut report).await;
+            self.reconcile_tenant(t, now, margin, with_settled, &mut report).await;
         }
         for t in databases.iter().filter(|t| !rows.contains(t)) {
             let first_seen = self.store.note_orphan_database(*t, now).await?;
@@ -174,7 +195,30 @@ impl Core {
     }
 
     /// The intents of one tenant; a failure is logged and left for the next pass.
-    async fn reconcile_tenant(&self, t: TenantId, before: time::OffsetDateTime, report: &mut ReconcileReport) {
+    async fn reconcile_tenant(
+        &self,
+        t: TenantId,
+        now: time::OffsetDateTime,
+        margin: Duration,
+        with_settled: bool,
+        report: &mut ReconcileReport,
+    ) {
+        if let Err(e) = self.store.prune_settled_intents(t, now - SETTLED_KEPT).await {
+            tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot delete the tenant's old settled intents");
+        }
+        if with_settled {
+            match self.store.settled_intents_without_event(t, BATCH).await {
+                Ok(intents) => {
+                    for i in &intents {
+                        self.reconcile_intent(i, report).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot check the tenant's settled intents")
+                }
+            }
+        }
+        let before = now - margin;
         loop {
             let intents = match self.store.pending_intents(t, before, BATCH).await {
                 Ok(i) => i,
@@ -199,7 +243,13 @@ impl Core {
             EventType::ReconcileRepaired,
             &Actor::system(),
             Some(i.tenant_id),
-            json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at) }),
+            if i.settled {
+                // Its control side had committed: the control database was restored from
+                // before it.
+                json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at), "after_restore": true })
+            } else {
+                json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at) })
+            },
         );
         // The raw text stays in the control `reconcile_finding` row; the tenant-visible audit
         // event carries only a fixed reason code.

@@ -48,3 +48,49 @@ both!(
         assert!(restored.core.verify_audit_chain().await.unwrap().is_ok());
     }
 );
+
+// SQLite only: `quarterdeck backup` is SQLite's (PostgreSQL's is pg_dump, docs/deploy.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_between_the_control_copy_and_the_tenant_copy_gets_its_event_back_on_restore() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    app.sign_in_owner().await;
+    let tid = app.create_tenant("Acme", "acme").await;
+    let out = tempfile::tempdir().unwrap();
+    let backup = |name: &str| {
+        let dir = out.path().join(name);
+        let app = &app;
+        async move {
+            let o = cli_in(app, app.data_dir(), &["backup", dir.to_str().unwrap()]).await;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            dir
+        }
+    };
+    // The control database as copied before the change, the tenant's as copied after it: a
+    // backup copies the control database first, and the change came in between.
+    let before = backup("before").await;
+    let r = app.invite("ada@acme.test", &tid, &["admin"]).await;
+    assert_eq!(r.status(), 303);
+    let after = backup("after").await;
+    std::fs::copy(before.join("control.db"), after.join("control.db")).unwrap();
+
+    // Restored: the tenant holds Ada and her settled intent, the control database neither her
+    // event nor her email. The server's start-up pass writes them back.
+    let restored = TestApp::spawn_with(Backend::Sqlite, |s| s.data_dir = after.clone()).await;
+    poll_until("the restored server's start-up pass", || async {
+        !restored.events_of("USER_INVITED").await.is_empty()
+    })
+    .await;
+    let invited = restored.events_of("USER_INVITED").await;
+    assert_eq!(invited.len(), 1);
+    assert_eq!(invited[0].details["email"], "ada@acme.test");
+    let repaired = restored.events_of("RECONCILE_REPAIRED").await;
+    assert_eq!(repaired.len(), 1);
+    assert_eq!(repaired[0].details["after_restore"], true, "{:?}", repaired[0].details);
+    assert!(restored.core.verify_audit_chain().await.unwrap().is_ok());
+    // Her invitation works from the restored server's email.
+    let r = restored
+        .tenant_client("acme")
+        .register(&restored.invitation_link("ada@acme.test").await, ADMIN_PASSWORD)
+        .await;
+    assert_eq!(r.status(), 303);
+}

@@ -8,52 +8,130 @@ use crate::helpers::*;
 use quarterdeck_domain::user::Directory;
 use quarterdeck_domain::{EmailAddress, TenantId};
 
+/// An invitation to `doomed` whose control side failed to commit (the tenant's did, with its
+/// intent); returns the tenant's id and the user's id.
+async fn half_written_invitation(app: &TestApp, doomed: &str) -> (String, String) {
+    app.sign_in_owner().await;
+    let tid = app.create_tenant("Acme", "acme").await;
+    let (install, remove) = failing_commit(app.backend, doomed);
+    for sql in &install {
+        app.control_exec(sql).await;
+    }
+    assert!(app.invite(doomed, &tid, &["admin"]).await.status().is_server_error());
+    for sql in remove {
+        app.control_exec(sql).await;
+    }
+    let dir = Directory::Tenant(tid.parse::<TenantId>().unwrap());
+    let email = EmailAddress::parse(doomed).unwrap();
+    let (user, _) = app
+        .core
+        .store()
+        .user_by_email(dir, &email)
+        .await
+        .unwrap()
+        .expect("the tenant committed");
+    (tid, user.id.to_string())
+}
+
+/// The owner acts on the user in the console (`revoke`, `resend`, `roles`…), a second later.
+async fn act_on(app: &TestApp, tid: &str, uid: &str, action: &str, fields: &[(&str, &str)]) {
+    app.clock.advance(time::Duration::seconds(1));
+    let page = format!("/tenants/{tid}/users/{uid}");
+    let html = app.get_html(&page).await;
+    let r = app.post_form(&format!("{page}/{action}"), &html, fields).await;
+    assert_eq!(r.status(), 303, "{action}");
+}
+
+/// The invitation emails to `to` in the outbox, by status.
+async fn emails_to(data: &Data, to: &str) -> Vec<String> {
+    let mut v = data
+        .control(&format!("SELECT status FROM outbox WHERE to_addr = '{to}'"))
+        .await;
+    v.sort();
+    v
+}
+
+/// The published body of the first `event_type` audit event.
+async fn published(app: &TestApp, data: &Data, event_type: &str) -> serde_json::Value {
+    let id = app.events_of(event_type).await[0].id.0.to_string();
+    let id_sql = if app.pg_url.is_some() {
+        format!("'{id}'")
+    } else {
+        format!("X'{}'", id.replace('-', ""))
+    };
+    let body = data
+        .control(&format!("SELECT body FROM webhook_event WHERE id = {id_sql}"))
+        .await;
+    serde_json::from_str(&body[0]).unwrap()
+}
+
 both!(
-    async fn a_change_repaired_after_its_user_changed_again_is_published_late_and_sends_no_email(app) {
-        app.sign_in_owner().await;
-        let tid = app.create_tenant("Acme", "acme").await;
-        let data = Data::of(&app);
+    async fn a_change_repaired_after_its_invitation_was_revoked_is_published_late_and_sends_no_link(app) {
         let doomed = "doomed@acme.example";
-        let (install, remove) = failing_commit(app.backend, doomed);
-        for sql in &install {
-            app.control_exec(sql).await;
-        }
-        assert!(app.invite(doomed, &tid, &["admin"]).await.status().is_server_error());
-        for sql in remove {
-            app.control_exec(sql).await;
-        }
+        let (tid, uid) = half_written_invitation(&app, doomed).await;
+        let data = Data::of(&app);
         // Before the pass, the owner revokes the (half-written) invitation: that change is
         // whole, so the trail now holds a later event about the same user.
-        let dir = Directory::Tenant(tid.parse::<TenantId>().unwrap());
-        let email = EmailAddress::parse(doomed).unwrap();
-        let (user, _) = app.core.store().user_by_email(dir, &email).await.unwrap().expect("the tenant committed");
-        let uid = user.id.to_string();
-        app.clock.advance(time::Duration::seconds(1));
-        let page = format!("/tenants/{tid}/users/{uid}");
-        let html = app.get_html(&page).await;
-        let r = app.post_form(&format!("{page}/revoke"), &html, &[]).await;
-        assert_eq!(r.status(), 303, "revoked");
+        act_on(&app, &tid, &uid, "revoke", &[]).await;
         assert_eq!(app.events_of("INVITATION_REVOKED").await.len(), 1);
 
         app.clock.advance(time::Duration::seconds(61));
         let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
         assert_eq!((report.repaired, report.quarantined, report.failed), (1, 0, 0), "{report:?}");
         // The trail is whole: the invitation is there, at its own time, before the revocation.
-        let invited = app.events_of("USER_INVITED").await;
-        assert_eq!(invited.len(), 1);
+        assert_eq!(app.events_of("USER_INVITED").await.len(), 1);
         let repaired = app.events_of("RECONCILE_REPAIRED").await;
         assert_eq!(repaired[0].details["late"], true, "{:?}", repaired[0].details);
         assert_eq!(repaired[0].details["emails_skipped"], 1);
-        // No invitation email for a revoked invitation; the published event says it is late.
-        let emails = format!("SELECT CAST(count(*) AS TEXT) FROM outbox WHERE to_addr = '{doomed}'");
-        assert_eq!(count(&data.control(&emails).await), 0);
-        let id = invited[0].id.0.to_string();
-        let id_sql = if app.pg_url.is_some() { format!("'{id}'") } else { format!("X'{}'", id.replace('-', "")) };
-        let body = data.control(&format!("SELECT body FROM webhook_event WHERE id = {id_sql}")).await;
-        let body: serde_json::Value = serde_json::from_str(&body[0]).unwrap();
+        // No email for a revoked invitation; the published event says it is late.
+        assert!(emails_to(&data, doomed).await.is_empty());
+        let body = published(&app, &data, "USER_INVITED").await;
         assert_eq!(body["type"], "user.invited");
         assert_eq!(body["late"], true, "{body}");
         assert!(app.core.verify_audit_chain().await.unwrap().is_ok());
+    }
+);
+
+both!(
+    async fn a_late_repair_never_cancels_the_newer_invitation_sent_since(app) {
+        let doomed = "doomed@acme.example";
+        let (tid, uid) = half_written_invitation(&app, doomed).await;
+        let data = Data::of(&app);
+        // The admin sends the invitation again (the first never arrived): a new link, queued.
+        act_on(&app, &tid, &uid, "resend", &[]).await;
+        assert_eq!(emails_to(&data, doomed).await, vec!["pending"]);
+
+        app.clock.advance(time::Duration::seconds(61));
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.repaired, 1, "{report:?}");
+        // The first link (replaced) is not sent; the new one stays queued, not cancelled.
+        assert_eq!(emails_to(&data, doomed).await, vec!["pending"]);
+        let repaired = app.events_of("RECONCILE_REPAIRED").await;
+        assert_eq!(repaired[0].details["emails_skipped"], 1, "{:?}", repaired[0].details);
+        let acme = app.tenant_client("acme");
+        let r = acme.register(&app.invitation_link(doomed).await, ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), 303, "the newer link registers");
+    }
+);
+
+both!(
+    async fn a_late_repair_still_sends_an_invitation_that_is_current(app) {
+        let doomed = "doomed@acme.example";
+        let (tid, uid) = half_written_invitation(&app, doomed).await;
+        let data = Data::of(&app);
+        // A later change that leaves the invitation as it was: a role.
+        act_on(&app, &tid, &uid, "roles", &[("roles", "admin"), ("roles", "viewer")]).await;
+
+        app.clock.advance(time::Duration::seconds(61));
+        let report = app.core.reconcile(time::Duration::minutes(1)).await.unwrap();
+        assert_eq!(report.repaired, 1, "{report:?}");
+        let repaired = app.events_of("RECONCILE_REPAIRED").await;
+        assert_eq!(repaired[0].details["late"], true, "{:?}", repaired[0].details);
+        assert!(repaired[0].details.get("emails_skipped").is_none(), "{:?}", repaired[0].details);
+        assert_eq!(emails_to(&data, doomed).await, vec!["pending"]);
+        let acme = app.tenant_client("acme");
+        let r = acme.register(&app.invitation_link(doomed).await, ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), 303, "the link registers");
     }
 );
 
