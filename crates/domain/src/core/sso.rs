@@ -555,8 +555,6 @@ impl Core {
         client: &ClientInfo,
     ) -> Error {
         tracing::info!(reason, detail, tenant_id = ?dir.tenant_id(), "single sign-on refused");
-        self.meters
-            .sso_sign_in(provider.map_or("unknown", |p| p.protocol().as_str()), reason);
         let detail: String = detail.chars().take(300).collect();
         let event = self.new_event(
             EventType::SignInFailed,
@@ -568,7 +566,13 @@ impl Core {
             }),
         );
         match self.store.append_event(event).await {
-            Ok(()) => Error::SsoFailed(reason),
+            Ok(()) => {
+                // Counted once its event is written (a failure to write it is counted as an
+                // `error` by the caller instead).
+                self.meters
+                    .sso_sign_in(provider.map_or("unknown", |p| p.protocol().as_str()), reason);
+                Error::SsoFailed(reason)
+            }
             Err(e) => e,
         }
     }
