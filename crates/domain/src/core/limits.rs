@@ -130,6 +130,9 @@ struct Counts {
     seen: HashMap<String, u64>,
     in_flight: HashMap<String, u64>,
     local: HashMap<String, u64>,
+    /// What was counted here in the window just ended and not flushed before it ended: the
+    /// next flush writes it to that window (other nodes read it as their previous window).
+    left_over: Option<(i64, HashMap<String, u64>)>,
 }
 
 /// A key's counts as this node knows them: every node's total in the previous window, and in
@@ -179,18 +182,20 @@ impl SharedCounts {
             // The same window, or an earlier one (a clock set back): nothing starts afresh.
             return;
         }
-        let previous = if window == c.window + 1 {
+        let (previous, left_over) = if window == c.window + 1 {
             let mut p = std::mem::take(&mut c.seen);
+            let left_over = (!c.local.is_empty()).then(|| (c.window, c.local.clone()));
             for (k, n) in c.in_flight.drain().chain(c.local.drain()) {
                 *p.entry(k).or_default() += n;
             }
-            p
+            (p, left_over)
         } else {
-            HashMap::new()
+            (HashMap::new(), None)
         };
         *c = Counts {
             window,
             previous,
+            left_over,
             ..Counts::default()
         };
     }
@@ -242,6 +247,11 @@ impl SharedCounts {
     /// Hand what was counted here to a flush.
     fn take(&self) -> Option<(i64, Hits)> {
         let mut c = self.lock();
+        // The window just ended first (its counts are no longer tracked as in flight: a
+        // failed write of them is not retried).
+        if let Some((window, hits)) = c.left_over.take() {
+            return Some((window, hits.into_iter().collect()));
+        }
         if c.local.is_empty() {
             return None;
         }
@@ -671,5 +681,20 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn what_was_counted_just_before_a_window_ended_is_still_written_to_that_window() {
+        let c = SharedCounts::new(Some("t"), W);
+        c.try_add("a", 7, 3, |_| Ok(())).unwrap();
+        // The window ends before the flush: its 3 go to window 7, then the new window's.
+        c.try_add("a", 8, 2, |k| {
+            assert_eq!(k.previous, 3, "this node's own count of the window before");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.take(), Some((7, vec![("a".to_owned(), 3)])));
+        assert_eq!(c.take(), Some((8, vec![("a".to_owned(), 2)])));
+        assert_eq!(c.take(), None);
     }
 }
