@@ -739,8 +739,9 @@ pub struct PendingIntent {
     pub created_at: OffsetDateTime,
     /// Failed repairs so far.
     pub attempts: i64,
-    /// Its control side committed (it is kept an hour for backups: see `Core::reconcile`).
-    pub settled: bool,
+    /// It had settled, and the start-up pass reopened it: its event is not in the trail (a
+    /// control database restored from a backup older than the tenant's).
+    pub reopened: bool,
 }
 
 /// What a repair of one intent found.
@@ -776,9 +777,10 @@ pub trait ReconcileStore: Send + Sync {
     /// The tenant's open (not settled) intents created before `before`, oldest first.
     async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32)
     -> Result<Vec<PendingIntent>>;
-    /// The tenant's settled intents whose event is not in the trail (a control database
-    /// restored from before their change), oldest first.
-    async fn settled_intents_without_event(&self, tenant: TenantId, limit: u32) -> Result<Vec<PendingIntent>>;
+    /// Reopens the tenant's settled intents whose event is not in the trail (a control
+    /// database restored from a backup older than the tenant's): they are open again, marked
+    /// reopened, for the pass to repair. Returns how many.
+    async fn reopen_settled_without_event(&self, tenant: TenantId) -> Result<u64>;
     /// Deletes the tenant's intents settled before `before`; returns how many.
     async fn prune_settled_intents(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64>;
     /// Writes the intent's control side (its events, then `repaired`) unless its event is in the

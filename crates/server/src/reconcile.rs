@@ -17,12 +17,15 @@ pub async fn run(core: Arc<Core>, margin: time::Duration) {
     loop {
         tick.tick().await;
         // At start-up the settled intents are checked too (a restored control database).
+        // …until a start-up pass has gone through (a failed one is run again as such).
         let pass = if first {
             core.reconcile_at_start(margin).await
         } else {
             core.reconcile(margin).await
         };
-        first = false;
+        if pass.as_ref().is_ok_and(|r| r.failed == 0) {
+            first = false;
+        }
         if let Err(e) = pass {
             tracing::warn!(error = %e, "the reconcile pass failed; it runs again in 10 minutes");
         }

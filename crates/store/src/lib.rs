@@ -54,7 +54,19 @@ pub struct StoreOptions {
 
 /// The intent-sealing subkey of the server's secret key.
 pub fn intent_key(secret: &quarterdeck_domain::sso::SecretKey) -> quarterdeck_domain::sso::SecretKey {
-    quarterdeck_domain::sso::SecretKey::from_bytes(secret.derive("quarterdeck intent emails v1"))
+    quarterdeck_domain::sso::SecretKey::from_bytes(secret.derive("quarterdeck intent v2"))
+}
+
+/// An intent payload as a server with `secret` seals `plan` (a format-1 plan's JSON) for
+/// `tenant`'s database and `event_id`: for tests that put intents of a newer server in place.
+#[doc(hidden)]
+pub fn sealed_intent_payload(
+    secret: &quarterdeck_domain::sso::SecretKey,
+    tenant: uuid::Uuid,
+    event_id: uuid::Uuid,
+    plan: &str,
+) -> std::result::Result<String, String> {
+    sql_reconcile::seal_plan_json(&intent_key(secret), tenant, event_id, plan)
 }
 
 /// Where a region's tenant databases (and its usage journal) live.

@@ -30,10 +30,10 @@ const NUMBERED_PARAMS: bool = true;
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "GREATEST";
 
-/// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
 /// An audit event's `details.user_id` as text (the reconcile pass's late check).
 const DETAILS_USER_ID: &str = "details->>'user_id'";
 
+/// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
 const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {

@@ -44,6 +44,18 @@ fn binding(tenant: Uuid, event_id: Uuid) -> [u8; 32] {
     b
 }
 
+/// The largest intent payload read (a server writes a few kilobytes; anything larger did not
+/// come from one and is quarantined unread).
+pub(crate) const MAX_INTENT_BYTES: i64 = 1 << 20;
+
+/// A plan's JSON sealed as format 2 for `tenant`'s database and `event_id`.
+pub(crate) fn seal_plan_json(key: &SecretKey, tenant: Uuid, event_id: Uuid, plain: &str) -> Result<String, String> {
+    let sealed = key
+        .seal_bound(plain, &binding(tenant, event_id), &OsRandom)
+        .map_err(|e| e.to_string())?;
+    serde_json::to_string(&SealedPlan { v: 2, sealed }).map_err(|e| e.to_string())
+}
+
 /// Why a stored intent cannot be used by this server.
 #[derive(Debug)]
 pub(crate) enum Unusable {
@@ -73,12 +85,7 @@ impl ControlPlan {
         let plain = serde_json::to_string(&self).map_err(|e| e.to_string())?;
         match key {
             None => Ok(plain),
-            Some(key) => {
-                let sealed = key
-                    .seal_bound(&plain, &binding(tenant, event_id), &OsRandom)
-                    .map_err(|e| e.to_string())?;
-                serde_json::to_string(&SealedPlan { v: 2, sealed }).map_err(|e| e.to_string())
-            }
+            Some(key) => seal_plan_json(key, tenant, event_id, &plain),
         }
     }
 
@@ -92,6 +99,13 @@ impl ControlPlan {
         let value: Value =
             serde_json::from_str(payload).map_err(|e| Unusable::Unreadable(format!("the intent is not JSON: {e}")))?;
         let plain = match value.get("v").and_then(Value::as_u64) {
+            // In clear: written only by a store without the key. Where intents are sealed, one
+            // in clear was written by someone else (whoever can write the tenant's database).
+            Some(1) if key.is_some() => {
+                return Err(Unusable::Unreadable(
+                    "an intent in clear where intents are sealed".to_owned(),
+                ));
+            }
             Some(1) => value,
             Some(2) => {
                 let sealed: SealedPlan = serde_json::from_value(value)
@@ -295,7 +309,7 @@ macro_rules! impl_reconcile_store {
             use quarterdeck_domain::mail::Email;
             use quarterdeck_domain::store::{DatabaseFinding, IntentOutcome, OrphanOutcome, PendingIntent, ReconcileStore};
             use quarterdeck_domain::user::Directory;
-            use $crate::sql_reconcile::{ControlOp, ControlPlan, Unusable, end_reason, from_nanos, redact};
+            use $crate::sql_reconcile::{ControlOp, ControlPlan, MAX_INTENT_BYTES, Unusable, end_reason, from_nanos, redact};
             use sqlx::{Row, Transaction};
             use time::OffsetDateTime;
             use uuid::Uuid;
@@ -342,22 +356,65 @@ macro_rules! impl_reconcile_store {
                         .is_some())
                 }
 
+                /// An intent's payload: `None` if the row is gone, `Some(None)` if it is larger
+                /// than [`MAX_INTENT_BYTES`] (not read: nothing a server wrote is that large).
+                async fn intent_payload(pool: &sqlx::Pool<$Db>, intent: &PendingIntent) -> Result<Option<Option<String>>> {
+                    let row = sqlx::query("SELECT CAST(length(payload) AS BIGINT) AS n FROM pending_event WHERE event_id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(db_err)?;
+                    let Some(row) = row else { return Ok(None) };
+                    let n: i64 = row.try_get("n").map_err(db_err)?;
+                    if n > MAX_INTENT_BYTES {
+                        return Ok(Some(None));
+                    }
+                    let payload: Option<String> = sqlx::query_scalar("SELECT payload FROM pending_event WHERE event_id = $1")
+                        .bind(intent.event_id.0)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(payload.map(Some))
+                }
+
                 /// Whether `user`'s invitation in the tenant's database is still the one made at
-                /// `at` (unix nanoseconds), neither spent nor revoked.
-                async fn invitation_current(tenant: &mut <$Db as sqlx::Database>::Connection, user: Uuid, at: i64) -> Result<bool> {
+                /// `at` (unix nanoseconds), neither spent, revoked nor expired at `now`.
+                async fn invitation_current(tenant: &mut <$Db as sqlx::Database>::Connection, user: Uuid, at: i64, now: OffsetDateTime) -> Result<bool> {
                     let at = from_nanos(at).map_err(Error::internal)?;
                     Ok(sqlx::query(
-                        "SELECT 1 AS one FROM invitation WHERE user_id = $1 AND created_at = $2 AND spent_at IS NULL AND revoked_at IS NULL",
+                        "SELECT 1 AS one FROM invitation WHERE user_id = $1 AND created_at = $2 AND spent_at IS NULL AND revoked_at IS NULL \
+                         AND expires_at > $3",
                     )
                     .bind(user)
                     .bind(enc_ts(at))
+                    .bind(enc_ts(now))
                     .fetch_optional(&mut *tenant)
                     .await
                     .map_err(db_err)?
                     .is_some())
                 }
 
-                async fn forget_intent(&self, intent: &PendingIntent) {
+                /// The intent's control side is in the trail: it is settled (kept an hour for
+                /// backups, like one its writer settled).
+                async fn settle_intent(&self, intent: &PendingIntent, at: OffsetDateTime) {
+                    let done = async {
+                        let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
+                        sqlx::query("UPDATE pending_event SET settled_at = $2, reopened = $3 WHERE event_id = $1")
+                            .bind(intent.event_id.0)
+                            .bind(enc_ts(at))
+                            .bind(false)
+                            .execute(&*pool)
+                            .await
+                            .map_err(db_err)
+                    }
+                    .await;
+                    if let Err(e) = done {
+                        tracing::warn!(tenant_id = %intent.tenant_id, error = %e, "reconcile: cannot mark an intent settled (the next pass finds its event written)");
+                    }
+                }
+
+                /// The intent is kept in the control database (quarantined): removed here.
+                async fn drop_intent(&self, intent: &PendingIntent) {
                     let done = async {
                         let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
                         sqlx::query("DELETE FROM pending_event WHERE event_id = $1")
@@ -368,7 +425,7 @@ macro_rules! impl_reconcile_store {
                     }
                     .await;
                     if let Err(e) = done {
-                        tracing::warn!(tenant_id = %intent.tenant_id, error = %e, "reconcile: cannot remove a settled intent (the next pass will)");
+                        tracing::warn!(tenant_id = %intent.tenant_id, error = %e, "reconcile: cannot remove a quarantined intent (the next pass will)");
                     }
                 }
 
@@ -398,13 +455,13 @@ macro_rules! impl_reconcile_store {
                 }
             }
 
-            fn intent_from_row(tenant: TenantId, r: &<$Db as sqlx::Database>::Row, settled: bool) -> Result<PendingIntent> {
+            fn intent_from_row(tenant: TenantId, r: &<$Db as sqlx::Database>::Row) -> Result<PendingIntent> {
                 Ok(PendingIntent {
                     tenant_id: tenant,
                     event_id: quarterdeck_domain::ids::EventId(r.try_get("event_id").map_err(db_err)?),
                     created_at: dec_ts(r.try_get("created_at").map_err(db_err)?),
                     attempts: r.try_get::<i32, _>("attempts").map(i64::from).or_else(|_| r.try_get::<i64, _>("attempts")).map_err(db_err)?,
-                    settled,
+                    reopened: r.try_get::<bool, _>("reopened").map_err(db_err)?,
                 })
             }
 
@@ -430,31 +487,31 @@ macro_rules! impl_reconcile_store {
                 async fn pending_intents(&self, tenant: TenantId, before: OffsetDateTime, limit: u32) -> Result<Vec<PendingIntent>> {
                     let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
                     let rows = sqlx::query(
-                        "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2",
+                        "SELECT event_id, created_at, attempts, reopened FROM pending_event WHERE settled_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2",
                     )
                     .bind(enc_ts(before))
                     .bind(i64::from(limit))
                     .fetch_all(&*pool)
                     .await
                     .map_err(db_err)?;
-                    rows.iter().map(|r| intent_from_row(tenant, r, false)).collect()
+                    rows.iter().map(|r| intent_from_row(tenant, r)).collect()
                 }
 
-                async fn settled_intents_without_event(&self, tenant: TenantId, limit: u32) -> Result<Vec<PendingIntent>> {
+                async fn reopen_settled_without_event(&self, tenant: TenantId) -> Result<u64> {
                     let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
-                    let mut missing = Vec::new();
+                    let mut reopened = 0;
                     let mut after: Option<(Ts, Uuid)> = None;
-                    // Page through them (an hour's worth), checking each page against the trail.
+                    // Page through them, checking each page against the trail.
                     loop {
                         let rows = match &after {
                             None => sqlx::query(
-                                "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NOT NULL \
+                                "SELECT event_id, created_at FROM pending_event WHERE settled_at IS NOT NULL \
                                  ORDER BY created_at, event_id LIMIT 500",
                             )
                             .fetch_all(&*pool)
                             .await,
                             Some((at, id)) => sqlx::query(
-                                "SELECT event_id, created_at, attempts FROM pending_event WHERE settled_at IS NOT NULL \
+                                "SELECT event_id, created_at FROM pending_event WHERE settled_at IS NOT NULL \
                                  AND (created_at > $1 OR (created_at = $1 AND event_id > $2)) ORDER BY created_at, event_id LIMIT 500",
                             )
                             .bind(*at)
@@ -463,14 +520,17 @@ macro_rules! impl_reconcile_store {
                             .await,
                         }
                         .map_err(db_err)?;
-                        let page: Vec<PendingIntent> = rows.iter().map(|r| intent_from_row(tenant, r, true)).collect::<Result<_>>()?;
+                        let mut page = Vec::with_capacity(rows.len());
+                        for r in &rows {
+                            page.push((r.try_get::<Ts, _>("created_at").map_err(db_err)?, r.try_get::<Uuid, _>("event_id").map_err(db_err)?));
+                        }
                         let Some(last) = page.last() else { break };
-                        after = Some((enc_ts(last.created_at), last.event_id.0));
+                        after = Some(*last);
                         let marks: Vec<String> = (1..=page.len()).map(|i| format!("${i}")).collect();
                         let sql = format!("SELECT id FROM tenant_audit WHERE id IN ({})", marks.join(", "));
                         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                        for i in &page {
-                            q = q.bind(i.event_id.0);
+                        for (_, id) in &page {
+                            q = q.bind(*id);
                         }
                         let found: std::collections::HashSet<Uuid> = q
                             .fetch_all(&self.pool)
@@ -480,14 +540,20 @@ macro_rules! impl_reconcile_store {
                             .map(|r| r.try_get::<Uuid, _>("id"))
                             .collect::<std::result::Result<_, _>>()
                             .map_err(db_err)?;
-                        let full = page.len() == 500;
-                        missing.extend(page.into_iter().filter(|i| !found.contains(&i.event_id.0)));
-                        if !full || missing.len() >= limit as usize {
+                        for (_, id) in page.iter().filter(|(_, id)| !found.contains(id)) {
+                            reopened += sqlx::query("UPDATE pending_event SET settled_at = NULL, reopened = $2 WHERE event_id = $1 AND settled_at IS NOT NULL")
+                                .bind(*id)
+                                .bind(true)
+                                .execute(&*pool)
+                                .await
+                                .map_err(db_err)?
+                                .rows_affected();
+                        }
+                        if page.len() < 500 {
                             break;
                         }
                     }
-                    missing.truncate(limit as usize);
-                    Ok(missing)
+                    Ok(reopened)
                 }
 
                 async fn prune_settled_intents(&self, tenant: TenantId, before: OffsetDateTime) -> Result<u64> {
@@ -502,18 +568,17 @@ macro_rules! impl_reconcile_store {
 
                 async fn repair_intent(&self, intent: &PendingIntent, mut repaired: NewEvent) -> Result<IntentOutcome> {
                     let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
-                    let row = sqlx::query("SELECT payload FROM pending_event WHERE event_id = $1")
-                        .bind(intent.event_id.0)
-                        .fetch_optional(&*pool)
-                        .await
-                        .map_err(db_err)?;
-                    // Gone meanwhile: its writer (or another pass) settled it.
-                    let Some(row) = row else { return Ok(IntentOutcome::AlreadyApplied) };
-                    let payload: String = row.try_get("payload").map_err(db_err)?;
-                    // Not JSON, sealed by another key or for another tenant or intent, naming
-                    // another tenant: unreadable (quarantined). A newer format, or an event
-                    // type / topic / operation this binary does not know: left for a newer
-                    // node (a rolling upgrade), never quarantined.
+                    let Some(payload) = Self::intent_payload(&pool, intent).await? else {
+                        // Gone meanwhile: its writer (or another pass) settled it.
+                        return Ok(IntentOutcome::AlreadyApplied);
+                    };
+                    let Some(payload) = payload else {
+                        return Ok(IntentOutcome::Unreadable(format!("an intent larger than {MAX_INTENT_BYTES} bytes")));
+                    };
+                    // Not JSON, sealed by another key or for another tenant or intent, in clear
+                    // where intents are sealed, naming another tenant: unreadable (quarantined).
+                    // A newer format, or an event type / topic / operation this binary does not
+                    // know: left for a newer node (a rolling upgrade), never quarantined.
                     let plan = match ControlPlan::from_payload(&payload, self.intent_key.as_ref(), intent.tenant_id.0, intent.event_id.0) {
                         Ok(p) => p,
                         Err(Unusable::Newer(why)) => return Ok(IntentOutcome::Skipped(why)),
@@ -526,20 +591,20 @@ macro_rules! impl_reconcile_store {
                     if events.first().map(|e| e.id) != Some(intent.event_id) {
                         return Ok(IntentOutcome::Unreadable("the intent's events do not start with its event".to_owned()));
                     }
-                    // A connection of the tenant's database taken before any lock (waiting for
-                    // one must never hold up the audit chain), read under it below.
-                    let mut tenant = pool.acquire().await.map_err(db_err)?;
+                    let now = repaired.ts;
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
                     // The event is written at most once.
                     if Self::lock_and_find_event(&mut tx, intent).await? {
                         drop(tx);
                         drop(writer);
-                        drop(tenant);
-                        drop(pool);
-                        self.forget_intent(intent).await;
+                        self.settle_intent(intent, now).await;
                         return Ok(IntentOutcome::AlreadyApplied);
                     }
+                    // The tenant's connection after the chain's lock, in the order of every
+                    // audited write (`begin_dir`): the other order deadlocks with a write to
+                    // the same tenant on a one-connection pool.
+                    let mut tenant = pool.acquire().await.map_err(db_err)?;
                     // Late: the trail already holds a later event about the same user. The
                     // events are still written (the trail is complete, each at its own time),
                     // and what they publish says `late`: a receiver may hold a newer state.
@@ -565,7 +630,7 @@ macro_rules! impl_reconcile_store {
                     for op in &plan.ops {
                         match op {
                             ControlOp::Email { user_id: Some(user), at, .. } => {
-                                if !Self::invitation_current(&mut tenant, *user, *at).await? {
+                                if !Self::invitation_current(&mut tenant, *user, *at, now).await? {
                                     emails_skipped += 1;
                                     continue;
                                 }
@@ -602,7 +667,7 @@ macro_rules! impl_reconcile_store {
                     Self::append_in(&mut tx, &repaired, self.audit_key.as_ref()).await?;
                     tx.commit().await.map_err(db_err)?;
                     drop(writer);
-                    self.forget_intent(intent).await;
+                    self.settle_intent(intent, now).await;
                     Ok(IntentOutcome::Repaired)
                 }
 
@@ -618,14 +683,8 @@ macro_rules! impl_reconcile_store {
 
                 async fn quarantine_intent(&self, intent: &PendingIntent, reason: &str, mut event: NewEvent) -> Result<bool> {
                     let pool = self.dir_pool(Directory::Tenant(intent.tenant_id)).await?;
-                    let payload: Option<String> = sqlx::query("SELECT payload FROM pending_event WHERE event_id = $1")
-                        .bind(intent.event_id.0)
-                        .fetch_optional(&*pool)
-                        .await
-                        .map_err(db_err)?
-                        .map(|r| r.try_get("payload"))
-                        .transpose()
-                        .map_err(db_err)?;
+                    // Kept (redacted) unless too large to keep.
+                    let payload = Self::intent_payload(&pool, intent).await?.flatten();
                     drop(pool);
                     let payload = payload.map(|p| redact(&p));
                     if let serde_json::Value::Object(map) = &mut event.details {
@@ -637,7 +696,7 @@ macro_rules! impl_reconcile_store {
                     if Self::lock_and_find_event(&mut tx, intent).await? {
                         drop(tx);
                         drop(writer);
-                        self.forget_intent(intent).await;
+                        self.settle_intent(intent, event.ts).await;
                         return Ok(false);
                     }
                     let done = sqlx::query(
@@ -658,7 +717,7 @@ macro_rules! impl_reconcile_store {
                     }
                     tx.commit().await.map_err(db_err)?;
                     drop(writer);
-                    self.forget_intent(intent).await;
+                    self.drop_intent(intent).await;
                     Ok(new)
                 }
 
@@ -822,12 +881,6 @@ macro_rules! impl_reconcile_store {
                 }
 
                 async fn mark_missing_database(&self, tenant: TenantId, now: OffsetDateTime, event: NewEvent) -> Result<bool> {
-                    // Still missing: the pass's list may be old, and another node's pass may have
-                    // seen it restored meanwhile (listed before any lock: the listing takes
-                    // connections of its own).
-                    if self.list_tenant_databases().await?.contains(&tenant) {
-                        return Ok(false);
-                    }
                     let writer = self.writer_permit().await;
                     let mut tx = self.pool.begin().await.map_err(db_err)?;
                     Self::lock_chain(&mut tx).await?;
@@ -936,14 +989,18 @@ mod tests {
                 Err(Unusable::Unreadable(_))
             ));
         }
-        // Format 1 (a store without the key, or an older server) is read, but only for the
-        // tenant it names.
+        // Format 1 (in clear: a store without the key) is read only by a store without the
+        // key, and only for the tenant it names; where intents are sealed it is a forgery.
         let clear = plan(tenant).into_payload(None, tenant, event).unwrap();
         assert!(clear.contains("\"v\":1") && clear.contains("token=secret"));
-        assert!(ControlPlan::from_payload(&clear, Some(&key), tenant, event).is_ok());
+        assert!(ControlPlan::from_payload(&clear, None, tenant, event).is_ok());
+        assert!(matches!(
+            ControlPlan::from_payload(&clear, Some(&key), tenant, event),
+            Err(Unusable::Unreadable(_))
+        ));
         let forged = plan(other_tenant).into_payload(None, tenant, event).unwrap();
         assert!(matches!(
-            ControlPlan::from_payload(&forged, Some(&key), tenant, event),
+            ControlPlan::from_payload(&forged, None, tenant, event),
             Err(Unusable::Unreadable(_))
         ));
         // A newer format is left alone; a payload that is not JSON is unreadable.

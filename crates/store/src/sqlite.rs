@@ -31,10 +31,10 @@ fn tenant_schema_version() -> i64 {
     TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
 /// An audit event's `details.user_id` as text (the reconcile pass's late check).
 const DETAILS_USER_ID: &str = "json_extract(details, '$.user_id')";
 
+/// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
 const OUTBOX_CLAIM_LOCK: &str = "";
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {

@@ -7,9 +7,10 @@
 //! hold), removed once the control side has committed. The pass, at start-up and periodically:
 //!
 //! - **intents** are marked settled when their control side commits and kept [`SETTLED_KEPT`]
-//!   (for backups, below); at start-up the settled ones are checked against the trail too, and
-//!   one whose event is missing (a control database restored from a backup taken before the
-//!   change) is repaired like an open one (`RECONCILE_REPAIRED` says `after_restore`).
+//!   (for backups); at start-up, before anything is pruned, the settled ones are checked
+//!   against the trail, and those whose event is missing (a control database restored from a
+//!   backup older than the tenant's) are reopened and repaired like open ones
+//!   (`RECONCILE_REPAIRED` says `after_restore`).
 //! - **open intents** older than the margin (by the injected clock): if their event is in the trail
 //!   the intent is simply removed; otherwise the control side is written, once (the store checks
 //!   the event's absence under the chain's lock, so concurrent passes on several nodes cannot
@@ -80,6 +81,8 @@ pub struct ReconcileReport {
     pub skipped: usize,
     /// Quarantined findings about databases that no longer hold (`RECONCILE_RESOLVED`).
     pub resolved: usize,
+    /// Settled intents reopened at start-up (their events missing from the trail).
+    pub reopened: usize,
 }
 
 impl ReconcileReport {
@@ -203,20 +206,25 @@ impl Core {
         with_settled: bool,
         report: &mut ReconcileReport,
     ) {
-        if let Err(e) = self.store.prune_settled_intents(t, now - SETTLED_KEPT).await {
-            tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot delete the tenant's old settled intents");
-        }
+        // At start-up first: settled intents whose event the trail lacks (a restored control
+        // database) are reopened, whatever their age, before anything old is pruned.
         if with_settled {
-            match self.store.settled_intents_without_event(t, BATCH).await {
-                Ok(intents) => {
-                    for i in &intents {
-                        self.reconcile_intent(i, report).await;
-                    }
+            match self.store.reopen_settled_without_event(t).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    report.reopened += usize::try_from(n).unwrap_or(usize::MAX);
+                    tracing::warn!(tenant_id = %t, reopened = n, "reconcile: changes whose events the (restored) control database lacks are repaired");
                 }
                 Err(e) => {
-                    tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot check the tenant's settled intents")
+                    report.failed += 1;
+                    tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot check the tenant's settled intents");
+                    // Nothing is pruned until they have been checked.
+                    return;
                 }
             }
+        }
+        if let Err(e) = self.store.prune_settled_intents(t, now - SETTLED_KEPT).await {
+            tracing::warn!(tenant_id = %t, error = %e, "reconcile: cannot delete the tenant's old settled intents");
         }
         let before = now - margin;
         loop {
@@ -228,11 +236,15 @@ impl Core {
                 }
             };
             let failed_before = report.failed;
+            let progress = |r: &ReconcileReport| r.repaired + r.already_applied + r.quarantined;
+            let progress_before = progress(report);
             let n = intents.len();
             for i in &intents {
                 self.reconcile_intent(i, report).await;
             }
-            if n < BATCH as usize || report.failed > failed_before {
+            // A full batch that settled nothing (intents left for a newer node) would be read
+            // again as it is: the rest waits for the next pass.
+            if n < BATCH as usize || report.failed > failed_before || progress(report) == progress_before {
                 return;
             }
         }
@@ -243,7 +255,7 @@ impl Core {
             EventType::ReconcileRepaired,
             &Actor::system(),
             Some(i.tenant_id),
-            if i.settled {
+            if i.reopened {
                 // Its control side had committed: the control database was restored from
                 // before it.
                 json!({ "event_id": i.event_id, "pending_since": super::rfc3339(i.created_at), "after_restore": true })

@@ -72,6 +72,24 @@ async fn a_change_made_between_the_control_copy_and_the_tenant_copy_gets_its_eve
     assert_eq!(r.status(), 303);
     let after = backup("after").await;
     std::fs::copy(before.join("control.db"), after.join("control.db")).unwrap();
+    // …restored three hours later: the intent settled long before the restored server starts.
+    {
+        use sqlx::ConnectOptions;
+        let tenant_db = after.join("tenants").join(format!("{}.db", tid.replace('-', "")));
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(tenant_db)
+            .connect()
+            .await
+            .unwrap();
+        let hours = 3 * 3_600_000_000i64;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE pending_event SET settled_at = settled_at - {hours}, created_at = created_at - {hours} WHERE settled_at IS NOT NULL"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(r.rows_affected(), 1, "Ada's settled intent is in the tenant's copy");
+    }
 
     // Restored: the tenant holds Ada and her settled intent, the control database neither her
     // event nor her email. The server's start-up pass writes them back.

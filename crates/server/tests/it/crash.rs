@@ -168,6 +168,7 @@ both!(
         let invited = format!("SELECT CAST(count(*) AS TEXT) FROM tenant_audit WHERE event_type = 'USER_INVITED' AND {} = '{doomed}'", data.detail("email"));
         let emails = format!("SELECT CAST(count(*) AS TEXT) FROM outbox WHERE to_addr = '{doomed}'");
         let intents = "SELECT CAST(count(*) AS TEXT) FROM pending_event";
+        let open_intents = "SELECT CAST(count(*) AS TEXT) FROM pending_event WHERE settled_at IS NULL";
         assert_eq!(count(&data.control(&invited).await), 0);
         assert_eq!(count(&data.control(&emails).await), 0);
         assert_eq!(count(&data.tenant(&tid, intents).await), 1);
@@ -199,7 +200,9 @@ both!(
         assert_eq!(repaired[0].details["event_types"], serde_json::json!(["USER_INVITED"]));
         assert_eq!(count(&data.control(&emails).await), 1);
         assert_eq!(app.outbox().await.iter().filter(|m| m.to == doomed).count(), 1);
-        assert_eq!(count(&data.tenant(&tid, intents).await), 0);
+        // Settled now (kept an hour for backups), no longer open.
+        assert_eq!(count(&data.tenant(&tid, open_intents).await), 0);
+        assert_eq!(count(&data.tenant(&tid, intents).await), 1);
         assert!(app.core.verify_audit_chain().await.unwrap().is_ok());
 
         // The invitation works: its link (from the repaired email) registers the user.
@@ -305,7 +308,7 @@ both!(
 );
 
 /// Runs one statement in the tenant's own database.
-async fn tenant_exec(data: &Data, tid: &str, sql: &str) {
+pub(crate) async fn tenant_exec(data: &Data, tid: &str, sql: &str) {
     use sqlx::ConnectOptions;
     let hex = tid.parse::<uuid::Uuid>().unwrap().simple().to_string();
     match &data.pg_url {
@@ -633,10 +636,22 @@ both!(
         let tid = app.create_tenant("Acme", "acme").await;
         let data = Data::of(&app);
         let hex = |n: u8| format!("{:032x}", u128::from(n) + 0xabc);
-        for (n, payload) in [
-            (1u8, r#"{"v": 3, "events": [], "ops": []}"#.to_owned()),
-            (2u8, format!(r#"{{"v": 1, "events": [{{"id": "{}", "type": "SOMETHING_NEW"}}], "ops": []}}"#, uuid::Uuid::parse_str(&hex(2)).unwrap())),
-        ] {
+        // A newer server's intent naming an event type this one does not know, sealed with
+        // this deployment's key, as a newer node would.
+        let secret = std::fs::read_to_string(app.data_dir().join("secret.key")).unwrap();
+        let secret = quarterdeck_domain::sso::SecretKey::parse(&secret).unwrap();
+        let newer = format!(
+            r#"{{"v": 1, "events": [{{"id": "{}", "ts": 0, "event_type": "SOMETHING_NEW", "actor_user_id": null, "actor_email": null, "actor_impersonation": null, "actor_token_id": null, "tenant_id": "{tid}", "details": {{}}, "published": null}}], "ops": []}}"#,
+            uuid::Uuid::parse_str(&hex(2)).unwrap()
+        );
+        let sealed = quarterdeck_store::sealed_intent_payload(
+            &secret,
+            tid.parse().unwrap(),
+            uuid::Uuid::parse_str(&hex(2)).unwrap(),
+            &newer,
+        )
+        .unwrap();
+        for (n, payload) in [(1u8, r#"{"v": 3, "events": [], "ops": []}"#.to_owned()), (2u8, sealed)] {
             let id = uuid::Uuid::parse_str(&hex(n)).unwrap();
             let sql = match &data.pg_url {
                 Some(_) => format!("INSERT INTO pending_event (event_id, created_at, attempts, payload) VALUES ('{id}', now() - interval '1 hour', 0, '{payload}')"),
