@@ -17,6 +17,10 @@ static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migration
 /// Multi-row statements use plain `?` parameters here (see `sql_usage.rs`).
 const NUMBERED_PARAMS: bool = false;
 
+/// Usage journal appends write one batch row per accepted batch (journal migration 0002);
+/// per-event rows of older nodes are still read.
+const JOURNAL_BATCH_ROWS: bool = true;
+
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "max";
 
@@ -120,7 +124,9 @@ impl SqliteStore {
             tenants: PoolCache::new(limits, limits.max_open, None),
             audit_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
-            sweep_parallel: 4,
+            // A tenant's sweep on SQLite mostly waits on its files (opening, the checkpoint
+            // and WAL removal when an evicted pool closes): a quarter of the open pools.
+            sweep_parallel: (limits.max_open / 4).clamp(1, 16),
             region_dirs,
             placements: crate::Placements::default(),
         })
