@@ -567,3 +567,51 @@ both!(
         .await;
     }
 );
+
+both!(
+    async fn a_journal_row_settled_with_a_tenant_held_back_keeps_just_that_tenants_entries(app) {
+        use quarterdeck_domain::usage::{JournalCursor, JournalKey};
+        // A region nobody sweeps, so that only this test settles its rows.
+        let region = "settle-test";
+        let store = app.core.store();
+        let (a, b) = (TenantId(uuid::Uuid::new_v4()), TenantId(uuid::Uuid::new_v4()));
+        let now = app.clock_now();
+        let entry = |tenant_id: TenantId, id: &str| JournalEntry {
+            tenant_id,
+            api_key_id: None,
+            source: "s".into(),
+            event_id: id.into(),
+            meter: "llm.tokens".into(),
+            time: now,
+            value: 1,
+            dims: "{}".into(),
+            received_at: now,
+        };
+        store
+            .journal_append(region, &[entry(a, "a-1"), entry(b, "b-1"), entry(a, "a-2")])
+            .await
+            .unwrap();
+        let take = store.journal_take(region, JournalCursor::default(), 1000).await.unwrap();
+        assert_eq!((take.entries, take.full), (3, false));
+        // As a sweep settles it when `a` was applied and `b` was held back.
+        let mut done = Vec::new();
+        let mut kept: Vec<(JournalKey, Vec<JournalEntry>)> = Vec::new();
+        for row in &take.rows {
+            let held: Vec<JournalEntry> = row.entries.iter().filter(|e| e.tenant_id == b).cloned().collect();
+            if held.is_empty() {
+                done.push(row.key);
+            } else if held.len() < row.entries.len() {
+                kept.push((row.key, held));
+            }
+        }
+        store.journal_settle(region, &done, &kept).await.unwrap();
+        assert_eq!(store.journal_backlog(region).await.unwrap().0, 1);
+        let left = store.journal_take(region, JournalCursor::default(), 1000).await.unwrap();
+        let ids: Vec<(TenantId, &str)> = left
+            .rows
+            .iter()
+            .flat_map(|r| r.entries.iter().map(|e| (e.tenant_id, e.event_id.as_str())))
+            .collect();
+        assert_eq!(ids, vec![(b, "b-1")]);
+    }
+);
