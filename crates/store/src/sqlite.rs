@@ -125,8 +125,8 @@ impl SqliteStore {
             audit_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             // A tenant's sweep on SQLite mostly waits on its files (opening, the checkpoint
-            // and WAL removal when an evicted pool closes): a quarter of the open pools.
-            sweep_parallel: (limits.max_open / 4).clamp(1, 16),
+            // and WAL removal when an evicted pool closes): an eighth of the open pools.
+            sweep_parallel: (limits.max_open / 8).clamp(1, 16),
             region_dirs,
             placements: crate::Placements::default(),
         })
