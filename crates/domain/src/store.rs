@@ -431,16 +431,22 @@ pub trait UsageStore: Send + Sync {
     async fn usage_subjects(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, crate::usage::UsageSubject)>>;
     /// Append accepted events to the region's journal, in one transaction.
     async fn journal_append(&self, region: &str, entries: &[crate::usage::JournalEntry]) -> Result<()>;
-    /// The region's oldest `limit` journal entries after sequence number `after`, with their
-    /// sequence numbers.
+    /// The region's oldest journal rows after `after`, about `limit` entries (a row holding
+    /// many is taken whole), and where the next take goes on from.
     async fn journal_take(
         &self,
         region: &str,
-        after: i64,
+        after: crate::usage::JournalCursor,
         limit: u32,
-    ) -> Result<Vec<(i64, crate::usage::JournalEntry)>>;
-    /// Delete these entries (after they were applied).
-    async fn journal_delete(&self, region: &str, seqs: &[i64]) -> Result<()>;
+    ) -> Result<crate::usage::JournalTake>;
+    /// After a sweep, in one transaction: delete the rows in `done`, and replace the entries of
+    /// each row in `kept` with the ones given (the entries of tenants held back).
+    async fn journal_settle(
+        &self,
+        region: &str,
+        done: &[crate::usage::JournalKey],
+        kept: &[(crate::usage::JournalKey, Vec<crate::usage::JournalEntry>)],
+    ) -> Result<()>;
     /// How many entries wait in the region's journal, and when the oldest was received.
     async fn journal_backlog(&self, region: &str) -> Result<(u64, Option<OffsetDateTime>)>;
     /// Take or renew the region's sweep lease for `holder` until `until`; `false` while another

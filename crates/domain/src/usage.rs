@@ -561,6 +561,210 @@ pub struct JournalEntry {
     pub received_at: OffsetDateTime,
 }
 
+/// A row of a region's journal: a single entry (the per-event rows of nodes before batch
+/// rows, and of PostgreSQL's journals), or a batch row holding many ([`encode_entries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JournalKey {
+    Event(i64),
+    Batch(i64),
+}
+
+/// Where a sweep goes on reading a region's journal: past these sequence numbers of each
+/// kind of row (0: from the start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalCursor {
+    pub event: i64,
+    pub batch: i64,
+}
+
+/// One journal row as a sweep reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalRow {
+    pub key: JournalKey,
+    pub entries: Vec<JournalEntry>,
+}
+
+/// What one read of a journal gave.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalTake {
+    pub rows: Vec<JournalRow>,
+    /// Entries in `rows`.
+    pub entries: usize,
+    /// Whether the read stopped at its limit (more may follow `next`).
+    pub full: bool,
+    /// Where the next read goes on from, when `full`.
+    pub next: JournalCursor,
+}
+
+/// A journal row holding many entries (one accepted batch's events of one region): the
+/// compact form [`encode_entries`] writes and [`decode_entries`] reads. One row and one
+/// statement per batch instead of one row and ten parameters per event; the strings a batch
+/// repeats (source, meter, dimension values) are written once.
+///
+/// Layout (version 1): `1`, the string table (varint count, then each as varint length +
+/// UTF-8), the entries (varint count, then each: tenant id (16 bytes), `0` or `1` + API key id
+/// (16 bytes), source (table index), event id (varint length + UTF-8), meter (table index),
+/// time (i64 microseconds, zigzag varint), value (zigzag varint), dimensions (table index)).
+/// Every entry of a row shares the row's `received_at`.
+const JOURNAL_CODEC_V1: u8 = 1;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn micros_of(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// The compact form of a journal row's entries (see [`JOURNAL_CODEC_V1`]); times keep
+/// microseconds, as the stores do.
+pub fn encode_entries(entries: &[JournalEntry]) -> Vec<u8> {
+    let mut table: Vec<&str> = Vec::new();
+    let mut index: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for e in entries {
+        for s in [e.source.as_str(), e.meter.as_str(), e.dims.as_str()] {
+            if !index.contains_key(s) {
+                index.insert(s, table.len() as u64);
+                table.push(s);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(16 + table.iter().map(|s| s.len() + 2).sum::<usize>() + entries.len() * 64);
+    out.push(JOURNAL_CODEC_V1);
+    put_varint(&mut out, table.len() as u64);
+    for s in &table {
+        put_str(&mut out, s);
+    }
+    put_varint(&mut out, entries.len() as u64);
+    for e in entries {
+        out.extend_from_slice(e.tenant_id.0.as_bytes());
+        match e.api_key_id {
+            Some(k) => {
+                out.push(1);
+                out.extend_from_slice(k.as_bytes());
+            }
+            None => out.push(0),
+        }
+        put_varint(&mut out, index.get(e.source.as_str()).copied().unwrap_or(0));
+        put_str(&mut out, &e.event_id);
+        put_varint(&mut out, index.get(e.meter.as_str()).copied().unwrap_or(0));
+        put_varint(&mut out, zigzag(micros_of(e.time)));
+        put_varint(&mut out, zigzag(e.value));
+        put_varint(&mut out, index.get(e.dims.as_str()).copied().unwrap_or(0));
+    }
+    out
+}
+
+/// A reader over an encoded row; every read fails cleanly on a short or malformed row.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.varint()?).ok()
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.len()?;
+        std::str::from_utf8(self.bytes(n)?).ok()
+    }
+
+    fn uuid(&mut self) -> Option<uuid::Uuid> {
+        uuid::Uuid::from_slice(self.bytes(16)?).ok()
+    }
+}
+
+/// The entries of a journal row written by [`encode_entries`], each received at `received_at`.
+pub fn decode_entries(payload: &[u8], received_at: OffsetDateTime) -> Result<Vec<JournalEntry>> {
+    decode(payload, received_at)
+        .ok_or_else(|| Error::internal("a usage journal row is not readable (unknown or damaged encoding)"))
+}
+
+fn decode(payload: &[u8], received_at: OffsetDateTime) -> Option<Vec<JournalEntry>> {
+    let mut r = Reader { buf: payload };
+    if r.byte()? != JOURNAL_CODEC_V1 {
+        return None;
+    }
+    let strings = r.len()?;
+    let mut table = Vec::with_capacity(strings.min(payload.len()));
+    for _ in 0..strings {
+        table.push(r.str()?);
+    }
+    let n = r.len()?;
+    // Each entry takes at least 22 bytes: a count past that is damage, not a reason to allocate.
+    let mut out = Vec::with_capacity(n.min(payload.len() / 22 + 1));
+    let at = |r: &mut Reader<'_>| table.get(r.len()?).copied();
+    for _ in 0..n {
+        let tenant_id = TenantId(r.uuid()?);
+        let api_key_id = match r.byte()? {
+            0 => None,
+            1 => Some(r.uuid()?),
+            _ => return None,
+        };
+        let source = at(&mut r)?;
+        let event_id = r.str()?;
+        let meter = at(&mut r)?;
+        let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unzigzag(r.varint()?)) * 1_000).ok()?;
+        let value = unzigzag(r.varint()?);
+        let dims = at(&mut r)?;
+        out.push(JournalEntry {
+            tenant_id,
+            api_key_id,
+            source: source.to_owned(),
+            event_id: event_id.to_owned(),
+            meter: meter.to_owned(),
+            time,
+            value,
+            dims: dims.to_owned(),
+            received_at,
+        });
+    }
+    r.buf.is_empty().then_some(out)
+}
+
 /// One hour of one meter for one combination of dimension values and one API key (none when
 /// the subject was the tenant): what a tenant's database keeps after the raw events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -763,6 +967,41 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code(), "batch_too_large");
+    }
+
+    #[test]
+    fn a_journal_row_reads_back_the_entries_it_was_written_from() {
+        let t = TenantId(uuid::Uuid::new_v4());
+        let at = now() + Duration::nanoseconds(123_456_789);
+        let entries: Vec<JournalEntry> = (0..5)
+            .map(|i| JournalEntry {
+                tenant_id: if i % 2 == 0 { t } else { TenantId(uuid::Uuid::new_v4()) },
+                api_key_id: (i % 3 == 0).then(uuid::Uuid::new_v4),
+                source: if i < 3 { "gw".into() } else { "gw-2".into() },
+                event_id: format!("ev-{i}-é"),
+                meter: "llm.tokens".into(),
+                time: now() - Duration::microseconds(i * 1_000_001),
+                value: if i == 4 { MAX_QUANTITY } else { i },
+                dims: if i == 1 {
+                    "{}".into()
+                } else {
+                    r#"{"model":"gpt-4o"}"#.into()
+                },
+                received_at: at,
+            })
+            .collect();
+        let row = encode_entries(&entries);
+        // The received time is the row's, and keeps microseconds (as the stores do).
+        let back = decode_entries(&row, at).unwrap();
+        assert_eq!(back, entries);
+        assert_eq!(decode_entries(&encode_entries(&[]), at).unwrap(), vec![]);
+        // A damaged row is an error, never a panic or a wrong entry.
+        for cut in [0, 1, 5, row.len() - 1] {
+            assert!(decode_entries(&row[..cut], at).is_err(), "cut at {cut}");
+        }
+        let mut other = row.clone();
+        other[0] = 9;
+        assert!(decode_entries(&other, at).is_err());
     }
 
     #[test]

@@ -27,6 +27,10 @@ fn tenant_schema_version() -> i64 {
 /// Multi-row statements number their parameters (`$1`…).
 const NUMBERED_PARAMS: bool = true;
 
+/// Usage journal appends write one row per event: the default region's journal lives in the
+/// control database, whose schema has no batch table.
+const JOURNAL_BATCH_ROWS: bool = false;
+
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "GREATEST";
 

@@ -8,9 +8,10 @@ macro_rules! impl_usage_store {
         use quarterdeck_domain::budget::{Budget, Crossing};
         use quarterdeck_domain::store::{Applied, UsageStore};
         use quarterdeck_domain::usage::{
-            Aggregation, JournalEntry, MeterCatalog, MeterTotal, Month, Rollup, UsageSubject,
+            Aggregation, JournalCursor, JournalEntry, JournalKey, JournalRow, JournalTake, MeterCatalog, MeterTotal,
+            Month, Rollup, UsageSubject, decode_entries, encode_entries,
         };
-        use std::collections::{BTreeSet, HashSet};
+        use std::collections::{BTreeSet, HashMap};
         type UsageByMonth = std::collections::BTreeMap<Month, Vec<MeterTotal>>;
 
         /// Rows per multi-row statement: well under SQLite's 32,766 parameters at 10 a row.
@@ -196,6 +197,26 @@ macro_rules! impl_usage_store {
                     return Ok(());
                 }
                 let (pool, lock) = self.journal_pool(region).await?;
+                if JOURNAL_BATCH_ROWS {
+                    // One row for the whole batch: one statement of four parameters, however
+                    // many events (the entries of one append share their `received_at`).
+                    let payload = encode_entries(entries);
+                    let received_at = entries.iter().map(|e| e.received_at).min().unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                    let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+                    let _writer = match &lock {
+                        Some(l) => Some(l.lock().await),
+                        None => None,
+                    };
+                    sqlx::query("INSERT INTO usage_journal_batch (region, received_at, entries, payload) VALUES ($1, $2, $3, $4)")
+                        .bind(region)
+                        .bind(enc_ts(received_at))
+                        .bind(n)
+                        .bind(payload)
+                        .execute(&pool)
+                        .await
+                        .map_err(db_err)?;
+                    return Ok(());
+                }
                 let _writer = match &lock {
                     Some(l) => Some(l.lock().await),
                     None => None,
@@ -225,23 +246,78 @@ macro_rules! impl_usage_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn journal_take(&self, region: &str, after: i64, limit: u32) -> Result<Vec<(i64, JournalEntry)>> {
+            async fn journal_take(&self, region: &str, after: JournalCursor, limit: u32) -> Result<JournalTake> {
                 let (pool, _) = self.journal_pool(region).await?;
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+                let mut take = JournalTake {
+                    next: after,
+                    ..JournalTake::default()
+                };
+                // Per-event rows first (an older node's, or PostgreSQL's).
                 let sql = format!(
                     "SELECT {JOURNAL_COLUMNS} FROM usage_journal WHERE region = $1 AND seq > $2 ORDER BY seq LIMIT $3"
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(region)
-                    .bind(after)
-                    .bind(i64::from(limit))
+                    .bind(after.event)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .fetch_all(&pool)
                     .await
                     .map_err(db_err)?;
-                rows.iter().map(journal_from_row).collect()
+                take.rows.reserve(rows.len());
+                for r in &rows {
+                    let (seq, e) = journal_from_row(r)?;
+                    take.next.event = seq;
+                    take.rows.push(JournalRow {
+                        key: JournalKey::Event(seq),
+                        entries: vec![e],
+                    });
+                }
+                take.entries = rows.len();
+                drop(rows);
+                // Then batch rows, a page at a time, until the limit (a row is taken whole).
+                const PAGE: i64 = 64;
+                'pages: while JOURNAL_BATCH_ROWS && take.entries < limit {
+                    let rows = sqlx::query(
+                        "SELECT seq, received_at, payload FROM usage_journal_batch WHERE region = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    )
+                    .bind(region)
+                    .bind(take.next.batch)
+                    .bind(PAGE)
+                    .fetch_all(&pool)
+                    .await
+                    .map_err(db_err)?;
+                    let last_page = rows.len() < PAGE as usize;
+                    for r in &rows {
+                        let seq: i64 = r.try_get("seq").map_err(db_err)?;
+                        let received_at = dec_ts(r.try_get("received_at").map_err(db_err)?);
+                        let payload: &[u8] = r.try_get("payload").map_err(db_err)?;
+                        let entries = decode_entries(payload, received_at)?;
+                        take.next.batch = seq;
+                        take.entries += entries.len();
+                        take.rows.push(JournalRow {
+                            key: JournalKey::Batch(seq),
+                            entries,
+                        });
+                        if take.entries >= limit {
+                            break 'pages;
+                        }
+                    }
+                    if last_page {
+                        break;
+                    }
+                }
+                take.full = take.entries >= limit;
+                Ok(take)
             }
 
-            async fn journal_delete(&self, region: &str, seqs: &[i64]) -> Result<()> {
-                if seqs.is_empty() {
+            async fn journal_settle(
+                &self,
+                region: &str,
+                done: &[JournalKey],
+                kept: &[(JournalKey, Vec<JournalEntry>)],
+            ) -> Result<()> {
+                if done.is_empty() && kept.is_empty() {
                     return Ok(());
                 }
                 let (pool, lock) = self.journal_pool(region).await?;
@@ -252,22 +328,47 @@ macro_rules! impl_usage_store {
                 let mut tx = pool.begin().await.map_err(db_err)?;
                 // Contiguous runs go as ranges (a sweep's take usually is one run); the rest by
                 // list. Never `seq <= max`: on PostgreSQL a smaller seq may commit later.
-                let mut sorted = seqs.to_vec();
-                sorted.sort_unstable();
-                let mut runs: Vec<(i64, i64)> = Vec::new();
-                for s in sorted {
-                    match runs.last_mut() {
-                        Some((_, end)) if *end + 1 == s => *end = s,
-                        _ => runs.push((s, s)),
+                for (table, is_batch) in [("usage_journal", false), ("usage_journal_batch", true)] {
+                    let mut sorted: Vec<i64> = done
+                        .iter()
+                        .filter_map(|k| match (k, is_batch) {
+                            (JournalKey::Event(s), false) | (JournalKey::Batch(s), true) => Some(*s),
+                            _ => None,
+                        })
+                        .collect();
+                    if sorted.is_empty() {
+                        continue;
+                    }
+                    sorted.sort_unstable();
+                    let mut runs: Vec<(i64, i64)> = Vec::new();
+                    for s in sorted {
+                        match runs.last_mut() {
+                            Some((_, end)) if *end + 1 == s => *end = s,
+                            _ => runs.push((s, s)),
+                        }
+                    }
+                    let sql = format!("DELETE FROM {table} WHERE seq >= $1 AND seq <= $2");
+                    for (start, end) in runs {
+                        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                            .bind(start)
+                            .bind(end)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
                     }
                 }
-                for (start, end) in runs {
-                    sqlx::query("DELETE FROM usage_journal WHERE seq >= $1 AND seq <= $2")
-                        .bind(start)
-                        .bind(end)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
+                // A batch row some of whose tenants were held back keeps just their entries
+                // (and its place: the cursor has passed it). A per-event row is all or nothing.
+                for (key, entries) in kept {
+                    if let JournalKey::Batch(seq) = key {
+                        sqlx::query("UPDATE usage_journal_batch SET entries = $1, payload = $2 WHERE seq = $3")
+                            .bind(i64::try_from(entries.len()).unwrap_or(i64::MAX))
+                            .bind(encode_entries(entries))
+                            .bind(*seq)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
                 }
                 tx.commit().await.map_err(db_err)
             }
@@ -280,8 +381,25 @@ macro_rules! impl_usage_store {
                     .await
                     .map_err(db_err)?;
                 let n: i64 = r.try_get("n").map_err(db_err)?;
-                let oldest: Option<Ts> = r.try_get("oldest").map_err(db_err)?;
-                Ok((u64::try_from(n).unwrap_or(0), oldest.map(dec_ts)))
+                let mut oldest: Option<Ts> = r.try_get("oldest").map_err(db_err)?;
+                let mut n = u64::try_from(n).unwrap_or(0);
+                if JOURNAL_BATCH_ROWS {
+                    let r = sqlx::query(
+                        "SELECT CAST(COALESCE(SUM(entries), 0) AS BIGINT) AS n, MIN(received_at) AS oldest FROM usage_journal_batch WHERE region = $1",
+                    )
+                    .bind(region)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(db_err)?;
+                    let more: i64 = r.try_get("n").map_err(db_err)?;
+                    n += u64::try_from(more).unwrap_or(0);
+                    let batch_oldest: Option<Ts> = r.try_get("oldest").map_err(db_err)?;
+                    oldest = match (oldest, batch_oldest) {
+                        (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Ok((n, oldest.map(dec_ts)))
             }
 
             async fn claim_sweep(&self, region: &str, holder: Uuid, now: OffsetDateTime, until: OffsetDateTime) -> Result<bool> {
@@ -338,14 +456,19 @@ macro_rules! impl_usage_store {
 
             async fn apply_usage(&self, tenant: TenantId, entries: &[JournalEntry], meters: &MeterCatalog) -> Result<Applied> {
                 // One entry per (source, id): a batch may repeat an event.
-                let mut seen = HashSet::with_capacity(entries.len());
-                let fresh: Vec<&JournalEntry> = entries
-                    .iter()
-                    .filter(|e| seen.insert((e.source.as_str(), e.event_id.as_str())))
-                    .collect();
+                let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
+                let mut fresh: Vec<&JournalEntry> = Vec::with_capacity(entries.len());
+                for e in entries {
+                    if let std::collections::hash_map::Entry::Vacant(v) = seen.entry((e.source.as_str(), e.event_id.as_str())) {
+                        v.insert(fresh.len());
+                        fresh.push(e);
+                    }
+                }
+                // Which of `fresh` the database did not have yet.
+                let mut new = vec![false; fresh.len()];
+                let mut inserted = 0_u64;
                 let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
                 let mut tx = pool.begin().await.map_err(db_err)?;
-                let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
                 for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
                     let sql = format!(
                         "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) VALUES {} \
@@ -365,12 +488,20 @@ macro_rules! impl_usage_store {
                             .bind(enc_ts(e.received_at));
                     }
                     for r in q.fetch_all(&mut *tx).await.map_err(db_err)? {
-                        inserted.insert((r.try_get("source").map_err(db_err)?, r.try_get("event_id").map_err(db_err)?));
+                        let source: &str = r.try_get(0).map_err(db_err)?;
+                        let event_id: &str = r.try_get(1).map_err(db_err)?;
+                        if let Some(i) = seen.get(&(source, event_id))
+                            && let Some(slot) = new.get_mut(*i)
+                            && !*slot
+                        {
+                            *slot = true;
+                            inserted += 1;
+                        }
                     }
                 }
                 // Fold what was new into its hours.
                 let mut folds: BTreeMap<(OffsetDateTime, &str, &str, String), (i64, i64)> = BTreeMap::new();
-                for e in fresh.iter().filter(|e| inserted.contains(&(e.source.clone(), e.event_id.clone()))) {
+                for e in fresh.iter().zip(&new).filter(|(_, n)| **n).map(|(e, _)| e) {
                     let agg = meters.get(&e.meter).map_or(Aggregation::Sum, |m| m.aggregation);
                     let key = (
                         quarterdeck_domain::usage::hour_of(e.time),
@@ -442,7 +573,7 @@ macro_rules! impl_usage_store {
                 }
                 let out: Vec<_> = by_month.into_iter().collect();
                 Ok(Applied {
-                    inserted: u64::try_from(inserted.len()).unwrap_or(0),
+                    inserted,
                     months: out,
                 })
             }

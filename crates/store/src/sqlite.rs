@@ -17,6 +17,10 @@ static JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migration
 /// Multi-row statements use plain `?` parameters here (see `sql_usage.rs`).
 const NUMBERED_PARAMS: bool = false;
 
+/// Usage journal appends write one batch row per accepted batch (journal migration 0002);
+/// per-event rows of older nodes are still read.
+const JOURNAL_BATCH_ROWS: bool = true;
+
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "max";
 
@@ -126,7 +130,9 @@ impl SqliteStore {
             audit_key: None,
             intent_key: None,
             journals: tokio::sync::Mutex::new(std::collections::HashMap::new()),
-            sweep_parallel: 4,
+            // A tenant's sweep on SQLite mostly waits on its files (opening, the checkpoint
+            // and WAL removal when an evicted pool closes): an eighth of the open pools.
+            sweep_parallel: (limits.max_open / 8).clamp(1, 16),
             region_dirs,
             placements: crate::Placements::default(),
         })

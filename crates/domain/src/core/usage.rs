@@ -16,8 +16,8 @@ use crate::ids::TenantId;
 use crate::service_token::ServiceScope;
 use crate::store::ChangeKind;
 use crate::usage::{
-    Envelope, IngestLimits, JournalEntry, MeterTotal, Month, ParsedEvent, RejectReason, Rejected, UsageSubject,
-    parse_events,
+    Envelope, IngestLimits, JournalCursor, JournalEntry, JournalKey, MeterTotal, Month, ParsedEvent, RejectReason,
+    Rejected, UsageSubject, parse_events,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -72,7 +72,7 @@ pub struct SweepReport {
 /// not per event: the more a sweep carries, the less it costs per event.
 const SWEEP_TAKE: u32 = 200_000;
 /// Most tenants swept at once (the store says how many: `sweep_parallelism`).
-const SWEEP_PARALLEL_MAX: usize = 8;
+const SWEEP_PARALLEL_MAX: usize = 16;
 /// How long a sweep lease lasts without renewal.
 const SWEEP_LEASE: Duration = Duration::seconds(30);
 /// How long a subject lookup is kept (the change feed drops it sooner).
@@ -88,7 +88,7 @@ pub struct UsageState {
     /// starts afresh on every node without being told).
     crossings: Mutex<HashSet<(TenantId, Month, &'static str, OffsetDateTime)>>,
     /// Per region: where the next sweep reads from (0: the start).
-    cursors: Mutex<HashMap<String, i64>>,
+    cursors: Mutex<HashMap<String, JournalCursor>>,
     /// Tenants whose database could not be written: failures so far, and not before when.
     resting: Mutex<HashMap<TenantId, (u32, OffsetDateTime)>>,
     pub(crate) node: Uuid,
@@ -112,12 +112,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UsageState {
-    fn cursor(&self, region: &str) -> i64 {
-        lock(&self.cursors).get(region).copied().unwrap_or(0)
+    fn cursor(&self, region: &str) -> JournalCursor {
+        lock(&self.cursors).get(region).copied().unwrap_or_default()
     }
 
-    fn set_cursor(&self, region: &str, seq: i64) {
-        lock(&self.cursors).insert(region.to_owned(), seq);
+    fn set_cursor(&self, region: &str, at: JournalCursor) {
+        lock(&self.cursors).insert(region.to_owned(), at);
     }
 
     /// Whether the tenant is being left alone after failures.
@@ -287,23 +287,27 @@ impl Core {
                 ..SweepReport::default()
             });
         }
+        let t0 = std::time::Instant::now();
         let after = self.usage.cursor(region);
-        let batch = self.store.journal_take(region, after, SWEEP_TAKE).await?;
-        let taken = batch.len();
-        let full = taken == SWEEP_TAKE as usize;
-        self.usage.set_cursor(
-            region,
-            if full {
-                batch.last().map_or(0, |(seq, _)| *seq)
-            } else {
-                0
-            },
-        );
-        let mut by_tenant: BTreeMap<TenantId, (Vec<i64>, Vec<JournalEntry>)> = BTreeMap::new();
-        for (seq, e) in batch {
-            let slot = by_tenant.entry(e.tenant_id).or_default();
-            slot.0.push(seq);
-            slot.1.push(e);
+        let take = self.store.journal_take(region, after, SWEEP_TAKE).await?;
+        let taken = take.entries;
+        let full = take.full;
+        self.usage
+            .set_cursor(region, if full { take.next } else { JournalCursor::default() });
+        // Each tenant's entries, with the row each came from (a batch row mixes tenants).
+        let read = t0.elapsed();
+        let mut keys: Vec<JournalKey> = Vec::with_capacity(take.rows.len());
+        let mut row_sizes: Vec<usize> = Vec::with_capacity(take.rows.len());
+        let mut by_tenant: BTreeMap<TenantId, (Vec<u32>, Vec<JournalEntry>)> = BTreeMap::new();
+        for (i, row) in take.rows.into_iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            keys.push(row.key);
+            row_sizes.push(row.entries.len());
+            for e in row.entries {
+                let slot = by_tenant.entry(e.tenant_id).or_default();
+                slot.0.push(i);
+                slot.1.push(e);
+            }
         }
         let ids: Vec<Uuid> = by_tenant.keys().map(|t| t.0).collect();
         let live: HashMap<Uuid, UsageSubject> = if ids.is_empty() {
@@ -311,17 +315,18 @@ impl Core {
         } else {
             self.store.usage_subjects(&ids).await?.into_iter().collect()
         };
-        let mut done_seqs: Vec<i64> = Vec::with_capacity(taken);
-        let mut work: Vec<(TenantId, Vec<i64>, Vec<JournalEntry>)> = Vec::new();
+        // Entries of tenants held back (resting, or failing now): (row, entry).
+        let mut kept: Vec<(u32, JournalEntry)> = Vec::new();
+        let mut work: Vec<(TenantId, Vec<u32>, Vec<JournalEntry>)> = Vec::new();
         let mut held = false;
-        for (t, (seqs, entries)) in by_tenant {
+        for (t, (rows, entries)) in by_tenant {
             if !live.contains_key(&t.0) {
                 tracing::warn!(tenant = %t.0, events = entries.len(), "usage for a deleted tenant dropped");
-                done_seqs.extend(seqs);
             } else if self.usage.resting(t, started) {
                 held = true;
+                kept.extend(rows.into_iter().zip(entries));
             } else {
-                work.push((t, seqs, entries));
+                work.push((t, rows, entries));
             }
         }
         let tenants = work.len();
@@ -335,9 +340,9 @@ impl Core {
             }
             loop {
                 let next = lock(queue_ref).pop();
-                let Some((t, seqs, entries)) = next else { break };
+                let Some((t, rows, entries)) = next else { break };
                 let outcome = self.store.apply_usage(t, &entries, &self.config.meters).await;
-                lock(results_ref).push((t, seqs, outcome));
+                lock(results_ref).push((t, rows, entries, outcome));
             }
         };
         tokio::join!(
@@ -348,22 +353,31 @@ impl Core {
             worker(4),
             worker(5),
             worker(6),
-            worker(7)
+            worker(7),
+            worker(8),
+            worker(9),
+            worker(10),
+            worker(11),
+            worker(12),
+            worker(13),
+            worker(14),
+            worker(15)
         );
+        let applied_in = t0.elapsed();
         let mut inserted = 0;
         let mut months = Vec::new();
-        for (t, seqs, outcome) in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        for (t, rows, entries, outcome) in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
             match outcome {
                 Ok(applied) => {
                     self.usage.recovered(t);
                     inserted += applied.inserted;
-                    done_seqs.extend(seqs);
                     for (m, totals) in applied.months {
                         months.push((m, t, totals));
                     }
                 }
                 Err(e) => {
                     held = true;
+                    kept.extend(rows.into_iter().zip(entries));
                     let failures = self.usage.failed(t, started);
                     if failures.is_power_of_two() {
                         tracing::warn!(tenant = %t.0, failures, error = %e,
@@ -379,13 +393,23 @@ impl Core {
         if let Err(e) = self.check_budgets(&months, &live).await {
             tracing::warn!(error = %e, "budgets could not be checked; the next sweep tries again");
         }
-        self.store.journal_delete(region, &done_seqs).await?;
+        let (done, kept) = settle(&keys, &row_sizes, kept);
+        self.store.journal_settle(region, &done, &kept).await?;
         // Read to the end from the start: everything received before this sweep began is in
         // (but for a tenant being held back, which the warning names).
-        let drained = !full && after == 0;
+        let drained = !full && after == JournalCursor::default();
         if drained {
             self.store.set_swept_through(region, node, started).await?;
         }
+        tracing::debug!(
+            region,
+            taken,
+            tenants,
+            read_ms = read.as_millis() as u64,
+            applied_ms = applied_in.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "usage sweep"
+        );
         Ok(SweepReport {
             taken,
             inserted,
@@ -619,6 +643,31 @@ impl Core {
     }
 }
 
+/// What becomes of each row a sweep read, given the entries held back (row, entry): a row
+/// with none is deleted, a row with only held entries stays as it is, and a row with some is
+/// rewritten to hold just those (its other tenants' entries are in their databases now).
+fn settle(
+    keys: &[JournalKey],
+    row_sizes: &[usize],
+    kept: Vec<(u32, JournalEntry)>,
+) -> (Vec<JournalKey>, Vec<(JournalKey, Vec<JournalEntry>)>) {
+    let mut by_row: BTreeMap<u32, Vec<JournalEntry>> = BTreeMap::new();
+    for (row, e) in kept {
+        by_row.entry(row).or_default().push(e);
+    }
+    let mut done = Vec::with_capacity(keys.len());
+    let mut rewrite = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let i32 = u32::try_from(i).unwrap_or(u32::MAX);
+        match by_row.remove(&i32) {
+            None => done.push(*key),
+            Some(held) if held.len() == row_sizes.get(i).copied().unwrap_or(0) => {}
+            Some(held) => rewrite.push((*key, held)),
+        }
+    }
+    (done, rewrite)
+}
+
 fn entry(e: &ParsedEvent, s: &UsageSubject, now: OffsetDateTime) -> JournalEntry {
     JournalEntry {
         tenant_id: s.tenant_id,
@@ -630,5 +679,47 @@ fn entry(e: &ParsedEvent, s: &UsageSubject, now: OffsetDateTime) -> JournalEntry
         value: e.value,
         dims: e.dims.clone(),
         received_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests unwrap")]
+    use super::*;
+
+    fn entry_of(t: u128, id: &str) -> JournalEntry {
+        JournalEntry {
+            tenant_id: TenantId(Uuid::from_u128(t)),
+            api_key_id: None,
+            source: "s".into(),
+            event_id: id.into(),
+            meter: "llm.tokens".into(),
+            time: OffsetDateTime::UNIX_EPOCH,
+            value: 1,
+            dims: "{}".into(),
+            received_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_row_is_deleted_kept_or_rewritten_by_what_its_held_tenants_left_in_it() {
+        let keys = [
+            JournalKey::Batch(1),
+            JournalKey::Batch(2),
+            JournalKey::Event(7),
+            JournalKey::Batch(3),
+        ];
+        // Row 0: two tenants, one held; row 1: nothing held; row 2 (per event): held; row 3:
+        // its only tenant held.
+        let sizes = [3, 2, 1, 2];
+        let held = vec![
+            (0, entry_of(2, "b")),
+            (2, entry_of(2, "c")),
+            (3, entry_of(2, "d")),
+            (3, entry_of(2, "e")),
+        ];
+        let (done, rewrite) = settle(&keys, &sizes, held);
+        assert_eq!(done, vec![JournalKey::Batch(2)]);
+        assert_eq!(rewrite, vec![(JournalKey::Batch(1), vec![entry_of(2, "b")])]);
     }
 }

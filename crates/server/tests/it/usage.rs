@@ -512,3 +512,106 @@ both!(
         assert_eq!(store.usage_event_count(tenant).await.unwrap(), 0);
     }
 );
+
+both!(
+    async fn a_sweep_takes_an_older_nodes_per_event_rows_beside_batch_rows(app) {
+        // A rolling upgrade: a node before batch rows journaled one row per event; this node
+        // journals a row per batch (on SQLite; PostgreSQL's journal stays per event). The
+        // sweep moves both, once each.
+        let owner = owner(&app).await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let token = service_token(&app, &["usage:write"], "").await;
+        let region = app.core.usage_regions()[0].clone();
+        let store = app.core.store();
+        store.journal_backlog(&region).await.unwrap();
+        let micros = app.clock_now().unix_timestamp_nanos() / 1_000;
+        match &app.pg_url {
+            Some(_) => {
+                app.control_exec(&format!(
+                    "INSERT INTO usage_journal (region, tenant_id, api_key_id, source, event_id, meter, event_time, value, dims, received_at) \
+                     VALUES ('{region}', '{tid}', NULL, 'gateway-1', 'old-1', 'llm.tokens', now(), 7, '{{\"model\":\"gpt-4o\"}}', now())"
+                ))
+                .await
+            }
+            None => {
+                use sqlx::ConnectOptions;
+                let file = app.data_dir().join("usage").join(format!("{region}.db"));
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(file).connect().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO usage_journal (region, tenant_id, api_key_id, source, event_id, meter, event_time, value, dims, received_at) \
+                     VALUES (?, ?, NULL, 'gateway-1', 'old-1', 'llm.tokens', ?, 7, '{\"model\":\"gpt-4o\"}', ?)",
+                )
+                .bind(&region)
+                .bind(tenant.0)
+                .bind(micros as i64)
+                .bind(micros as i64)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+        }
+        // The same event again in a batch (counted once), and two new ones.
+        let batch = json!([
+            tokens("old-1", &tid, 7, "gpt-4o"),
+            tokens("new-1", &tid, 100, "gpt-4o"),
+            tokens("new-2", &tid, 20, "gpt-4o-mini"),
+        ]);
+        let (status, body) = send(&app, &token, &batch).await;
+        assert_eq!(status, 200, "{body}");
+        until_tokens(&app, &owner, tenant, 127).await;
+        assert_eq!(store.usage_event_count(tenant).await.unwrap(), 3);
+        poll_until("the journal emptied", || async {
+            store.journal_backlog(&region).await.unwrap() == (0, None)
+        })
+        .await;
+    }
+);
+
+both!(
+    async fn a_journal_row_settled_with_a_tenant_held_back_keeps_just_that_tenants_entries(app) {
+        use quarterdeck_domain::usage::{JournalCursor, JournalKey};
+        // A region nobody sweeps, so that only this test settles its rows.
+        let region = "settle-test";
+        let store = app.core.store();
+        let (a, b) = (TenantId(uuid::Uuid::new_v4()), TenantId(uuid::Uuid::new_v4()));
+        let now = app.clock_now();
+        let entry = |tenant_id: TenantId, id: &str| JournalEntry {
+            tenant_id,
+            api_key_id: None,
+            source: "s".into(),
+            event_id: id.into(),
+            meter: "llm.tokens".into(),
+            time: now,
+            value: 1,
+            dims: "{}".into(),
+            received_at: now,
+        };
+        store
+            .journal_append(region, &[entry(a, "a-1"), entry(b, "b-1"), entry(a, "a-2")])
+            .await
+            .unwrap();
+        let take = store.journal_take(region, JournalCursor::default(), 1000).await.unwrap();
+        assert_eq!((take.entries, take.full), (3, false));
+        // As a sweep settles it when `a` was applied and `b` was held back.
+        let mut done = Vec::new();
+        let mut kept: Vec<(JournalKey, Vec<JournalEntry>)> = Vec::new();
+        for row in &take.rows {
+            let held: Vec<JournalEntry> = row.entries.iter().filter(|e| e.tenant_id == b).cloned().collect();
+            if held.is_empty() {
+                done.push(row.key);
+            } else if held.len() < row.entries.len() {
+                kept.push((row.key, held));
+            }
+        }
+        store.journal_settle(region, &done, &kept).await.unwrap();
+        assert_eq!(store.journal_backlog(region).await.unwrap().0, 1);
+        let left = store.journal_take(region, JournalCursor::default(), 1000).await.unwrap();
+        let ids: Vec<(TenantId, &str)> = left
+            .rows
+            .iter()
+            .flat_map(|r| r.entries.iter().map(|e| (e.tenant_id, e.event_id.as_str())))
+            .collect();
+        assert_eq!(ids, vec![(b, "b-1")]);
+    }
+);
