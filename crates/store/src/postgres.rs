@@ -34,6 +34,10 @@ const JOURNAL_BATCH_ROWS: bool = false;
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "GREATEST";
 
+/// Statements around a commit that must survive a power loss: PostgreSQL's commits are
+/// durable by default (`synchronous_commit = on`).
+const DURABLE_COMMIT: Option<(&str, &str)> = None;
+
 /// An audit event's `details.user_id` as text (the reconcile pass's late check).
 const DETAILS_USER_ID: &str = "details->>'user_id'";
 

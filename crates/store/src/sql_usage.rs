@@ -468,7 +468,14 @@ macro_rules! impl_usage_store {
                 let mut new = vec![false; fresh.len()];
                 let mut inserted = 0_u64;
                 let pool = self.dir_pool(Directory::Tenant(tenant)).await?;
-                let mut tx = pool.begin().await.map_err(db_err)?;
+                // The journal's entries are deleted once this commits: the commit must be as
+                // durable as the journal's (SQLite: FULL for this transaction; NORMAL would
+                // lose it in a power loss after the journal forgot the events).
+                let mut conn = pool.acquire().await.map_err(db_err)?;
+                if let Some((durable, _)) = DURABLE_COMMIT {
+                    sqlx::query(durable).execute(&mut *conn).await.map_err(db_err)?;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err)?;
                 for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
                     let sql = format!(
                         "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) VALUES {} \
@@ -543,6 +550,10 @@ macro_rules! impl_usage_store {
                     }
                 }
                 tx.commit().await.map_err(db_err)?;
+                if let Some((_, usual)) = DURABLE_COMMIT {
+                    sqlx::query(usual).execute(&mut *conn).await.map_err(db_err)?;
+                }
+                drop(conn);
                 // What the entries touch, even when nothing was new (a sweep repeated after a
                 // crash must still write the summary it did not get to write): the month
                 // totals of each meter and dimension values touched, recomputed from the

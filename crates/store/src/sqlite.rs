@@ -35,6 +35,10 @@ fn tenant_schema_version() -> i64 {
     TENANT_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// Statements around a commit that must survive a power loss (a usage sweep's, before the
+/// journal forgets its events): SQLite's connections run `synchronous = NORMAL`.
+const DURABLE_COMMIT: Option<(&str, &str)> = Some(("PRAGMA synchronous = FULL", "PRAGMA synchronous = NORMAL"));
+
 /// An audit event's `details.user_id` as text (the reconcile pass's late check).
 const DETAILS_USER_ID: &str = "json_extract(details, '$.user_id')";
 
@@ -207,7 +211,14 @@ impl SqliteStore {
         private_file(&path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(3)
-            .connect_with(options(&path).create_if_missing(true))
+            // A batch is acknowledged once its journal commit returns: FULL makes that commit
+            // survive a power loss too (NORMAL, the other databases' setting, survives a
+            // process crash only). One fsync per accepted batch.
+            .connect_with(
+                options(&path)
+                    .create_if_missing(true)
+                    .synchronous(SqliteSynchronous::Full),
+            )
             .await
             .map_err(db_err)?;
         JOURNAL_MIGRATIONS.run(&pool).await.map_err(mig_err)?;
