@@ -19,6 +19,21 @@ pub(crate) struct Data {
 }
 
 impl Data {
+    /// A new data directory (and, on PostgreSQL, a new database) for servers the test runs
+    /// itself; the directory lives as long as the returned guard.
+    pub(crate) async fn fresh(backend: Backend) -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let pg_url = match backend {
+            Backend::Postgres => Some(create_pg_database().await),
+            Backend::Sqlite => None,
+        };
+        let data = Self {
+            dir: dir.path().to_owned(),
+            pg_url,
+        };
+        (dir, data)
+    }
+
     pub(crate) fn of(app: &TestApp) -> Self {
         Self {
             dir: app.data_dir().to_owned(),
@@ -397,15 +412,8 @@ const TOKENS: usize = 5;
 
 both_backends!(
     async fn a_server_killed_with_sigkill_under_1000_invitations_loses_no_acknowledged_one_and_leaves_no_duplicate_or_orphan(backend) {
-        let dir = tempfile::tempdir().unwrap();
-        let pg_url = match backend {
-            Backend::Postgres => Some(create_pg_database().await),
-            Backend::Sqlite => None,
-        };
-        let data = Data {
-            dir: dir.path().to_owned(),
-            pg_url: pg_url.clone(),
-        };
+        let (dir, data) = Data::fresh(backend).await;
+        let pg_url = data.pg_url.clone();
         let env = [
             ("QUARTERDECK_BOOTSTRAP_OWNER_EMAIL", OWNER_EMAIL),
             ("QUARTERDECK_BOOTSTRAP_OWNER_PASSWORD", OWNER_PASSWORD),

@@ -122,15 +122,8 @@ async fn raw_ids(data: &Data, tenants: &[String]) -> HashSet<String> {
 
 both_backends!(
     async fn a_server_killed_with_sigkill_under_1000_usage_batches_loses_no_acknowledged_event_and_counts_each_once(backend) {
-        let dir = tempfile::tempdir().unwrap();
-        let pg_url = match backend {
-            Backend::Postgres => Some(create_pg_database().await),
-            Backend::Sqlite => None,
-        };
-        let data = Data {
-            dir: dir.path().to_owned(),
-            pg_url: pg_url.clone(),
-        };
+        let (dir, data) = Data::fresh(backend).await;
+        let pg_url = data.pg_url.clone();
         let env = [
             ("QUARTERDECK_BOOTSTRAP_OWNER_EMAIL", OWNER_EMAIL),
             ("QUARTERDECK_BOOTSTRAP_OWNER_PASSWORD", OWNER_PASSWORD),
