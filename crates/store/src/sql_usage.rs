@@ -2,6 +2,9 @@
 //! imports it uses): the per-region ingestion journal (`journal_pool`: a file per region on
 //! SQLite, the control database on PostgreSQL), raw events and hourly rollups in each tenant's
 //! database, the control database's monthly summary, and budgets.
+//!
+//! Over 600 lines on purpose for now: journal, sweep, rollups and reports share one macro body
+//! for both backends; splitting the store macros into modules is issue 16's.
 
 macro_rules! impl_usage_store {
     ($Store:ty, $Db:ty) => {

@@ -2,6 +2,9 @@
 //! throttle, the per-network limits on secret-bearing links and single sign-on starts, the
 //! Automation API's per-token rate and `Idempotency-Key` replies, usage ingestion's events
 //! per service token, and the leases of jobs that must run on one node at a time.
+//!
+//! Over 600 lines on purpose for now: the throttle, the shared counts, idempotency and job
+//! leases, with their unit tests; one module per limit is issue 16's tidy.
 
 use super::Core;
 use crate::error::{Error, Result};

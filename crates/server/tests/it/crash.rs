@@ -2,6 +2,9 @@
 //! control side (audit event, email) did not commit is repaired by the reconcile pass, once; a
 //! server killed with SIGKILL under load loses no acknowledged invitation and leaves no
 //! duplicate and no orphan; email kept through an hour of SMTP outage goes out once.
+//!
+//! Over 600 lines: the crash tests share `Data` and the fault helpers defined here (the
+//! reconcile and usage kill tests import them).
 
 use crate::data_plane_nodes::Node;
 use crate::helpers::*;
