@@ -246,37 +246,49 @@ async fn requests_over_the_concurrency_limit_are_shed_with_503_not_queued() {
     let acme = crate::sso::tenant(&app, "Acme Corp", "acme").await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    // The issuer's first accepted connection proves the form's POST is in the handler; only
+    // then is the one slot known to be taken (the form page's GET before it is a request too).
+    let (in_flight, handler_reached) = tokio::sync::oneshot::channel();
     let holding = tokio::spawn(async move {
         let mut held = Vec::new();
+        let mut in_flight = Some(in_flight);
         while let Ok((s, _)) = silent.accept().await {
             held.push(s);
+            if let Some(tx) = in_flight.take() {
+                let _ = tx.send(());
+            }
         }
     });
+    let page = acme.admin.get_html("/portal/settings/sso").await;
     let form = tokio::spawn(async move {
-        crate::sso::configure(&acme.admin, &issuer, "both", false, &[])
+        let fields = [
+            ("protocol", "oidc"),
+            ("display_name", "Acme SSO"),
+            ("mode", "both"),
+            ("issuer", issuer.as_str()),
+            ("client_id", "quarterdeck"),
+            ("client_secret", "secret"),
+            ("scopes", "email profile"),
+        ];
+        acme.admin
+            .post_form("/portal/settings/sso", &page, &fields)
             .await
             .status()
     });
+    tokio::time::timeout(Duration::from_secs(5), handler_reached)
+        .await
+        .expect("the form's POST reached the issuer")
+        .unwrap();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let shed = loop {
-        let r = client
-            .get(app.url("/v1/admin/tenants"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 503 {
-            let retry = r.headers().get("retry-after").cloned();
-            break Some((retry, r.json::<Value>().await.unwrap()));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no request was shed while another was in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (retry, body) = shed.unwrap();
+    let r = client
+        .get(app.url("/v1/admin/tenants"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a request over the limit is shed, not queued");
+    let retry = r.headers().get("retry-after").cloned();
+    let body: Value = r.json().await.unwrap();
     assert!(retry.is_some(), "503 says when to come back");
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
     crate::openapi::check_response(&doc, "GET", "/v1/admin/tenants", 503, &body);
