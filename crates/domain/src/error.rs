@@ -89,6 +89,12 @@ pub enum Error {
     /// migrated (try again shortly).
     #[error("This tenant is being upgraded. Try again shortly.")]
     TenantMigrating,
+    /// 503: usage for a region is not taken while its sweep is further behind than
+    /// `usage_max_lag_seconds` (send the batch again after `Retry-After`).
+    #[error(
+        "Usage is not being taken right now: the events already taken are still being filed. Send the batch again shortly."
+    )]
+    UsageBacklog,
     /// 503: the server is busy (e.g. the password-hashing queue is full).
     #[error("The server is busy. Try again shortly.")]
     Busy,
@@ -119,6 +125,7 @@ impl Error {
             Error::BadRequest { code, .. } | Error::TooLarge { code, .. } | Error::Unsupported { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
             Error::Busy => "busy",
+            Error::UsageBacklog => "usage_backlog",
             Error::TenantMigrating => "tenant_migrating",
             Error::Internal(_) => "internal",
         }

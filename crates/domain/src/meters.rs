@@ -129,7 +129,7 @@ impl Meters {
             ),
             (
                 USAGE_EVENTS,
-                "Usage events received by the data plane, by result (accepted, rejected).",
+                "Usage events received by the data plane, by result (accepted, rejected; refused_backlog: in a batch refused whole because the sweep is behind).",
             ),
         ];
         for (name, help) in counters {
@@ -169,7 +169,7 @@ impl Meters {
         for o in KEY_OUTCOMES {
             m.counter(KEY_VERIFICATIONS, &[("outcome", o)]).absolute(0);
         }
-        for r in ["accepted", "rejected"] {
+        for r in ["accepted", "rejected", "refused_backlog"] {
             m.counter(USAGE_EVENTS, &[("result", r)]).absolute(0);
         }
         m
@@ -205,6 +205,12 @@ impl Meters {
             .increment(accepted);
         self.counter(USAGE_EVENTS, &[("result", "rejected")])
             .increment(rejected);
+    }
+
+    /// A batch of `events` refused whole with `usage_backlog` (the sweep is behind).
+    pub fn usage_backlog_refusal(&self, events: u64) {
+        self.counter(USAGE_EVENTS, &[("result", "refused_backlog")])
+            .increment(events);
     }
 
     /// One finished HTTP request (`route` is the matched template or `unmatched`).

@@ -133,6 +133,9 @@ pub struct Settings {
     pub usage_max_batch_events: usize,
     /// Usage events per second one service token may send to one node (twice that in a burst).
     pub usage_events_per_second: u32,
+    /// Backpressure: while a region's usage sweep is further behind than this many seconds,
+    /// new usage batches for it get 503 `usage_backlog`; 0 never refuses.
+    pub usage_max_lag_seconds: u32,
     /// The bearer token `GET /metrics` requires (at least 16 characters). Unset: `/metrics` is
     /// not served (404).
     pub metrics_token: Option<String>,
@@ -203,6 +206,7 @@ impl Default for Settings {
             usage_raw_retention_days: 35,
             usage_max_batch_events: 1000,
             usage_events_per_second: 200_000,
+            usage_max_lag_seconds: 4,
             metrics_token: None,
             metrics_token_file: None,
             metrics_listen: None,
@@ -271,6 +275,7 @@ pub const KEYS: &[(&str, bool)] = &[
     ("usage_raw_retention_days", false),
     ("usage_max_batch_events", false),
     ("usage_events_per_second", false),
+    ("usage_max_lag_seconds", false),
     ("metrics_token", true),
     ("metrics_token_file", false),
     ("metrics_listen", false),
@@ -555,6 +560,9 @@ impl Settings {
         if !(1..=10_000).contains(&self.usage_max_batch_events) {
             bail!("usage_max_batch_events (QUARTERDECK_USAGE_MAX_BATCH_EVENTS) must be between 1 and 10000");
         }
+        if self.usage_max_lag_seconds > 3600 {
+            bail!("usage_max_lag_seconds (QUARTERDECK_USAGE_MAX_LAG_SECONDS) must be at most 3600 (0: never refuse)");
+        }
         if self.usage_events_per_second == 0 {
             bail!("usage_events_per_second (QUARTERDECK_USAGE_EVENTS_PER_SECOND) must be at least 1");
         }
@@ -691,6 +699,8 @@ impl Settings {
                 max_skew: time::Duration::minutes(5),
             },
             events_per_second: self.usage_events_per_second,
+            max_lag: (self.usage_max_lag_seconds > 0)
+                .then(|| time::Duration::seconds(i64::from(self.usage_max_lag_seconds))),
         }
     }
 

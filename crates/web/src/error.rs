@@ -27,7 +27,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        Error::Busy | Error::TenantMigrating => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Busy | Error::UsageBacklog | Error::TenantMigrating => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -46,7 +46,7 @@ fn log_internal(e: &Error) -> Option<String> {
 fn retry_after(e: &Error, resp: &mut Response) {
     let secs = match e {
         Error::Throttled { retry_after_secs } | Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        Error::Busy => Some(1),
+        Error::Busy | Error::UsageBacklog => Some(1),
         Error::TenantMigrating => Some(5),
         _ => None,
     };

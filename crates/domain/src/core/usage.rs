@@ -19,7 +19,7 @@ use crate::usage::{
     Envelope, IngestLimits, JournalCursor, JournalEntry, JournalKey, MeterTotal, Month, ParsedEvent, RejectReason,
     Rejected, UsageSubject, parse_events,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -33,6 +33,11 @@ pub struct UsagePolicy {
     /// Events per second one service token may send (over every node: see
     /// `Core::take_usage_budget`); twice that in a burst.
     pub events_per_second: u32,
+    /// Backpressure: while a region's last complete sweep began longer ago than this (the
+    /// usage pages would be staler), new batches for it are refused with 503 `usage_backlog`
+    /// and `Retry-After`, so the journal never runs further ahead of the pages than the sweep
+    /// can catch up with. `None`: never refused (the journal just grows).
+    pub max_lag: Option<Duration>,
 }
 
 impl Default for UsagePolicy {
@@ -41,6 +46,7 @@ impl Default for UsagePolicy {
             raw_retention: Duration::days(35),
             limits: IngestLimits::default(),
             events_per_second: 200_000,
+            max_lag: Some(Duration::seconds(4)),
         }
     }
 }
@@ -77,6 +83,9 @@ const SWEEP_PARALLEL_MAX: usize = 16;
 const SWEEP_LEASE: Duration = Duration::seconds(30);
 /// How long a subject lookup is kept (the change feed drops it sooner).
 const SUBJECT_TTL: Duration = Duration::seconds(10);
+/// How long a node trusts its last reading of a region's `swept_through` (backpressure costs
+/// one small read per region this often, not one per batch).
+const LAG_READ_EVERY: Duration = Duration::milliseconds(250);
 const MAX_SUBJECTS: usize = 200_000;
 
 /// Ingestion's per-node state: subject lookups, the crossings already recorded, and this
@@ -91,6 +100,9 @@ pub struct UsageState {
     cursors: Mutex<HashMap<String, JournalCursor>>,
     /// Tenants whose database could not be written: failures so far, and not before when.
     resting: Mutex<HashMap<TenantId, (u32, OffsetDateTime)>>,
+    /// Per region: the sweep's `swept_through` as last read (or set here), and when it was
+    /// read; backpressure reads it again once it is older than [`LAG_READ_EVERY`].
+    swept: Mutex<HashMap<String, (Option<OffsetDateTime>, OffsetDateTime)>>,
     pub(crate) node: Uuid,
 }
 
@@ -101,6 +113,7 @@ impl Default for UsageState {
             crossings: Mutex::new(HashSet::new()),
             cursors: Mutex::new(HashMap::new()),
             resting: Mutex::new(HashMap::new()),
+            swept: Mutex::new(HashMap::new()),
             node: Uuid::new_v4(),
         }
     }
@@ -167,9 +180,20 @@ impl Core {
         let now = self.clock.now();
         let policy = &self.config.usage;
         let (parsed, mut rejected) = parse_events(body, envelope, &self.config.meters, &policy.limits, now)?;
+        let subjects = self.usage_subjects(&parsed, now).await?;
+        // Refused before anything is taken (the rate budget included): a batch answered
+        // `usage_backlog` is sent again whole.
+        let regions: BTreeSet<&str> = subjects.values().map(|s| s.region.as_str()).collect();
+        for region in regions {
+            self.refuse_if_backlogged(region, now).await.inspect_err(|e| {
+                if matches!(e, Error::UsageBacklog) {
+                    self.meters
+                        .usage_backlog_refusal((parsed.len() + rejected.len()) as u64);
+                }
+            })?;
+        }
         self.take_usage_budget(caller.token.id, parsed.len() + rejected.len(), policy.events_per_second)
             .await?;
-        let subjects = self.usage_subjects(&parsed, now).await?;
         let mut by_region: BTreeMap<&str, Vec<JournalEntry>> = BTreeMap::new();
         let mut accepted = 0;
         for e in &parsed {
@@ -209,6 +233,34 @@ impl Core {
         rejected.sort_by_key(|r| r.index);
         self.meters.usage_events(accepted as u64, rejected.len() as u64);
         Ok(IngestReport { accepted, rejected })
+    }
+
+    /// Backpressure: `Error::UsageBacklog` while the region's last complete sweep began more
+    /// than `max_lag` ago. Every node reads the same `swept_through` (the sweeping node's),
+    /// at most every [`LAG_READ_EVERY`]. A region never swept yet is not refused.
+    async fn refuse_if_backlogged(&self, region: &str, now: OffsetDateTime) -> Result<()> {
+        let Some(max_lag) = self.config.usage.max_lag else {
+            return Ok(());
+        };
+        let known = lock(&self.usage.swept).get(region).copied();
+        let through = match known {
+            Some((through, read_at)) if now - read_at < LAG_READ_EVERY => through,
+            _ => {
+                let through = self.store.swept_through(region).await.map_err(|e| match e {
+                    Error::Internal(detail) => {
+                        tracing::warn!(error = %detail, region, "the usage sweep's progress could not be read; answering busy");
+                        Error::Busy
+                    }
+                    other => other,
+                })?;
+                lock(&self.usage.swept).insert(region.to_owned(), (through, now));
+                through
+            }
+        };
+        match through {
+            Some(t) if now - t > max_lag => Err(Error::UsageBacklog),
+            _ => Ok(()),
+        }
     }
 
     /// What each subject of a batch stands for: from this node's cache, the rest in one query.
@@ -400,6 +452,7 @@ impl Core {
         let drained = !full && after == JournalCursor::default();
         if drained {
             self.store.set_swept_through(region, node, started).await?;
+            lock(&self.usage.swept).insert(region.to_owned(), (Some(started), self.clock.now()));
         }
         tracing::debug!(
             region,

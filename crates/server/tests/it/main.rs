@@ -64,6 +64,7 @@ mod tenants;
 mod upgrades;
 mod usage;
 mod usage_api;
+mod usage_backpressure;
 mod usage_nodes;
 mod webhook_claims;
 mod webhook_receiver;

@@ -111,10 +111,10 @@ impl Modify for EdgeResponses {
                     "413".into(),
                     error("`body_too_large`: the body is larger than the server accepts."),
                 );
-                responses.insert(
-                    "503".into(),
-                    error("`overloaded`: too many requests at once; retry after `Retry-After` seconds."),
-                );
+                // An operation that documents its own 503 names `overloaded` there too.
+                responses.entry("503".into()).or_insert_with(|| {
+                    error("`overloaded`: too many requests at once; retry after `Retry-After` seconds.")
+                });
             }
         }
     }

@@ -86,6 +86,7 @@ pub struct UsageAccepted {
         (status = 413, description = "More events than a batch may hold (batch_too_large), or a body over the size limit", body = super::schema::ErrorBody),
         (status = 415, description = "Not a CloudEvents JSON media type", body = super::schema::ErrorBody),
         (status = 429, description = "The token's event rate is spent (Retry-After)", body = super::schema::ErrorBody),
+        (status = 503, description = "`usage_backlog`: the region's sweep is further behind than `usage_max_lag_seconds`, so nothing of the batch was taken; send it again whole after `Retry-After` seconds. Also `busy` (the journal could not be written) and `overloaded` (too many requests at once), both with `Retry-After`", body = super::schema::ErrorBody),
     ))]
 pub async fn ingest(
     State(state): State<AppState>,
