@@ -8,7 +8,9 @@
 //! earlier batch; in a connection's first batch, of an event earlier in the same batch). A
 //! batch that fails (transport error, 408, 429, 503) is sent again unchanged until it is
 //! accepted, as a real client would: exactly-once makes that safe, and keeps the expected
-//! totals exact.
+//! totals exact. A 503 `usage_backlog` (the server's backpressure: nothing of the batch was
+//! taken) is sent again every 100 ms until the load's end without counting as a failure; one
+//! still refused then is left out of the expected totals.
 
 use super::verify_load::{content_length, find};
 use anyhow::{Context, Result, anyhow, bail};
@@ -61,6 +63,12 @@ pub struct Sent {
     pub rejected: u64,
     /// Batches given up on after [`MAX_ATTEMPTS`] (their events' fate is unknown).
     pub abandoned: u64,
+    /// Answers of 503 `usage_backlog` (the server's backpressure: nothing of the batch was
+    /// taken). Sent again without counting against [`MAX_ATTEMPTS`] until the load's end.
+    pub backlogged: u64,
+    /// Batches still refused with `usage_backlog` when the load ended: known not taken, so
+    /// left out of the exactly-once count rather than abandoned.
+    pub unsent: u64,
     pub first_errors: Vec<String>,
     /// Latency of each accepted batch's successful exchange.
     pub latencies: Vec<Duration>,
@@ -138,6 +146,8 @@ async fn drive(spec: IngestSpec) -> Result<Sent> {
         sent.retries += s.retries;
         sent.rejected += s.rejected;
         sent.abandoned += s.abandoned;
+        sent.backlogged += s.backlogged;
+        sent.unsent += s.unsent;
         sent.tokens += s.tokens;
         sent.latencies.extend(s.latencies);
         for e in s.first_errors {
@@ -272,6 +282,7 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
         req.extend_from_slice(&body);
 
         let mut attempt = 0;
+        let mut backlogged = false;
         let ok = loop {
             attempt += 1;
             if attempt > 1 {
@@ -297,6 +308,18 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
                     }
                     Err(e) => format!("200 with a body that is not JSON ({e}): {}", head_of(&b)),
                 },
+                Ok((503, b)) if serde_json::from_slice::<serde_json::Value>(&b)
+                    .is_ok_and(|v| v["error"]["code"] == "usage_backlog") =>
+                {
+                    out.backlogged += 1;
+                    attempt -= 1;
+                    if Instant::now() >= spec.deadline {
+                        backlogged = true;
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 Ok((status, b)) => {
                     let text = format!("status {status}: {}", head_of(&b));
                     if !matches!(status, 408 | 429 | 503) {
@@ -317,7 +340,11 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         if !ok {
-            out.abandoned += 1;
+            if backlogged {
+                out.unsent += 1;
+            } else {
+                out.abandoned += 1;
+            }
             continue;
         }
         out.batches += 1;
