@@ -820,9 +820,16 @@ both!(
 
 /// Two `serve` processes beside the test's own server, on one PostgreSQL database: 200 events,
 /// each delivered exactly once to a receiver that always answers 200.
+///
+/// The test's own server does not deliver: its clock stands still, so the leases it takes
+/// (its time + 60 s) would look lapsed to the real-clock nodes a minute into the run, and they
+/// would send again what it is still sending. Only the two nodes deliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_two_hundred_events_each_exactly_once() {
-    let Some(app) = TestApp::spawn_pg().await else { return };
+    if pg_admin_url().is_none() {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Postgres, |s| s.deliver_webhooks = false).await;
     let owner = owner(&app).await;
     let rx = Receiver::start().await;
     hook(&app, &owner, &rx, "nodes", &["api_key.*"], true).await;
@@ -858,11 +865,11 @@ async fn two_nodes_deliver_two_hundred_events_each_exactly_once() {
             .await,
         "1"
     );
-    // The test's server signs with its clock, which stands still at its start; the nodes with
-    // the real one, seconds later (ten tenants and two nodes started since): both took part.
+    // The nodes sign with the real clock, seconds after the test's server's clock stopped (ten
+    // tenants and two nodes started since): what they sent is signed later than that.
     let frozen = app.clock_now().unix_timestamp();
     let by_nodes = got_now.iter().filter(|d| d.timestamp > frozen).count();
-    eprintln!("deliveries by the two nodes: {by_nodes} of {N}");
+    eprintln!("deliveries signed after the test server's clock: {by_nodes} of {N}");
     assert!(by_nodes > 0, "the nodes delivered nothing");
     // Each tenant's events in order.
     let events = feed(&app, &owner).await;
