@@ -588,9 +588,12 @@ both!(
             IdempotencyStart::Replay(kept) => assert_eq!(kept, reply),
             other => panic!("{other:?}"),
         }
-        // Kept 24 hours, then deleted by housekeeping.
+        // Kept 24 hours, then deleted by housekeeping. The server's own housekeeping (its
+        // start-up run may still be going) can delete it first: the table is what counts.
+        app.core.prune_limits().await.unwrap();
+        assert_eq!(app.control_rows("api_idempotency").await, 1, "kept before its 24 hours");
         app.clock.advance(time::Duration::hours(24));
-        assert!(app.core.prune_limits().await.unwrap() >= 1);
+        app.core.prune_limits().await.unwrap();
         assert_eq!(app.control_rows("api_idempotency").await, 0);
     }
 );
