@@ -151,28 +151,26 @@ impl Node {
     }
 }
 
-/// Poll each node until it refuses `key` with `code`; every refusal must come within `bound`
-/// of `since`, and stay.
+/// Poll each node until it refuses `key` with `code`: no request asked more than `bound` after
+/// `since` may be accepted, and the refusal stays. A request's time is when it was asked, not
+/// when its answer came: a verification asked within the bound may be answered after it (a
+/// loaded machine), and the node judged it when it was asked.
 async fn refused_by_all_within(nodes: &[&Node], token: &str, key: &str, code: &str, since: Instant, bound: Duration) {
     for (i, node) in nodes.iter().enumerate() {
         loop {
+            let asked = Instant::now();
             let body = node.verify(token, key).await;
             if body["valid"] == false {
                 assert_eq!(body["code"], code, "node {i}: {body}");
                 break;
             }
             assert!(
-                since.elapsed() <= bound,
-                "node {i} still accepts the key {:?} after the change",
-                since.elapsed()
+                asked.saturating_duration_since(since) <= bound,
+                "node {i} still accepts the key when asked {:?} after the change",
+                asked.saturating_duration_since(since)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            since.elapsed() <= bound + Duration::from_millis(100),
-            "node {i} refused only after {:?}",
-            since.elapsed()
-        );
     }
     for node in nodes {
         assert_eq!(node.verify(token, key).await["valid"], false, "a refusal stays");
