@@ -48,7 +48,34 @@ impl Node {
         Self::spawn(Some(data_dir), None, database_url, env).await
     }
 
+    /// The port is one that was free a moment ago: another socket can take it before the
+    /// node binds it. Then the node exits (cannot listen) and is started again on another
+    /// port; and it is ready only once it is the one listening there, so a `/healthz` answered
+    /// by whatever took the port is not taken for it.
     async fn spawn(
+        data_dir: Option<&std::path::Path>,
+        secret_key: Option<&str>,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let mut node = Self::spawn_once(data_dir, secret_key, database_url, env);
+            match node.ready().await {
+                Ok(()) => return node,
+                Err(log) if attempt < ATTEMPTS && log.contains("cannot listen on") => {
+                    eprintln!(
+                        "node, attempt {attempt}: port {} taken meanwhile; again on another",
+                        node.port
+                    );
+                }
+                Err(log) => panic!("the node exited before it was ready; its log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_once(
         data_dir: Option<&std::path::Path>,
         secret_key: Option<&str>,
         database_url: Option<&str>,
@@ -86,19 +113,36 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let node = Self {
+        Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir,
-        };
+        }
+    }
+
+    /// Waits (up to 10 s) until this process listens on its port and answers `/healthz` there;
+    /// `Err(its log)` if it exited first.
+    async fn ready(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
-        let health = format!("{}/healthz", node.url);
-        poll_until("the node to answer /healthz", || async {
-            client.get(&health).send().await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        node
+        let health = format!("{}/healthz", self.url);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return Err(self.log());
+            }
+            if listens_on(self.child.id(), self.port)
+                && client.get(&health).send().await.is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not answer /healthz within 10 s; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown, no flush, nothing finished.
@@ -149,6 +193,35 @@ impl Node {
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (or any address):
+/// the listening sockets of `/proc/net/tcp` on that port, matched by inode against the
+/// process's open files. Where there is no `/proc` (not Linux), true: the health check alone.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // Columns: sl, local address (hex ip:port), remote address, state (0A = listen), ..., inode.
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let inode = f.get(9)?;
+            (local == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    if sockets.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 /// Poll each node until it refuses `key` with `code`: no request asked more than `bound` after
