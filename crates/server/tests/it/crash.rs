@@ -568,8 +568,9 @@ both_backends!(
 
 both_backends!(
     async fn with_smtp_unreachable_for_an_hour_every_invitation_is_delivered_once_when_it_is_back(backend) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let app = TestApp::spawn_with(backend, |s| mail_to(s, port)).await;
+        // SMTP down, its port held for the maildev that brings it back.
+        let down = crate::maildev::DownSmtp::hold();
+        let app = TestApp::spawn_with(backend, |s| mail_to(s, down.port)).await;
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
         let data = Data::of(&app);
@@ -594,7 +595,7 @@ both_backends!(
         }
         assert_eq!(app.outbox().await.len(), people.len(), "none given up");
 
-        let maildev = crate::maildev::Maildev::start_on(Some(port));
+        let maildev = crate::maildev::Maildev::start_on(Some(down));
         app.clock.advance(time::Duration::hours(1));
         let got = maildev.wait_for_emails(people.len()).await;
         poll_until("every email marked sent", || async { app.outbox().await.is_empty() }).await;
