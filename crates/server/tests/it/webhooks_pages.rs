@@ -274,7 +274,7 @@ both!(
                 wait_for_text(&c, "dialog[open] h2", "Delete this endpoint?").await;
                 click(&c, "dialog[open] button[type=submit]").await;
                 wait_for_path(&c, "/settings/webhooks").await;
-                wait_for_text(&c, "#toasts", "Endpoint deleted.").await;
+                crate::browser::toast(&c, "Endpoint deleted.").await;
                 fits(&c, "the list after the delete").await;
             })
             .await;
