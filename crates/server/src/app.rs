@@ -150,8 +150,7 @@ async fn measured_core(
 impl App {
     /// Bind, migrate, create the bootstrap owner or log the setup link.
     pub async fn build(settings: Settings, deps: Deps) -> Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener = crate::serve::bind(settings.listen)
             .with_context(|| format!("cannot listen on {} (QUARTERDECK_LISTEN)", settings.listen))?;
         Self::with_listener(settings, listener, deps).await
     }
@@ -187,8 +186,7 @@ impl App {
                         "metrics_listen is not a loopback address: /metrics there has no token, so keep the address on a network only the scraper reaches"
                     );
                 }
-                TcpListener::bind(addr)
-                    .await
+                crate::serve::bind(addr)
                     .with_context(|| format!("cannot listen on {addr} (QUARTERDECK_METRICS_LISTEN)"))?
             }),
             None => None,

@@ -9,7 +9,10 @@
 //!   for the new one (then one still sending its head; never one with a request in flight),
 //!   and if every one is busy the new one is closed at once. The cap stays below the
 //!   open-files limit, which [`raise_open_files_limit`] lifts to the hard limit at start-up;
-//! - at shutdown the listener closes at once and requests in flight get `shutdown_grace`.
+//! - at shutdown the listener closes at once and requests in flight get `shutdown_grace`;
+//! - the listening socket's backlog is [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` asks for
+//!   1024): connections the kernel has completed but the loop has not taken yet wait there, and
+//!   when it is full a new client's SYN is dropped and only retried a second later.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -24,9 +27,28 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt;
+
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4096 on Linux
+/// since 5.4): room for a flood of thousands of connections while the accept loop catches up,
+/// so that a normal client's connection is not dropped behind them.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR` on Unix, as
+/// `TcpListener::bind` sets it, so a restarted server binds despite connections in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What the accept loop enforces.
 #[derive(Clone, Copy, Debug)]

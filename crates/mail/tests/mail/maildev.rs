@@ -90,18 +90,42 @@ fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// The SMTP port of a mail server that is down, for a maildev started there later
+/// ([`Maildev::start_on`]). Held meanwhile by a socket bound with `SO_REUSEADDR` but not
+/// listening: connecting to it is refused, as to a server that is down, and no other socket is
+/// given the port (neither `bind` to port 0 nor an outgoing connection picks a bound port), as
+/// a port freed after binding it could be. maildev binds it beside that socket (Linux lets a
+/// `SO_REUSEADDR` socket bind where the others do not listen; Node.js sets the option), and
+/// the hold ends once maildev listens.
+#[allow(dead_code, reason = "the server's tests use it; this file is shared with them")]
+pub struct DownSmtp {
+    _held: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+#[allow(dead_code, reason = "the server's tests use it; this file is shared with them")]
+impl DownSmtp {
+    pub fn hold() -> DownSmtp {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        DownSmtp { _held: socket, port }
+    }
+}
+
 impl Maildev {
     /// A running maildev on 127.0.0.1, SMTP and web API both accepting connections.
     pub fn start() -> Maildev {
         Self::start_on(None)
     }
 
-    /// Like [`Maildev::start`], on a given SMTP port (to bring a "down" server up).
-    pub fn start_on(smtp: Option<u16>) -> Maildev {
+    /// Like [`Maildev::start`], on the port of a "down" SMTP server (to bring it up).
+    pub fn start_on(smtp: Option<DownSmtp>) -> Maildev {
         let bin = maildev_bin();
         for attempt in 1..=3 {
             let (free_smtp, web_port) = free_ports();
-            let smtp_port = smtp.unwrap_or(free_smtp);
+            let smtp_port = smtp.as_ref().map_or(free_smtp, |down| down.port);
             let log = std::env::temp_dir().join(format!("quarterdeck-maildev-{}-{smtp_port}.log", std::process::id()));
             let out = File::create(&log).unwrap();
             let err = out.try_clone().unwrap();
@@ -121,7 +145,10 @@ impl Maildev {
                 log,
             };
             match maildev.wait_ready() {
-                Ok(()) => return maildev,
+                Ok(()) => {
+                    drop(smtp);
+                    return maildev;
+                }
                 Err(why) => eprintln!("maildev, attempt {attempt}: {why}; its output:\n{}", maildev.output()),
             }
         }

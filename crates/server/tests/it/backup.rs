@@ -106,9 +106,57 @@ async fn a_change_made_between_the_control_copy_and_the_tenant_copy_gets_its_eve
     assert_eq!(repaired[0].details["after_restore"], true, "{:?}", repaired[0].details);
     assert!(restored.core.verify_audit_chain().await.unwrap().is_ok());
     // Her invitation works from the restored server's email.
-    let r = restored
-        .tenant_client("acme")
-        .register(&restored.invitation_link("ada@acme.test").await, ADMIN_PASSWORD)
-        .await;
+    let link = emailed_link(&restored, &after, "ada@acme.test").await;
+    let r = restored.tenant_client("acme").register(&link, ADMIN_PASSWORD).await;
     assert_eq!(r.status(), 303);
+}
+
+/// The link of the email to `to` the start-up pass wrote back, whatever the restored server's
+/// outbox worker has done with it: its first run may have sent it already (the log transport
+/// writes it to the log, then the row is marked sent and its body emptied). Read from the
+/// outbox row (in the restored data directory, `data_dir`) while it still holds the body, else
+/// from the log line.
+async fn emailed_link(app: &TestApp, data_dir: &std::path::Path, to: &str) -> String {
+    use sqlx::ConnectOptions;
+    let body = format!(
+        "SELECT COALESCE((SELECT body_text FROM outbox WHERE to_addr = '{to}' ORDER BY created_at DESC LIMIT 1), '')"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(data_dir.join("control.db"))
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(body.clone()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let link = if text.is_empty() {
+            logged_link(&app.logs.text(), to)
+        } else {
+            Some(link_in(&text))
+        };
+        if let Some(link) = link {
+            return link;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no email to {to}, pending or sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The link in the log transport's line for an email to `to` (its text on one line, newlines
+/// written as `\n`).
+fn logged_link(logs: &str, to: &str) -> Option<String> {
+    let line = logs
+        .lines()
+        .rev()
+        .find(|l| l.contains("(log transport): whole message follows") && l.contains(&format!("to={to} ")))?;
+    let text = &line[line.find(" text=")?..];
+    let link = link_in(text);
+    Some(link.split('\\').next().unwrap_or_default().to_owned())
 }

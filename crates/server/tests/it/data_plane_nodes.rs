@@ -48,7 +48,34 @@ impl Node {
         Self::spawn(Some(data_dir), None, database_url, env).await
     }
 
+    /// The port is one that was free a moment ago: another socket can take it before the
+    /// node binds it. Then the node exits (cannot listen) and is started again on another
+    /// port; and it is ready only once it is the one listening there, so a `/healthz` answered
+    /// by whatever took the port is not taken for it.
     async fn spawn(
+        data_dir: Option<&std::path::Path>,
+        secret_key: Option<&str>,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let mut node = Self::spawn_once(data_dir, secret_key, database_url, env);
+            match node.ready().await {
+                Ok(()) => return node,
+                Err(log) if attempt < ATTEMPTS && log.contains("cannot listen on") => {
+                    eprintln!(
+                        "node, attempt {attempt}: port {} taken meanwhile; again on another",
+                        node.port
+                    );
+                }
+                Err(log) => panic!("the node exited before it was ready; its log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_once(
         data_dir: Option<&std::path::Path>,
         secret_key: Option<&str>,
         database_url: Option<&str>,
@@ -86,19 +113,36 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let node = Self {
+        Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir,
-        };
+        }
+    }
+
+    /// Waits (up to 10 s) until this process listens on its port and answers `/healthz` there;
+    /// `Err(its log)` if it exited first.
+    async fn ready(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
-        let health = format!("{}/healthz", node.url);
-        poll_until("the node to answer /healthz", || async {
-            client.get(&health).send().await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        node
+        let health = format!("{}/healthz", self.url);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return Err(self.log());
+            }
+            if listens_on(self.child.id(), self.port)
+                && client.get(&health).send().await.is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not answer /healthz within 10 s; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown, no flush, nothing finished.
@@ -151,28 +195,55 @@ impl Node {
     }
 }
 
-/// Poll each node until it refuses `key` with `code`; every refusal must come within `bound`
-/// of `since`, and stay.
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (or any address):
+/// the listening sockets of `/proc/net/tcp` on that port, matched by inode against the
+/// process's open files. Where there is no `/proc` (not Linux), true: the health check alone.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // Columns: sl, local address (hex ip:port), remote address, state (0A = listen), ..., inode.
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let inode = f.get(9)?;
+            (local == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    if sockets.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
+}
+
+/// Poll each node until it refuses `key` with `code`: no request asked more than `bound` after
+/// `since` may be accepted, and the refusal stays. A request's time is when it was asked, not
+/// when its answer came: a verification asked within the bound may be answered after it (a
+/// loaded machine), and the node judged it when it was asked.
 async fn refused_by_all_within(nodes: &[&Node], token: &str, key: &str, code: &str, since: Instant, bound: Duration) {
     for (i, node) in nodes.iter().enumerate() {
         loop {
+            let asked = Instant::now();
             let body = node.verify(token, key).await;
             if body["valid"] == false {
                 assert_eq!(body["code"], code, "node {i}: {body}");
                 break;
             }
             assert!(
-                since.elapsed() <= bound,
-                "node {i} still accepts the key {:?} after the change",
-                since.elapsed()
+                asked.saturating_duration_since(since) <= bound,
+                "node {i} still accepts the key when asked {:?} after the change",
+                asked.saturating_duration_since(since)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            since.elapsed() <= bound + Duration::from_millis(100),
-            "node {i} refused only after {:?}",
-            since.elapsed()
-        );
     }
     for node in nodes {
         assert_eq!(node.verify(token, key).await["valid"], false, "a refusal stays");
@@ -238,8 +309,9 @@ async fn a_rolled_secret_is_refused_by_every_node_once_its_grace_is_over() {
     // The nodes read the real clock: the roll's grace end must be in real time too.
     app.clock.advance(real_now() - app.clock_now());
     let auth = owner.require_for_tenant::<ManageApiKeys>(tenant).unwrap();
-    let (_, new) = app.core.roll_api_key(&auth, id, "2").await.unwrap();
-    let grace_end = Instant::now() + Duration::from_secs(2);
+    // 5 s of grace: the roll and four verifications on a loaded machine must fit in it.
+    let (_, new) = app.core.roll_api_key(&auth, id, "5").await.unwrap();
+    let grace_end = Instant::now() + Duration::from_secs(5);
     for node in [&a, &b] {
         assert_eq!(node.verify(&token, new.expose()).await["valid"], true);
         let body = node.verify(&token, &old).await;

@@ -8,7 +8,6 @@ use quarterdeck_domain::token::OsRandom;
 use reqwest::header::HeaderMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 
 pub const OWNER_EMAIL: &str = "owner@example.com";
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -141,7 +140,8 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Bound as `serve` binds (its backlog: edge.rs floods it with 2,000 connections).
+        let listener = quarterdeck::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let port = listener.local_addr().unwrap().port();
         let base_url = format!("http://localhost:{port}");
         let pg_url = match backend {

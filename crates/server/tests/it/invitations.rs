@@ -349,8 +349,9 @@ both!(
 
 both_backends!(
     async fn with_smtp_down_the_invitation_is_kept_and_delivered_once_when_it_is_back(backend) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let app = TestApp::spawn_with(backend, |s| mail_to(s, port)).await;
+        // SMTP down, its port held for the maildev that brings it back.
+        let down = crate::maildev::DownSmtp::hold();
+        let app = TestApp::spawn_with(backend, |s| mail_to(s, down.port)).await;
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
         assert_eq!(app.invite("ada@acme.example", &tid, &["admin"]).await.status(), 303);
@@ -365,7 +366,7 @@ both_backends!(
         assert_eq!(app.outbox().await.len(), 1);
 
         // The server comes back; once the back-off passes, the email goes out exactly once.
-        let maildev = crate::maildev::Maildev::start_on(Some(port));
+        let maildev = crate::maildev::Maildev::start_on(Some(down));
         app.clock.advance(time::Duration::minutes(10));
         received(&maildev, "ada@acme.example", 1).await;
         // Marked sent in the outbox: however far the clock moves, nothing is due again.

@@ -11,12 +11,11 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// A loopback URL nothing listens on (`outbound_allow_private` allows loopback in the tests):
-/// deliveries to it fail (`unreachable`) and stay pending, which is all these tests need.
-pub async fn dead_url() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}/hooks")
+/// deliveries to it fail (`unreachable`) and stay pending, which is all these tests need. Port
+/// 9 (discard), below the ephemeral range: no test's socket takes it, as a port freed after
+/// binding it could be taken (and then answer).
+pub fn dead_url() -> String {
+    "http://127.0.0.1:9/hooks".to_owned()
 }
 
 /// A read-write token of a platform user with `roles` (made in the store, signed in through the
@@ -80,7 +79,7 @@ both!(
         app.sign_in_owner().await;
         let pat = token(&app, "read_write", "").await;
         let api = Api::new(&app, &pat);
-        let url = dead_url().await;
+        let url = dead_url();
 
         let (s, created) = api
             .post("/v1/admin/webhooks", json!({"url": url, "description": "provisioning", "event_types": ["user.invited", "tenant.*"]}))
@@ -156,7 +155,7 @@ both!(
         assert!(!sealed.contains(&third[6..]), "sealed at rest");
 
         // A replayed create (Idempotency-Key) has the secret as null.
-        let body = json!({"url": dead_url().await, "event_types": ["api_key.created"]});
+        let body = json!({"url": dead_url(), "event_types": ["api_key.created"]});
         let mut secrets = Vec::new();
         for _ in 0..2 {
             let r = reqwest::Client::new()
@@ -195,7 +194,7 @@ both!(
         app.sign_in_owner().await;
         let api = Api::new(&app, &token(&app, "read_write", "").await);
         let field = |v: &Value| (v["error"]["code"].as_str().map(str::to_owned), v["error"]["fields"][0]["field"].as_str().map(str::to_owned), v["error"]["fields"][0]["code"].as_str().map(str::to_owned));
-        let ok = dead_url().await;
+        let ok = dead_url();
 
         for (body, want_field, want_code) in [
             (json!({"url": ok, "event_types": ["tenant.nope"]}), "event_types", "unknown_event_type"),
@@ -273,7 +272,7 @@ both!(
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
         let owner = Api::new(&app, &token(&app, "read_write", "").await);
-        let (s, created) = owner.post("/v1/admin/webhooks", json!({"url": dead_url().await, "event_types": ["*"]})).await;
+        let (s, created) = owner.post("/v1/admin/webhooks", json!({"url": dead_url(), "event_types": ["*"]})).await;
         assert_eq!(s, 201);
         let id = created["endpoint"]["id"].as_str().unwrap().to_owned();
 
@@ -375,7 +374,7 @@ both!(
     async fn an_event_makes_a_delivery_row_that_is_paged_and_resent_as_a_new_pending_delivery(app) {
         app.sign_in_owner().await;
         let api = Api::new(&app, &token(&app, "read_write", "").await);
-        let (s, created) = api.post("/v1/admin/webhooks", json!({"url": dead_url().await, "event_types": ["tenant.created"]})).await;
+        let (s, created) = api.post("/v1/admin/webhooks", json!({"url": dead_url(), "event_types": ["tenant.created"]})).await;
         assert_eq!(s, 201);
         let id = created["endpoint"]["id"].as_str().unwrap().to_owned();
         let deliveries = format!("/v1/admin/webhooks/{id}/deliveries");
@@ -409,7 +408,7 @@ both!(
         assert_eq!((&page["items"][0]["id"], &page["next_cursor"]), (&first["id"], &Value::Null));
 
         // Another endpoint's delivery is not this one's to resend.
-        let (_, other) = api.post("/v1/admin/webhooks", json!({"url": dead_url().await, "event_types": ["user.invited"]})).await;
+        let (_, other) = api.post("/v1/admin/webhooks", json!({"url": dead_url(), "event_types": ["user.invited"]})).await;
         let other = other["endpoint"]["id"].as_str().unwrap();
         assert_eq!(api.post(&format!("/v1/admin/webhooks/{other}/deliveries/{did}/resend"), json!({})).await.0, 404);
     }
@@ -442,7 +441,7 @@ both_backends!(
         assert!(text.contains(&format!("backend=\"{}\"}} 1", if backend == Backend::Sqlite { "sqlite" } else { "postgres" })), "{text}");
 
         // A failed attempt is counted; nothing about the tenant or the endpoint is shown.
-        let url = dead_url().await;
+        let url = dead_url();
         let (s, _) = api.post("/v1/admin/webhooks", json!({"url": url, "event_types": ["tenant.*"]})).await;
         assert_eq!(s, 201);
         app.create_tenant("Secretive Corp", "secretive").await;

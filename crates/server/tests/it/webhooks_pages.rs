@@ -68,7 +68,7 @@ both!(
         assert_eq!(app.control_rows("webhook_endpoint").await, 0);
 
         // Created: the secret once, on the endpoint's page; the family replaces its members.
-        let url = dead_url().await;
+        let url = dead_url();
         let r = app
             .post_form("/settings/webhooks", &form, &[("url", &url), ("description", "provisioning"), ("event_types", "tenant.*"), ("event_types", "tenant.created"), ("event_types", "user.invited"), ("region", "eu-west"), ("enabled", "on")])
             .await;
@@ -161,7 +161,7 @@ both!(
     async fn resend_on_the_endpoint_page_queues_a_new_pending_delivery(app) {
         app.sign_in_owner().await;
         let form = app.get_html("/settings/webhooks/new").await;
-        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url().await), ("event_types", "tenant.*"), ("enabled", "on")]).await;
+        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url()), ("event_types", "tenant.*"), ("enabled", "on")]).await;
         assert_eq!(r.status(), 200);
         let id = endpoint_id_in(&r.text().await.unwrap());
         app.create_tenant("Acme", "acme").await;
@@ -195,7 +195,7 @@ both!(
     async fn a_platform_user_without_platform_config_gets_403_and_no_link(app) {
         app.sign_in_owner().await;
         let form = app.get_html("/settings/webhooks/new").await;
-        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url().await), ("event_types", "*"), ("enabled", "on")]).await;
+        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url()), ("event_types", "*"), ("enabled", "on")]).await;
         let id = endpoint_id_in(&r.text().await.unwrap());
 
         let bill = signed_in_as(&app, "billing@example.com", &["billing-admin"]).await;
@@ -221,7 +221,7 @@ both!(
         };
         app.sign_in_owner().await;
         let form = app.get_html("/settings/webhooks/new").await;
-        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url().await), ("description", "provisioning service for every region"), ("event_types", "tenant.*"), ("enabled", "on")]).await;
+        let r = app.post_form("/settings/webhooks", &form, &[("url", &dead_url()), ("description", "provisioning service for every region"), ("event_types", "tenant.*"), ("enabled", "on")]).await;
         let id = endpoint_id_in(&r.text().await.unwrap());
         app.create_tenant("Acme", "acme").await;
         poll_until("the first attempt", || async {
@@ -229,7 +229,7 @@ both!(
         })
         .await;
         let base = app.base_url.clone();
-        let url = dead_url().await;
+        let url = dead_url();
         let label = format!("{:?}", app.backend).to_lowercase();
         let endpoint = id.clone();
 
@@ -274,7 +274,7 @@ both!(
                 wait_for_text(&c, "dialog[open] h2", "Delete this endpoint?").await;
                 click(&c, "dialog[open] button[type=submit]").await;
                 wait_for_path(&c, "/settings/webhooks").await;
-                wait_for_text(&c, "#toasts", "Endpoint deleted.").await;
+                crate::browser::toast(&c, "Endpoint deleted.").await;
                 fits(&c, "the list after the delete").await;
             })
             .await;
