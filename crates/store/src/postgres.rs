@@ -34,6 +34,9 @@ const JOURNAL_BATCH_ROWS: bool = false;
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "GREATEST";
 
+/// Rows of a sweep as multi-row `VALUES` (see the SQLite store's `json_each` statements).
+const USAGE_ROWS_AS_JSON: bool = false;
+
 /// Statements around a commit that must survive a power loss: PostgreSQL's commits are
 /// durable by default (`synchronous_commit = on`).
 const DURABLE_COMMIT: Option<(&str, &str)> = None;

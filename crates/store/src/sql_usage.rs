@@ -479,33 +479,67 @@ macro_rules! impl_usage_store {
                     sqlx::query(durable).execute(&mut *conn).await.map_err(db_err)?;
                 }
                 let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err)?;
-                for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
-                    let sql = format!(
-                        "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) VALUES {} \
-                         ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
-                        placeholders(chunk.len(), 8, 1)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for e in chunk {
-                        q = q
-                            .bind(&e.source)
-                            .bind(&e.event_id)
-                            .bind(&e.meter)
-                            .bind(enc_ts(e.time))
-                            .bind(e.api_key_id.map(|k| k.to_string()).unwrap_or_default())
-                            .bind(e.value)
-                            .bind(&e.dims)
-                            .bind(enc_ts(e.received_at));
+                let mut mark_new = |source: &str, event_id: &str| {
+                    if let Some(i) = seen.get(&(source, event_id))
+                        && let Some(slot) = new.get_mut(*i)
+                        && !*slot
+                    {
+                        *slot = true;
+                        inserted += 1;
                     }
-                    for r in q.fetch_all(&mut *tx).await.map_err(db_err)? {
-                        let source: &str = r.try_get(0).map_err(db_err)?;
-                        let event_id: &str = r.try_get(1).map_err(db_err)?;
-                        if let Some(i) = seen.get(&(source, event_id))
-                            && let Some(slot) = new.get_mut(*i)
-                            && !*slot
-                        {
-                            *slot = true;
-                            inserted += 1;
+                };
+                if USAGE_ROWS_AS_JSON {
+                    // Numbers as JSON numbers (`->>` gives INTEGER), text as JSON strings.
+                    let rows: Vec<serde_json::Value> = fresh
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!([
+                                e.source,
+                                e.event_id,
+                                e.meter,
+                                enc_ts(e.time),
+                                e.api_key_id.map(|k| k.to_string()).unwrap_or_default(),
+                                e.value,
+                                e.dims,
+                                enc_ts(e.received_at),
+                            ])
+                        })
+                        .collect();
+                    let json = serde_json::Value::Array(rows).to_string();
+                    let returned = sqlx::query(
+                        "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) \
+                         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7 \
+                         FROM json_each($1) WHERE true \
+                         ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
+                    )
+                    .bind(json)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    for r in returned {
+                        mark_new(r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?);
+                    }
+                } else {
+                    for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+                        let sql = format!(
+                            "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) VALUES {} \
+                             ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
+                            placeholders(chunk.len(), 8, 1)
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for e in chunk {
+                            q = q
+                                .bind(&e.source)
+                                .bind(&e.event_id)
+                                .bind(&e.meter)
+                                .bind(enc_ts(e.time))
+                                .bind(e.api_key_id.map(|k| k.to_string()).unwrap_or_default())
+                                .bind(e.value)
+                                .bind(&e.dims)
+                                .bind(enc_ts(e.received_at));
+                        }
+                        for r in q.fetch_all(&mut *tx).await.map_err(db_err)? {
+                            mark_new(r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?);
                         }
                     }
                 }

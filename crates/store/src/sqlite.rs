@@ -24,6 +24,13 @@ const JOURNAL_BATCH_ROWS: bool = true;
 /// SQL's two-argument maximum (`usage_rollup` upserts of `max` meters).
 const GREATEST: &str = "max";
 
+/// A sweep writes a tenant's raw events and rollups with one short statement each, its rows
+/// in one JSON array parameter read by `json_each`: the same text every time, so it is
+/// prepared once per connection, where multi-row `VALUES` of varying length were parsed
+/// anew for each chunk (12 % of the sweep's CPU in a profile) and cached in every
+/// connection's statement cache.
+const USAGE_ROWS_AS_JSON: bool = true;
+
 /// A region's journal: its own file, with one writer at a time queued here.
 type Journal = (SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>);
 

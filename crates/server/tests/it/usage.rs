@@ -355,6 +355,43 @@ both!(
 );
 
 both!(
+    async fn odd_ids_and_dimension_values_are_stored_exactly_and_told_apart(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let tenant: TenantId = tid.parse().unwrap();
+        let meters = MeterCatalog::new(MeterCatalog::defaults()).unwrap();
+        let now = app.clock_now();
+        let dims = r#"{"model":"gpt-4o \"mini\" \\ ✓ 😀"}"#;
+        let event = |id: &str, value: i64| JournalEntry {
+            tenant_id: tenant,
+            api_key_id: None,
+            source: "gate \"1\"".into(),
+            event_id: id.into(),
+            meter: "llm.tokens".into(),
+            time: now,
+            value,
+            dims: dims.into(),
+            received_at: now,
+        };
+        let store = app.core.store();
+        // Ids that look like numbers stay text: "1", "01" and "1.0" are three events.
+        let batch = [event("1", 1), event("01", 2), event("1.0", 4), event("'; --", 8), event("-1", -16)];
+        let applied = store.apply_usage(tenant, &batch, &meters).await.unwrap();
+        assert_eq!(applied.inserted, 5);
+        let again = store.apply_usage(tenant, &batch, &meters).await.unwrap();
+        assert_eq!(again.inserted, 0);
+        assert_eq!(store.usage_event_count(tenant).await.unwrap(), 5);
+        let rollups = store
+            .usage_rollups(tenant, now - time::Duration::hours(1), now + time::Duration::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(rollups.len(), 1, "{rollups:?}");
+        assert_eq!(rollups[0].dims, dims);
+        assert_eq!((rollups[0].value, rollups[0].events), (1 + 2 + 4 + 8 - 16, 5));
+    }
+);
+
+both!(
     async fn rollups_saturate_instead_of_failing_the_tenants_every_sweep(app) {
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
