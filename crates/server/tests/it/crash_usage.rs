@@ -7,6 +7,7 @@ use crate::crash::{Data, count};
 use crate::data_plane_nodes::Node;
 use crate::helpers::*;
 use crate::usage::{BATCH, tokens};
+use quarterdeck_domain::core::SWEEP_LEASE;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,6 +129,7 @@ async fn raw_ids(data: &Data, tenants: &[String]) -> HashSet<String> {
 
 both_backends!(
     async fn a_server_killed_with_sigkill_under_1000_usage_batches_loses_no_acknowledged_event_and_counts_each_once(backend) {
+        let test_started = Instant::now();
         let (dir, data) = Data::fresh(backend).await;
         let pg_url = data.pg_url.clone();
         let env = [
@@ -178,13 +180,16 @@ both_backends!(
 
         // Restarted: the journal left by the kill is swept; every acknowledged event arrives.
         // On SQLite the restarted server is the only one there can be, and takes the killed
-        // one's sweep lease back at once (well inside the lease's 30 s); on PostgreSQL, where
-        // other nodes may live, it waits for that lease to lapse.
+        // one's sweep lease back at once; on PostgreSQL, where other nodes may live, it waits
+        // for that lease to lapse: at most SWEEP_LEASE after the kill (the killed node renewed
+        // it last at most then), so within SWEEP_LEASE of the restart, plus the drain.
+        let killed = Instant::now();
         let node = Node::start_on(dir.path(), pg_url.as_deref(), &env).await;
         let restarted = Instant::now();
+        let lease = Duration::try_from(SWEEP_LEASE).unwrap();
         let within = match backend {
-            Backend::Sqlite => Duration::from_secs(15),
-            Backend::Postgres => Duration::from_secs(45),
+            Backend::Sqlite => Duration::from_secs(10),
+            Backend::Postgres => lease + Duration::from_secs(5),
         };
         let deadline = restarted + within;
         let found = loop {
@@ -196,6 +201,17 @@ both_backends!(
         };
         let lost = acked.iter().filter(|id| !found.contains(*id)).count();
         let recovered_in = restarted.elapsed();
+        eprintln!(
+            "[{backend:?}] restarted {:?} after the kill; every acknowledged event swept {recovered_in:?} after the restart \
+             ({:?} after the kill; sweep lease {lease:?})",
+            restarted - killed,
+            killed.elapsed()
+        );
+        assert!(
+            recovered_in <= within,
+            "the restarted node took the sweep over and drained it {recovered_in:?} after the restart (bound {within:?}); node log:\n{}",
+            node.log()
+        );
 
         // The client sends every batch again (it cannot know what the kill cut off): each
         // event counted once, raw and in the rollups.
@@ -236,5 +252,6 @@ both_backends!(
         assert_eq!(raw_total, (BATCHES * PER_BATCH) as i64);
         assert_eq!(duplicated, 0);
         assert!(intact, "{verify}");
+        eprintln!("[{backend:?}] usage kill test took {:?}", test_started.elapsed());
     }
 );
