@@ -568,7 +568,9 @@ impl Core {
             match self.store.release_sweep(&region, self.usage.node).await {
                 Ok(true) => tracing::info!(region, "gave back the usage sweep's lease"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(region, error = %e, "could not give back the usage sweep's lease; it lapses by itself"),
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "could not give back the usage sweep's lease; it lapses by itself")
+                }
             }
         }
     }

@@ -236,6 +236,14 @@ both_backends!(
             duplicated += (rolled - raw).abs() + i64::from(value != want);
             raw_total += raw;
         }
+        // Stopped gracefully, the node gives the sweep's lease back: another node would sweep
+        // at once, not a lease later.
+        let held = "SELECT CAST(count(*) AS TEXT) FROM usage_journal_state WHERE holder IS NOT NULL";
+        assert_eq!(count(&data.journal(held).await), 1, "the sweeping node holds the lease");
+        let mut node = node;
+        node.signal("TERM");
+        assert!(node.exited_within(Duration::from_secs(20)).await.success(), "{}", node.log());
+        assert_eq!(count(&data.journal(held).await), 0, "the lease given back at shutdown; node log:\n{}", node.log());
         drop(node);
         let (intact, verify) = data.cli(&["audit", "verify"]);
         eprintln!(
