@@ -72,18 +72,34 @@ async fn send_all(url: &str, token: &str, tenants: &[String], kill_after: Option
         );
         requests.spawn(async move {
             let _permit = permit;
-            let r = client
-                .post(format!("{url}/v1/data-plane/usage"))
-                .bearer_auth(&token)
-                .header("content-type", BATCH)
-                .body(body.to_string())
-                .send()
-                .await;
-            let Ok(r) = r else { return };
-            let status = r.status();
-            // Cut off mid-answer by the kill: not acknowledged.
-            let Ok(report) = r.json::<serde_json::Value>().await else {
-                return;
+            // Sending again (no kill coming), a batch refused with 503 (`usage_backlog` while
+            // the sweep catches up) is sent again after its Retry-After, as a client would.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let (status, report) = loop {
+                let r = client
+                    .post(format!("{url}/v1/data-plane/usage"))
+                    .bearer_auth(&token)
+                    .header("content-type", BATCH)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let Ok(r) = r else { return };
+                let status = r.status();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                // Cut off mid-answer by the kill: not acknowledged.
+                let Ok(report) = r.json::<serde_json::Value>().await else {
+                    return;
+                };
+                match retry {
+                    Some(secs) if status == 503 && kill_after.is_none() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
+                    }
+                    _ => break (status, report),
+                }
             };
             if status == 200 {
                 assert_eq!(report["rejected"], serde_json::json!([]), "batch {i}: {report}");
