@@ -238,7 +238,10 @@ pub async fn run(
     ));
     rows.push(Row::info(
         "  refused by backpressure (503 usage_backlog) / still refused at the end",
-        format!("{} answers / {} batches (not taken, not counted)", sent.backlogged, sent.unsent),
+        format!(
+            "{} answers / {} batches (not taken, not counted)",
+            sent.backlogged, sent.unsent
+        ),
     ));
     let max_oldest = samples.iter().map(|s| s.oldest).max().unwrap_or_default();
     let max_backlog = samples.iter().map(|s| s.backlog).max().unwrap_or(0);

@@ -308,8 +308,9 @@ async fn connection(shared: Arc<Shared>, c: usize) -> Result<Sent> {
                     }
                     Err(e) => format!("200 with a body that is not JSON ({e}): {}", head_of(&b)),
                 },
-                Ok((503, b)) if serde_json::from_slice::<serde_json::Value>(&b)
-                    .is_ok_and(|v| v["error"]["code"] == "usage_backlog") =>
+                Ok((503, b))
+                    if serde_json::from_slice::<serde_json::Value>(&b)
+                        .is_ok_and(|v| v["error"]["code"] == "usage_backlog") =>
                 {
                     out.backlogged += 1;
                     attempt -= 1;
