@@ -458,6 +458,12 @@ pub trait UsageStore: Send + Sync {
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool>;
+    /// Extend the region's sweep lease to `until` if `holder` still holds it (never taking
+    /// it from another holder); `false` if it does not.
+    async fn renew_sweep(&self, region: &str, holder: uuid::Uuid, until: OffsetDateTime) -> Result<bool>;
+    /// Give the region's sweep lease back if `holder` holds it (another node may claim it at
+    /// once); `true` if it did.
+    async fn release_sweep(&self, region: &str, holder: uuid::Uuid) -> Result<bool>;
     /// Everything the region received before `through` is in the tenants' databases.
     async fn set_swept_through(&self, region: &str, holder: uuid::Uuid, through: OffsetDateTime) -> Result<()>;
     async fn swept_through(&self, region: &str) -> Result<Option<OffsetDateTime>>;

@@ -328,6 +328,10 @@ impl App {
             tracing::warn!("the final flush of API key counts did not finish in time");
         }
         sweeper.abort();
+        // Once its sweep has stopped (no renewal after it), the usage sweep's lease is given
+        // back: another node sweeps at once rather than when it lapses.
+        let _ = sweeper.await;
+        self.core.release_usage_sweeps().await;
         if let Some(w) = webhooks {
             w.abort();
         }

@@ -47,6 +47,16 @@ const DETAILS_USER_ID: &str = "details->>'user_id'";
 /// The outbox claim's locking clause (see `sql.rs`). Rows another worker is claiming are skipped, not waited for.
 const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
+/// A transaction that reads, then writes on what it read (see `sql_limits.rs`): a plain one;
+/// what it must not interleave with is excluded by an advisory lock it takes.
+const LOCKING_BEGIN: &str = "BEGIN";
+
+/// The token's advisory lock (`$1`: the token's id), held to the end of its idempotency
+/// reservation's transaction: reservations of one token, on any node, count and insert one
+/// after the other. The first key names the lock's use, so no other advisory lock collides.
+const IDEMPOTENCY_TOKEN_LOCK: Option<&str> =
+    Some("SELECT pg_advisory_xact_lock(hashtext('quarterdeck.api_idempotency'), hashtext($1))");
+
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     t
 }

@@ -243,8 +243,17 @@ macro_rules! impl_limit_store {
                 max_live: u64,
             ) -> Result<IdempotencySlot> {
                 let _writer = self.writer_permit().await;
-                // A token holds at most `max_live` live keys: a new key past them is refused
-                // (a key it holds already is answered as usual).
+                // The count and the insert in one transaction that no other reservation of the
+                // token interleaves with, on any node: on SQLite one that takes the write lock
+                // at its start (`BEGIN IMMEDIATE`: every writer of the file waits its turn), on
+                // PostgreSQL one that first takes the token's advisory lock. So a token never
+                // holds more than `max_live` live keys, however many arrive at once.
+                let mut tx = self.pool.begin_with(LOCKING_BEGIN).await.map_err(db_err)?;
+                if let Some(lock) = IDEMPOTENCY_TOKEN_LOCK {
+                    sqlx::query(lock).bind(token_hash).execute(&mut *tx).await.map_err(db_err)?;
+                }
+                // A new key past `max_live` is refused (a key the token holds already is
+                // answered as usual).
                 let live: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM api_idempotency WHERE token_hash = $1 AND key <> $2 \
                      AND expires_at > $3",
@@ -252,7 +261,7 @@ macro_rules! impl_limit_store {
                 .bind(token_hash)
                 .bind(key)
                 .bind(enc_ts(now))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(db_err)?;
                 if u64::try_from(live).unwrap_or(0) >= max_live {
@@ -261,10 +270,11 @@ macro_rules! impl_limit_store {
                             .bind(token_hash)
                             .bind(key)
                             .bind(enc_ts(now))
-                            .fetch_optional(&self.pool)
+                            .fetch_optional(&mut *tx)
                             .await
                             .map_err(db_err)?;
                     if held.is_none() {
+                        tx.commit().await.map_err(db_err)?;
                         return Ok(IdempotencySlot::Full);
                     }
                 }
@@ -287,10 +297,11 @@ macro_rules! impl_limit_store {
                 .bind(holder)
                 .bind(enc_ts(reserved_until))
                 .bind(enc_ts(now))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
                 if taken == Some(holder) {
+                    tx.commit().await.map_err(db_err)?;
                     return Ok(IdempotencySlot::Reserved);
                 }
                 let r = sqlx::query(
@@ -299,9 +310,10 @@ macro_rules! impl_limit_store {
                 )
                 .bind(token_hash)
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
                 let Some(r) = r else {
                     // Deleted in between (its reservation given back): in use a moment ago.
                     return Ok(IdempotencySlot::Running {

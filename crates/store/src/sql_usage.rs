@@ -428,6 +428,42 @@ macro_rules! impl_usage_store {
                 Ok(row.is_some())
             }
 
+            async fn renew_sweep(&self, region: &str, holder: Uuid, until: OffsetDateTime) -> Result<bool> {
+                let (pool, lock) = self.journal_pool(region).await?;
+                let _writer = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                // Only while `holder` holds it: a node that took it over (once it lapsed) keeps it.
+                let n = sqlx::query("UPDATE usage_journal_state SET lease_until = $3 WHERE region = $1 AND holder = $2")
+                    .bind(region)
+                    .bind(holder)
+                    .bind(enc_ts(until))
+                    .execute(&pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn release_sweep(&self, region: &str, holder: Uuid) -> Result<bool> {
+                let (pool, lock) = self.journal_pool(region).await?;
+                let _writer = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                let n = sqlx::query(
+                    "UPDATE usage_journal_state SET holder = NULL, lease_until = NULL WHERE region = $1 AND holder = $2",
+                )
+                .bind(region)
+                .bind(holder)
+                .execute(&pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn set_swept_through(&self, region: &str, holder: Uuid, through: OffsetDateTime) -> Result<()> {
                 let (pool, lock) = self.journal_pool(region).await?;
                 let _writer = match &lock {

@@ -52,6 +52,15 @@ const DETAILS_USER_ID: &str = "json_extract(details, '$.user_id')";
 /// The outbox claim's locking clause (see `sql.rs`). The claim is one statement under SQLite's write lock: nothing to add.
 const OUTBOX_CLAIM_LOCK: &str = "";
 
+/// A transaction that reads, then writes on what it read (see `sql_limits.rs`): it takes the
+/// file's write lock at its start, so no other connection (another `Core` on the same file
+/// included) writes between its read and its write.
+const LOCKING_BEGIN: &str = "BEGIN IMMEDIATE";
+
+/// What a token's idempotency reservation takes first in its transaction: nothing here
+/// (`LOCKING_BEGIN` holds the file's write lock already).
+const IDEMPOTENCY_TOKEN_LOCK: Option<&str> = None;
+
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }

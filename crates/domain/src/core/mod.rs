@@ -35,7 +35,7 @@ pub use reconcile::{
 };
 pub use sso::{ProviderDraft, SsoStart};
 pub use tokens::{ApiCaller, NewTokenRequest};
-pub use usage::{IngestReport, SweepReport, UsagePolicy};
+pub use usage::{IngestReport, SWEEP_LEASE, SweepReport, UsagePolicy};
 pub use users::{InviteRequest, NewUserRequest, UserView};
 pub use webhooks::{DELIVERY_LEASE, EndpointWithSecret, FeedPage, MAX_FEED_PAGE, feed_cursor};
 

@@ -21,6 +21,7 @@ use crate::usage::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -79,8 +80,13 @@ pub struct SweepReport {
 const SWEEP_TAKE: u32 = 200_000;
 /// Most tenants swept at once (the store says how many: `sweep_parallelism`).
 const SWEEP_PARALLEL_MAX: usize = 16;
-/// How long a sweep lease lasts without renewal.
-const SWEEP_LEASE: Duration = Duration::seconds(30);
+/// How long a region's sweep lease lasts without renewal: a node that dies holding it holds
+/// up the region's sweep this long at most. Its holder renews it at each sweep (every 250 ms)
+/// and, while a sweep runs, every [`SWEEP_RENEW_EVERY`].
+pub const SWEEP_LEASE: Duration = Duration::seconds(8);
+/// How often a running sweep renews its lease (a fourth of it: three renewals may be slow or
+/// fail before it lapses).
+const SWEEP_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a subject lookup is kept (the change feed drops it sooner).
 const SUBJECT_TTL: Duration = Duration::seconds(10);
 /// How long a node trusts its last reading of a region's `swept_through` (backpressure costs
@@ -326,6 +332,12 @@ impl Core {
     /// A tenant whose database cannot be written keeps its entries and is left alone for a
     /// while (doubling up to 5 minutes); reads go on past its entries (a cursor that wraps
     /// when the journal's end is reached), so it never holds up the other tenants.
+    ///
+    /// The lease is renewed every [`SWEEP_RENEW_EVERY`] while the sweep runs, and only while
+    /// this node still holds it (a renewal never takes it from another node). A sweep whose
+    /// lease was lost (it lapsed, and another node took it) stops: no new tenant is begun and
+    /// nothing is settled; the new holder reads the same entries, and those already applied
+    /// count nothing twice.
     pub async fn sweep_usage(&self, region: &str) -> Result<SweepReport> {
         let started = self.clock.now();
         let node = self.usage.node;
@@ -339,6 +351,45 @@ impl Core {
                 ..SweepReport::default()
             });
         }
+        let lost = AtomicBool::new(false);
+        let renewals = async {
+            loop {
+                tokio::time::sleep(SWEEP_RENEW_EVERY).await;
+                let now = self.clock.now();
+                match self.store.renew_sweep(region, node, now + SWEEP_LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(region, "a running usage sweep lost its lease; it stops");
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // Tried again at the next period: the lease outlasts a few failures.
+                    Err(e) => tracing::warn!(region, error = %e, "a running usage sweep could not renew its lease"),
+                }
+            }
+        };
+        let sweep = self.sweep_leased(region, started, &lost);
+        tokio::pin!(sweep, renewals);
+        loop {
+            tokio::select! {
+                report = &mut sweep => return report,
+                // Lost: the sweep sees the flag and stops at its next step.
+                () = &mut renewals, if !lost.load(Ordering::SeqCst) => {}
+            }
+        }
+    }
+
+    /// The sweep proper, run while `sweep_usage` renews the lease (`lost` once it could not).
+    async fn sweep_leased(&self, region: &str, started: OffsetDateTime, lost: &AtomicBool) -> Result<SweepReport> {
+        let node = self.usage.node;
+        let lost_it = |after: JournalCursor| {
+            // Read again from here if this node sweeps the region again.
+            self.usage.set_cursor(region, after);
+            Ok(SweepReport {
+                not_ours: true,
+                ..SweepReport::default()
+            })
+        };
         let t0 = std::time::Instant::now();
         let after = self.usage.cursor(region);
         let take = self.store.journal_take(region, after, SWEEP_TAKE).await?;
@@ -391,6 +442,9 @@ impl Core {
                 return;
             }
             loop {
+                if lost.load(Ordering::SeqCst) {
+                    break;
+                }
                 let next = lock(queue_ref).pop();
                 let Some((t, rows, entries)) = next else { break };
                 let outcome = self.store.apply_usage(t, &entries, &self.config.meters).await;
@@ -416,6 +470,9 @@ impl Core {
             worker(15)
         );
         let applied_in = t0.elapsed();
+        if lost.load(Ordering::SeqCst) {
+            return lost_it(after);
+        }
         let mut inserted = 0;
         let mut months = Vec::new();
         for (t, rows, entries, outcome) in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
@@ -438,9 +495,12 @@ impl Core {
                 }
             }
         }
-        // A long sweep must not let another node start the same work meanwhile.
+        // Settled only by the lease's holder: renewed once more (if this node still holds it)
+        // for the last steps.
         let now = self.clock.now();
-        self.store.claim_sweep(region, node, now, now + SWEEP_LEASE).await?;
+        if lost.load(Ordering::SeqCst) || !self.store.renew_sweep(region, node, now + SWEEP_LEASE).await? {
+            return lost_it(after);
+        }
         self.store.put_usage_months(&months).await?;
         if let Err(e) = self.check_budgets(&months, &live).await {
             tracing::warn!(error = %e, "budgets could not be checked; the next sweep tries again");
@@ -497,6 +557,21 @@ impl Core {
         match failed {
             Some(e) => Err(e),
             None => Ok(inserted),
+        }
+    }
+
+    /// Give back the sweep leases this node holds (at shutdown, once its sweeps have stopped):
+    /// another node sweeps at once instead of when the lease lapses. A region whose lease
+    /// could not be given back is logged; its lease lapses by itself.
+    pub async fn release_usage_sweeps(&self) {
+        for region in self.usage_regions() {
+            match self.store.release_sweep(&region, self.usage.node).await {
+                Ok(true) => tracing::info!(region, "gave back the usage sweep's lease"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "could not give back the usage sweep's lease; it lapses by itself")
+                }
+            }
         }
     }
 

@@ -66,6 +66,15 @@ impl Data {
         }
     }
 
+    /// The first column of every row of `sql` (text) in the usage journal of the default
+    /// region (on PostgreSQL, in the control database).
+    pub(crate) async fn journal(&self, sql: &str) -> Vec<String> {
+        match &self.pg_url {
+            Some(url) => pg_strings(url, "identity", sql).await,
+            None => sqlite_strings(&self.dir.join("usage").join("default.db"), sql).await,
+        }
+    }
+
     /// An event's detail field as text, in this backend's SQL.
     pub(crate) fn detail(&self, field: &str) -> String {
         match self.pg_url {

@@ -1,12 +1,13 @@
 //! The shared limits under abuse: what a client controls (an email's length, spaces in a
 //! header, a made-up token, a query string, keys by the thousand) never grows the control
-//! database without bound, breaks a statement, or buys a fresh limit; a guess nobody ends
-//! lapses on its own.
+//! database without bound, breaks a statement, or buys a fresh limit (a burst of new
+//! idempotency keys on two nodes included); a guess nobody ends lapses on its own.
 
 use crate::api::token;
 use crate::both;
 use crate::helpers::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 both!(
     async fn sign_ins_with_huge_unique_emails_fail_like_unknown_users_and_keep_only_hashed_keys(app) {
@@ -127,20 +128,7 @@ both!(
             "1"
         );
         // 999 more live keys (as if sent over the day): the token is at its cap.
-        let fill = if app.pg_url.is_some() {
-            format!(
-                "INSERT INTO api_idempotency (token_hash, key, request, holder, reserved_until, status, expires_at) \
-                 SELECT '{token_id}', 'fill-' || g, 'x', gen_random_uuid(), now(), 200, now() + interval '1 day' \
-                 FROM generate_series(1, 999) g"
-            )
-        } else {
-            format!(
-                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 999) \
-                 INSERT INTO api_idempotency (token_hash, key, request, holder, reserved_until, status, expires_at) \
-                 SELECT '{token_id}', 'fill-' || n, 'x', randomblob(16), 0, 200, 9000000000000000 FROM g"
-            )
-        };
-        app.control_exec(&fill).await;
+        fill_keys(&app, &token_id, 999).await;
         let r = c
             .post(app.url("/v1/admin/tenants"))
             .bearer_auth(&t)
@@ -171,6 +159,112 @@ both!(
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
+    }
+);
+
+/// `n` live keys of the token (kept replies, as if sent over the day), written directly.
+async fn fill_keys(app: &TestApp, token_id: &str, n: u32) {
+    let fill = if app.pg_url.is_some() {
+        format!(
+            "INSERT INTO api_idempotency (token_hash, key, request, holder, reserved_until, status, expires_at) \
+             SELECT '{token_id}', 'fill-' || g, 'x', gen_random_uuid(), now(), 200, now() + interval '1 day' \
+             FROM generate_series(1, {n}) g"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n}) \
+             INSERT INTO api_idempotency (token_hash, key, request, holder, reserved_until, status, expires_at) \
+             SELECT '{token_id}', 'fill-' || n, 'x', randomblob(16), 0, 200, 9000000000000000 FROM g"
+        )
+    };
+    app.control_exec(&fill).await;
+}
+
+both!(
+    async fn parallel_new_idempotency_keys_never_take_a_token_past_its_thousand_live_keys_on_any_node(app) {
+        use quarterdeck_domain::core::{IDEMPOTENCY_KEYS_PER_TOKEN, IdempotencyStart};
+        const FREE: usize = 8;
+        const OVER_HTTP: usize = 40;
+        const ON_SECOND_NODE: usize = 16;
+        app.sign_in_owner().await;
+        let t = token(&app, "read_write", "").await;
+        let token_id = app.events_of("PAT_CREATED").await[0].details["token_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cap = usize::try_from(IDEMPOTENCY_KEYS_PER_TOKEN).unwrap();
+        fill_keys(&app, &token_id, u32::try_from(cap - FREE).unwrap()).await;
+        // Another node on the same database (its own connections, and on SQLite its own
+        // writer queue): reservations there race the server's.
+        let second = app.second_core(|_| {}).await;
+
+        // The burst: new keys over HTTP and on the second node at once, while the table's
+        // rows are counted over and over.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let burst = async {
+            let mut http = tokio::task::JoinSet::new();
+            for i in 0..OVER_HTTP {
+                // A request the handler refuses (422): its reply is kept, so its key stays live.
+                let r = app
+                    .client
+                    .post(app.url("/v1/admin/tenants"))
+                    .bearer_auth(&t)
+                    .header("idempotency-key", format!("burst-{i}"))
+                    .json(&json!({"name": "", "slug": format!("-{i}-")}));
+                http.spawn(async move {
+                    let r = r.send().await.unwrap();
+                    (r.status().as_u16(), r.json::<Value>().await.unwrap())
+                });
+            }
+            let mut on_second = tokio::task::JoinSet::new();
+            for i in 0..ON_SECOND_NODE {
+                let (second, token_id) = (second.clone(), token_id.clone());
+                on_second.spawn(async move {
+                    second
+                        .start_idempotent(&token_id, &format!("second-{i}"), "POST /v1/admin/tenants", Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                });
+            }
+            let answers = http.join_all().await;
+            let reserved = on_second.join_all().await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (answers, reserved)
+        };
+        let sampler = async {
+            let (mut most, mut samples) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(app.control_rows("api_idempotency").await);
+                samples += 1;
+            }
+            (most, samples)
+        };
+        let ((answers, reserved), (most, samples)) = tokio::join!(burst, sampler);
+
+        let mut admitted = 0;
+        for (status, body) in answers {
+            match status {
+                422 => admitted += 1,
+                429 => assert_eq!(body["error"]["code"], "idempotency_limit", "{body}"),
+                other => panic!("{other}: {body}"),
+            }
+        }
+        for r in reserved {
+            match r {
+                IdempotencyStart::Run(_) => admitted += 1,
+                IdempotencyStart::Full => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let rows = app.control_rows("api_idempotency").await;
+        eprintln!(
+            "[{:?}] {admitted} of {} new keys admitted; at most {most} rows in {samples} counts during the burst",
+            app.backend,
+            OVER_HTTP + ON_SECOND_NODE
+        );
+        assert_eq!(admitted, FREE, "exactly the free keys are taken");
+        assert_eq!(rows, IDEMPOTENCY_KEYS_PER_TOKEN as i64, "the token holds exactly its cap");
+        assert!(most <= IDEMPOTENCY_KEYS_PER_TOKEN as i64, "{most} rows during the burst");
     }
 );
 

@@ -1,6 +1,7 @@
 //! Usage across nodes (issue 12): three `serve` processes on one PostgreSQL database take the
 //! same events, each sweeping under the region's lease; every event is counted once and a
-//! budget's crossings are recorded (and emailed) once.
+//! budget's crossings are recorded (and emailed) once. The region's sweep lease is renewed only
+//! by its holder, taken over only once it lapsed, and free at once when given back.
 
 use crate::data_plane::{owner, service_token};
 use crate::data_plane_nodes::Node;
@@ -67,3 +68,30 @@ async fn events_sent_to_every_node_are_counted_once_and_a_budget_is_crossed_once
         .await;
     assert_eq!(to_admin, "2", "one threshold email and one limit email");
 }
+
+crate::both!(
+    async fn a_sweep_lease_is_renewed_only_by_its_holder_and_taken_over_only_once_it_lapsed(app) {
+        use quarterdeck_domain::core::SWEEP_LEASE;
+        // A region nobody else sweeps; two holders standing for two nodes.
+        let region = "lease-test";
+        let store = app.core.store();
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let now = app.clock_now();
+        assert!(store.claim_sweep(region, a, now, now + SWEEP_LEASE).await.unwrap());
+        // Another node neither claims nor renews a live lease, and gives back nothing.
+        assert!(!store.claim_sweep(region, b, now, now + SWEEP_LEASE).await.unwrap());
+        assert!(!store.renew_sweep(region, b, now + SWEEP_LEASE * 2).await.unwrap());
+        assert!(!store.release_sweep(region, b).await.unwrap());
+        // The holder renews it; lapsed, another node takes it, and the old holder's renewal
+        // (a sweep still running there) no longer holds anything.
+        assert!(store.renew_sweep(region, a, now + SWEEP_LEASE).await.unwrap());
+        app.clock.advance(SWEEP_LEASE + time::Duration::seconds(1));
+        let later = app.clock_now();
+        assert!(store.claim_sweep(region, b, later, later + SWEEP_LEASE).await.unwrap());
+        assert!(!store.renew_sweep(region, a, later + SWEEP_LEASE).await.unwrap());
+        assert!(!store.claim_sweep(region, a, later, later + SWEEP_LEASE).await.unwrap());
+        // Given back (a node stopping), it is free at once.
+        assert!(store.release_sweep(region, b).await.unwrap());
+        assert!(store.claim_sweep(region, a, later, later + SWEEP_LEASE).await.unwrap());
+    }
+);
