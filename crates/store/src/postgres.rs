@@ -49,13 +49,19 @@ const OUTBOX_CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 /// A transaction that reads, then writes on what it read (see `sql_limits.rs`): a plain one;
 /// what it must not interleave with is excluded by an advisory lock it takes.
-const LOCKING_BEGIN: &str = "BEGIN";
+// READ COMMITTED whatever the cluster's default: each statement after the lock must see
+// what the lock's previous holder committed (a snapshot taken at BEGIN would not).
+const LOCKING_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// The token's advisory lock (`$1`: the token's id), held to the end of its idempotency
 /// reservation's transaction: reservations of one token, on any node, count and insert one
 /// after the other. The first key names the lock's use, so no other advisory lock collides.
-const IDEMPOTENCY_TOKEN_LOCK: Option<&str> =
-    Some("SELECT pg_advisory_xact_lock(hashtext('quarterdeck.api_idempotency'), hashtext($1))");
+/// Waiting is bounded (`lock_timeout`, 2 s: then 503 `busy`), so a burst of one token's new
+/// keys holds no connection of the pool for long.
+const IDEMPOTENCY_TOKEN_LOCK: Option<(&str, &str)> = Some((
+    "SET LOCAL lock_timeout = '2s'",
+    "SELECT pg_advisory_xact_lock(hashtext('quarterdeck.api_idempotency'), hashtext($1))",
+));
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     t

@@ -249,8 +249,12 @@ macro_rules! impl_limit_store {
                 // PostgreSQL one that first takes the token's advisory lock. So a token never
                 // holds more than `max_live` live keys, however many arrive at once.
                 let mut tx = self.pool.begin_with(LOCKING_BEGIN).await.map_err(db_err)?;
-                if let Some(lock) = IDEMPOTENCY_TOKEN_LOCK {
-                    sqlx::query(lock).bind(token_hash).execute(&mut *tx).await.map_err(db_err)?;
+                if let Some((bound, lock)) = IDEMPOTENCY_TOKEN_LOCK {
+                    sqlx::query(bound).execute(&mut *tx).await.map_err(db_err)?;
+                    if let Err(e) = sqlx::query(lock).bind(token_hash).execute(&mut *tx).await {
+                        tracing::warn!(error = %e, "a token's idempotency lock was not had in time; answering busy");
+                        return Err(Error::Busy);
+                    }
                 }
                 // A new key past `max_live` is refused (a key the token holds already is
                 // answered as usual).

@@ -19,6 +19,8 @@ macro_rules! impl_usage_store {
 
         /// Rows per multi-row statement: well under SQLite's 32,766 parameters at 10 a row.
         const ROWS_PER_STATEMENT: usize = 300;
+        /// Rows per `json_each` statement (SQLite): a few MB of JSON at most.
+        const JSON_ROWS_PER_STATEMENT: usize = 5_000;
 
         const JOURNAL_COLUMNS: &str =
             "seq, tenant_id, api_key_id, source, event_id, meter, event_time, value, dims, received_at";
@@ -525,35 +527,38 @@ macro_rules! impl_usage_store {
                     }
                 };
                 if USAGE_ROWS_AS_JSON {
-                    // Numbers as JSON numbers (`->>` gives INTEGER), text as JSON strings.
-                    let rows: Vec<serde_json::Value> = fresh
-                        .iter()
-                        .map(|e| {
-                            serde_json::json!([
-                                e.source,
-                                e.event_id,
-                                e.meter,
-                                enc_ts(e.time),
-                                e.api_key_id.map(|k| k.to_string()).unwrap_or_default(),
-                                e.value,
-                                e.dims,
-                                enc_ts(e.received_at),
-                            ])
-                        })
-                        .collect();
-                    let json = serde_json::Value::Array(rows).to_string();
-                    let returned = sqlx::query(
-                        "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) \
-                         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7 \
-                         FROM json_each($1) WHERE true \
-                         ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
-                    )
-                    .bind(json)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    for r in returned {
-                        mark_new(r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?);
+                    // Numbers as JSON numbers (`->>` gives INTEGER), text as JSON strings; in
+                    // chunks, so one parameter stays far below SQLite's length limit.
+                    for chunk in fresh.chunks(JSON_ROWS_PER_STATEMENT) {
+                        let rows: Vec<_> = chunk
+                            .iter()
+                            .map(|e| {
+                                (
+                                    &e.source,
+                                    &e.event_id,
+                                    &e.meter,
+                                    enc_ts(e.time),
+                                    e.api_key_id.map(|k| k.to_string()).unwrap_or_default(),
+                                    e.value,
+                                    &e.dims,
+                                    enc_ts(e.received_at),
+                                )
+                            })
+                            .collect();
+                        let json = serde_json::to_string(&rows).map_err(|e| Error::Internal(e.to_string()))?;
+                        let returned = sqlx::query(
+                            "INSERT INTO usage_event (source, event_id, meter, event_time, api_key_id, value, dims, received_at) \
+                             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7 \
+                             FROM json_each($1) WHERE true \
+                             ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id",
+                        )
+                        .bind(json)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                        for r in returned {
+                            mark_new(r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?);
+                        }
                     }
                 } else {
                     for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
@@ -732,7 +737,8 @@ macro_rules! impl_usage_store {
                 for chunk in flat.chunks(ROWS_PER_STATEMENT) {
                     let sql = format!(
                         "INSERT INTO usage_month (month, tenant_id, meter, dims, value, events) VALUES {} \
-                         ON CONFLICT (month, tenant_id, meter, dims) DO UPDATE SET value = excluded.value, events = excluded.events",
+                         ON CONFLICT (month, tenant_id, meter, dims) DO UPDATE SET value = excluded.value, events = excluded.events \
+                         WHERE excluded.events >= usage_month.events",
                         placeholders(chunk.len(), 6, 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -19,9 +19,9 @@ use crate::usage::{
     Envelope, IngestLimits, JournalCursor, JournalEntry, JournalKey, MeterTotal, Month, ParsedEvent, RejectReason,
     Rejected, UsageSubject, parse_events,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -87,11 +87,20 @@ pub const SWEEP_LEASE: Duration = Duration::seconds(8);
 /// How often a running sweep renews its lease (a fourth of it: three renewals may be slow or
 /// fail before it lapses).
 const SWEEP_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A sweep that finishes no step (the journal read, a tenant) for this long is abandoned and
+/// its lease left to lapse: a connection hung mid-statement (a failover's black hole) must
+/// not keep the lease renewed, and the region refused by backpressure, for ever.
+const SWEEP_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a subject lookup is kept (the change feed drops it sooner).
 const SUBJECT_TTL: Duration = Duration::seconds(10);
 /// How long a node trusts its last reading of a region's `swept_through` (backpressure costs
 /// one small read per region this often, not one per batch).
 const LAG_READ_EVERY: Duration = Duration::milliseconds(250);
+/// Appends closer together than this are counted together (backpressure's bookkeeping).
+const APPEND_BUCKET: Duration = Duration::milliseconds(100);
+const APPEND_BUCKETS_KEPT: usize = 10_000;
+/// The sweep's speed assumed before this node has measured one (events per second).
+const DRAIN_RATE_UNMEASURED: f64 = 50_000.0;
 const MAX_SUBJECTS: usize = 200_000;
 
 /// Ingestion's per-node state: subject lookups, the crossings already recorded, and this
@@ -104,11 +113,22 @@ pub struct UsageState {
     crossings: Mutex<HashSet<(TenantId, Month, &'static str, OffsetDateTime)>>,
     /// Per region: where the next sweep reads from (0: the start).
     cursors: Mutex<HashMap<String, JournalCursor>>,
+    /// Per region: when the pass now under way began (its first sweep read from the start).
+    /// A pass is complete when a sweep reaches the journal's end, however many sweeps it
+    /// took: everything received before it began is then swept (but kept-back tenants').
+    pass_started: Mutex<HashMap<String, OffsetDateTime>>,
     /// Tenants whose database could not be written: failures so far, and not before when.
     resting: Mutex<HashMap<TenantId, (u32, OffsetDateTime)>>,
-    /// Per region: the sweep's `swept_through` as last read (or set here), and when it was
-    /// read; backpressure reads it again once it is older than [`LAG_READ_EVERY`].
-    swept: Mutex<HashMap<String, (Option<OffsetDateTime>, OffsetDateTime)>>,
+    /// Per region: the sweep's `swept_through` as last read (or set here), when this node
+    /// first saw that value (by its own clock: the sweeping node's clock may be off from
+    /// this one's), and when it was last read; backpressure reads it again once that is
+    /// older than [`LAG_READ_EVERY`].
+    swept: Mutex<HashMap<String, SweptSeen>>,
+    /// Per region: events this node journaled, by when (in [`APPEND_BUCKET`]s), for as long
+    /// as no complete sweep covers them.
+    appended: Mutex<HashMap<String, VecDeque<(OffsetDateTime, u64)>>>,
+    /// Per region: events per second this node's recent sweeps moved (a moving average).
+    drain_rate: Mutex<HashMap<String, f64>>,
     pub(crate) node: Uuid,
 }
 
@@ -118,8 +138,11 @@ impl Default for UsageState {
             subjects: Mutex::new(HashMap::new()),
             crossings: Mutex::new(HashSet::new()),
             cursors: Mutex::new(HashMap::new()),
+            pass_started: Mutex::new(HashMap::new()),
             resting: Mutex::new(HashMap::new()),
             swept: Mutex::new(HashMap::new()),
+            appended: Mutex::new(HashMap::new()),
+            drain_rate: Mutex::new(HashMap::new()),
             node: Uuid::new_v4(),
         }
     }
@@ -130,7 +153,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A region's `swept_through` as one node knows it (see `UsageState::swept`).
+#[derive(Clone, Copy, Debug)]
+struct SweptSeen {
+    through: OffsetDateTime,
+    /// By this node's clock: when `through` was set (here) or first read.
+    since: OffsetDateTime,
+    read_at: OffsetDateTime,
+}
+
 impl UsageState {
+    /// `through` set by this node's sweep (`skew: None`), or read from the store at `now`
+    /// (written by whichever node sweeps, by its clock). A value read is taken as no older
+    /// than `skew` before `now`, so a sweeping node whose clock is ahead of this one's makes
+    /// this node refuse nothing (a pass longer than that is seen as shorter). An older value
+    /// than the one known (a read that raced a newer sweep) changes nothing but the read time.
+    fn saw_swept_through(&self, region: &str, through: OffsetDateTime, now: OffsetDateTime, skew: Option<Duration>) {
+        let mut all = lock(&self.swept);
+        match all.get_mut(region) {
+            Some(k) if through <= k.through => k.read_at = k.read_at.max(now),
+            _ => {
+                let since = match skew {
+                    None => through,
+                    Some(skew) => through.clamp(now - skew, now),
+                };
+                all.insert(
+                    region.to_owned(),
+                    SweptSeen {
+                        through,
+                        since,
+                        read_at: now,
+                    },
+                );
+            }
+        }
+    }
+
     fn cursor(&self, region: &str) -> JournalCursor {
         lock(&self.cursors).get(region).copied().unwrap_or_default()
     }
@@ -151,6 +209,43 @@ impl UsageState {
         e.0 = e.0.saturating_add(1);
         e.1 = now + Duration::seconds((1_i64 << e.0.min(9)).min(300));
         e.0
+    }
+
+    /// `n` events journaled for `region` at `at`.
+    fn journaled(&self, region: &str, at: OffsetDateTime, n: u64) {
+        let mut all = lock(&self.appended);
+        let q = all.entry(region.to_owned()).or_default();
+        match q.back_mut() {
+            Some((t, count)) if at - *t < APPEND_BUCKET => *count += n,
+            _ => {
+                if q.len() >= APPEND_BUCKETS_KEPT {
+                    q.pop_front();
+                }
+                q.push_back((at, n));
+            }
+        }
+    }
+
+    /// Events this node journaled for `region` since `through` (what no complete sweep
+    /// covers yet); what is older is forgotten.
+    fn journaled_since(&self, region: &str, through: OffsetDateTime) -> u64 {
+        let mut all = lock(&self.appended);
+        let Some(q) = all.get_mut(region) else { return 0 };
+        while q.front().is_some_and(|(t, _)| *t + APPEND_BUCKET <= through) {
+            q.pop_front();
+        }
+        q.iter().map(|(_, n)| n).sum()
+    }
+
+    /// A sweep of this node moved `events` in `seconds`.
+    fn swept(&self, region: &str, events: usize, seconds: f64) {
+        if events < 1_000 || seconds <= 0.0 {
+            return;
+        }
+        let rate = events as f64 / seconds;
+        let mut all = lock(&self.drain_rate);
+        let r = all.entry(region.to_owned()).or_insert(rate);
+        *r = (*r + rate) / 2.0;
     }
 
     fn recovered(&self, t: TenantId) {
@@ -186,20 +281,11 @@ impl Core {
         let now = self.clock.now();
         let policy = &self.config.usage;
         let (parsed, mut rejected) = parse_events(body, envelope, &self.config.meters, &policy.limits, now)?;
-        let subjects = self.usage_subjects(&parsed, now).await?;
-        // Refused before anything is taken (the rate budget included): a batch answered
-        // `usage_backlog` is sent again whole.
-        let regions: BTreeSet<&str> = subjects.values().map(|s| s.region.as_str()).collect();
-        for region in regions {
-            self.refuse_if_backlogged(region, now).await.inspect_err(|e| {
-                if matches!(e, Error::UsageBacklog) {
-                    self.meters
-                        .usage_backlog_refusal((parsed.len() + rejected.len()) as u64);
-                }
-            })?;
-        }
+        // The rate budget first: a flood costs no lookup (a batch later refused for backlog
+        // has spent its share, as any refused request would).
         self.take_usage_budget(caller.token.id, parsed.len() + rejected.len(), policy.events_per_second)
             .await?;
+        let subjects = self.usage_subjects(&parsed, now).await?;
         let mut by_region: BTreeMap<&str, Vec<JournalEntry>> = BTreeMap::new();
         let mut accepted = 0;
         for e in &parsed {
@@ -227,6 +313,19 @@ impl Core {
                 )),
             }
         }
+        // Backpressure, for the regions the batch would write (a subject outside the token's
+        // region is `unknown_subject` whatever that region's state), before anything is
+        // journaled: a batch answered `usage_backlog` is sent again whole.
+        for (region, entries) in &by_region {
+            self.refuse_if_backlogged(region, now, entries.len() as u64)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, Error::UsageBacklog) {
+                        self.meters
+                            .usage_backlog_refusal((parsed.len() + rejected.len()) as u64);
+                    }
+                })?;
+        }
         for (region, entries) in &by_region {
             self.store.journal_append(region, entries).await.map_err(|e| match e {
                 Error::Internal(detail) => {
@@ -235,6 +334,9 @@ impl Core {
                 }
                 other => other,
             })?;
+            if policy.max_lag.is_some() {
+                self.usage.journaled(region, now, entries.len() as u64);
+            }
         }
         rejected.sort_by_key(|r| r.index);
         self.meters.usage_events(accepted as u64, rejected.len() as u64);
@@ -242,15 +344,19 @@ impl Core {
     }
 
     /// Backpressure: `Error::UsageBacklog` while the region's last complete sweep began more
-    /// than `max_lag` ago. Every node reads the same `swept_through` (the sweeping node's),
-    /// at most every [`LAG_READ_EVERY`]. A region never swept yet is not refused.
-    async fn refuse_if_backlogged(&self, region: &str, now: OffsetDateTime) -> Result<()> {
+    /// than `max_lag` ago, or before it would: when what this node journaled since then, with
+    /// the `incoming` batch, is more than the sweep moves in half of `max_lag` at the speed it
+    /// was last measured here (a backlog refused only once it is late would take longer than
+    /// `max_lag` to sweep). Every node reads the same `swept_through` (the sweeping node's),
+    /// at most every [`LAG_READ_EVERY`]; each counts its own events. A region never swept yet
+    /// is not refused.
+    async fn refuse_if_backlogged(&self, region: &str, now: OffsetDateTime, incoming: u64) -> Result<()> {
         let Some(max_lag) = self.config.usage.max_lag else {
             return Ok(());
         };
         let known = lock(&self.usage.swept).get(region).copied();
-        let through = match known {
-            Some((through, read_at)) if now - read_at < LAG_READ_EVERY => through,
+        let seen = match known {
+            Some(k) if now - k.read_at < LAG_READ_EVERY => Some(k),
             _ => {
                 let through = self.store.swept_through(region).await.map_err(|e| match e {
                     Error::Internal(detail) => {
@@ -259,14 +365,26 @@ impl Core {
                     }
                     other => other,
                 })?;
-                lock(&self.usage.swept).insert(region.to_owned(), (through, now));
-                through
+                if let Some(through) = through {
+                    self.usage.saw_swept_through(region, through, now, Some(max_lag / 2));
+                }
+                lock(&self.usage.swept).get(region).copied()
             }
         };
-        match through {
-            Some(t) if now - t > max_lag => Err(Error::UsageBacklog),
-            _ => Ok(()),
+        let Some(seen) = seen else { return Ok(()) };
+        if now - seen.since > max_lag {
+            return Err(Error::UsageBacklog);
         }
+        let rate = lock(&self.usage.drain_rate)
+            .get(region)
+            .copied()
+            .unwrap_or(DRAIN_RATE_UNMEASURED);
+        let budget = rate * max_lag.as_seconds_f64() / 2.0;
+        let pending = self.usage.journaled_since(region, seen.since);
+        if pending > 0 && (pending + incoming) as f64 > budget {
+            return Err(Error::UsageBacklog);
+        }
+        Ok(())
     }
 
     /// What each subject of a batch stands for: from this node's cache, the rest in one query.
@@ -352,35 +470,60 @@ impl Core {
             });
         }
         let lost = AtomicBool::new(false);
+        let progress = AtomicUsize::new(0);
         let renewals = async {
+            let mut last = (0, std::time::Instant::now());
             loop {
                 tokio::time::sleep(SWEEP_RENEW_EVERY).await;
+                let steps = progress.load(Ordering::SeqCst);
+                if steps != last.0 {
+                    last = (steps, std::time::Instant::now());
+                } else if last.1.elapsed() >= SWEEP_STALL {
+                    tracing::warn!(
+                        region,
+                        "a usage sweep made no progress for a minute; abandoned, its lease left to lapse"
+                    );
+                    return true;
+                }
                 let now = self.clock.now();
                 match self.store.renew_sweep(region, node, now + SWEEP_LEASE).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(region, "a running usage sweep lost its lease; it stops");
                         lost.store(true, Ordering::SeqCst);
-                        return;
+                        return false;
                     }
                     // Tried again at the next period: the lease outlasts a few failures.
                     Err(e) => tracing::warn!(region, error = %e, "a running usage sweep could not renew its lease"),
                 }
             }
         };
-        let sweep = self.sweep_leased(region, started, &lost);
+        let sweep = self.sweep_leased(region, started, &lost, &progress);
         tokio::pin!(sweep, renewals);
         loop {
             tokio::select! {
                 report = &mut sweep => return report,
-                // Lost: the sweep sees the flag and stops at its next step.
-                () = &mut renewals, if !lost.load(Ordering::SeqCst) => {}
+                // Lost: the sweep sees the flag and stops at its next step. Stalled: dropped
+                // here (its open transactions roll back; the new holder reads its entries).
+                stalled = &mut renewals, if !lost.load(Ordering::SeqCst) => {
+                    if stalled {
+                        lost.store(true, Ordering::SeqCst);
+                        self.usage.set_cursor(region, JournalCursor::default());
+                        return Err(Error::Internal(format!("the usage sweep of region {region} stalled")));
+                    }
+                }
             }
         }
     }
 
     /// The sweep proper, run while `sweep_usage` renews the lease (`lost` once it could not).
-    async fn sweep_leased(&self, region: &str, started: OffsetDateTime, lost: &AtomicBool) -> Result<SweepReport> {
+    async fn sweep_leased(
+        &self,
+        region: &str,
+        started: OffsetDateTime,
+        lost: &AtomicBool,
+        progress: &AtomicUsize,
+    ) -> Result<SweepReport> {
         let node = self.usage.node;
         let lost_it = |after: JournalCursor| {
             // Read again from here if this node sweeps the region again.
@@ -392,7 +535,14 @@ impl Core {
         };
         let t0 = std::time::Instant::now();
         let after = self.usage.cursor(region);
+        let pass_started = if after == JournalCursor::default() {
+            lock(&self.usage.pass_started).insert(region.to_owned(), started);
+            started
+        } else {
+            lock(&self.usage.pass_started).get(region).copied().unwrap_or(started)
+        };
         let take = self.store.journal_take(region, after, SWEEP_TAKE).await?;
+        progress.fetch_add(1, Ordering::SeqCst);
         let taken = take.entries;
         let full = take.full;
         self.usage
@@ -448,6 +598,7 @@ impl Core {
                 let next = lock(queue_ref).pop();
                 let Some((t, rows, entries)) = next else { break };
                 let outcome = self.store.apply_usage(t, &entries, &self.config.meters).await;
+                progress.fetch_add(1, Ordering::SeqCst);
                 lock(results_ref).push((t, rows, entries, outcome));
             }
         };
@@ -507,13 +658,17 @@ impl Core {
         }
         let (done, kept) = settle(&keys, &row_sizes, kept);
         self.store.journal_settle(region, &done, &kept).await?;
-        // Read to the end from the start: everything received before this sweep began is in
-        // (but for a tenant being held back, which the warning names).
+        // The journal's end reached: everything received before the pass began is in (but
+        // for a tenant being held back, which the warning names). A pass may take several
+        // sweeps: entries kept back for a failing tenant can fill a whole take for ever, and
+        // must not stop the others' freshness.
         let drained = !full && after == JournalCursor::default();
-        if drained {
-            self.store.set_swept_through(region, node, started).await?;
-            lock(&self.usage.swept).insert(region.to_owned(), (Some(started), self.clock.now()));
+        if !full {
+            self.store.set_swept_through(region, node, pass_started).await?;
+            self.usage
+                .saw_swept_through(region, pass_started, self.clock.now(), None);
         }
+        self.usage.swept(region, taken, t0.elapsed().as_secs_f64());
         tracing::debug!(
             region,
             taken,

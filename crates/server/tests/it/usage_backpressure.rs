@@ -89,3 +89,22 @@ both_backends!(
         assert_eq!(app.core.store().journal_backlog(&region).await.unwrap().0, 1);
     }
 );
+
+both!(
+    async fn a_token_of_another_region_learns_nothing_of_a_regions_backlog(app) {
+        app.sign_in_owner().await;
+        let tid = app.create_tenant("Acme", "acme").await;
+        let eu = service_token(&app, &["usage:write"], "eu-west").await;
+        let us = service_token(&app, &["usage:write"], "us-east").await;
+        stall_the_sweep(&app, "eu-west").await;
+        let batch = json!([tokens("a", &tid, 1, "m")]);
+        // The tenant is in eu-west: to a us-east token its id is no subject at all, backlog
+        // or not.
+        let (status, body) = send(&app, &us, &batch).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rejected"][0]["code"], "unknown_subject", "{body}");
+        let (status, body) = send(&app, &eu, &batch).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "usage_backlog", "{body}");
+    }
+);

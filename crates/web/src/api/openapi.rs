@@ -107,10 +107,10 @@ impl Modify for EdgeResponses {
                     "408".into(),
                     error("`request_timeout`: the request took longer than the server allows."),
                 );
-                responses.insert(
-                    "413".into(),
-                    error("`body_too_large`: the body is larger than the server accepts."),
-                );
+                // An operation's own 413 (e.g. `batch_too_large`) is kept.
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| error("`body_too_large`: the body is larger than the server accepts."));
                 // An operation that documents its own 503 names `overloaded` there too.
                 responses.entry("503".into()).or_insert_with(|| {
                     error("`overloaded`: too many requests at once; retry after `Retry-After` seconds.")
