@@ -94,7 +94,7 @@ async fn measured_core(
         database_url: settings.database_url.clone(),
         data_dir: settings.data_dir.clone(),
         tenant_pools: PoolLimits {
-            max_open: settings.tenant_pool_max_open,
+            max_open: settings.tenant_pools_open_at_most(crate::serve::raise_open_files_limit()),
             idle: Duration::from_secs(settings.tenant_pool_idle_seconds),
             max_connections: settings.database_max_connections,
             ..PoolLimits::default()
@@ -171,9 +171,9 @@ impl App {
             keep_alive: Duration::from_secs(settings.keep_alive_seconds),
             stall_timeout: Duration::from_secs(settings.request_timeout_seconds + settings.header_read_timeout_seconds),
             shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
-            max_connections: settings
-                .max_connections
-                .unwrap_or_else(|| crate::serve::default_max_connections(open_files, settings.tenant_pool_max_open)),
+            max_connections: settings.max_connections.unwrap_or_else(|| {
+                crate::serve::default_max_connections(open_files, settings.tenant_pools_open_at_most(open_files))
+            }),
         };
         let mailer =
             quarterdeck_mail::build(&settings.mail_settings()?).map_err(|e| anyhow::anyhow!("email settings: {e}"))?;

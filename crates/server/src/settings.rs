@@ -46,8 +46,9 @@ pub struct Settings {
     pub outbound_allow_private: Vec<String>,
     /// Days a deleted tenant's database is kept before it is dropped.
     pub tenant_retention_days: u32,
-    /// At most this many tenant databases are open at once.
-    pub tenant_pool_max_open: usize,
+    /// At most this many tenant databases are open at once. Unset: see
+    /// [`Settings::tenant_pools_open_at_most`].
+    pub tenant_pool_max_open: Option<usize>,
     /// A tenant database unused this many seconds is closed.
     pub tenant_pool_idle_seconds: u64,
     /// PostgreSQL: the most connections opened to the cluster, all pools together.
@@ -163,7 +164,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             outbound_allow_private: Vec::new(),
             tenant_retention_days: 30,
-            tenant_pool_max_open: 64,
+            tenant_pool_max_open: None,
             tenant_pool_idle_seconds: 300,
             database_max_connections: 20,
             migrate_jobs: 4,
@@ -560,6 +561,11 @@ impl Settings {
         if !(1..=10_000).contains(&self.usage_max_batch_events) {
             bail!("usage_max_batch_events (QUARTERDECK_USAGE_MAX_BATCH_EVENTS) must be between 1 and 10000");
         }
+        if self.tenant_pool_max_open == Some(0) {
+            bail!(
+                "tenant_pool_max_open (QUARTERDECK_TENANT_POOL_MAX_OPEN) must be at least 1 (unset: chosen by the backend and the open-files limit)"
+            );
+        }
         if self.usage_max_lag_seconds > 3600 {
             bail!("usage_max_lag_seconds (QUARTERDECK_USAGE_MAX_LAG_SECONDS) must be at most 3600 (0: never refuse)");
         }
@@ -702,6 +708,23 @@ impl Settings {
             max_lag: (self.usage_max_lag_seconds > 0)
                 .then(|| time::Duration::seconds(i64::from(self.usage_max_lag_seconds))),
         }
+    }
+
+    /// `tenant_pool_max_open`, or when unset: on PostgreSQL 64 (connections are the budget
+    /// there, `database_max_connections`); on SQLite enough for a thousand busy tenants
+    /// (1,024: the usage sweep writes every tenant that sent events, and reopening each file
+    /// on every sweep — a pool cache smaller than the tenants — cost the benchmark more than
+    /// half its throughput), fewer when the open-files limit is low (6 files a tenant, 1,280
+    /// kept for connections and the rest), at least 64.
+    pub fn tenant_pools_open_at_most(&self, open_files: Option<u64>) -> usize {
+        if let Some(n) = self.tenant_pool_max_open {
+            return n;
+        }
+        if self.database_url.is_some() {
+            return 64;
+        }
+        let limit = open_files.and_then(|n| usize::try_from(n).ok()).unwrap_or(1024);
+        (limit.saturating_sub(1_280) / 6).clamp(64, 1_024)
     }
 
     pub fn api_key_policy(&self) -> Result<quarterdeck_domain::api_key::ApiKeyPolicy> {
@@ -939,6 +962,33 @@ mod tests {
         .unwrap();
         let e = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("regions.eu.dir"), "{e}");
+    }
+
+    #[test]
+    fn tenant_pools_fit_a_thousand_sqlite_tenants_within_the_open_files_limit() {
+        let sqlite = Settings::default();
+        assert_eq!(sqlite.tenant_pools_open_at_most(Some(1_048_576)), 1_024);
+        assert_eq!(sqlite.tenant_pools_open_at_most(Some(4_096)), (4_096 - 1_280) / 6);
+        assert_eq!(sqlite.tenant_pools_open_at_most(Some(1_024)), 64);
+        assert_eq!(sqlite.tenant_pools_open_at_most(None), 64);
+        let postgres = Settings {
+            database_url: Some("postgres://localhost/q".into()),
+            ..Settings::default()
+        };
+        assert_eq!(postgres.tenant_pools_open_at_most(Some(1_048_576)), 64);
+        let set = Settings {
+            tenant_pool_max_open: Some(3),
+            ..Settings::default()
+        };
+        assert_eq!(set.tenant_pools_open_at_most(Some(1_048_576)), 3);
+        assert!(
+            Settings {
+                tenant_pool_max_open: Some(0),
+                ..Settings::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]

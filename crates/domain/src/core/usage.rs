@@ -101,6 +101,9 @@ const APPEND_BUCKET: Duration = Duration::milliseconds(100);
 const APPEND_BUCKETS_KEPT: usize = 10_000;
 /// The sweep's speed assumed before this node has measured one (events per second).
 const DRAIN_RATE_UNMEASURED: f64 = 50_000.0;
+/// The backlog a node lets grow: what the sweep moves in this share of `max_lag` (the rest
+/// is for the pass under way and the read of `swept_through`).
+const BACKLOG_SHARE_OF_LAG: f64 = 0.75;
 const MAX_SUBJECTS: usize = 200_000;
 
 /// Ingestion's per-node state: subject lookups, the crossings already recorded, and this
@@ -343,13 +346,14 @@ impl Core {
         Ok(IngestReport { accepted, rejected })
     }
 
-    /// Backpressure: `Error::UsageBacklog` while the region's last complete sweep began more
+    /// Backpressure: `Error::UsageBacklog` while the region's last complete pass began more
     /// than `max_lag` ago, or before it would: when what this node journaled since then, with
-    /// the `incoming` batch, is more than the sweep moves in half of `max_lag` at the speed it
-    /// was last measured here (a backlog refused only once it is late would take longer than
-    /// `max_lag` to sweep). Every node reads the same `swept_through` (the sweeping node's),
-    /// at most every [`LAG_READ_EVERY`]; each counts its own events. A region never swept yet
-    /// is not refused.
+    /// the `incoming` events, is more than the sweep moves in [`BACKLOG_SHARE_OF_LAG`] of
+    /// `max_lag` at the speed last measured here (a backlog refused only once it is late takes
+    /// longer than `max_lag` to sweep). Every node reads the same `swept_through` (the
+    /// sweeping node's), at most every [`LAG_READ_EVERY`], and judges it by its own clock
+    /// (`UsageState::saw_swept_through`); each counts its own events. A region never swept
+    /// yet is not refused.
     async fn refuse_if_backlogged(&self, region: &str, now: OffsetDateTime, incoming: u64) -> Result<()> {
         let Some(max_lag) = self.config.usage.max_lag else {
             return Ok(());
@@ -379,7 +383,7 @@ impl Core {
             .get(region)
             .copied()
             .unwrap_or(DRAIN_RATE_UNMEASURED);
-        let budget = rate * max_lag.as_seconds_f64() / 2.0;
+        let budget = rate * max_lag.as_seconds_f64() * BACKLOG_SHARE_OF_LAG;
         let pending = self.usage.journaled_since(region, seen.since);
         if pending > 0 && (pending + incoming) as f64 > budget {
             return Err(Error::UsageBacklog);

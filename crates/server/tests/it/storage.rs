@@ -65,7 +65,7 @@ both!(
 
 #[tokio::test]
 async fn tenant_pools_are_capped_and_the_least_recently_used_is_closed() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.tenant_pool_max_open = 3).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.tenant_pool_max_open = Some(3)).await;
     app.sign_in_owner().await;
     for i in 0..6 {
         app.create_tenant(&format!("T{i}"), &format!("t-{i}")).await;
