@@ -9,6 +9,17 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The owner signed in, and a read_write personal access token of theirs: (secret, id).
+async fn owner_token_and_id(app: &TestApp) -> (String, String) {
+    app.sign_in_owner().await;
+    let t = token(app, "read_write", "").await;
+    let id = app.events_of("PAT_CREATED").await[0].details["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (t, id)
+}
+
 both!(
     async fn sign_ins_with_huge_unique_emails_fail_like_unknown_users_and_keep_only_hashed_keys(app) {
         let page = app.get_html("/login").await;
@@ -90,12 +101,7 @@ both!(
 
 both!(
     async fn idempotency_keeps_a_digest_no_404_and_at_most_a_thousand_keys_per_token(app) {
-        app.sign_in_owner().await;
-        let t = token(&app, "read_write", "").await;
-        let token_id = app.events_of("PAT_CREATED").await[0].details["token_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (t, token_id) = owner_token_and_id(&app).await;
         let c = reqwest::Client::new();
         let big = "q".repeat(32 * 1024);
         // An unmatched route: its 404 is not kept.
@@ -186,12 +192,7 @@ both!(
         const FREE: usize = 8;
         const OVER_HTTP: usize = 40;
         const ON_SECOND_NODE: usize = 16;
-        app.sign_in_owner().await;
-        let t = token(&app, "read_write", "").await;
-        let token_id = app.events_of("PAT_CREATED").await[0].details["token_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (t, token_id) = owner_token_and_id(&app).await;
         let cap = usize::try_from(IDEMPOTENCY_KEYS_PER_TOKEN).unwrap();
         fill_keys(&app, &token_id, u32::try_from(cap - FREE).unwrap()).await;
         // Another node on the same database (its own connections, and on SQLite its own

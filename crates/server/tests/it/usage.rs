@@ -20,6 +20,22 @@ pub fn tokens(id: &str, subject: &str, n: i64, model: &str) -> Value {
     })
 }
 
+/// A journal entry of `value` `llm.tokens` for `tenant`, sent and received `now` (source
+/// "s", no key, no dimension values); tests change what they need with `..entry(…)`.
+pub fn entry(tenant: TenantId, id: &str, value: i64, now: time::OffsetDateTime) -> JournalEntry {
+    JournalEntry {
+        tenant_id: tenant,
+        api_key_id: None,
+        source: "s".into(),
+        event_id: id.into(),
+        meter: "llm.tokens".into(),
+        time: now,
+        value,
+        dims: "{}".into(),
+        received_at: now,
+    }
+}
+
 /// POST a batch; (status, body).
 pub async fn send(app: &TestApp, token: &str, events: &Value) -> (u16, Value) {
     let r = app
@@ -244,15 +260,8 @@ both!(
         let now = app.clock_now();
         let entries: Vec<JournalEntry> = (0..3)
             .map(|i| JournalEntry {
-                tenant_id: tenant,
-                api_key_id: None,
-                source: "s".into(),
-                event_id: format!("id-{i}"),
-                meter: "llm.tokens".into(),
-                time: now,
-                value: 10,
                 dims: r#"{"model":"m"}"#.into(),
-                received_at: now,
+                ..entry(tenant, &format!("id-{i}"), 10, now)
             })
             .collect();
         let store = app.core.store();
@@ -363,15 +372,9 @@ both!(
         let now = app.clock_now();
         let dims = r#"{"model":"gpt-4o \"mini\" \\ ✓ 😀"}"#;
         let event = |id: &str, value: i64| JournalEntry {
-            tenant_id: tenant,
-            api_key_id: None,
             source: "gate \"1\"".into(),
-            event_id: id.into(),
-            meter: "llm.tokens".into(),
-            time: now,
-            value,
             dims: dims.into(),
-            received_at: now,
+            ..entry(tenant, id, value, now)
         };
         let store = app.core.store();
         // Ids that look like numbers stay text: "1", "01" and "1.0" are three events.
@@ -398,17 +401,7 @@ both!(
         let tenant: TenantId = tid.parse().unwrap();
         let meters = MeterCatalog::new(MeterCatalog::defaults()).unwrap();
         let now = app.clock_now();
-        let big = |id: &str| JournalEntry {
-            tenant_id: tenant,
-            api_key_id: None,
-            source: "s".into(),
-            event_id: id.into(),
-            meter: "llm.tokens".into(),
-            time: now,
-            value: i64::MAX / 2 + 1,
-            dims: "{}".into(),
-            received_at: now,
-        };
+        let big = |id: &str| entry(tenant, id, i64::MAX / 2 + 1, now);
         let store = app.core.store();
         // Before, the second apply failed (bigint out of range / integer overflow), and the
         // tenant's entries stayed in the journal for ever.
@@ -525,15 +518,8 @@ both!(
         let meters = MeterCatalog::new(MeterCatalog::defaults()).unwrap();
         let now = app.clock_now();
         let backdated = JournalEntry {
-            tenant_id: tenant,
-            api_key_id: None,
-            source: "s".into(),
-            event_id: "old".into(),
-            meter: "llm.tokens".into(),
             time: now - time::Duration::days(34),
-            value: 1,
-            dims: "{}".into(),
-            received_at: now,
+            ..entry(tenant, "old", 1, now)
         };
         let store = app.core.store();
         store.apply_usage(tenant, std::slice::from_ref(&backdated), &meters).await.unwrap();
@@ -613,17 +599,7 @@ both!(
         let store = app.core.store();
         let (a, b) = (TenantId(uuid::Uuid::new_v4()), TenantId(uuid::Uuid::new_v4()));
         let now = app.clock_now();
-        let entry = |tenant_id: TenantId, id: &str| JournalEntry {
-            tenant_id,
-            api_key_id: None,
-            source: "s".into(),
-            event_id: id.into(),
-            meter: "llm.tokens".into(),
-            time: now,
-            value: 1,
-            dims: "{}".into(),
-            received_at: now,
-        };
+        let entry = |tenant_id: TenantId, id: &str| entry(tenant_id, id, 1, now);
         store
             .journal_append(region, &[entry(a, "a-1"), entry(b, "b-1"), entry(a, "a-2")])
             .await
