@@ -78,7 +78,7 @@ both!(
 
 both_backends!(
     async fn with_no_lag_limit_a_batch_is_taken_however_far_behind_the_sweep_is(backend) {
-        let app = TestApp::spawn_with(backend, |s| s.usage_max_lag_seconds = 0).await;
+        let app = TestApp::spawn_with(backend, |s| s.usage_max_lag_seconds = Some(0)).await;
         app.sign_in_owner().await;
         let tid = app.create_tenant("Acme", "acme").await;
         let token = service_token(&app, &["usage:write"], "").await;
