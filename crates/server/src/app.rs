@@ -276,7 +276,8 @@ impl App {
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside. Then: no new
     /// connection is accepted, requests in flight get `shutdown_grace_seconds` to finish, the
     /// background loops stop, and a housekeeping run cut short gives its lease back (the
-    /// outbox's and webhooks' leases of this node simply expire: 5 minutes and 60 s).
+    /// outbox's leases of this node simply expire: 5 minutes). Webhook attempts in flight
+    /// finish within the same grace; one cut off after it gives its lease back.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let node: Arc<str> = Arc::from(node_name());
         let jobs = Arc::new(Jobs::default());
@@ -305,10 +306,20 @@ impl App {
             tokio::spawn(verifier_flushes(self.core.clone(), stop_flushes.subscribe())),
             tokio::spawn(usage_sweeper(self.core.clone())),
         );
-        let webhooks = self
-            .settings
-            .deliver_webhooks
-            .then(|| tokio::spawn(crate::webhooks::deliver(self.core.clone())));
+        // Told when the shutdown begins, so webhook attempts in flight finish alongside the
+        // requests in flight (within the same grace) and nothing new is claimed.
+        let (stop_webhooks, stopping) = tokio::sync::watch::channel(false);
+        let webhooks = self.settings.deliver_webhooks.then(|| {
+            tokio::spawn(crate::webhooks::deliver(
+                self.core.clone(),
+                stopping,
+                self.connections.shutdown_grace,
+            ))
+        });
+        let shutdown = async move {
+            shutdown.await;
+            stop_webhooks.send_replace(true);
+        };
         let metrics = self.metrics.map(|(listener, router)| {
             let limits = self.connections;
             tokio::spawn(async move {
@@ -333,7 +344,11 @@ impl App {
         let _ = sweeper.await;
         self.core.release_usage_sweeps().await;
         if let Some(w) = webhooks {
-            w.abort();
+            // It ends by itself within the grace (cutting off what is still running then).
+            let bound = self.connections.shutdown_grace + FINAL_FLUSH;
+            if tokio::time::timeout(bound, w).await.is_err() {
+                tracing::warn!("webhook delivery did not stop in time");
+            }
         }
         housekeeping.abort();
         reconcile.abort();

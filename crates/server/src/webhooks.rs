@@ -50,12 +50,25 @@ impl WebhookSender for OutboundWebhooks {
     }
 }
 
-/// Claims and sends due deliveries for as long as the server runs.
-pub async fn deliver(core: Arc<Core>) {
-    let in_flight: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+/// The in-flight count of each endpoint on this node.
+type Busy = Arc<Mutex<HashMap<Uuid, u32>>>;
+
+/// Claims and sends due deliveries until `stop` says the server is stopping (or its sender is
+/// gone). Then it claims nothing more and lets the attempts in flight finish, for at most
+/// `grace`; an attempt still running after that is cut off and its lease given back at once,
+/// so another node (or this one, restarted) sends it without waiting for the lease to lapse.
+pub async fn deliver(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>, grace: Duration) {
+    let in_flight: Busy = Arc::default();
     let freed = Arc::new(tokio::sync::Notify::new());
+    // The attempts running, and the claim each holds (to give back if it is cut off).
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut claims: HashMap<tokio::task::Id, (Uuid, Uuid)> = HashMap::new();
     let mut failing = false;
-    loop {
+    let stopping = |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+    while !stopping(&stop) {
+        while let Some(done) = attempts.try_join_next_with_id() {
+            claims.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
         let busy = in_flight.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let free = IN_FLIGHT.saturating_sub(busy.values().sum());
         let claimed = match core.claim_webhooks(free, &busy, PER_ENDPOINT).await {
@@ -77,22 +90,23 @@ pub async fn deliver(core: Arc<Core>) {
         if claimed.is_empty() {
             // Nothing due now. An attempt that ends may make its tenant's next event due (or
             // free a slot): look again as soon as one does, else after a while.
-            if busy.is_empty() {
-                tokio::time::sleep(IDLE).await;
-            } else {
-                let _ = tokio::time::timeout(IDLE, freed.notified()).await;
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(IDLE), if busy.is_empty() => {}
+                _ = tokio::time::timeout(IDLE, freed.notified()), if !busy.is_empty() => {}
             }
             continue;
         }
         for c in claimed {
             let endpoint = c.endpoint_id;
+            let claim = (c.delivery_id, c.lease);
             *in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(endpoint)
                 .or_default() += 1;
             let (core, in_flight, freed) = (core.clone(), in_flight.clone(), freed.clone());
-            tokio::spawn(async move {
+            let task = attempts.spawn(async move {
                 if let Err(e) = core.deliver_webhook(c).await {
                     tracing::warn!(error = %e, endpoint = %endpoint, "a webhook attempt could not be recorded; its lease runs out and it is tried again");
                 }
@@ -105,6 +119,48 @@ pub async fn deliver(core: Arc<Core>) {
                 }
                 freed.notify_one();
             });
+            claims.insert(task.id(), claim);
+        }
+    }
+    finish(&core, attempts, claims, grace).await;
+}
+
+/// At shutdown: the attempts in flight get until `grace` runs out; the rest are cut off and
+/// their claims given back.
+async fn finish(
+    core: &Core,
+    mut attempts: tokio::task::JoinSet<()>,
+    mut claims: HashMap<tokio::task::Id, (Uuid, Uuid)>,
+    grace: Duration,
+) {
+    let running = attempts.len();
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, attempts.join_next_with_id()).await {
+        claims.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+    }
+    if attempts.is_empty() {
+        if running > 0 {
+            tracing::info!(
+                attempts = running,
+                "webhook attempts in flight finished after the shutdown signal"
+            );
+        }
+        return;
+    }
+    attempts.abort_all();
+    while let Some(done) = attempts.join_next_with_id().await {
+        // One that finished after all keeps nothing to give back.
+        if let Ok((id, ())) = done {
+            claims.remove(&id);
+        }
+    }
+    tracing::warn!(
+        attempts = claims.len(),
+        "webhook attempts still in flight after the shutdown grace period were cut off; their leases are given back"
+    );
+    for (delivery, lease) in claims.into_values() {
+        if let Err(e) = core.release_webhook_claim(delivery, lease).await {
+            tracing::warn!(delivery = %delivery, error = %e, "could not give back a webhook lease; it lapses by itself");
         }
     }
 }

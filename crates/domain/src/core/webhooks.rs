@@ -355,6 +355,13 @@ impl Core {
         Ok(FeedPage { events, next_cursor })
     }
 
+    /// Gives back a claim whose attempt was cut off (the node is stopping): the delivery is
+    /// due again at once, for any node, instead of when the lease lapses. A claim already
+    /// spent (the attempt was recorded) or taken over is left as it is.
+    pub async fn release_webhook_claim(&self, delivery: Uuid, lease: Uuid) -> Result<()> {
+        self.store.release_webhook_lease(delivery, lease).await
+    }
+
     /// Claims up to `limit` due deliveries for this node, at most `per_endpoint` in flight per
     /// endpoint counting `in_flight` (what this node is sending now).
     pub async fn claim_webhooks(

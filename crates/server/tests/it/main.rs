@@ -68,6 +68,7 @@ mod usage_backpressure;
 mod usage_nodes;
 mod webhook_claims;
 mod webhook_receiver;
+mod webhook_shutdown;
 mod webhooks;
 mod webhooks_api;
 mod webhooks_pages;
