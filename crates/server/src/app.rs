@@ -275,9 +275,10 @@ impl App {
 
     /// Serve until `shutdown` completes, with the housekeeping jobs alongside. Then: no new
     /// connection is accepted, requests in flight get `shutdown_grace_seconds` to finish, the
-    /// background loops stop, and a housekeeping run cut short gives its lease back (the
-    /// outbox's leases of this node simply expire: 5 minutes). Webhook attempts in flight
-    /// finish within the same grace; one cut off after it gives its lease back.
+    /// background loops stop, and a housekeeping run cut short gives its lease back. Email
+    /// sends and webhook attempts in flight finish within the same grace, and what they had
+    /// claimed but not begun is given back (an attempt cut off after the grace: its webhook
+    /// lease is given back, an email's lapses after 5 minutes).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let node: Arc<str> = Arc::from(node_name());
         let jobs = Arc::new(Jobs::default());
@@ -290,10 +291,15 @@ impl App {
             self.core.clone(),
             self.settings.migrate_jobs,
         ));
+        // Told when the shutdown begins, so email sends and webhook attempts in flight finish
+        // alongside the requests in flight (within the same grace) and nothing new is claimed.
+        let (stop_delivery, stopping) = tokio::sync::watch::channel(false);
         let outbox = tokio::spawn(deliver_outbox(
             self.core.clone(),
             self.mailer.clone(),
             Duration::from_millis(self.settings.outbox_poll_ms.max(10)),
+            stopping.clone(),
+            self.connections.shutdown_grace,
         ));
         let checkpoints = tokio::spawn(crate::audit::checkpoints(
             self.core.clone(),
@@ -306,9 +312,6 @@ impl App {
             tokio::spawn(verifier_flushes(self.core.clone(), stop_flushes.subscribe())),
             tokio::spawn(usage_sweeper(self.core.clone())),
         );
-        // Told when the shutdown begins, so webhook attempts in flight finish alongside the
-        // requests in flight (within the same grace) and nothing new is claimed.
-        let (stop_webhooks, stopping) = tokio::sync::watch::channel(false);
         let webhooks = self.settings.deliver_webhooks.then(|| {
             tokio::spawn(crate::webhooks::deliver(
                 self.core.clone(),
@@ -318,7 +321,7 @@ impl App {
         });
         let shutdown = async move {
             shutdown.await;
-            stop_webhooks.send_replace(true);
+            stop_delivery.send_replace(true);
         };
         let metrics = self.metrics.map(|(listener, router)| {
             let limits = self.connections;
@@ -343,17 +346,18 @@ impl App {
         // back: another node sweeps at once rather than when it lapses.
         let _ = sweeper.await;
         self.core.release_usage_sweeps().await;
-        if let Some(w) = webhooks {
-            // It ends by itself within the grace (cutting off what is still running then).
-            let bound = self.connections.shutdown_grace + FINAL_FLUSH;
-            if tokio::time::timeout(bound, w).await.is_err() {
-                tracing::warn!("webhook delivery did not stop in time");
+        // Both end by themselves within the grace (cutting off what is still running then).
+        let bound = self.connections.shutdown_grace + FINAL_FLUSH;
+        for (what, task) in [("webhook delivery", webhooks), ("the outbox", Some(outbox))] {
+            if let Some(task) = task
+                && tokio::time::timeout(bound, task).await.is_err()
+            {
+                tracing::warn!("{what} did not stop in time");
             }
         }
         housekeeping.abort();
         reconcile.abort();
         migrator.abort();
-        outbox.abort();
         checkpoints.abort();
         // Another node may run at once what this one was running.
         for job in jobs.running() {
@@ -617,12 +621,40 @@ async fn verifier_flushes(core: Arc<Core>, mut stop: tokio::sync::watch::Receive
 }
 
 /// The outbox worker: the one place email is sent from.
-async fn deliver_outbox(core: Arc<Core>, mailer: Arc<dyn Mailer>, every: Duration) {
+async fn deliver_outbox(
+    core: Arc<Core>,
+    mailer: Arc<dyn Mailer>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = core.deliver_due(&*mailer).await {
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let told = |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+    while !told(&stop) {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        let run = core.deliver_due_until(&*mailer, &stopping);
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = stop.changed() => {
+                // The message being sent is finished (within the grace); the batch's rest is
+                // given back. Cut off after the grace: its lease lapses (at least once).
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                match tokio::time::timeout(grace, &mut run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("an email was still being sent after the shutdown grace; cut off, its lease lapses");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "the outbox worker could not read or update the outbox");
         }
     }

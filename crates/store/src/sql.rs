@@ -1314,6 +1314,17 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn release_message_lease(&self, lease: Uuid) -> Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE outbox SET lease_token = NULL, leased_until = NULL WHERE lease_token = $1 AND status = 'pending'",
+                )
+                .bind(lease)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
             async fn mark_attempt_failed(&self, id: Uuid, lease: Uuid, retry_at: Option<OffsetDateTime>, error: &str) -> Result<bool> {
                 let error: String = error.chars().take(500).collect();
                 let done = match retry_at {

@@ -7,11 +7,13 @@
 //! see [`crate::store::OutboxStore::claim_due_messages`]), so a message is sent by the worker
 //! that holds its lease and by no other. A failure releases the lease with the back-off; a
 //! worker that dies mid-batch leaves its leases to expire after [`LEASE`], and the messages are
-//! claimed again (at least once, never twice while a lease lives).
+//! claimed again (at least once, never twice while a lease lives); one that stops cleanly
+//! finishes the message it is sending and gives the rest of its batch back.
 
 use super::Core;
 use crate::error::Result;
 use crate::mail::{Mailer, SendError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use time::Duration;
 
 /// Attempts before a message is given up.
@@ -27,18 +29,26 @@ impl Core {
     /// Deliver what is due now, a claimed batch at a time until none is left; returns how
     /// many were delivered.
     pub async fn deliver_due(&self, mailer: &dyn Mailer) -> Result<usize> {
+        self.deliver_due_until(mailer, &AtomicBool::new(false)).await
+    }
+
+    /// [`Core::deliver_due`], stopping between two messages once `stopping` is set (the node
+    /// is shutting down): the message being sent is finished, and the rest of the claimed
+    /// batch is given back at once instead of waiting under this node's lease for 5 minutes.
+    pub async fn deliver_due_until(&self, mailer: &dyn Mailer, stopping: &AtomicBool) -> Result<usize> {
         let mut delivered = 0;
-        loop {
-            let (sent, claimed) = self.deliver_batch(mailer).await?;
+        while !stopping.load(Ordering::SeqCst) {
+            let (sent, claimed) = self.deliver_batch(mailer, stopping).await?;
             delivered += sent;
             if claimed < BATCH as usize {
-                return Ok(delivered);
+                break;
             }
         }
+        Ok(delivered)
     }
 
     /// Claim one batch and deliver it; returns (delivered, claimed).
-    async fn deliver_batch(&self, mailer: &dyn Mailer) -> Result<(usize, usize)> {
+    async fn deliver_batch(&self, mailer: &dyn Mailer, stopping: &AtomicBool) -> Result<(usize, usize)> {
         let mut token = [0u8; 16];
         self.rng.fill(&mut token);
         let lease = uuid::Uuid::from_bytes(token);
@@ -48,6 +58,14 @@ impl Core {
         let claimed = due.len();
         let mut delivered = 0;
         for m in due {
+            if stopping.load(Ordering::SeqCst) {
+                let given = self.store.release_message_lease(lease).await?;
+                tracing::info!(
+                    messages = given,
+                    "the node is stopping: claimed emails not yet sent are given back"
+                );
+                return Ok((delivered, 0));
+            }
             // Never send on a lease about to run out: another worker may claim it then. What is
             // left is claimed again once the lease has expired.
             if self.clock.now() + Duration::minutes(1) > lease_until {

@@ -1,6 +1,7 @@
-//! A `serve` process stopped with SIGTERM while a webhook attempt is in flight: the attempt
-//! finishes within the shutdown grace and is recorded once; one that outlasts the grace is cut
-//! off and its lease given back, so it is due again at once rather than when the lease lapses.
+//! A `serve` process stopped with SIGTERM while it delivers: a webhook attempt or an email in
+//! flight finishes within the shutdown grace and is recorded once; a webhook attempt that
+//! outlasts the grace is cut off and its lease given back; the emails of a claimed batch not
+//! yet begun are given back, due again at once rather than when the 5-minute lease lapses.
 
 use crate::crash::Data;
 use crate::data_plane_nodes::Node;
@@ -8,15 +9,21 @@ use crate::helpers::*;
 use crate::webhook_receiver::{Answer, Receiver, Rule};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A node on fresh data, sending webhooks to loopback, stopped within `grace` seconds.
 async fn node(data: &Data, grace: &str) -> Node {
-    let env = [
+    node_with(data, grace, &[]).await
+}
+
+async fn node_with(data: &Data, grace: &str, more: &[(&str, &str)]) -> Node {
+    let mut env = vec![
         ("QUARTERDECK_BOOTSTRAP_OWNER_EMAIL", OWNER_EMAIL),
         ("QUARTERDECK_BOOTSTRAP_OWNER_PASSWORD", OWNER_PASSWORD),
         ("QUARTERDECK_OUTBOUND_ALLOW_PRIVATE", "127.0.0.0/8"),
         ("QUARTERDECK_SHUTDOWN_GRACE_SECONDS", grace),
     ];
+    env.extend_from_slice(more);
     Node::start_on(&data.dir, data.pg_url.as_deref(), &env).await
 }
 
@@ -124,5 +131,101 @@ crate::both_backends!(
             node.log()
         );
         assert!(node.log().contains("were cut off; their leases are given back"), "{}", node.log());
+    }
+);
+
+/// A relay in front of an SMTP server that holds its first connection `hold` before passing
+/// anything either way (a slow network), and says when that connection has arrived.
+async fn slow_relay(smtp_port: u16, hold: Duration) -> (u16, tokio::sync::oneshot::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (arrived, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut arrived = Some(arrived);
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let first = arrived.take();
+            tokio::spawn(async move {
+                if let Some(tell) = first {
+                    let _ = tell.send(());
+                    tokio::time::sleep(hold).await;
+                }
+                let mut outbound = TcpStream::connect(("127.0.0.1", smtp_port)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// The outbox's rows as `status lease` texts, sorted.
+async fn outbox_states(data: &Data) -> Vec<String> {
+    let mut rows = data
+        .control("SELECT status || ' ' || CASE WHEN lease_token IS NULL THEN 'free' ELSE 'leased' END FROM outbox")
+        .await;
+    rows.sort();
+    rows
+}
+
+crate::both_backends!(
+    async fn an_email_being_sent_at_sigterm_is_finished_and_the_rest_of_its_batch_given_back(backend) {
+        let (_dir, data) = Data::fresh(backend).await;
+        let maildev = crate::maildev::Maildev::start();
+        let (relay, arrived) = slow_relay(maildev.smtp_port, Duration::from_secs(3)).await;
+        let relay = relay.to_string();
+        let smtp = [
+            ("QUARTERDECK_EMAIL_TRANSPORT", "smtp"),
+            ("QUARTERDECK_SMTP_HOST", "127.0.0.1"),
+            ("QUARTERDECK_SMTP_PORT", relay.as_str()),
+            ("QUARTERDECK_SMTP_TLS", "none"),
+            ("QUARTERDECK_EMAIL_FROM", "Quarterdeck <deck@example.com>"),
+        ];
+        // A first node queues five invitations and sends nothing (its worker looks once at
+        // start, then not for an hour), and stops.
+        let mut quiet = smtp.to_vec();
+        quiet.push(("QUARTERDECK_OUTBOX_POLL_MS", "3600000"));
+        let mut first = node_with(&data, "20", &quiet).await;
+        let base = first.url.replace("127.0.0.1", "localhost");
+        let (client, token) = (reqwest::Client::new(), token(&data));
+        let r = client
+            .post(format!("{base}/v1/admin/tenants"))
+            .bearer_auth(&token)
+            .json(&json!({ "name": "Acme", "slug": "acme" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let tid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        for i in 0..5 {
+            let r = client
+                .post(format!("{base}/v1/admin/users"))
+                .bearer_auth(&token)
+                .json(&json!({ "email": format!("user{i}@acme.example"), "roles": ["viewer"], "tenant_id": tid }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+        first.signal("TERM");
+        assert!(first.exited_within(Duration::from_secs(20)).await.success());
+        assert_eq!(outbox_states(&data).await, vec!["pending free"; 5]);
+
+        // The second node claims the five in one batch; its first send waits on the network
+        // when it is told to stop.
+        let mut second = node_with(&data, "20", &smtp).await;
+        tokio::time::timeout(Duration::from_secs(20), arrived)
+            .await
+            .expect("the node did not begin sending")
+            .unwrap();
+        assert_eq!(outbox_states(&data).await, vec!["pending leased"; 5]);
+        second.signal("TERM");
+        let status = second.exited_within(Duration::from_secs(20)).await;
+        assert!(status.success(), "{status:?}; log:\n{}", second.log());
+        let mut expected = vec!["pending free"; 4];
+        expected.push("sent free");
+        assert_eq!(outbox_states(&data).await, expected, "log:\n{}", second.log());
+        assert_eq!(maildev.wait_for_emails(1).await.len(), 1);
     }
 );
