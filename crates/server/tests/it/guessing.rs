@@ -446,3 +446,64 @@ crate::both_backends!(
         b.count_sso_start(address).await.unwrap();
     }
 );
+
+// PostgreSQL only (SQLite serves a data directory from one process): two real `serve`
+// processes, each with its own connections, guessed at through both at once. Their clocks
+// are the system's, so a guess the burst sends after the back-off of the 20th miss (2 s,
+// then 4 s more) is rightly answered; the burst is sent at once, and the bound allows for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_spread_over_two_serve_processes_gets_no_more_answers_than_the_free_misses() {
+    use crate::data_plane_nodes::Node;
+    use quarterdeck_domain::core::limits::link_miss_key;
+    let Some(app) = TestApp::spawn_pg().await else { return };
+    app.sign_in_owner().await;
+    app.create_tenant("Acme", "acme").await;
+    let env = [
+        ("QUARTERDECK_BASE_URL", app.base_url.as_str()),
+        ("QUARTERDECK_TRUSTED_PROXIES", "127.0.0.1"),
+    ];
+    let (a, b) = tokio::join!(Node::start_with(&app, &env), Node::start_with(&app, &env));
+    let host = format!("acme.{}", app.base_url.trim_start_matches("http://"));
+    let guesser = "203.0.113.34";
+    let client = reqwest::Client::new();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let request = client
+            .get(format!("{}/register?token=qd_inv_spread{i}", node.url))
+            .header("host", &host)
+            .header("x-forwarded-for", guesser);
+        let barrier = barrier.clone();
+        guesses.spawn(async move {
+            barrier.wait().await;
+            request.send().await.unwrap().status().as_u16()
+        });
+    }
+    let started = std::time::Instant::now();
+    let statuses = guesses.join_all().await;
+    let took = started.elapsed();
+    let answered = statuses.iter().filter(|s| **s == 410).count();
+    assert!(statuses.iter().all(|s| *s == 410 || *s == 429), "{statuses:?}");
+    // One more answer per back-off the burst outlasted (2 s, then 4 s more, …): none when it
+    // took under 2 s, as it does.
+    let (mut bound, mut backoffs, mut step) = (20, 0u64, 2u64);
+    while took.as_secs() >= backoffs + step {
+        bound += 1;
+        backoffs += step;
+        step *= 2;
+    }
+    assert!(answered <= bound, "{answered} answered in {took:?}: {statuses:?}");
+    assert!(answered >= 20, "the free misses are answered: {statuses:?}");
+    let key = link_miss_key(guesser);
+    assert_eq!(
+        app.control_value(&format!(
+            "SELECT CAST(failures AS TEXT) FROM sign_in_throttle WHERE key = '{key}'"
+        ))
+        .await,
+        answered.to_string(),
+        "every answer a miss on record"
+    );
+    assert_eq!(app.control_rows("sign_in_guess").await, 0, "nothing left in flight");
+    eprintln!("40 guesses over two nodes: {answered} answered in {took:?}");
+}
