@@ -701,8 +701,6 @@ pub trait LimitStore: Send + Sync {
     ) -> Result<Vec<(String, u64)>>;
     /// `counter`'s counts of `key` in `windows` over every node (windows without a row left out).
     async fn read_counts(&self, counter: &str, key: &str, windows: &[i64]) -> Result<Vec<(i64, u64)>>;
-    /// The throttle rows of `keys` as they stand (a missing key as the default row), in order.
-    async fn throttle_rows(&self, keys: &[String]) -> Result<Vec<crate::throttle::ThrottleRow>>;
     /// Reserve `key` of the token (its id) for `request` (a digest) under `holder` until
     /// `reserved_until`, unless it is reserved (and not past its reservation) or its reply
     /// kept (and not expired), or the token already has `max_live` other live keys (`Full`).

@@ -216,22 +216,6 @@ macro_rules! impl_limit_store {
                 Ok(out)
             }
 
-            async fn throttle_rows(&self, keys: &[String]) -> Result<Vec<ThrottleRow>> {
-                let mut rows = Vec::with_capacity(keys.len());
-                for key in keys {
-                    let r = sqlx::query("SELECT failures, last_failure FROM sign_in_throttle WHERE key = $1")
-                        .bind(key)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                    rows.push(match r {
-                        Some(r) => throttle_row(&r)?,
-                        None => ThrottleRow::default(),
-                    });
-                }
-                Ok(rows)
-            }
-
             async fn reserve_idempotency_key(
                 &self,
                 token_hash: &str,

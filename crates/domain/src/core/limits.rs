@@ -95,19 +95,112 @@ impl Guess {
 
 impl Drop for Guess {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let (store, id, now) = (self.store.clone(), self.id, self.began);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                // Only the guess's own in-flight rows go (`now` judges nothing here).
-                if let Err(e) = store.end_guess(id, &[], &[], now, now).await {
-                    tracing::warn!(error = %e, "could not give back a sign-in guess's count; it lapses within a minute");
-                }
-            });
+        if !self.done {
+            give_back(&self.store, self.id, self.began, "sign-in guess");
         }
     }
+}
+
+/// Give a guess in flight back in a detached task (its request went away or failed before
+/// its end was written): only its own in-flight rows go. A guess nobody gives back lapses on
+/// its own.
+fn give_back(store: &Arc<dyn Store>, id: uuid::Uuid, began: OffsetDateTime, what: &'static str) {
+    let store = store.clone();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            // `began` judges nothing here: no key fails or is cleared.
+            if let Err(e) = store.end_guess(id, &[], &[], began, began).await {
+                tracing::warn!(error = %e, what, "could not give back a guess in flight; it lapses on its own");
+            }
+        });
+    }
+}
+
+/// A guess at a secret-bearing link being answered (see [`Core::begin_link_guess`]): it
+/// counts as a miss of its network on every node until [`LinkGuess::missed`] or
+/// [`LinkGuess::not_missed`] has recorded how it ended. Dropped before that write committed
+/// (a handler that panicked, the client gone, the request timed out), it is given back in a
+/// detached task; one nobody gives back (its node died) lapses on its own when its time in
+/// flight is over.
+#[must_use = "a link guess is settled with `missed` or `not_missed` (dropped, it is given back)"]
+pub struct LinkGuess {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn crate::clock::Clock>,
+    id: uuid::Uuid,
+    key: String,
+    began: OffsetDateTime,
+    done: bool,
+}
+
+impl LinkGuess {
+    /// The answer said the secret was no good: one more miss on the network (and no longer in
+    /// flight), in one transaction.
+    pub async fn missed(mut self) -> Result<()> {
+        let now = self.clock.now();
+        self.store
+            .end_guess(
+                self.id,
+                std::slice::from_ref(&self.key),
+                &[],
+                now,
+                now - LINK_MISS_POLICY.forget_after,
+            )
+            .await?;
+        // Only once the write committed: dropped before, the guess is given back.
+        self.done = true;
+        Ok(())
+    }
+
+    /// The answer was not about a bad secret (the link worked, a form to correct, a server
+    /// error, a refusal before the handler): the guess is given back, nothing recorded.
+    pub async fn not_missed(mut self) -> Result<()> {
+        let now = self.clock.now();
+        self.store.end_guess(self.id, &[], &[], now, now).await?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for LinkGuess {
+    fn drop(&mut self) {
+        if !self.done {
+            give_back(&self.store, self.id, self.began, "link guess");
+        }
+    }
+}
+
+impl std::fmt::Debug for LinkGuess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkGuess")
+            .field("id", &self.id)
+            .field("began", &self.began)
+            .finish()
+    }
+}
+
+/// Whether a guess at a secret-bearing link may be answered now, from its network's row
+/// (`pending` counting the guesses in flight on every node, this one included):
+/// `Err(seconds)` to wait. While the network backs off, none; otherwise only as many as the
+/// misses left before the back-off, in flight or answered: a burst of parallel guesses gets
+/// no more answers than a sequence would ([`LINK_FREE_MISSES`]), and past them one at a
+/// time, each after the back-off the last miss started.
+pub fn judge_link_guess(row: &crate::throttle::ThrottleRow, now: OffsetDateTime) -> std::result::Result<(), u64> {
+    let policy = LINK_MISS_POLICY;
+    if let Some(wait) = policy.wait(row, now) {
+        return Err(wait);
+    }
+    let misses = policy.failures(row, now);
+    let others = row.pending.saturating_sub(1);
+    if others > 0 && misses.saturating_add(others) > policy.free_attempts {
+        // The back-off the network is in for if every guess in flight misses.
+        let then = crate::throttle::ThrottleRow {
+            failures: misses.saturating_add(others),
+            last_failure: Some(now),
+            pending: 0,
+        };
+        return Err(policy.wait(&then, now).unwrap_or(1));
+    }
+    Ok(())
 }
 
 /// Counts per key that every node adds to, kept in memory between flushes (the Automation
@@ -488,31 +581,39 @@ impl Core {
     }
 
     /// Before a request to an endpoint that takes a secret from a link or a form (invitation,
-    /// setup and handoff links, single sign-on answers): `Throttled` while the client's
-    /// network backs off after [`LINK_FREE_MISSES`] misses (2 s doubling, at most 15 min). The
-    /// misses are every node's (`sign_in_throttle`, under the network's hashed key).
-    pub async fn check_link_guess(&self, address: &str) -> Result<()> {
+    /// setup and handoff links, single sign-on answers): reserve the guess of the client's
+    /// network, or `Throttled` with the seconds to wait (judged by [`judge_link_guess`]: while
+    /// the network backs off after [`LINK_FREE_MISSES`] misses, 2 s doubling, at most 15
+    /// min; or when the guesses in flight would take it past them). A reserved guess counts
+    /// as a miss until it is settled ([`LinkGuess`]), at most `running_for` (a node that dies
+    /// mid-request). The misses and the guesses in flight are every node's
+    /// (`sign_in_throttle` and `sign_in_guess`, under the network's hashed key), reserved by
+    /// one transaction that locks the network's row, counts and judges: of concurrent guesses
+    /// on any nodes each sees the ones reserved before it. A refused guess is not counted.
+    pub async fn begin_link_guess(&self, address: &str, running_for: std::time::Duration) -> Result<LinkGuess> {
         let now = self.clock.now();
-        let rows = self.store.throttle_rows(&[link_miss_key(address)]).await?;
-        match rows.first().and_then(|r| LINK_MISS_POLICY.wait(r, now)) {
-            Some(retry_after_secs) => Err(Error::Throttled { retry_after_secs }),
-            None => Ok(()),
+        let key = link_miss_key(address);
+        let id = uuid::Uuid::new_v4();
+        let until = now + Duration::try_from(running_for).unwrap_or(GUESS_IN_FLIGHT);
+        let judge = move |rows: &[crate::throttle::ThrottleRow]| match rows {
+            [row] => judge_link_guess(row, now),
+            _ => Err(1),
+        };
+        let admitted = self
+            .store
+            .begin_guess(id, std::slice::from_ref(&key), &[], now, until, &judge)
+            .await?;
+        if let Err(retry_after_secs) = admitted {
+            return Err(Error::Throttled { retry_after_secs });
         }
-    }
-
-    /// The answer said the secret was no good: one more miss on the client's network.
-    pub async fn record_link_miss(&self, address: &str) -> Result<()> {
-        let now = self.clock.now();
-        // A failure with no guess in flight (a fresh id: no guess row to end).
-        self.store
-            .end_guess(
-                uuid::Uuid::new_v4(),
-                &[link_miss_key(address)],
-                &[],
-                now,
-                now - LINK_MISS_POLICY.forget_after,
-            )
-            .await
+        Ok(LinkGuess {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            id,
+            key,
+            began: now,
+            done: false,
+        })
     }
 
     /// Count a single sign-on start of the client's network, before anything is written for
@@ -639,6 +740,43 @@ mod tests {
 
     fn known(previous: u64, current: u64) -> Known {
         Known { previous, current }
+    }
+
+    #[test]
+    fn guesses_at_links_in_flight_count_as_misses_and_past_the_free_ones_go_one_at_a_time() {
+        use crate::throttle::ThrottleRow;
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
+        let row = |misses: u32, ago: i64, pending: u32| ThrottleRow {
+            failures: misses,
+            last_failure: (misses > 0).then(|| now - Duration::seconds(ago)),
+            pending,
+        };
+        // `pending` counts the guess being judged.
+        assert_eq!(judge_link_guess(&row(0, 0, 20), now), Ok(()), "the 20th in flight");
+        assert_eq!(
+            judge_link_guess(&row(0, 0, 21), now),
+            Err(2),
+            "the 21st: as after 20 misses"
+        );
+        assert_eq!(
+            judge_link_guess(&row(15, 0, 5), now),
+            Ok(()),
+            "15 misses and 4 others in flight"
+        );
+        assert_eq!(judge_link_guess(&row(15, 0, 6), now), Err(2));
+        assert_eq!(judge_link_guess(&row(20, 0, 1), now), Err(2), "backing off");
+        assert_eq!(
+            judge_link_guess(&row(20, 2, 1), now),
+            Ok(()),
+            "the back-off over: one guess"
+        );
+        assert_eq!(judge_link_guess(&row(20, 2, 2), now), Err(4), "and only one at a time");
+        assert_eq!(judge_link_guess(&row(30, 0, 1), now), Err(900), "at most 15 minutes");
+        assert_eq!(
+            judge_link_guess(&row(25, 3_600, 20), now),
+            Ok(()),
+            "misses an hour old are forgotten"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use billing::{
 pub use data_plane::{ServiceCaller, Verification};
 pub use limits::{
     API_REQUESTS_PER_MINUTE, GUESS_IN_FLIGHT, Guess, IDEMPOTENCY_KEYS_PER_TOKEN, IDEMPOTENT_REPLY_KEPT,
-    IdempotencyStart, request_digest,
+    IdempotencyStart, LinkGuess, request_digest,
 };
 pub use outbox::MAX_ATTEMPTS;
 pub use reconcile::{

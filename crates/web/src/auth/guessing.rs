@@ -7,6 +7,13 @@
 //!   `LINK_FREE_MISSES` (20) the address backs off exponentially (2 s doubling, at most 15
 //!   minutes) and gets 429 with `Retry-After` before the handler runs. A 10,000-guess scan is
 //!   thus slowed to a crawl, while a user who mistyped a link a few times is not noticed.
+//!   Every request is a guess in flight from before its handler runs until its answer is
+//!   known (`Core::begin_link_guess`, reserved in the store): it counts as a miss meanwhile,
+//!   so a burst of parallel guesses, on however many nodes, gets no more handler runs than
+//!   the free misses. Its answer then keeps it as a miss or gives it back (anything else:
+//!   2xx, 3xx, 422, 5xx, or a refused SSO start); a request that goes away first (the client
+//!   hung up, the handler panicked, the request timed out) gives it back as it is dropped,
+//!   and one whose node died lapses on its own after the request timeout and a margin.
 //! - **Starts**: `GET /sso/start` is allowed `SSO_STARTS_PER_MINUTE` (60) times per address
 //!   per clock minute, counted before the handler writes anything (the core also caps the
 //!   attempts pending overall).
@@ -23,6 +30,11 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How much longer than the request timeout a guess may stay in flight when nobody settles
+/// it (its node died): past it, it no longer counts.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(30);
 
 /// Whether a response says that the secret the request carried was no good.
 fn is_miss(status: axum::http::StatusCode) -> bool {
@@ -33,21 +45,34 @@ fn is_miss(status: axum::http::StatusCode) -> bool {
 pub async fn guard_token_endpoints(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let peer = PeerAddr(req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     let address = client_info(&state, req.headers(), &peer).network();
-    if let Err(e) = state.core.check_link_guess(&address).await {
-        return HtmlError(e).into_response();
-    }
+    let running_for = state.config.edge.request_timeout + IN_FLIGHT_MARGIN;
+    // From here until it is settled (or dropped), the guess counts as a miss on every node.
+    let guess = match state.core.begin_link_guess(&address, running_for).await {
+        Ok(guess) => guess,
+        Err(e) => return HtmlError(e).into_response(),
+    };
     if req.uri().path() == "/sso/start"
         && let Err(e) = state.core.count_sso_start(&address).await
     {
+        settle(guess, false).await;
         return HtmlError(e).into_response();
     }
     let resp = next.run(req).await;
-    if is_miss(resp.status())
-        && let Err(e) = state.core.record_link_miss(&address).await
-    {
-        tracing::warn!(error = %e, "could not count a miss on a secret-bearing link");
-    }
+    settle(guess, is_miss(resp.status())).await;
     resp
+}
+
+/// Keep the guess as a miss, or give it back. A failure is only logged: the answer stands (a
+/// guess not given back lapses on its own; a miss not recorded is one miss fewer).
+async fn settle(guess: quarterdeck_domain::core::LinkGuess, miss: bool) {
+    let settled = if miss {
+        guess.missed().await
+    } else {
+        guess.not_missed().await
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, miss, "could not settle a guess at a secret-bearing link");
+    }
 }
 
 #[cfg(test)]
