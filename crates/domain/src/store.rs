@@ -675,6 +675,9 @@ pub trait LimitStore: Send + Sync {
         until: OffsetDateTime,
         judge: &crate::throttle::GuessJudge,
     ) -> Result<std::result::Result<(), u64>>;
+    /// A key's row as it stands, without locking or writing anything: its failures and the
+    /// guesses in flight on it now (`pending`); the default row when it has none.
+    async fn guess_state(&self, key: &str, now: OffsetDateTime) -> Result<crate::throttle::ThrottleRow>;
     /// End a guess: no longer in flight; one more failure on `failed` (counting from 1 again
     /// when the last one was at or before `forget_before`); no failure on record for `cleared`.
     /// Rows are locked in the order of their keys (as `begin_guess` does).

@@ -112,6 +112,13 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
         tracing::warn!("no database connection free in time; refusing as busy");
         return Error::Busy;
     }
+    // PostgreSQL's `lock_timeout` (a bounded wait for a row or advisory lock) ran out.
+    if let Some(db) = e.as_database_error()
+        && db.code().as_deref() == Some("55P03")
+    {
+        tracing::warn!("a lock was not had in time; refusing as busy");
+        return Error::Busy;
+    }
     if let Some(db) = e.as_database_error()
         && db.is_unique_violation()
     {

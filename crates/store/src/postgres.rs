@@ -63,6 +63,11 @@ const IDEMPOTENCY_TOKEN_LOCK: Option<(&str, &str)> = Some((
     "SELECT pg_advisory_xact_lock(hashtext('quarterdeck.api_idempotency'), hashtext($1))",
 ));
 
+/// Run first in a guess's reservation (`begin_guess`): a network's row is waited for 2 s at
+/// most (then 503 `busy`), so a flood from one network never queues the pool's connections
+/// behind its lock.
+const GUESS_LOCK_BOUND: Option<&str> = Some("SET LOCAL lock_timeout = '2s'");
+
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     t
 }

@@ -32,6 +32,9 @@ macro_rules! impl_limit_store {
             ) -> Result<std::result::Result<(), u64>> {
                 let _writer = self.writer_permit().await;
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
+                if let Some(bound) = GUESS_LOCK_BOUND {
+                    sqlx::query(bound).execute(&mut *tx).await.map_err(db_err)?;
+                }
                 let mut rows = vec![ThrottleRow::default(); pending.len() + read.len()];
                 // The keys' rows locked in the order of the keys (as `end_guess` does: no two
                 // transactions wait for each other), held until commit: of concurrent guesses
@@ -98,6 +101,24 @@ macro_rules! impl_limit_store {
                 }
                 tx.commit().await.map_err(db_err)?;
                 Ok(verdict)
+            }
+
+            async fn guess_state(&self, key: &str, now: OffsetDateTime) -> Result<ThrottleRow> {
+                let r = sqlx::query(
+                    "SELECT failures, last_failure, \
+                     (SELECT count(*) FROM sign_in_guess g WHERE g.key = $1 AND g.until > $2) AS live \
+                     FROM sign_in_throttle WHERE key = $1",
+                )
+                .bind(key)
+                .bind(enc_ts(now))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let Some(r) = r else { return Ok(ThrottleRow::default()) };
+                let mut row = throttle_row(&r)?;
+                let live: i64 = r.try_get("live").map_err(db_err)?;
+                row.pending = u32::try_from(live).unwrap_or(u32::MAX);
+                Ok(row)
             }
 
             async fn end_guess(

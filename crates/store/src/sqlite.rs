@@ -60,6 +60,8 @@ const LOCKING_BEGIN: &str = "BEGIN IMMEDIATE";
 /// What a token's idempotency reservation takes first in its transaction: nothing here
 /// (`LOCKING_BEGIN` holds the file's write lock already).
 const IDEMPOTENCY_TOKEN_LOCK: Option<(&str, &str)> = None;
+/// SQLite waits on its writer permit (in-process), never on a row lock.
+const GUESS_LOCK_BOUND: Option<&str> = None;
 
 fn enc_ts(t: time::OffsetDateTime) -> Ts {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)

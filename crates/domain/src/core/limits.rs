@@ -192,13 +192,9 @@ pub fn judge_link_guess(row: &crate::throttle::ThrottleRow, now: OffsetDateTime)
     let misses = policy.failures(row, now);
     let others = row.pending.saturating_sub(1);
     if others > 0 && misses.saturating_add(others) > policy.free_attempts {
-        // The back-off the network is in for if every guess in flight misses.
-        let then = crate::throttle::ThrottleRow {
-            failures: misses.saturating_add(others),
-            last_failure: Some(now),
-            pending: 0,
-        };
-        return Err(policy.wait(&then, now).unwrap_or(1));
+        // Refused only for the guesses in flight, which end in moments: try again in a
+        // second (then judged on how they ended), not after the back-off they may not earn.
+        return Err(1);
     }
     Ok(())
 }
@@ -595,6 +591,14 @@ impl Core {
         let key = link_miss_key(address);
         let id = uuid::Uuid::new_v4();
         let until = now + Duration::try_from(running_for).unwrap_or(GUESS_IN_FLIGHT);
+        // First a read that locks and writes nothing: a network backing off, or with its
+        // allowance in flight already, is refused from it (a flood costs reads, and never
+        // queues on the row's lock); only a guess it would admit takes the locking path.
+        let mut seen = self.store.guess_state(&key, now).await?;
+        seen.pending = seen.pending.saturating_add(1);
+        if let Err(retry_after_secs) = judge_link_guess(&seen, now) {
+            return Err(Error::Throttled { retry_after_secs });
+        }
         let judge = move |rows: &[crate::throttle::ThrottleRow]| match rows {
             [row] => judge_link_guess(row, now),
             _ => Err(1),
@@ -614,6 +618,18 @@ impl Core {
             began: now,
             done: false,
         })
+    }
+
+    /// Before a request that takes no secret but is limited beside those that do (starting
+    /// single sign-on): `Throttled` while the client's network backs off after its misses,
+    /// judged from a read (nothing is reserved or written).
+    pub async fn check_link_backoff(&self, address: &str) -> Result<()> {
+        let now = self.clock.now();
+        let row = self.store.guess_state(&link_miss_key(address), now).await?;
+        match LINK_MISS_POLICY.wait(&row, now) {
+            Some(retry_after_secs) => Err(Error::Throttled { retry_after_secs }),
+            None => Ok(()),
+        }
     }
 
     /// Count a single sign-on start of the client's network, before anything is written for
@@ -755,22 +771,22 @@ mod tests {
         assert_eq!(judge_link_guess(&row(0, 0, 20), now), Ok(()), "the 20th in flight");
         assert_eq!(
             judge_link_guess(&row(0, 0, 21), now),
-            Err(2),
-            "the 21st: as after 20 misses"
+            Err(1),
+            "the 21st: once those in flight have ended"
         );
         assert_eq!(
             judge_link_guess(&row(15, 0, 5), now),
             Ok(()),
             "15 misses and 4 others in flight"
         );
-        assert_eq!(judge_link_guess(&row(15, 0, 6), now), Err(2));
+        assert_eq!(judge_link_guess(&row(15, 0, 6), now), Err(1));
         assert_eq!(judge_link_guess(&row(20, 0, 1), now), Err(2), "backing off");
         assert_eq!(
             judge_link_guess(&row(20, 2, 1), now),
             Ok(()),
             "the back-off over: one guess"
         );
-        assert_eq!(judge_link_guess(&row(20, 2, 2), now), Err(4), "and only one at a time");
+        assert_eq!(judge_link_guess(&row(20, 2, 2), now), Err(1), "and only one at a time");
         assert_eq!(judge_link_guess(&row(30, 0, 1), now), Err(900), "at most 15 minutes");
         assert_eq!(
             judge_link_guess(&row(25, 3_600, 20), now),
