@@ -208,8 +208,9 @@ pub trait OutboxStore: Send + Sync {
     /// the lease. Only the lease's holder can; returns false if the lease was lost.
     async fn mark_sent(&self, id: uuid::Uuid, lease: uuid::Uuid, at: OffsetDateTime) -> Result<bool>;
     /// The node is stopping: the messages still pending under `lease` (claimed, not yet
-    /// attempted) are given back, due again at once for any worker. Returns how many.
-    async fn release_message_lease(&self, lease: uuid::Uuid) -> Result<u64>;
+    /// attempted), but `except`, are given back, due again at once for any worker. Returns
+    /// how many.
+    async fn release_message_lease(&self, lease: uuid::Uuid, except: Option<uuid::Uuid>) -> Result<u64>;
     /// Failed: release the lease and retry at `retry_at` (the back-off), or with `None` give up
     /// (status `failed`). Only the lease's holder can; returns false if the lease was lost.
     async fn mark_attempt_failed(

@@ -319,9 +319,15 @@ impl App {
                 self.connections.shutdown_grace,
             ))
         });
-        let shutdown = async move {
-            shutdown.await;
-            stop_delivery.send_replace(true);
+        // When the signal came: the deliveries' time runs from it, like the requests'.
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let shutdown = {
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                let _ = signalled.set(tokio::time::Instant::now());
+                stop_delivery.send_replace(true);
+            }
         };
         let metrics = self.metrics.map(|(listener, router)| {
             let limits = self.connections;
@@ -346,13 +352,17 @@ impl App {
         // back: another node sweeps at once rather than when it lapses.
         let _ = sweeper.await;
         self.core.release_usage_sweeps().await;
-        // Both end by themselves within the grace (cutting off what is still running then).
-        let bound = self.connections.shutdown_grace + FINAL_FLUSH;
+        // Both end by themselves within the grace from the signal (cutting off what is still
+        // running then, and giving back what they can); past that and a margin for those last
+        // writes, they are aborted.
+        let from = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now);
+        let deadline = from + self.connections.shutdown_grace + GIVE_BACK_WITHIN;
         for (what, task) in [("webhook delivery", webhooks), ("the outbox", Some(outbox))] {
-            if let Some(task) = task
-                && tokio::time::timeout(bound, task).await.is_err()
+            if let Some(mut task) = task
+                && tokio::time::timeout_at(deadline, &mut task).await.is_err()
             {
-                tracing::warn!("{what} did not stop in time");
+                task.abort();
+                tracing::warn!("{what} did not stop in time; aborted");
             }
         }
         housekeeping.abort();
@@ -404,6 +414,9 @@ impl Jobs {
 
 /// How long the last flush of in-memory counts may take at shutdown.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
+/// At shutdown, how long the delivery loops may take past the grace to give back what they
+/// had claimed.
+pub(crate) const GIVE_BACK_WITHIN: Duration = Duration::from_secs(5);
 
 /// The lease names of the jobs one node at a time runs.
 pub const HOUSEKEEPING_JOB: &str = "housekeeping";
@@ -630,7 +643,7 @@ async fn deliver_outbox(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let stopping = quarterdeck_domain::core::OutboxStop::default();
     let told = |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
     while !told(&stop) {
         tokio::select! {
@@ -643,12 +656,19 @@ async fn deliver_outbox(
             r = &mut run => r,
             _ = stop.changed() => {
                 // The message being sent is finished (within the grace); the batch's rest is
-                // given back. Cut off after the grace: its lease lapses (at least once).
-                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                // given back. Cut off after the grace: the rest is given back all the same,
+                // and the one being sent keeps its lease (it may have gone out).
+                stopping.stop();
                 match tokio::time::timeout(grace, &mut run).await {
                     Ok(r) => r,
                     Err(_) => {
+                        drop(run);
                         tracing::warn!("an email was still being sent after the shutdown grace; cut off, its lease lapses");
+                        match tokio::time::timeout(crate::app::GIVE_BACK_WITHIN, core.give_back_cut_off_batch(&stopping)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "could not give back the emails of a cut-off batch; their lease lapses"),
+                            Err(_) => tracing::warn!("the emails of a cut-off batch could not be given back in time; their lease lapses"),
+                        }
                         return;
                     }
                 }

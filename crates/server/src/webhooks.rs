@@ -6,6 +6,7 @@
 //! and never the others. Claims are leases in the database, so several nodes share the work
 //! and each delivery is attempted by one of them at a time.
 
+use crate::app::GIVE_BACK_WITHIN;
 use quarterdeck_domain::core::Core;
 use quarterdeck_domain::webhook::{Attempt, WebhookSender};
 use quarterdeck_outbound::Outbound;
@@ -63,6 +64,8 @@ pub async fn deliver(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<boo
     // The attempts running, and the claim each holds (to give back if it is cut off).
     let mut attempts = tokio::task::JoinSet::new();
     let mut claims: HashMap<tokio::task::Id, (Uuid, Uuid)> = HashMap::new();
+    // Claimed after the stop signal came: given back unsent.
+    let mut unstarted: Vec<(Uuid, Uuid)> = Vec::new();
     let mut failing = false;
     let stopping = |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
     while !stopping(&stop) {
@@ -97,6 +100,11 @@ pub async fn deliver(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<boo
             }
             continue;
         }
+        if stopping(&stop) {
+            // Told to stop while claiming: nothing new is sent after the signal.
+            unstarted.extend(claimed.iter().map(|c| (c.delivery_id, c.lease)));
+            break;
+        }
         for c in claimed {
             let endpoint = c.endpoint_id;
             let claim = (c.delivery_id, c.lease);
@@ -122,15 +130,17 @@ pub async fn deliver(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<boo
             claims.insert(task.id(), claim);
         }
     }
-    finish(&core, attempts, claims, grace).await;
+    finish(&core, attempts, claims, unstarted, grace).await;
 }
 
 /// At shutdown: the attempts in flight get until `grace` runs out; the rest are cut off and
-/// their claims given back.
+/// their claims given back, with those of `unstarted` (within [`GIVE_BACK_WITHIN`]: a
+/// database that does not answer then leaves them to lapse).
 async fn finish(
     core: &Core,
     mut attempts: tokio::task::JoinSet<()>,
     mut claims: HashMap<tokio::task::Id, (Uuid, Uuid)>,
+    unstarted: Vec<(Uuid, Uuid)>,
     grace: Duration,
 ) {
     let running = attempts.len();
@@ -145,22 +155,28 @@ async fn finish(
                 "webhook attempts in flight finished after the shutdown signal"
             );
         }
-        return;
-    }
-    attempts.abort_all();
-    while let Some(done) = attempts.join_next_with_id().await {
-        // One that finished after all keeps nothing to give back.
-        if let Ok((id, ())) = done {
-            claims.remove(&id);
+    } else {
+        attempts.abort_all();
+        while let Some(done) = attempts.join_next_with_id().await {
+            // One that finished after all keeps nothing to give back.
+            if let Ok((id, ())) = done {
+                claims.remove(&id);
+            }
         }
+        tracing::warn!(
+            attempts = claims.len(),
+            "webhook attempts still in flight after the shutdown grace period were cut off; their leases are given back"
+        );
     }
-    tracing::warn!(
-        attempts = claims.len(),
-        "webhook attempts still in flight after the shutdown grace period were cut off; their leases are given back"
-    );
-    for (delivery, lease) in claims.into_values() {
-        if let Err(e) = core.release_webhook_claim(delivery, lease).await {
-            tracing::warn!(delivery = %delivery, error = %e, "could not give back a webhook lease; it lapses by itself");
+    let give_back: Vec<(Uuid, Uuid)> = claims.into_values().chain(unstarted).collect();
+    let released = async {
+        for (delivery, lease) in &give_back {
+            if let Err(e) = core.release_webhook_claim(*delivery, *lease).await {
+                tracing::warn!(delivery = %delivery, error = %e, "could not give back a webhook lease; it lapses by itself");
+            }
         }
+    };
+    if tokio::time::timeout(GIVE_BACK_WITHIN, released).await.is_err() {
+        tracing::warn!("webhook leases could not all be given back in time; the rest lapse by themselves");
     }
 }

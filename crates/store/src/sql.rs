@@ -1314,11 +1314,18 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn release_message_lease(&self, lease: Uuid) -> Result<u64> {
-                let done = sqlx::query(
-                    "UPDATE outbox SET lease_token = NULL, leased_until = NULL WHERE lease_token = $1 AND status = 'pending'",
-                )
-                .bind(lease)
+            async fn release_message_lease(&self, lease: Uuid, except: Option<Uuid>) -> Result<u64> {
+                let done = match except {
+                    None => sqlx::query(
+                        "UPDATE outbox SET lease_token = NULL, leased_until = NULL WHERE lease_token = $1 AND status = 'pending'",
+                    )
+                    .bind(lease),
+                    Some(id) => sqlx::query(
+                        "UPDATE outbox SET lease_token = NULL, leased_until = NULL WHERE lease_token = $1 AND status = 'pending' AND id <> $2",
+                    )
+                    .bind(lease)
+                    .bind(id),
+                }
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;

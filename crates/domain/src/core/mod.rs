@@ -29,7 +29,7 @@ pub use limits::{
     API_REQUESTS_PER_MINUTE, GUESS_IN_FLIGHT, Guess, IDEMPOTENCY_KEYS_PER_TOKEN, IDEMPOTENT_REPLY_KEPT,
     IdempotencyStart, LinkGuess, request_digest,
 };
-pub use outbox::MAX_ATTEMPTS;
+pub use outbox::{MAX_ATTEMPTS, OutboxStop};
 pub use reconcile::{
     DATABASE_MARGIN, DEFAULT_MARGIN as DEFAULT_RECONCILE_MARGIN, MAX_REPAIR_ATTEMPTS, ReconcileReport,
 };

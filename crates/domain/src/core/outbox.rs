@@ -14,7 +14,9 @@ use super::Core;
 use crate::error::Result;
 use crate::mail::{Mailer, SendError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use time::Duration;
+use uuid::Uuid;
 
 /// Attempts before a message is given up.
 pub const MAX_ATTEMPTS: i64 = 12;
@@ -25,19 +27,43 @@ pub const LEASE: Duration = Duration::minutes(5);
 /// Messages claimed at once.
 const BATCH: u32 = 10;
 
+/// Told by the server when it stops ([`OutboxStop::stop`]); knows the batch's lease and the
+/// message being sent, so a send cut off after the shutdown grace can still give back the
+/// rest of its batch ([`Core::give_back_cut_off_batch`]).
+#[derive(Debug, Default)]
+pub struct OutboxStop {
+    stopping: AtomicBool,
+    /// (the batch's lease, the message being sent).
+    sending: Mutex<Option<(Uuid, Uuid)>>,
+}
+
+impl OutboxStop {
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn sending(&self, now: Option<(Uuid, Uuid)>) {
+        *self.sending.lock().unwrap_or_else(PoisonError::into_inner) = now;
+    }
+}
+
 impl Core {
     /// Deliver what is due now, a claimed batch at a time until none is left; returns how
     /// many were delivered.
     pub async fn deliver_due(&self, mailer: &dyn Mailer) -> Result<usize> {
-        self.deliver_due_until(mailer, &AtomicBool::new(false)).await
+        self.deliver_due_until(mailer, &OutboxStop::default()).await
     }
 
-    /// [`Core::deliver_due`], stopping between two messages once `stopping` is set (the node
+    /// [`Core::deliver_due`], stopping between two messages once `stopping` is told (the node
     /// is shutting down): the message being sent is finished, and the rest of the claimed
     /// batch is given back at once instead of waiting under this node's lease for 5 minutes.
-    pub async fn deliver_due_until(&self, mailer: &dyn Mailer, stopping: &AtomicBool) -> Result<usize> {
+    pub async fn deliver_due_until(&self, mailer: &dyn Mailer, stopping: &OutboxStop) -> Result<usize> {
         let mut delivered = 0;
-        while !stopping.load(Ordering::SeqCst) {
+        while !stopping.stopping() {
             let (sent, claimed) = self.deliver_batch(mailer, stopping).await?;
             delivered += sent;
             if claimed < BATCH as usize {
@@ -48,7 +74,7 @@ impl Core {
     }
 
     /// Claim one batch and deliver it; returns (delivered, claimed).
-    async fn deliver_batch(&self, mailer: &dyn Mailer, stopping: &AtomicBool) -> Result<(usize, usize)> {
+    async fn deliver_batch(&self, mailer: &dyn Mailer, stopping: &OutboxStop) -> Result<(usize, usize)> {
         let mut token = [0u8; 16];
         self.rng.fill(&mut token);
         let lease = uuid::Uuid::from_bytes(token);
@@ -58,8 +84,8 @@ impl Core {
         let claimed = due.len();
         let mut delivered = 0;
         for m in due {
-            if stopping.load(Ordering::SeqCst) {
-                let given = self.store.release_message_lease(lease).await?;
+            if stopping.stopping() {
+                let given = self.store.release_message_lease(lease, None).await?;
                 tracing::info!(
                     messages = given,
                     "the node is stopping: claimed emails not yet sent are given back"
@@ -72,7 +98,10 @@ impl Core {
                 tracing::warn!(message_id = %m.id, "outbox lease nearly expired; leaving the rest of the batch");
                 return Ok((delivered, 0));
             }
-            match mailer.send(m.id, &m.email).await {
+            stopping.sending(Some((lease, m.id)));
+            let sent = mailer.send(m.id, &m.email).await;
+            stopping.sending(None);
+            match sent {
                 Ok(()) => {
                     if !self.store.mark_sent(m.id, lease, self.clock.now()).await? {
                         tracing::warn!(message_id = %m.id, "email sent, but its outbox lease had been lost");
@@ -93,6 +122,17 @@ impl Core {
             }
         }
         Ok((delivered, claimed))
+    }
+
+    /// After a send was cut off at shutdown (it outlasted the grace): the rest of its batch is
+    /// given back, but for the message being sent (it may have gone out: its lease lapses, and
+    /// it is sent again then, at least once).
+    pub async fn give_back_cut_off_batch(&self, stopping: &OutboxStop) -> Result<u64> {
+        let sending = *stopping.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        match sending {
+            Some((lease, message)) => self.store.release_message_lease(lease, Some(message)).await,
+            None => Ok(0),
+        }
     }
 
     /// At the start of the only server its database can have (SQLite): the leases a server
