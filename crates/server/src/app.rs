@@ -662,7 +662,7 @@ async fn deliver_outbox(
                 match tokio::time::timeout(grace, &mut run).await {
                     Ok(r) => r,
                     Err(_) => {
-                        drop(run);
+                        // `run` is no longer polled: the send is stopped where it was.
                         tracing::warn!("an email was still being sent after the shutdown grace; cut off, its lease lapses");
                         match tokio::time::timeout(crate::app::GIVE_BACK_WITHIN, core.give_back_cut_off_batch(&stopping)).await {
                             Ok(Ok(_)) => {}

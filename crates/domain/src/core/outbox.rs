@@ -98,10 +98,9 @@ impl Core {
                 tracing::warn!(message_id = %m.id, "outbox lease nearly expired; leaving the rest of the batch");
                 return Ok((delivered, 0));
             }
+            // Being sent until its outcome is recorded: a cut-off meanwhile leaves it leased.
             stopping.sending(Some((lease, m.id)));
-            let sent = mailer.send(m.id, &m.email).await;
-            stopping.sending(None);
-            match sent {
+            match mailer.send(m.id, &m.email).await {
                 Ok(()) => {
                     if !self.store.mark_sent(m.id, lease, self.clock.now()).await? {
                         tracing::warn!(message_id = %m.id, "email sent, but its outbox lease had been lost");
@@ -120,6 +119,7 @@ impl Core {
                         .await?;
                 }
             }
+            stopping.sending(None);
         }
         Ok((delivered, claimed))
     }
