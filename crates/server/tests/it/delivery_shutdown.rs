@@ -48,6 +48,19 @@ fn token(data: &Data) -> String {
         .to_owned()
 }
 
+/// Through the node's API at `base`: the tenant Acme; its id.
+async fn acme(client: &reqwest::Client, base: &str, token: &str) -> String {
+    let r = client
+        .post(format!("{base}/v1/admin/tenants"))
+        .bearer_auth(token)
+        .json(&json!({ "name": "Acme", "slug": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
 /// Through the node's API: an endpoint at the receiver's hook `name` (for `tenant.*`), then a
 /// tenant, whose `tenant.created` is the one delivery. Returns the delivery's `seq`.
 async fn one_delivery(node: &Node, data: &Data, rx: &Receiver, name: &str) -> String {
@@ -63,14 +76,7 @@ async fn one_delivery(node: &Node, data: &Data, rx: &Receiver, name: &str) -> St
     assert_eq!(r.status(), 201);
     let made: Value = r.json().await.unwrap();
     rx.set_secrets(name, &[made["secret"].as_str().unwrap()]).await;
-    let r = client
-        .post(format!("{base}/v1/admin/tenants"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "Acme", "slug": "acme" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    acme(&client, &base, &token).await;
     let rows = data.control("SELECT CAST(seq AS TEXT) FROM webhook_delivery").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows[0].clone()
@@ -192,15 +198,7 @@ async fn stalled_in_a_batch_of_five(data: &Data, relay: &mut Relay, grace: &str)
     let mut first = node_with(data, "20", &quiet).await;
     let base = first.url.replace("127.0.0.1", "localhost");
     let (client, token) = (reqwest::Client::new(), token(data));
-    let r = client
-        .post(format!("{base}/v1/admin/tenants"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "Acme", "slug": "acme" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let tid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let tid = acme(&client, &base, &token).await;
     for i in 0..5 {
         let r = client
             .post(format!("{base}/v1/admin/users"))
