@@ -14,6 +14,15 @@ async fn behind_proxy(backend: Backend) -> TestApp {
 /// How long a guess reserved by the tests on a core stays in flight unless settled.
 const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Such a server with the owner signed in and the tenant Acme, and a client of Acme's host.
+async fn acme_behind_proxy(backend: Backend) -> (TestApp, TenantClient) {
+    let app = behind_proxy(backend).await;
+    app.sign_in_owner().await;
+    app.create_tenant("Acme", "acme").await;
+    let c = app.tenant_client("acme");
+    (app, c)
+}
+
 async fn get_from(c: &TenantClient, path: &str, address: &str) -> reqwest::Response {
     c.client
         .get(c.url(path))
@@ -50,10 +59,7 @@ async fn burst(c: &TenantClient, address: &str, n: usize) -> Vec<(u16, Option<u6
 crate::both_backends!(
     async fn a_burst_of_parallel_guesses_at_a_link_gets_no_more_answers_than_the_free_misses(backend) {
         use quarterdeck_domain::core::limits::{LINK_FREE_MISSES, link_miss_key};
-        let app = behind_proxy(backend).await;
-        app.sign_in_owner().await;
-        app.create_tenant("Acme", "acme").await;
-        let c = app.tenant_client("acme");
+        let (app, c) = acme_behind_proxy(backend).await;
         let guesser = "203.0.113.30";
         let answers = burst(&c, guesser, 40).await;
         let answered = answers.iter().filter(|(s, _)| *s == 410).count();
@@ -85,10 +91,7 @@ crate::both_backends!(
 crate::both_backends!(
     async fn guesses_in_flight_on_two_nodes_at_once_add_up_to_the_free_misses(backend) {
         use quarterdeck_domain::core::limits::{LINK_FREE_MISSES, link_miss_key};
-        let app = behind_proxy(backend).await;
-        app.sign_in_owner().await;
-        app.create_tenant("Acme", "acme").await;
-        let c = app.tenant_client("acme");
+        let (app, c) = acme_behind_proxy(backend).await;
         // Node B (another core on the database: its own connections, and on SQLite its own
         // writer queue) reserves guesses while node A (the app's server) is guessed at.
         let b = app.second_core(|_| {}).await;
@@ -196,10 +199,7 @@ crate::both_backends!(
 crate::both_backends!(
     async fn a_guess_nobody_settles_is_given_back_when_dropped_and_lapses_when_its_node_died(backend) {
         use quarterdeck_domain::core::limits::{LINK_FREE_MISSES, link_miss_key};
-        let app = behind_proxy(backend).await;
-        app.sign_in_owner().await;
-        app.create_tenant("Acme", "acme").await;
-        let c = app.tenant_client("acme");
+        let (app, c) = acme_behind_proxy(backend).await;
         let guesser = "203.0.113.33";
         // Dropped unsettled (its request went away, its handler panicked): given back.
         let dropped = app.core.begin_link_guess(guesser, IN_FLIGHT).await.unwrap();
@@ -273,10 +273,7 @@ crate::both_backends!(
 
 crate::both_backends!(
     async fn handoff_and_setup_tokens_are_limited_like_invitations(backend) {
-        let app = behind_proxy(backend).await;
-        app.sign_in_owner().await;
-        app.create_tenant("Acme", "acme").await;
-        let c = app.tenant_client("acme");
+        let (app, c) = acme_behind_proxy(backend).await;
         for i in 0..20 {
             let r = get_from(&c, &format!("/impersonate?token=qd_guess{i}"), "203.0.113.8").await;
             assert!(r.status().is_client_error() && r.status() != 429, "{}", r.status());
@@ -375,10 +372,7 @@ async fn assert_no_address_in_the_clear(app: &TestApp, table: &str) {
 crate::both_backends!(
     async fn link_misses_on_two_nodes_add_up_to_one_limit_kept_under_a_hashed_key(backend) {
         use quarterdeck_domain::core::limits::link_miss_key;
-        let app = behind_proxy(backend).await;
-        app.sign_in_owner().await;
-        app.create_tenant("Acme", "acme").await;
-        let c = app.tenant_client("acme");
+        let (app, c) = acme_behind_proxy(backend).await;
         let b = app.second_core(|_| {}).await;
         let guesser = "203.0.113.21";
         // Ten misses reach node A (the app's server), ten node B (its core, as B's HTTP layer
